@@ -1,0 +1,331 @@
+//! A checkpoint: one safetensors file, a directory of shards, or a
+//! `model.safetensors.index.json` with its `weight_map`. Every shard's header is
+//! validated, and the shards must agree with each other and with the index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::header::{Header, TensorInfo};
+
+/// Largest index file accepted, in bytes (real ones are a few MiB at most).
+pub const MAX_INDEX_LEN: u64 = 256 << 20;
+
+/// A validated checkpoint: the headers of all its shards.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The path the checkpoint was opened from.
+    pub path: PathBuf,
+    /// The index file, when the checkpoint has one.
+    pub index: Option<PathBuf>,
+    /// The `metadata` object of the index, when there is one.
+    pub index_metadata: Option<serde_json::Value>,
+    /// Every shard's validated header, in file-name order.
+    pub shards: Vec<Header>,
+}
+
+/// One tensor of a checkpoint and the shard it lives in.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// Position of the shard in [`Checkpoint::shards`].
+    pub shard: usize,
+    /// The tensor's header entry.
+    pub info: &'a TensorInfo,
+}
+
+impl Checkpoint {
+    /// Opens and validates a checkpoint; returns the first problem found.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let (ckpt, mut problems) = Checkpoint::open_all_problems(path.as_ref());
+        match ckpt {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(if problems.is_empty() {
+                Error::checkpoint(path.as_ref(), "no checkpoint found")
+            } else {
+                problems.swap_remove(0)
+            }),
+        }
+    }
+
+    /// Opens a checkpoint and collects every problem instead of stopping at the first:
+    /// what `tensorstream verify` reports. The checkpoint is returned only when no
+    /// problem was found.
+    pub fn open_all_problems(path: &Path) -> (Option<Checkpoint>, Vec<Error>) {
+        let mut problems = Vec::new();
+        let (files, index) = match discover(path) {
+            Ok(x) => x,
+            Err(e) => return (None, vec![e]),
+        };
+        let mut shards = Vec::with_capacity(files.len());
+        for f in &files {
+            match Header::read(f) {
+                Ok(h) => shards.push(h),
+                Err(e) => problems.push(e),
+            }
+        }
+        // A tensor may live in one shard only.
+        let mut owner: HashMap<&str, usize> = HashMap::new();
+        for (i, h) in shards.iter().enumerate() {
+            for t in &h.tensors {
+                if let Some(&j) = owner.get(t.name.as_str()) {
+                    problems.push(Error::checkpoint(
+                        path,
+                        format_args!(
+                            "tensor '{}' is in two shards: {} and {}",
+                            t.name,
+                            file_name(&shards[j].path),
+                            file_name(&h.path)
+                        ),
+                    ));
+                } else {
+                    owner.insert(&t.name, i);
+                }
+            }
+        }
+        let mut index_metadata = None;
+        if let Some(idx) = &index {
+            index_metadata = idx.metadata.clone();
+            let by_file: HashMap<&Path, usize> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.path.as_path(), i))
+                .collect();
+            for (name, file) in &idx.weight_map {
+                let shard_path = idx.dir.join(file);
+                match by_file.get(shard_path.as_path()) {
+                    Some(&i) if shards[i].tensor(name).is_none() => {
+                        problems.push(Error::checkpoint(
+                            &idx.path,
+                            format_args!("weight_map puts tensor '{name}' in {file}, which has no such tensor"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            for h in &shards {
+                for t in &h.tensors {
+                    let listed = idx.weight_map.get(&t.name);
+                    if listed.is_none() {
+                        problems.push(Error::checkpoint(
+                            &idx.path,
+                            format_args!(
+                                "tensor '{}' of {} is not in the index's weight_map",
+                                t.name,
+                                file_name(&h.path)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return (None, problems);
+        }
+        (
+            Some(Checkpoint {
+                path: path.to_path_buf(),
+                index: index.map(|i| i.path),
+                index_metadata,
+                shards,
+            }),
+            problems,
+        )
+    }
+
+    /// All tensors of all shards, shard by shard, each shard's in offset order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.shards.iter().enumerate().flat_map(|(shard, h)| {
+            h.tensors.iter().map(move |info| TensorRef { shard, info })
+        })
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.shards.iter().map(|h| h.tensors.len()).sum()
+    }
+
+    /// Total tensor bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|h| h.data_len()).sum()
+    }
+
+    /// Parameter count and bytes per dtype.
+    pub fn dtype_totals(&self) -> BTreeMap<Dtype, (u64, u64)> {
+        dtype_totals(self.shards.iter())
+    }
+}
+
+/// Parameter count and bytes per dtype over some headers.
+pub fn dtype_totals<'a>(headers: impl Iterator<Item = &'a Header>) -> BTreeMap<Dtype, (u64, u64)> {
+    let mut m: BTreeMap<Dtype, (u64, u64)> = BTreeMap::new();
+    for h in headers {
+        for t in &h.tensors {
+            let e = m.entry(t.dtype).or_default();
+            e.0 = e.0.saturating_add(t.numel());
+            e.1 = e.1.saturating_add(t.len());
+        }
+    }
+    m
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// A parsed `*.safetensors.index.json`.
+#[derive(Debug)]
+struct Index {
+    path: PathBuf,
+    dir: PathBuf,
+    metadata: Option<serde_json::Value>,
+    weight_map: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RawIndex {
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    weight_map: BTreeMap<String, String>,
+}
+
+/// Parses the bytes of an index file. Pure: used by the fuzz target.
+pub fn parse_index(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    Ok(parse_index_inner(path, bytes)?.weight_map.into_iter().collect())
+}
+
+fn parse_index_inner(path: &Path, bytes: &[u8]) -> Result<Index> {
+    let raw: RawIndex = serde_json::from_slice(bytes).map_err(|e| {
+        Error::checkpoint(path, format_args!("not a valid safetensors index: {e}"))
+    })?;
+    for (name, file) in &raw.weight_map {
+        let p = Path::new(file);
+        let plain = p.components().count() == 1
+            && matches!(p.components().next(), Some(Component::Normal(_)));
+        if !plain {
+            return Err(Error::checkpoint(
+                path,
+                format_args!(
+                    "weight_map entry for tensor '{name}' names '{file}', which is not a plain file name beside the index"
+                ),
+            ));
+        }
+    }
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    Ok(Index {
+        path: path.to_path_buf(),
+        dir,
+        metadata: raw.metadata,
+        weight_map: raw.weight_map,
+    })
+}
+
+fn read_index(path: &Path) -> Result<Index> {
+    let len = fs::metadata(path)
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    if len > MAX_INDEX_LEN {
+        return Err(Error::checkpoint(
+            path,
+            format_args!("index is {len} bytes, more than the {MAX_INDEX_LEN}-byte limit"),
+        ));
+    }
+    let bytes = fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    parse_index_inner(path, &bytes)
+}
+
+fn is_index(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".index.json"))
+}
+
+/// Finds the shard files and the index (if any) of the checkpoint at `path`.
+fn discover(path: &Path) -> Result<(Vec<PathBuf>, Option<Index>)> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+    if meta.is_file() {
+        if is_index(path) {
+            let idx = read_index(path)?;
+            let files = index_files(&idx)?;
+            return Ok((files, Some(idx)));
+        }
+        return Ok((vec![path.to_path_buf()], None));
+    }
+    let mut indexes = Vec::new();
+    let mut shards = Vec::new();
+    let entries = fs::read_dir(path).map_err(|e| Error::io(path, "read directory", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(path, "read directory", e))?;
+        let p = entry.path();
+        if !p.is_file() {
+            continue;
+        }
+        if is_index(&p) && p.to_string_lossy().ends_with(".safetensors.index.json") {
+            indexes.push(p);
+        } else if p.extension().is_some_and(|e| e == "safetensors") {
+            shards.push(p);
+        }
+    }
+    indexes.sort();
+    shards.sort();
+    match indexes.len() {
+        0 if shards.is_empty() => Err(Error::checkpoint(
+            path,
+            "directory holds no .safetensors files and no .safetensors.index.json",
+        )),
+        0 => Ok((shards, None)),
+        1 => {
+            let idx = read_index(&indexes[0])?;
+            let files = index_files(&idx)?;
+            Ok((files, Some(idx)))
+        }
+        _ => Err(Error::checkpoint(
+            path,
+            format_args!(
+                "directory holds {} index files; name the one to load",
+                indexes.len()
+            ),
+        )),
+    }
+}
+
+/// The distinct shard files an index names, each checked to exist.
+fn index_files(idx: &Index) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<&String> = idx.weight_map.values().collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(Error::checkpoint(&idx.path, "weight_map is empty"));
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for n in names {
+        let p = idx.dir.join(n);
+        if !p.is_file() {
+            let tensor = idx
+                .weight_map
+                .iter()
+                .find(|(_, f)| *f == n)
+                .map(|(t, _)| t.as_str())
+                .unwrap_or_default();
+            return Err(Error::checkpoint(
+                &idx.path,
+                format_args!("shard {n} (holding tensor '{tensor}', among others) is missing"),
+            ));
+        }
+        files.push(p);
+    }
+    Ok(files)
+}

@@ -1,0 +1,225 @@
+//! Host memory: aligned buffers and the sink that loads into them. Raw tensor bytes
+//! are read straight into their final place (no staging copy); tensors that need a
+//! conversion go through a small ring of staging slots.
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::io::{Buf, Sink};
+use crate::plan::{Place, Plan, ReadOp, Target};
+
+/// Page-aligned, zero-initialised host memory.
+pub struct HostBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Option<Layout>,
+}
+
+// SAFETY: HostBuf owns its allocation exclusively, like a Box<[u8]>.
+unsafe impl Send for HostBuf {}
+// SAFETY: shared access only hands out &[u8]; mutation needs &mut self.
+unsafe impl Sync for HostBuf {}
+
+impl HostBuf {
+    /// Alignment of every buffer.
+    pub const ALIGN: usize = 4096;
+
+    /// Allocates `len` zeroed bytes; an error (not an abort) when memory runs out.
+    pub fn zeroed(len: usize) -> Result<HostBuf> {
+        if len == 0 {
+            return Ok(HostBuf {
+                ptr: NonNull::dangling(),
+                len: 0,
+                layout: None,
+            });
+        }
+        let layout = Layout::from_size_align(len, Self::ALIGN)
+            .map_err(|_| Error::InvalidArgument(format!("cannot allocate {len} bytes")))?;
+        // SAFETY: layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            Error::InvalidArgument(format!("out of host memory allocating {len} bytes"))
+        })?;
+        Ok(HostBuf {
+            ptr,
+            len,
+            layout: Some(layout),
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes (zeroed at allocation).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Raw pointer for the I/O engine, `off` bytes in, checked to leave room for `len`.
+    pub(crate) fn ptr_at(&mut self, off: u64, len: u64) -> Result<*mut u8> {
+        let end = off.checked_add(len);
+        if end.is_none_or(|e| e > self.len as u64) {
+            return Err(Error::InvalidArgument(format!(
+                "internal error: range {off}+{len} outside a {}-byte buffer",
+                self.len
+            )));
+        }
+        // SAFETY: off + len ≤ self.len, checked just above.
+        Ok(unsafe { self.ptr.as_ptr().add(off as usize) })
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        if let Some(layout) = self.layout {
+            // SAFETY: allocated in `zeroed` with this very layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+impl std::fmt::Debug for HostBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBuf({} bytes)", self.len)
+    }
+}
+
+/// Loads into host memory: per file one raw buffer and one converted area.
+pub(crate) struct HostSink<'p> {
+    plan: &'p Plan,
+    pub raw: Vec<HostBuf>,
+    pub converted: Vec<HostBuf>,
+    slots: Vec<HostBuf>,
+    free: Vec<usize>,
+    /// Which slot each in-flight staged read uses, by buffer address.
+    busy: Vec<(*mut u8, usize)>,
+}
+
+impl<'p> HostSink<'p> {
+    /// Allocates every destination of `plan`, and `slots` staging slots of
+    /// `slot_len` bytes when some tensor needs a conversion.
+    pub fn new(plan: &'p Plan, slots: usize, slot_len: u64) -> Result<Self> {
+        let mut raw = Vec::with_capacity(plan.files.len());
+        let mut converted = Vec::with_capacity(plan.files.len());
+        let mut any_convert = false;
+        for f in &plan.files {
+            raw.push(HostBuf::zeroed(to_usize(f.raw_len)?)?);
+            converted.push(HostBuf::zeroed(to_usize(f.converted_len)?)?);
+            any_convert |= f.converted_len > 0;
+        }
+        let n = if any_convert { slots.max(1) } else { 0 };
+        let slots = (0..n)
+            .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HostSink {
+            plan,
+            raw,
+            converted,
+            free: (0..slots.len()).collect(),
+            slots,
+            busy: Vec::new(),
+        })
+    }
+}
+
+pub(crate) fn to_usize(x: u64) -> Result<usize> {
+    usize::try_from(x).map_err(|_| Error::InvalidArgument(format!("{x} bytes do not fit in memory")))
+}
+
+impl Sink for HostSink<'_> {
+    fn buffer(&mut self, file: usize, op: &ReadOp) -> Result<Option<Buf>> {
+        match op.target {
+            Target::Raw { dest } => {
+                let raw = self.raw.get_mut(file).ok_or_else(|| bad("file"))?;
+                Ok(Some(Buf {
+                    ptr: raw.ptr_at(dest, op.len)?,
+                    len: op.len as usize,
+                    fixed: None,
+                }))
+            }
+            Target::Convert { .. } => {
+                let Some(i) = self.free.pop() else {
+                    return Ok(None);
+                };
+                let slot = self.slots.get_mut(i).ok_or_else(|| bad("slot"))?;
+                let ptr = slot.ptr_at(0, op.len)?;
+                self.busy.push((ptr, i));
+                Ok(Some(Buf {
+                    ptr,
+                    len: op.len as usize,
+                    fixed: None,
+                }))
+            }
+        }
+    }
+
+    fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
+        let Target::Convert {
+            tensor,
+            first,
+            count,
+            skip,
+        } = op.target
+        else {
+            return Ok(());
+        };
+        let pos = self
+            .busy
+            .iter()
+            .position(|&(p, _)| p == buf.ptr)
+            .ok_or_else(|| bad("staging slot"))?;
+        let (_, slot) = self.busy.swap_remove(pos);
+        let result = (|| {
+            let fp = self.plan.files.get(file).ok_or_else(|| bad("file"))?;
+            let t = fp.tensors.get(tensor).ok_or_else(|| bad("tensor"))?;
+            let Place::Converted(base) = t.place else {
+                return Err(bad("place"));
+            };
+            let in_size = t.src_dtype.bits() / 8;
+            let out_size = t.dtype.bits() / 8;
+            let src = self
+                .slots
+                .get(slot)
+                .and_then(|s| s.as_slice().get(to_usize(skip).ok()?..to_usize(skip + count * in_size).ok()?))
+                .ok_or_else(|| bad("staged range"))?;
+            let out_start = to_usize(base + first * out_size)?;
+            let out_end = to_usize(base + (first + count) * out_size)?;
+            let dst = self
+                .converted
+                .get_mut(file)
+                .and_then(|c| c.as_mut_slice().get_mut(out_start..out_end))
+                .ok_or_else(|| bad("converted range"))?;
+            convert::convert_into(t.src_dtype, t.dtype, src, dst)
+        })();
+        self.free.push(slot);
+        result
+    }
+
+    fn wait_for_slot(&mut self) -> Result<()> {
+        // Host slots are released as soon as their read completes.
+        if self.free.is_empty() {
+            return Err(bad("no staging slot free and no read in flight"));
+        }
+        Ok(())
+    }
+}
+
+fn bad(what: &str) -> Error {
+    Error::InvalidArgument(format!("internal error in the host sink: {what}"))
+}

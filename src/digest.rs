@@ -1,0 +1,43 @@
+//! Per-tensor SHA-256 digests, as `tensorstream load --digest` prints them.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::loader::{Model, Tensor};
+
+/// Lowercase hex SHA-256 of the tensor's bytes as loaded (copied back from a device).
+pub fn tensor_sha256(t: &Tensor) -> Result<String> {
+    let hash = match t.host_bytes() {
+        Some(b) => Sha256::digest(b),
+        None => Sha256::digest(t.to_host()?),
+    };
+    Ok(hex(&hash))
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// One JSON line per tensor, sorted by name:
+/// `{"name":"...","dtype":"BF16","shape":[4096,4096],"sha256":"<hex>"}`.
+pub fn digest_lines(model: &Model) -> Result<Vec<String>> {
+    model
+        .tensors()
+        .map(|t| {
+            Ok(serde_json::json!({
+                "name": t.name,
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "sha256": tensor_sha256(t)?,
+            })
+            .to_string())
+        })
+        .collect()
+}

@@ -1,0 +1,410 @@
+//! The safetensors header: an 8-byte little-endian length N, then N bytes of JSON.
+//!
+//! Parsing reads the length prefix and the header bytes only; tensor data is never
+//! read or mapped to validate a file. Every rule the reference implementation
+//! enforces is enforced here, and one more: duplicate tensor names are rejected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+
+/// Largest header the format allows, in bytes.
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Bytes of the length prefix.
+pub const PREFIX_LEN: u64 = 8;
+
+/// One tensor of a safetensors file, as its header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name.
+    pub name: String,
+    /// Its element type.
+    pub dtype: Dtype,
+    /// Its shape (empty for a scalar).
+    pub shape: Vec<u64>,
+    /// Start of its bytes, relative to the data section.
+    pub begin: u64,
+    /// End (exclusive) of its bytes, relative to the data section.
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Number of bytes of the tensor.
+    pub fn len(&self) -> u64 {
+        self.end - self.begin
+    }
+
+    /// True when the tensor has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.begin
+    }
+
+    /// Number of elements (validated not to overflow when the header was parsed).
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// The parsed and validated header of one safetensors file.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The file.
+    pub path: PathBuf,
+    /// N, the length of the JSON header in bytes.
+    pub header_len: u64,
+    /// Length of the whole file.
+    pub file_len: u64,
+    /// The tensors, sorted by their offsets.
+    pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` map, when the header has one.
+    pub metadata: Option<BTreeMap<String, String>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Header {
+    /// Absolute file offset where the data section starts.
+    pub fn data_start(&self) -> u64 {
+        PREFIX_LEN + self.header_len
+    }
+
+    /// Bytes in the data section.
+    pub fn data_len(&self) -> u64 {
+        self.file_len - self.data_start()
+    }
+
+    /// The tensor with this name.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
+    }
+
+    /// Reads and validates the header of the file at `path`.
+    pub fn read(path: &Path) -> Result<Header> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        Header::read_from(&mut file, path)
+    }
+
+    /// Reads and validates the header from an open file. Only the prefix and the
+    /// header bytes are read; the allocation is bounded by the file's length.
+    pub fn read_from(file: &mut File, path: &Path) -> Result<Header> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        if file_len < PREFIX_LEN {
+            return Err(Error::header(
+                path,
+                format_args!(
+                    "file is {file_len} bytes, shorter than the {PREFIX_LEN}-byte length prefix"
+                ),
+            ));
+        }
+        let mut prefix = [0u8; PREFIX_LEN as usize];
+        file.read_exact(&mut prefix)
+            .map_err(|e| Error::io(path, "read header length", e))?;
+        let n = u64::from_le_bytes(prefix);
+        check_header_len(path, n, file_len)?;
+        let mut json = vec![0u8; n as usize];
+        file.read_exact(&mut json)
+            .map_err(|e| Error::io(path, "read header", e))?;
+        Header::parse_json(path, &json, file_len)
+    }
+
+    /// Parses a header from the first bytes of a file (`bytes` holds at least the
+    /// prefix and the JSON) given the whole file's length. Pure: no I/O.
+    pub fn parse_prefix(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header> {
+        let Some(prefix) = bytes.get(..PREFIX_LEN as usize) else {
+            return Err(Error::header(
+                path,
+                format_args!(
+                    "{} bytes, shorter than the {PREFIX_LEN}-byte length prefix",
+                    bytes.len()
+                ),
+            ));
+        };
+        let mut le = [0u8; PREFIX_LEN as usize];
+        le.copy_from_slice(prefix);
+        let n = u64::from_le_bytes(le);
+        check_header_len(path, n, file_len)?;
+        let json = usize::try_from(PREFIX_LEN + n)
+            .ok()
+            .and_then(|stop| bytes.get(PREFIX_LEN as usize..stop))
+            .ok_or_else(|| {
+                Error::header(
+                    path,
+                    format_args!("header length {n} runs past the {} bytes given", bytes.len()),
+                )
+            })?;
+        Header::parse_json(path, json, file_len)
+    }
+
+    /// Parses and validates the JSON header bytes of a file of `file_len` bytes.
+    pub fn parse_json(path: &Path, json: &[u8], file_len: u64) -> Result<Header> {
+        let header_len = json.len() as u64;
+        check_header_len(path, header_len, file_len)?;
+        let text = std::str::from_utf8(json).map_err(|e| {
+            Error::header(
+                path,
+                format_args!("header is not valid UTF-8 (at byte {})", e.valid_up_to()),
+            )
+        })?;
+        let raw: RawHeader = serde_json::from_str(text)
+            .map_err(|e| Error::header(path, format_args!("header is not valid JSON: {e}")))?;
+        if let Some(name) = raw.duplicate {
+            return Err(Error::tensor_err(
+                path,
+                &name,
+                "appears twice in the header (tensor names must be unique)",
+            ));
+        }
+        let mut tensors = raw.tensors;
+        tensors.sort_by_key(|t| (t.begin, t.end));
+        let mut expected = 0u64;
+        let mut prev: Option<&str> = None;
+        for t in &tensors {
+            if t.end < t.begin {
+                return Err(Error::tensor_err(
+                    path,
+                    &t.name,
+                    format_args!("data_offsets [{}, {}) end before they begin", t.begin, t.end),
+                ));
+            }
+            if t.begin < expected {
+                return Err(Error::tensor_err(
+                    path,
+                    &t.name,
+                    format_args!(
+                        "data_offsets [{}, {}) overlap the previous tensor '{}', which ends at {expected}",
+                        t.begin,
+                        t.end,
+                        prev.unwrap_or_default()
+                    ),
+                ));
+            }
+            if t.begin > expected {
+                let what = match prev {
+                    Some(p) => format!("the previous tensor '{p}', which ends at {expected}"),
+                    None => "the start of the data section (offset 0)".to_string(),
+                };
+                return Err(Error::tensor_err(
+                    path,
+                    &t.name,
+                    format_args!(
+                        "data_offsets [{}, {}) leave a gap after {what}",
+                        t.begin, t.end
+                    ),
+                ));
+            }
+            let want = tensor_bytes(t.dtype, &t.shape).map_err(|r| Error::tensor_err(path, &t.name, r))?;
+            if want != t.len() {
+                return Err(Error::tensor_err(
+                    path,
+                    &t.name,
+                    format_args!(
+                        "shape {:?} of {} needs {want} bytes but data_offsets [{}, {}) hold {}",
+                        t.shape,
+                        t.dtype,
+                        t.begin,
+                        t.end,
+                        t.len()
+                    ),
+                ));
+            }
+            expected = t.end;
+            prev = Some(&t.name);
+        }
+        let data_start = PREFIX_LEN + header_len;
+        let total = data_start.checked_add(expected);
+        if total != Some(file_len) {
+            return Err(Error::header(
+                path,
+                format_args!(
+                    "the header describes {expected} data bytes after {data_start} header bytes, \
+                     but the file is {file_len} bytes ({})",
+                    if total.is_some_and(|t| t > file_len) {
+                        "truncated"
+                    } else {
+                        "trailing bytes"
+                    }
+                ),
+            ));
+        }
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Header {
+            path: path.to_path_buf(),
+            header_len,
+            file_len,
+            tensors,
+            metadata: raw.metadata,
+            by_name,
+        })
+    }
+}
+
+fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<()> {
+    if n > MAX_HEADER_LEN {
+        return Err(Error::header(
+            path,
+            format_args!("header length {n} exceeds the format's limit of {MAX_HEADER_LEN} bytes"),
+        ));
+    }
+    if n > file_len.saturating_sub(PREFIX_LEN) {
+        return Err(Error::header(
+            path,
+            format_args!("header length {n} runs past the end of the {file_len}-byte file"),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes needed by `shape` elements of `dtype`, checked for overflow and whole bytes.
+pub fn tensor_bytes(dtype: Dtype, shape: &[u64]) -> std::result::Result<u64, String> {
+    let overflow = || format!("shape {shape:?} of {dtype} overflows 64 bits");
+    let numel = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
+    let bits = numel.checked_mul(dtype.bits()).ok_or_else(overflow)?;
+    if bits % 8 != 0 {
+        return Err(format!(
+            "shape {shape:?} of {dtype} is {bits} bits, not a whole number of bytes"
+        ));
+    }
+    Ok(bits / 8)
+}
+
+/// The header as JSON gives it, before validation. Keeps every tensor entry in order
+/// and remembers the first duplicated name instead of silently keeping the last.
+struct RawHeader {
+    metadata: Option<BTreeMap<String, String>>,
+    tensors: Vec<TensorInfo>,
+    duplicate: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTensor {
+    dtype: Dtype,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct HeaderVisitor;
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = RawHeader;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+                let mut metadata = None;
+                let mut seen_metadata = false;
+                let mut tensors = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+                let mut names = std::collections::HashSet::new();
+                let mut duplicate = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        if seen_metadata {
+                            return Err(de::Error::duplicate_field("__metadata__"));
+                        }
+                        seen_metadata = true;
+                        metadata = map.next_value::<Option<BTreeMap<String, String>>>()?;
+                        continue;
+                    }
+                    let raw: RawTensor = map.next_value()?;
+                    if !names.insert(key.clone()) && duplicate.is_none() {
+                        duplicate = Some(key.clone());
+                    }
+                    tensors.push(TensorInfo {
+                        name: key,
+                        dtype: raw.dtype,
+                        shape: raw.shape,
+                        begin: raw.data_offsets.0,
+                        end: raw.data_offsets.1,
+                    });
+                }
+                Ok(RawHeader {
+                    metadata,
+                    tensors,
+                    duplicate,
+                })
+            }
+        }
+        deserializer.deserialize_map(HeaderVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(json: &str, data: usize) -> Vec<u8> {
+        let mut v = (json.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.extend(std::iter::repeat(7u8).take(data));
+        v
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Header> {
+        Header::parse_prefix(Path::new("m.safetensors"), bytes, bytes.len() as u64)
+    }
+
+    #[test]
+    fn accepts_padding_metadata_unknown_fields_and_empty_tensors() {
+        let json = r#"  {"__metadata__":{"format":"pt"},"b":{"dtype":"F16","shape":[2],"data_offsets":[4,8],"extra":1},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[8,8]},"s":{"dtype":"I32","shape":[],"data_offsets":[8,12]}}   "#;
+        let h = parse(&file(json, 12)).unwrap();
+        assert_eq!(h.tensors.len(), 4);
+        assert_eq!(h.tensors[0].name, "a");
+        assert_eq!(h.metadata.unwrap()["format"], "pt");
+        assert_eq!(h.tensor("s").unwrap().len(), 4);
+    }
+
+    #[test]
+    fn rejects_duplicate_names_with_the_name() {
+        let json = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#;
+        let e = parse(&file(json, 2)).unwrap_err();
+        assert_eq!(e.tensor(), Some("a"));
+        assert!(e.to_string().contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn overlap_message_names_both_tensors_and_offsets() {
+        let json = r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"model.layers.3.mlp.up_proj.weight":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#;
+        let e = parse(&file(json, 6)).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor 'model.layers.3.mlp.up_proj.weight': data_offsets [2, 6) overlap the previous tensor 'x', which ends at 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_sub_byte_remainder_and_overflow() {
+        let json = r#"{"x":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#;
+        assert!(parse(&file(json, 1)).unwrap_err().to_string().contains("whole number of bytes"));
+        let json = r#"{"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,1]}}"#;
+        assert!(parse(&file(json, 1)).unwrap_err().to_string().contains("overflows"));
+    }
+
+    #[test]
+    fn header_length_lies_are_caught_before_allocation() {
+        let mut v = file("{}", 0);
+        v[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse(&v).unwrap_err().to_string().contains("exceeds the format's limit"));
+        v[..8].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(parse(&v).unwrap_err().to_string().contains("runs past the end"));
+    }
+}

@@ -1,0 +1,574 @@
+//! The I/O engine: moves planned byte ranges from files into memory handed out by a
+//! [`Sink`], with a bounded number of reads in flight, whatever the model size.
+//!
+//! Backends behind one [`Engine`] interface: io_uring (O_DIRECT or buffered, per
+//! file), a pread thread pool (portable, always built) and mmap. `auto` chooses per
+//! file and falls back when the kernel refuses io_uring or O_DIRECT.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::plan::{Plan, ReadOp};
+
+mod mmap;
+mod pread;
+#[cfg(target_os = "linux")]
+mod uring;
+
+pub(crate) use mmap::MmapEngine;
+pub(crate) use pread::PreadEngine;
+#[cfg(target_os = "linux")]
+pub(crate) use uring::UringEngine;
+
+/// Which I/O path reads the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// Per file: io_uring with O_DIRECT when the file is not in the page cache and its
+    /// file system supports O_DIRECT, buffered io_uring otherwise; pread when io_uring
+    /// is refused. Falls back instead of failing, and records why.
+    #[default]
+    Auto,
+    /// io_uring with O_DIRECT; an error when either is unavailable.
+    Direct,
+    /// io_uring through the page cache; an error when io_uring is unavailable.
+    Buffered,
+    /// A pool of threads calling pread (through the page cache).
+    Pread,
+    /// Copy from a memory map of each file. A file truncated by another process while
+    /// it is mapped kills the process with SIGBUS: use only on files you control.
+    Mmap,
+}
+
+impl FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "auto" => IoBackend::Auto,
+            "direct" => IoBackend::Direct,
+            "buffered" => IoBackend::Buffered,
+            "pread" => IoBackend::Pread,
+            "mmap" => IoBackend::Mmap,
+            _ => {
+                return Err(format!(
+                    "unknown io backend '{s}' (auto, direct, buffered, pread, mmap)"
+                ))
+            }
+        })
+    }
+}
+
+/// The engine a load actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// io_uring.
+    Uring,
+    /// pread thread pool.
+    Pread,
+    /// mmap + copy.
+    Mmap,
+}
+
+/// How one file is read, decided before the load.
+#[derive(Debug, Clone)]
+pub struct FileMode {
+    /// Opened with O_DIRECT.
+    pub direct: bool,
+    /// Why this path was chosen (for logs and reports).
+    pub reason: String,
+}
+
+/// The resolved I/O choice for a load.
+#[derive(Debug, Clone)]
+pub struct IoChoice {
+    /// The engine.
+    pub engine: EngineKind,
+    /// Why this engine (e.g. why io_uring was not used).
+    pub engine_reason: String,
+    /// One mode per planned file.
+    pub files: Vec<FileMode>,
+}
+
+impl IoChoice {
+    /// Human-readable name of the path that reads file `i`.
+    pub fn path_name(&self, i: usize) -> &'static str {
+        let direct = self.files.get(i).is_some_and(|m| m.direct);
+        match (self.engine, direct) {
+            (EngineKind::Uring, true) => "io_uring+O_DIRECT",
+            (EngineKind::Uring, false) => "io_uring buffered",
+            (EngineKind::Pread, true) => "pread+O_DIRECT",
+            (EngineKind::Pread, false) => "pread buffered",
+            (EngineKind::Mmap, _) => "mmap",
+        }
+    }
+}
+
+/// A shared flag that cancels a load from another thread.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks every load holding this token to stop; they return [`Error::Cancelled`].
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Progress callback: (bytes done, bytes total).
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Memory for one read, owned by the sink; it stays valid and untouched by anyone
+/// else until the sink gets it back through [`Sink::complete`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Buf {
+    pub ptr: *mut u8,
+    pub len: usize,
+    /// Index of the buffer registered with io_uring, when it is one.
+    pub fixed: Option<u16>,
+}
+
+/// Where read bytes go: the host or a device.
+pub(crate) trait Sink {
+    /// Memory for read `op` of file `file`; `None` when every staging slot is busy.
+    fn buffer(&mut self, file: usize, op: &ReadOp) -> Result<Option<Buf>>;
+    /// Read `op` finished: its required bytes are in `buf`.
+    fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()>;
+    /// Blocks until a staging slot may be free; called when no read is in flight.
+    fn wait_for_slot(&mut self) -> Result<()>;
+    /// Buffers the io_uring engine should register as fixed buffers.
+    fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
+        Vec::new()
+    }
+}
+
+/// One read handed to an engine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Req {
+    pub id: usize,
+    pub fd: RawFd,
+    pub offset: u64,
+    pub ptr: *mut u8,
+    pub len: usize,
+    pub fixed: Option<u16>,
+}
+
+// SAFETY: a Req only carries a pointer to memory the coordinator keeps alive and
+// untouched until the request completes; the engines write through it and nothing else.
+unsafe impl Send for Req {}
+
+/// A finished read: bytes read (0 at end of file) or the OS error.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub id: usize,
+    pub res: io::Result<usize>,
+}
+
+/// A way of performing reads. Dropping an engine waits for every read it started.
+pub(crate) trait Engine {
+    /// Starts a read. The memory at `req.ptr` must stay valid until its `Done` is returned.
+    fn submit(&mut self, req: Req) -> io::Result<()>;
+    /// Blocks until at least one read finishes; appends every finished read to `out`.
+    fn wait(&mut self, out: &mut Vec<Done>) -> io::Result<()>;
+    /// Waits for every read in flight, discarding results.
+    fn drain(&mut self);
+}
+
+/// Creates the engine of `kind`.
+pub(crate) fn new_engine(
+    kind: EngineKind,
+    depth: usize,
+    fixed: &[(*mut u8, usize)],
+) -> Result<Box<dyn Engine>> {
+    match kind {
+        #[cfg(target_os = "linux")]
+        EngineKind::Uring => Ok(Box::new(UringEngine::new(depth, fixed).map_err(|e| {
+            Error::Unsupported(format!("io_uring is not available: {e}"))
+        })?)),
+        #[cfg(not(target_os = "linux"))]
+        EngineKind::Uring => Err(Error::Unsupported("io_uring needs Linux".into())),
+        EngineKind::Pread => Ok(Box::new(PreadEngine::new(depth))),
+        EngineKind::Mmap => Ok(Box::new(MmapEngine::default())),
+    }
+}
+
+/// Whether io_uring can be set up here (seccomp, sysctl and old kernels refuse it).
+pub fn probe_uring() -> std::result::Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        UringEngine::new(4, &[]).map(drop).map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("io_uring needs Linux".to_string())
+    }
+}
+
+/// Fraction of a sample of the file's pages that are in the page cache.
+pub fn resident_fraction(path: &Path) -> Result<f64> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+}
+
+/// Whether the file can be opened with O_DIRECT (tmpfs and some others refuse it).
+pub fn supports_direct(path: &Path) -> bool {
+    open_file(path, true).is_ok()
+}
+
+/// Opens `path` for reading, with O_DIRECT when `direct`.
+pub(crate) fn open_file(path: &Path, direct: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(target_os = "linux")]
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    #[cfg(not(target_os = "linux"))]
+    if direct {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "O_DIRECT needs Linux"));
+    }
+    o.open(path)
+}
+
+/// Decides the engine and the per-file mode for `paths`.
+pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
+    let (engine, engine_reason) = match backend {
+        IoBackend::Direct | IoBackend::Buffered => {
+            probe_uring().map_err(|e| {
+                Error::Unsupported(format!("io_uring is not available here: {e}"))
+            })?;
+            (EngineKind::Uring, "requested".to_string())
+        }
+        IoBackend::Pread => (EngineKind::Pread, "requested".to_string()),
+        IoBackend::Mmap => (EngineKind::Mmap, "requested".to_string()),
+        IoBackend::Auto => match probe_uring() {
+            Ok(()) => (EngineKind::Uring, "io_uring available".to_string()),
+            Err(e) => {
+                tracing::debug!("io_uring refused ({e}); falling back to pread");
+                (EngineKind::Pread, format!("io_uring refused ({e}); fell back to pread"))
+            }
+        },
+    };
+    let mut files = Vec::with_capacity(paths.len());
+    for p in paths {
+        let mode = match backend {
+            IoBackend::Direct => {
+                open_file(p, true).map_err(|e| {
+                    Error::Unsupported(format!(
+                        "{}: O_DIRECT is not supported here: {e}",
+                        p.display()
+                    ))
+                })?;
+                FileMode {
+                    direct: true,
+                    reason: "requested".into(),
+                }
+            }
+            IoBackend::Buffered | IoBackend::Pread | IoBackend::Mmap => FileMode {
+                direct: false,
+                reason: "requested".into(),
+            },
+            IoBackend::Auto => auto_mode(p),
+        };
+        tracing::debug!("{}: direct={} ({})", p.display(), mode.direct, mode.reason);
+        files.push(mode);
+    }
+    Ok(IoChoice {
+        engine,
+        engine_reason,
+        files,
+    })
+}
+
+fn auto_mode(p: &Path) -> FileMode {
+    if let Err(e) = open_file(p, true) {
+        return FileMode {
+            direct: false,
+            reason: format!("O_DIRECT refused ({e})"),
+        };
+    }
+    match resident_fraction(p) {
+        Ok(f) if f >= 0.5 => FileMode {
+            direct: false,
+            reason: format!("{:.0}% of sampled pages cached", f * 100.0),
+        },
+        Ok(f) => FileMode {
+            direct: true,
+            reason: format!("{:.0}% of sampled pages cached", f * 100.0),
+        },
+        Err(e) => FileMode {
+            direct: false,
+            reason: format!("page-cache residency unknown ({e})"),
+        },
+    }
+}
+
+/// What the engine did.
+#[derive(Debug, Clone, Default)]
+pub struct IoStats {
+    /// Bytes the reads returned.
+    pub bytes_read: u64,
+    /// Read requests submitted, resubmissions included.
+    pub requests: u64,
+    /// Short or interrupted reads that were resubmitted.
+    pub resubmitted: u64,
+}
+
+struct OpenFile {
+    file: File,
+    len: u64,
+    mtime: Option<SystemTime>,
+}
+
+struct InFlight {
+    file: usize,
+    read: usize,
+    buf: Buf,
+    /// Bytes of the read already in `buf`.
+    got: usize,
+}
+
+/// Runs every read of `plan` through `engine` into `sink`, at most `depth` at a time.
+/// On any error, waits for all reads in flight before returning it, so no engine
+/// writes into memory the caller frees afterwards.
+pub(crate) fn execute(
+    plan: &Plan,
+    choice: &IoChoice,
+    engine: &mut dyn Engine,
+    sink: &mut dyn Sink,
+    depth: usize,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+) -> Result<IoStats> {
+    let mut stats = IoStats::default();
+    let r = run(plan, choice, engine, sink, depth.max(1), cancel, progress, &mut stats);
+    if r.is_err() {
+        engine.drain();
+    }
+    r.map(|()| stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    plan: &Plan,
+    choice: &IoChoice,
+    engine: &mut dyn Engine,
+    sink: &mut dyn Sink,
+    depth: usize,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+    stats: &mut IoStats,
+) -> Result<()> {
+    let jobs: Vec<(usize, usize)> = plan
+        .files
+        .iter()
+        .enumerate()
+        .flat_map(|(f, fp)| (0..fp.reads.len()).map(move |r| (f, r)))
+        .collect();
+    let total: u64 = plan.files.iter().flat_map(|f| &f.reads).map(|r| r.required).sum();
+    let mut remaining: Vec<usize> = plan.files.iter().map(|f| f.reads.len()).collect();
+    let mut open: Vec<Option<OpenFile>> = plan.files.iter().map(|_| None).collect();
+    let mut inflight: HashMap<usize, InFlight> = HashMap::with_capacity(depth);
+    let mut done = Vec::with_capacity(depth);
+    let mut next = 0usize;
+    let mut bytes_done = 0u64;
+    loop {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled);
+        }
+        while inflight.len() < depth {
+            let Some(&(f, r)) = jobs.get(next) else { break };
+            let (fp, op) = job(plan, f, r)?;
+            let slot = open.get_mut(f).ok_or_else(|| internal("file index"))?;
+            if slot.is_none() {
+                let direct = choice.files.get(f).is_some_and(|m| m.direct);
+                *slot = Some(open_checked(&fp.path, direct, fp.file_len)?);
+            }
+            let fd = slot.as_ref().map(|o| o.file.as_raw_fd()).unwrap_or(-1);
+            let Some(buf) = sink.buffer(f, op)? else { break };
+            if buf.len < op.len as usize {
+                return Err(internal("sink buffer shorter than the read"));
+            }
+            engine
+                .submit(Req {
+                    id: next,
+                    fd,
+                    offset: op.offset,
+                    ptr: buf.ptr,
+                    len: op.len as usize,
+                    fixed: buf.fixed,
+                })
+                .map_err(|e| Error::io(&fp.path, "submit read", e))?;
+            stats.requests += 1;
+            inflight.insert(
+                next,
+                InFlight {
+                    file: f,
+                    read: r,
+                    buf,
+                    got: 0,
+                },
+            );
+            next += 1;
+        }
+        if inflight.is_empty() {
+            if next >= jobs.len() {
+                return Ok(());
+            }
+            sink.wait_for_slot()?;
+            continue;
+        }
+        engine
+            .wait(&mut done)
+            .map_err(|e| Error::io(&plan.files[0].path, "wait for reads", e))?;
+        for d in done.drain(..) {
+            let Some(mut j) = inflight.remove(&d.id) else {
+                return Err(internal("completion for an unknown read"));
+            };
+            let (fp, op) = job(plan, j.file, j.read)?;
+            let direct = choice.files.get(j.file).is_some_and(|m| m.direct);
+            match d.res {
+                Ok(n) => {
+                    stats.bytes_read += n as u64;
+                    if n == 0 && (j.got as u64) < op.required {
+                        return Err(Error::changed(
+                            &fp.path,
+                            format_args!(
+                                "end of file at offset {} while {} bytes were expected there",
+                                op.offset + j.got as u64,
+                                op.required - j.got as u64
+                            ),
+                        ));
+                    }
+                    j.got += n;
+                    if (j.got as u64) < op.required {
+                        // Short read: ask for the rest (O_DIRECT needs an aligned restart).
+                        stats.resubmitted += 1;
+                        if direct {
+                            j.got -= j.got % 4096;
+                        }
+                    } else {
+                        sink.complete(j.file, op, j.buf)?;
+                        bytes_done += op.required;
+                        if let Some(p) = progress {
+                            p(bytes_done, total);
+                        }
+                        let rem = remaining.get_mut(j.file).ok_or_else(|| internal("file"))?;
+                        *rem -= 1;
+                        if *rem == 0 {
+                            if let Some(o) = open.get_mut(j.file).and_then(Option::take) {
+                                close_checked(&fp.path, o)?;
+                            }
+                        }
+                        continue;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    stats.resubmitted += 1;
+                }
+                Err(e) => return Err(Error::io(&fp.path, "read", e)),
+            }
+            let fd = open
+                .get(j.file)
+                .and_then(|o| o.as_ref())
+                .map(|o| o.file.as_raw_fd())
+                .ok_or_else(|| internal("resubmit on a closed file"))?;
+            // SAFETY: got < len, so the pointer stays inside the buffer of `len` bytes.
+            let ptr = unsafe { j.buf.ptr.add(j.got) };
+            engine
+                .submit(Req {
+                    id: d.id,
+                    fd,
+                    offset: op.offset + j.got as u64,
+                    ptr,
+                    len: op.len as usize - j.got,
+                    fixed: j.buf.fixed,
+                })
+                .map_err(|e| Error::io(&fp.path, "submit read", e))?;
+            stats.requests += 1;
+            inflight.insert(d.id, j);
+        }
+    }
+}
+
+fn job(plan: &Plan, f: usize, r: usize) -> Result<(&crate::plan::FilePlan, &ReadOp)> {
+    let fp = plan.files.get(f).ok_or_else(|| internal("file index"))?;
+    let op = fp.reads.get(r).ok_or_else(|| internal("read index"))?;
+    Ok((fp, op))
+}
+
+fn internal(what: &str) -> Error {
+    Error::InvalidArgument(format!("internal error in the I/O engine: {what}"))
+}
+
+fn open_checked(path: &Path, direct: bool, expected_len: u64) -> Result<OpenFile> {
+    let file = open_file(path, direct).map_err(|e| Error::io(path, "open", e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if meta.len() != expected_len {
+        return Err(Error::changed(
+            path,
+            format_args!(
+                "it was {expected_len} bytes when its header was validated and is now {}",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(OpenFile {
+        file,
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+    })
+}
+
+fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
+    let meta = o.file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if meta.len() != o.len {
+        return Err(Error::changed(
+            path,
+            format_args!("it was {} bytes and became {} during the load", o.len, meta.len()),
+        ));
+    }
+    if meta.modified().ok() != o.mtime {
+        return Err(Error::changed(
+            path,
+            format_args!("it was modified during the load (mtime {})", meta.mtime()),
+        ));
+    }
+    Ok(())
+}
+
+/// Drops `path` from the page cache (fdatasync, then POSIX_FADV_DONTNEED) and
+/// returns the fraction of sampled pages still resident afterwards.
+pub fn drop_page_cache(path: &Path) -> Result<f64> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    file.sync_data().map_err(|e| Error::io(path, "fdatasync", e))?;
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscall on an open fd; no memory is passed.
+        let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if r != 0 {
+            return Err(Error::io(path, "posix_fadvise", io::Error::from_raw_os_error(r)));
+        }
+    }
+    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+}

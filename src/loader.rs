@@ -1,0 +1,421 @@
+//! The loader: a builder of options, and the orchestration of header → plan → I/O →
+//! sink → tensors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::Checkpoint;
+use crate::device::host::HostSink;
+use crate::device::{Device, HostBuf};
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress};
+use crate::plan::{self, Place, Plan, PlanOptions};
+
+/// Builds and runs loads. Cheap to clone; one `Loader` may run many loads, also from
+/// several threads at once (`Loader` is `Send + Sync`).
+#[derive(Clone)]
+pub struct Loader {
+    device: Device,
+    io: IoBackend,
+    plan: PlanOptions,
+    queue_depth: usize,
+    staging_bytes: u64,
+    progress: Option<Progress>,
+    cancel: Option<CancelToken>,
+    per_tensor: bool,
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Loader::new()
+    }
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("device", &self.device)
+            .field("io", &self.io)
+            .field("plan", &self.plan)
+            .field("queue_depth", &self.queue_depth)
+            .field("staging_bytes", &self.staging_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loader {
+    /// A loader with the default options.
+    pub fn new() -> Self {
+        Loader {
+            device: Device::Cpu,
+            io: IoBackend::Auto,
+            plan: PlanOptions::default(),
+            queue_depth: 16,
+            staging_bytes: 64 << 20,
+            progress: None,
+            cancel: None,
+            per_tensor: false,
+        }
+    }
+
+    /// Where tensors are loaded. By default, [`Device::Cpu`].
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The I/O backend. By default, [`IoBackend::Auto`].
+    pub fn io(mut self, io: IoBackend) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Largest single read, in bytes, rounded up to 4 KiB. By default, 4 MiB.
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.plan.chunk_size = bytes.max(1).div_ceil(4096) * 4096;
+        self
+    }
+
+    /// Reads in flight at once. By default, 16.
+    pub fn queue_depth(mut self, depth: usize) -> Self {
+        self.queue_depth = depth.max(1);
+        self
+    }
+
+    /// Bytes of staging memory (pinned on CUDA) in slots of the chunk size. By
+    /// default, 64 MiB. Host loads without conversion read straight into their
+    /// destination and use no staging.
+    pub fn staging_bytes(mut self, bytes: u64) -> Self {
+        self.staging_bytes = bytes;
+        self
+    }
+
+    /// Loads only tensors whose whole name matches this glob (`*`, `?`); may be given
+    /// several times. By default, every tensor.
+    pub fn only(mut self, pattern: impl Into<String>) -> Self {
+        self.plan.only.push(pattern.into());
+        self
+    }
+
+    /// Converts floating tensors (F32, F16, BF16, FP8) to `dtype` (F32, F16 or BF16);
+    /// other tensors load unchanged. By default, no conversion.
+    pub fn dtype(mut self, dtype: Option<Dtype>) -> Self {
+        self.plan.dtype = dtype;
+        self
+    }
+
+    /// Reads closer than this many bytes apart are merged. By default, 64 KiB.
+    pub fn coalesce_gap(mut self, bytes: u64) -> Self {
+        self.plan.coalesce_gap = bytes;
+        self
+    }
+
+    /// On CUDA, one device allocation per tensor instead of one per file, so that a
+    /// framework can free tensors one by one. By default, one per file.
+    pub fn per_tensor_allocations(mut self, yes: bool) -> Self {
+        self.per_tensor = yes;
+        self
+    }
+
+    /// Called with (bytes done, bytes total) as reads complete. By default, none.
+    pub fn progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// A token that cancels the load from another thread. By default, none.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// The queue depth in use.
+    pub fn get_queue_depth(&self) -> usize {
+        self.queue_depth
+    }
+
+    /// Opens, validates and loads the checkpoint at `path` (a file, a directory of
+    /// shards or an index).
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Model> {
+        let ckpt = Checkpoint::open(path.as_ref())?;
+        self.load_checkpoint(&ckpt)
+    }
+
+    /// Loads an already opened checkpoint.
+    pub fn load_checkpoint(&self, ckpt: &Checkpoint) -> Result<Model> {
+        let start = Instant::now();
+        let plan = plan::plan(ckpt, &self.plan)?;
+        if !self.plan.only.is_empty() && plan.tensor_count() == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "no tensor of {} matches {}",
+                ckpt.path.display(),
+                self.plan
+                    .only
+                    .iter()
+                    .map(|p| format!("'{p}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
+        let choice = io::choose(self.io, &paths)?;
+        let slots = (self.staging_bytes / self.plan.chunk_size).max(1) as usize;
+        let (tensors, stats) = match self.device {
+            Device::Cpu => self.load_host(&plan, &choice, slots)?,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => crate::device::cuda::load(
+                &plan,
+                &choice,
+                ordinal,
+                slots,
+                self.plan.chunk_size,
+                self.queue_depth,
+                self.per_tensor,
+                self.cancel.as_ref(),
+                self.progress.as_ref(),
+            )?,
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => {
+                return Err(Error::Unsupported(
+                    "this build has no CUDA support (rebuild with --features cuda)".into(),
+                ))
+            }
+        };
+        let files = plan
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FileReport {
+                path: f.path.clone(),
+                io_path: choice.path_name(i),
+                reason: choice.files.get(i).map(|m| m.reason.clone()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Model {
+            tensors,
+            stats: LoadStats {
+                tensor_bytes: plan.tensor_bytes(),
+                output_bytes: plan.output_bytes(),
+                read_bytes: stats.bytes_read,
+                requests: stats.requests,
+                elapsed: start.elapsed(),
+                engine_reason: choice.engine_reason.clone(),
+                files,
+            },
+        })
+    }
+
+    fn load_host(
+        &self,
+        plan: &Plan,
+        choice: &IoChoice,
+        slots: usize,
+    ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
+        let mut sink = HostSink::new(plan, slots, self.plan.chunk_size)?;
+        let stats = {
+            let mut engine = io::new_engine(choice.engine, self.queue_depth, &[])?;
+            io::execute(
+                plan,
+                choice,
+                engine.as_mut(),
+                &mut sink,
+                self.queue_depth,
+                self.cancel.as_ref(),
+                self.progress.as_ref(),
+            )?
+        };
+        let raw: Vec<Arc<HostBuf>> = sink.raw.drain(..).map(Arc::new).collect();
+        let conv: Vec<Arc<HostBuf>> = sink.converted.drain(..).map(Arc::new).collect();
+        let mut tensors = BTreeMap::new();
+        for (i, f) in plan.files.iter().enumerate() {
+            for t in &f.tensors {
+                let (buf, offset) = match t.place {
+                    Place::Raw(o) => (raw.get(i), o),
+                    Place::Converted(o) => (conv.get(i), o),
+                };
+                let buf = buf.ok_or_else(|| Error::InvalidArgument("internal: buffer".into()))?;
+                tensors.insert(
+                    t.name.clone(),
+                    Tensor {
+                        name: t.name.clone(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        storage: Storage::Host(Arc::clone(buf)),
+                        offset: offset as usize,
+                        len: t.len as usize,
+                    },
+                );
+            }
+        }
+        Ok((tensors, stats))
+    }
+}
+
+/// Where a tensor's bytes live.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// A host buffer shared by the tensors of one file.
+    Host(Arc<HostBuf>),
+    /// A device buffer (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<crate::device::cuda::DeviceBuf>),
+}
+
+/// One loaded tensor: a view into a buffer it shares with others of its file.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    /// Name.
+    pub name: String,
+    /// Dtype (after conversion).
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<u64>,
+    storage: Storage,
+    offset: usize,
+    len: usize,
+}
+
+impl Tensor {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the tensor has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device the bytes are on.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Host(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => Device::Cuda(b.ordinal()),
+        }
+    }
+
+    /// The bytes, when the tensor is in host memory (little-endian, C order).
+    pub fn host_bytes(&self) -> Option<&[u8]> {
+        match &self.storage {
+            Storage::Host(b) => b.as_slice().get(self.offset..self.offset + self.len),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => None,
+        }
+    }
+
+    /// The bytes copied to a new host vector (from the device when needed).
+    pub fn to_host(&self) -> Result<Vec<u8>> {
+        match &self.storage {
+            Storage::Host(_) => self
+                .host_bytes()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::InvalidArgument("internal: tensor view".into())),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => b.copy_to_host(self.offset, self.len),
+        }
+    }
+
+    /// The storage and the byte offset of this tensor in it.
+    pub fn storage(&self) -> (&Storage, usize) {
+        (&self.storage, self.offset)
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn new_cuda(
+        name: String,
+        dtype: Dtype,
+        shape: Vec<u64>,
+        buf: Arc<crate::device::cuda::DeviceBuf>,
+        offset: usize,
+        len: usize,
+    ) -> Tensor {
+        Tensor {
+            name,
+            dtype,
+            shape,
+            storage: Storage::Cuda(buf),
+            offset,
+            len,
+        }
+    }
+}
+
+/// Which I/O path read a file, and why.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// "io_uring+O_DIRECT", "io_uring buffered", "pread buffered", "mmap", ...
+    pub io_path: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Figures about a finished load.
+#[derive(Debug, Clone)]
+pub struct LoadStats {
+    /// Tensor bytes as stored in the files.
+    pub tensor_bytes: u64,
+    /// Tensor bytes handed back (after conversion).
+    pub output_bytes: u64,
+    /// Bytes read from files (tensor bytes plus alignment slack).
+    pub read_bytes: u64,
+    /// Read requests issued.
+    pub requests: u64,
+    /// Wall time of the load, planning and allocation included.
+    pub elapsed: Duration,
+    /// Why the I/O engine was chosen.
+    pub engine_reason: String,
+    /// Per file, the path that read it.
+    pub files: Vec<FileReport>,
+}
+
+impl LoadStats {
+    /// Tensor bytes per second, in GB/s (10^9).
+    pub fn gbps(&self) -> f64 {
+        self.tensor_bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+/// A loaded checkpoint: tensors by name.
+#[derive(Debug)]
+pub struct Model {
+    tensors: BTreeMap<String, Tensor>,
+    stats: LoadStats,
+}
+
+impl Model {
+    /// The tensor with this name.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// All tensors, sorted by name.
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.tensors.values()
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// True when no tensor was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Takes the tensors out, by name.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+
+    /// Figures about the load.
+    pub fn stats(&self) -> &LoadStats {
+        &self.stats
+    }
+}

@@ -1,0 +1,364 @@
+//! Planning: from validated headers and the caller's options, the byte ranges to read
+//! and where each lands. Pure: no I/O, no GPU, so it is tested on its own.
+//!
+//! Per file, the selected tensors that load as raw bytes are grouped into *segments*:
+//! runs of tensors whose aligned byte ranges touch or lie close together. A segment is
+//! read as a whole into the file's raw destination buffer, which holds the segments
+//! back to back; each tensor is a view into it. Tensors that need a dtype conversion
+//! are read on their own, in chunks that each cover whole elements, through staging
+//! memory, and converted into the file's converted-tensor area.
+
+use std::path::PathBuf;
+
+use crate::checkpoint::Checkpoint;
+use crate::convert;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+
+/// Options that shape a plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Largest single read, in bytes (a multiple of `align`).
+    pub chunk_size: u64,
+    /// Alignment of file offsets, lengths and destination offsets (4096 for O_DIRECT).
+    pub align: u64,
+    /// Two selected ranges closer than this are read as one (the gap is read too).
+    pub coalesce_gap: u64,
+    /// Whole-name glob patterns; a tensor is selected when it matches any. Empty: all.
+    pub only: Vec<String>,
+    /// Convert floating tensors to this dtype.
+    pub dtype: Option<Dtype>,
+    /// Alignment of converted tensors inside the converted area.
+    pub tensor_align: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            chunk_size: 4 << 20,
+            align: 4096,
+            coalesce_gap: 64 << 10,
+            only: Vec::new(),
+            dtype: None,
+            tensor_align: 256,
+        }
+    }
+}
+
+/// Where a planned tensor's bytes end up in its file's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At this offset of the file's raw buffer (bytes exactly as in the file).
+    Raw(u64),
+    /// At this offset of the file's converted area.
+    Converted(u64),
+}
+
+/// One selected tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTensor {
+    /// Name.
+    pub name: String,
+    /// Dtype in the file.
+    pub src_dtype: Dtype,
+    /// Dtype once loaded.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Absolute file offset of the tensor's first byte.
+    pub file_offset: u64,
+    /// Bytes in the file.
+    pub src_len: u64,
+    /// Bytes once loaded.
+    pub len: u64,
+    /// Where it lands.
+    pub place: Place,
+}
+
+/// What a read's bytes are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Copy into the raw buffer at this offset.
+    Raw {
+        /// Destination offset in the file's raw buffer.
+        dest: u64,
+    },
+    /// Convert elements `[first, first + count)` of tensor `tensor` (index into
+    /// [`FilePlan::tensors`]); the read starts `skip` bytes before the first element.
+    Convert {
+        /// Tensor index in the file plan.
+        tensor: usize,
+        /// First element converted.
+        first: u64,
+        /// Number of elements converted.
+        count: u64,
+        /// Bytes between the read's start and the first element.
+        skip: u64,
+    },
+}
+
+/// One read request: `len` bytes at absolute file offset `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOp {
+    /// Absolute file offset (aligned).
+    pub offset: u64,
+    /// Length (aligned; may run past the end of the file, whose tail reads short).
+    pub len: u64,
+    /// Bytes of this read that must arrive (the rest is alignment slack past EOF).
+    pub required: u64,
+    /// What the bytes are for.
+    pub target: Target,
+}
+
+/// The plan for one file.
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    /// Position of the shard in the checkpoint.
+    pub shard: usize,
+    /// The file.
+    pub path: PathBuf,
+    /// Its length when validated.
+    pub file_len: u64,
+    /// Selected tensors, in file order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Bytes of the raw destination buffer.
+    pub raw_len: u64,
+    /// Bytes of the converted area.
+    pub converted_len: u64,
+    /// The reads, in file order.
+    pub reads: Vec<ReadOp>,
+}
+
+/// The plan for a whole checkpoint.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// One entry per file that has selected tensors.
+    pub files: Vec<FilePlan>,
+}
+
+impl Plan {
+    /// Tensor bytes the caller gets, after conversion.
+    pub fn output_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.tensors)
+            .map(|t| t.len)
+            .sum()
+    }
+
+    /// Tensor bytes as stored in the files.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.tensors)
+            .map(|t| t.src_len)
+            .sum()
+    }
+
+    /// Bytes the reads request (tensor bytes plus alignment and coalescing slack).
+    pub fn read_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.reads)
+            .map(|r| r.len)
+            .sum()
+    }
+
+    /// Number of selected tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.files.iter().map(|f| f.tensors.len()).sum()
+    }
+}
+
+/// Whole-name glob match: `*` matches any run of characters (dots included), `?` one
+/// character; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || Some(&c) == n.get(ni) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+fn align_down(x: u64, a: u64) -> u64 {
+    x - x % a
+}
+
+fn align_up(x: u64, a: u64) -> Option<u64> {
+    x.checked_add(a - 1).map(|y| align_down(y, a))
+}
+
+/// Plans the reads for `ckpt` under `opts`.
+pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
+    let align = opts.align.max(1);
+    if opts.chunk_size == 0 || opts.chunk_size % align != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "chunk size {} must be a non-zero multiple of the alignment {align}",
+            opts.chunk_size
+        )));
+    }
+    if let Some(d) = opts.dtype {
+        if !d.is_conversion_target() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot convert to {d}: the targets are F32, F16 and BF16"
+            )));
+        }
+    }
+    let tensor_align = opts.tensor_align.max(1);
+    let mut files = Vec::new();
+    for (shard, h) in ckpt.shards.iter().enumerate() {
+        let data_start = h.data_start();
+        let mut tensors = Vec::new();
+        let mut raw_len = 0u64;
+        let mut converted_len = 0u64;
+        let mut reads = Vec::new();
+        // Current raw segment: aligned file range [seg_start, seg_end) and its dest base.
+        let mut seg: Option<(u64, u64, u64)> = None;
+        let flush = |seg: &mut Option<(u64, u64, u64)>, reads: &mut Vec<ReadOp>| {
+            if let Some((start, end, dest)) = seg.take() {
+                let mut off = start;
+                while off < end {
+                    let len = opts.chunk_size.min(end - off);
+                    reads.push(ReadOp {
+                        offset: off,
+                        len,
+                        required: h.file_len.min(off + len).saturating_sub(off),
+                        target: Target::Raw {
+                            dest: dest + (off - start),
+                        },
+                    });
+                    off += len;
+                }
+            }
+        };
+        for t in &h.tensors {
+            if !opts.only.is_empty() && !opts.only.iter().any(|p| glob_match(p, &t.name)) {
+                continue;
+            }
+            let file_offset = data_start + t.begin;
+            let out_dtype = convert::output_dtype(t.dtype, opts.dtype);
+            let src_len = t.len();
+            if out_dtype == t.dtype {
+                let a0 = align_down(file_offset, align);
+                let a1 = align_up(data_start + t.end, align).ok_or_else(|| {
+                    Error::tensor_err(&h.path, &t.name, "offset overflows")
+                })?;
+                let place = match &mut seg {
+                    Some((s, e, dest)) if a0 <= e.saturating_add(opts.coalesce_gap) => {
+                        *e = (*e).max(a1);
+                        Place::Raw(*dest + (file_offset - *s))
+                    }
+                    _ => {
+                        flush(&mut seg, &mut reads);
+                        let dest = raw_len;
+                        seg = Some((a0, a1, dest));
+                        Place::Raw(dest + (file_offset - a0))
+                    }
+                };
+                tensors.push(PlannedTensor {
+                    name: t.name.clone(),
+                    src_dtype: t.dtype,
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    file_offset,
+                    src_len,
+                    len: src_len,
+                    place,
+                });
+                raw_len = seg.map(|(s, e, d)| d + (e - s)).unwrap_or(raw_len);
+                continue;
+            }
+            // A converted tensor: chunks of whole elements, each read aligned.
+            let esize = t.dtype.bits() / 8;
+            let out_len = convert::converted_len(t.dtype, out_dtype, src_len);
+            let place_off = align_up(converted_len, tensor_align).unwrap_or(converted_len);
+            converted_len = place_off + out_len;
+            let idx = tensors.len();
+            tensors.push(PlannedTensor {
+                name: t.name.clone(),
+                src_dtype: t.dtype,
+                dtype: out_dtype,
+                shape: t.shape.clone(),
+                file_offset,
+                src_len,
+                len: out_len,
+                place: Place::Converted(place_off),
+            });
+            let numel = if esize == 0 { 0 } else { src_len / esize };
+            // Leave room for the alignment slack on both ends of a read.
+            let per_chunk = ((opts.chunk_size.saturating_sub(2 * align)) / esize.max(1)).max(1);
+            let mut first = 0u64;
+            while first < numel {
+                let count = per_chunk.min(numel - first);
+                let b0 = file_offset + first * esize;
+                let b1 = b0 + count * esize;
+                let r0 = align_down(b0, align);
+                let r1 = align_up(b1, align).unwrap_or(b1);
+                reads.push(ReadOp {
+                    offset: r0,
+                    len: r1 - r0,
+                    required: b1 - r0,
+                    target: Target::Convert {
+                        tensor: idx,
+                        first,
+                        count,
+                        skip: b0 - r0,
+                    },
+                });
+                first += count;
+            }
+        }
+        flush(&mut seg, &mut reads);
+        if tensors.is_empty() {
+            continue;
+        }
+        reads.sort_by_key(|r| r.offset);
+        files.push(FilePlan {
+            shard,
+            path: h.path.clone(),
+            file_len: h.file_len,
+            tensors,
+            raw_len,
+            converted_len,
+            reads,
+        });
+    }
+    Ok(Plan { files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_whole_names() {
+        assert!(glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight"));
+        assert!(!glob_match("model.layers.*.mlp", "model.layers.3.mlp.up_proj.weight"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*.weight", "lm_head.weight"));
+        assert!(!glob_match("lm_head", "lm_head.weight"));
+        assert!(glob_match("**a*b", "xxaxxb"));
+    }
+}
