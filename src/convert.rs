@@ -30,6 +30,8 @@
 //! | `F8_E8M0`     | 8 / 0, unsigned   | 127  | none       | `0xFF`; `0x00` is 2^-127 |
 
 use crate::dtype::Dtype;
+use half::slice::HalfFloatSliceExt;
+
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------
@@ -105,7 +107,7 @@ const fn f32_bits_to_f16_subnormal(a: u32) -> u32 {
 
 /// F16 bits → F32 bits: exact (subnormals included); NaN to quiet NaN.
 #[inline(always)]
-pub fn f16_to_f32_bits(x: u16) -> u32 {
+pub const fn f16_to_f32_bits(x: u16) -> u32 {
     let x = x as u32;
     let sign = (x & 0x8000) << 16;
     let a = x & 0x7FFF;
@@ -118,17 +120,16 @@ pub fn f16_to_f32_bits(x: u16) -> u32 {
     } else if a == 0 {
         0
     } else {
-        // Subnormal: a * 2^-24. The integer converts to F32 exactly (a < 2^10, a
-        // normal F32, so no rounding mode or flush-to-zero flag is involved); then
-        // subtract 24 from its exponent field.
-        ((a as i32) as f32).to_bits() - (24 << 23)
+        // Subnormal a * 2^-24: normalise on the top set bit of a (bit 0..=9).
+        let top = 31 - a.leading_zeros();
+        ((top + 103) << 23) | ((a << (23 - top)) & 0x7F_FFFF)
     };
     sign | magnitude
 }
 
 /// F16 bits → BF16 bits (round to nearest even).
 #[inline(always)]
-pub fn f16_to_bf16(x: u16) -> u16 {
+pub const fn f16_to_bf16(x: u16) -> u16 {
     f32_bits_to_bf16(f16_to_f32_bits(x))
 }
 
@@ -422,19 +423,19 @@ pub fn convert_into(src: Dtype, dst: Dtype, input: &[u8], output: &mut [u8]) -> 
 
     if let Some(format) = fp8_of(src) {
         match dst {
-            Dtype::F32 => map_8_to_32(input, output, table_32(format)),
-            Dtype::F16 => map_8_to_16(input, output, table_16(format, false)),
-            _ => map_8_to_16(input, output, table_16(format, true)),
+            Dtype::F32 => lookup(input, output, table_32(format)),
+            Dtype::F16 => lookup(input, output, table_16(format, false)),
+            _ => lookup(input, output, table_16(format, true)),
         }
         return Ok(());
     }
     match (src, dst) {
-        (Dtype::F32, Dtype::F16) => map_32_to_16(input, output, f32_bits_to_f16),
-        (Dtype::F32, Dtype::BF16) => map_32_to_16(input, output, f32_bits_to_bf16),
-        (Dtype::F16, Dtype::F32) => map_16_to_32(input, output, f16_to_f32_bits),
-        (Dtype::BF16, Dtype::F32) => map_16_to_32(input, output, bf16_to_f32_bits),
-        (Dtype::F16, Dtype::BF16) => map_16_to_16(input, output, f16_to_bf16),
-        (Dtype::BF16, Dtype::F16) => map_16_to_16(input, output, bf16_to_f16),
+        (Dtype::F32, Dtype::F16) => blocks::<4, 2>(input, output, f32_to_f16_block),
+        (Dtype::F32, Dtype::BF16) => blocks::<4, 2>(input, output, f32_to_bf16_block),
+        (Dtype::F16, Dtype::F32) => blocks::<2, 4>(input, output, f16_to_f32_block),
+        (Dtype::BF16, Dtype::F32) => blocks::<2, 4>(input, output, bf16_to_f32_block),
+        (Dtype::F16, Dtype::BF16) => blocks::<2, 2>(input, output, f16_to_bf16_block),
+        (Dtype::BF16, Dtype::F16) => blocks::<2, 2>(input, output, bf16_to_f16_block),
         _ => {
             return Err(Error::Unsupported(format!(
                 "no conversion from {src} to {dst}"
@@ -450,43 +451,201 @@ fn length_error(src: Dtype, dst: Dtype, input: usize, output: usize) -> Error {
     ))
 }
 
-// Straight loops over exact chunks: the compiler proves the chunk indexing in bounds
-// and vectorises the branch-free scalar functions.
+// Bulk conversion. The scalar functions above are the definition (and what the CUDA
+// kernels compute); the loops below produce the same bits faster:
+//
+// - FP8 sources read a 256-entry table built at compile time from those functions;
+// - the other pairs go through blocks of `BLOCK` elements held in stack arrays:
+//   read (little-endian), convert, write, each a straight loop over exact chunks
+//   that the compiler proves in bounds and vectorises;
+// - F32 <-> F16 uses `half`'s slice conversions (F16C / FP16 instructions when the
+//   CPU has them, detected at run time), which round to nearest even and keep
+//   subnormals; their NaNs keep payload bits, so NaNs are rewritten to the
+//   canonical quiet NaN afterwards.
+
+/// Elements per block: the stack arrays stay in L1.
+const BLOCK: usize = 64;
+
+/// `output[i] = table[input[i]]` for one-byte inputs and `N`-byte outputs.
+fn lookup<T: Copy + ToLe<N>, const N: usize>(input: &[u8], output: &mut [u8], table: &[T; 256]) {
+    for (&x, o) in input.iter().zip(output.chunks_exact_mut(N)) {
+        o.copy_from_slice(&table[usize::from(x)].to_le());
+    }
+}
+
+trait ToLe<const N: usize> {
+    fn to_le(self) -> [u8; N];
+}
+
+impl ToLe<2> for u16 {
+    #[inline(always)]
+    fn to_le(self) -> [u8; 2] {
+        self.to_le_bytes()
+    }
+}
+
+impl ToLe<4> for u32 {
+    #[inline(always)]
+    fn to_le(self) -> [u8; 4] {
+        self.to_le_bytes()
+    }
+}
+
+/// Runs `block` over `BLOCK`-element pieces of `input` (elements of `I` bytes) and
+/// `output` (elements of `O` bytes), then over the shorter remainder. The caller has
+/// checked that both hold the same whole number of elements.
+#[inline(always)]
+fn blocks<const I: usize, const O: usize>(
+    input: &[u8],
+    output: &mut [u8],
+    block: fn(&[u8], &mut [u8]),
+) {
+    let mut in_blocks = input.chunks_exact(I * BLOCK);
+    let mut out_blocks = output.chunks_exact_mut(O * BLOCK);
+    for (i, o) in (&mut in_blocks).zip(&mut out_blocks) {
+        block(i, o);
+    }
+    block(in_blocks.remainder(), out_blocks.into_remainder());
+}
+
+/// Reads up to `BLOCK` little-endian u16 elements; returns them and their count.
+#[inline(always)]
+fn read_u16(input: &[u8]) -> ([u16; BLOCK], usize) {
+    let mut v = [0u16; BLOCK];
+    let mut n = 0;
+    for (x, c) in v.iter_mut().zip(input.chunks_exact(2)) {
+        *x = c.try_into().map_or(0, u16::from_le_bytes);
+        n += 1;
+    }
+    (v, n)
+}
+
+/// Reads up to `BLOCK` little-endian u32 elements; returns them and their count.
+#[inline(always)]
+fn read_u32(input: &[u8]) -> ([u32; BLOCK], usize) {
+    let mut v = [0u32; BLOCK];
+    let mut n = 0;
+    for (x, c) in v.iter_mut().zip(input.chunks_exact(4)) {
+        *x = c.try_into().map_or(0, u32::from_le_bytes);
+        n += 1;
+    }
+    (v, n)
+}
 
 #[inline(always)]
-fn map_32_to_16(input: &[u8], output: &mut [u8], f: impl Fn(u32) -> u16) {
-    for (i, o) in input.chunks_exact(4).zip(output.chunks_exact_mut(2)) {
-        let x = u32::from_le_bytes([i[0], i[1], i[2], i[3]]);
-        o.copy_from_slice(&f(x).to_le_bytes());
+fn write_u16(output: &mut [u8], v: &[u16]) {
+    for (c, x) in output.chunks_exact_mut(2).zip(v) {
+        c.copy_from_slice(&x.to_le_bytes());
     }
 }
 
 #[inline(always)]
-fn map_16_to_32(input: &[u8], output: &mut [u8], f: impl Fn(u16) -> u32) {
-    for (i, o) in input.chunks_exact(2).zip(output.chunks_exact_mut(4)) {
-        let x = u16::from_le_bytes([i[0], i[1]]);
-        o.copy_from_slice(&f(x).to_le_bytes());
+fn write_u32(output: &mut [u8], v: &[u32]) {
+    for (c, x) in output.chunks_exact_mut(4).zip(v) {
+        c.copy_from_slice(&x.to_le_bytes());
     }
 }
 
+/// Any F16 NaN → the quiet NaN with its sign; everything else unchanged.
 #[inline(always)]
-fn map_16_to_16(input: &[u8], output: &mut [u8], f: impl Fn(u16) -> u16) {
-    for (i, o) in input.chunks_exact(2).zip(output.chunks_exact_mut(2)) {
-        let x = u16::from_le_bytes([i[0], i[1]]);
-        o.copy_from_slice(&f(x).to_le_bytes());
+const fn canonical_f16_nan(h: u16) -> u16 {
+    if h & 0x7FFF > F16_INF {
+        (h & 0x8000) | F16_QNAN
+    } else {
+        h
     }
 }
 
-fn map_8_to_32(input: &[u8], output: &mut [u8], table: &[u32; 256]) {
-    for (&x, o) in input.iter().zip(output.chunks_exact_mut(4)) {
-        o.copy_from_slice(&table[usize::from(x)].to_le_bytes());
+/// Any F32 NaN → the quiet NaN with its sign; everything else unchanged.
+#[inline(always)]
+const fn canonical_f32_nan(x: u32) -> u32 {
+    if x & 0x7FFF_FFFF > F32_INF {
+        (x & 0x8000_0000) | F32_QNAN
+    } else {
+        x
     }
 }
 
-fn map_8_to_16(input: &[u8], output: &mut [u8], table: &[u16; 256]) {
-    for (&x, o) in input.iter().zip(output.chunks_exact_mut(2)) {
-        o.copy_from_slice(&table[usize::from(x)].to_le_bytes());
+/// F32 values (as bits) → F16 bits with `half`, NaNs made canonical.
+#[inline(always)]
+fn f32_bits_to_f16_half(bits: &[u32], out: &mut [u16; BLOCK]) {
+    let mut f = [0f32; BLOCK];
+    for (f, &b) in f.iter_mut().zip(bits) {
+        *f = f32::from_bits(b);
     }
+    let mut h = [half::f16::ZERO; BLOCK];
+    h.convert_from_f32_slice(&f);
+    for (o, h) in out.iter_mut().zip(h) {
+        *o = canonical_f16_nan(h.to_bits());
+    }
+}
+
+/// F16 bits → F32 bits with `half`, NaNs made canonical.
+#[inline(always)]
+fn f16_to_f32_bits_half(v: &[u16; BLOCK], out: &mut [u32; BLOCK]) {
+    let mut h = [half::f16::ZERO; BLOCK];
+    for (h, &b) in h.iter_mut().zip(v) {
+        *h = half::f16::from_bits(b);
+    }
+    let mut f = [0f32; BLOCK];
+    h.convert_to_f32_slice(&mut f);
+    for (o, f) in out.iter_mut().zip(f) {
+        *o = canonical_f32_nan(f.to_bits());
+    }
+}
+
+fn f32_to_f16_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u32(input);
+    let mut out = [0u16; BLOCK];
+    f32_bits_to_f16_half(&v, &mut out);
+    write_u16(output, out.get(..n).unwrap_or_default());
+}
+
+fn f32_to_bf16_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u32(input);
+    let mut out = [0u16; BLOCK];
+    for (o, &x) in out.iter_mut().zip(&v) {
+        *o = f32_bits_to_bf16(x);
+    }
+    write_u16(output, out.get(..n).unwrap_or_default());
+}
+
+fn f16_to_f32_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u16(input);
+    let mut out = [0u32; BLOCK];
+    f16_to_f32_bits_half(&v, &mut out);
+    write_u32(output, out.get(..n).unwrap_or_default());
+}
+
+fn bf16_to_f32_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u16(input);
+    let mut out = [0u32; BLOCK];
+    for (o, &x) in out.iter_mut().zip(&v) {
+        *o = bf16_to_f32_bits(x);
+    }
+    write_u32(output, out.get(..n).unwrap_or_default());
+}
+
+fn f16_to_bf16_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u16(input);
+    let mut wide = [0u32; BLOCK];
+    f16_to_f32_bits_half(&v, &mut wide);
+    let mut out = [0u16; BLOCK];
+    for (o, &x) in out.iter_mut().zip(&wide) {
+        *o = f32_bits_to_bf16(x);
+    }
+    write_u16(output, out.get(..n).unwrap_or_default());
+}
+
+fn bf16_to_f16_block(input: &[u8], output: &mut [u8]) {
+    let (v, n) = read_u16(input);
+    let mut wide = [0u32; BLOCK];
+    for (o, &x) in wide.iter_mut().zip(&v) {
+        *o = bf16_to_f32_bits(x);
+    }
+    let mut out = [0u16; BLOCK];
+    f32_bits_to_f16_half(&wide, &mut out);
+    write_u16(output, out.get(..n).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -530,11 +689,21 @@ mod tests {
             Some(ErrorKind::InvalidArgument)
         );
         assert_eq!(
-            kind(convert_into(Dtype::I32, Dtype::F32, &[1, 2, 3, 4], &mut out[..4])),
+            kind(convert_into(
+                Dtype::I32,
+                Dtype::F32,
+                &[1, 2, 3, 4],
+                &mut out[..4]
+            )),
             Some(ErrorKind::Unsupported)
         );
         assert_eq!(
-            kind(convert_into(Dtype::F32, Dtype::F8_E4M3, &[1, 2, 3, 4], &mut out[..1])),
+            kind(convert_into(
+                Dtype::F32,
+                Dtype::F8_E4M3,
+                &[1, 2, 3, 4],
+                &mut out[..1]
+            )),
             Some(ErrorKind::Unsupported)
         );
         assert_eq!(
@@ -574,9 +743,21 @@ mod tests {
         assert_eq!(f8_e8m0_to_f32_bits(0xFE), 2f32.powi(127).to_bits());
         assert_eq!(f8_e8m0_to_f32_bits(0xFF), 0x7FC0_0000);
         assert_eq!(fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 0x00), Some(0));
-        assert_eq!(fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 - 24), Some(1));
-        assert_eq!(fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 - 25), Some(0));
-        assert_eq!(fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 + 16), Some(0x7C00));
-        assert_eq!(fp8_convert_bits(Dtype::F8_E8M0, Dtype::BF16, 0), Some(0x0040));
+        assert_eq!(
+            fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 - 24),
+            Some(1)
+        );
+        assert_eq!(
+            fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 - 25),
+            Some(0)
+        );
+        assert_eq!(
+            fp8_convert_bits(Dtype::F8_E8M0, Dtype::F16, 127 + 16),
+            Some(0x7C00)
+        );
+        assert_eq!(
+            fp8_convert_bits(Dtype::F8_E8M0, Dtype::BF16, 0),
+            Some(0x0040)
+        );
     }
 }

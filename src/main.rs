@@ -48,6 +48,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a synthetic Llama-layout checkpoint (for benchmarks and comparisons).
+    Synth {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+        /// Approximate size (e.g. 512M, 2.3G).
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// Number of shards (more than one writes an index too).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        /// BF16 or F16.
+        #[arg(long, default_value = "BF16")]
+        dtype: Dtype,
+    },
     /// Time loads cold and warm; with no PATH, on a synthetic Llama-layout BF16 checkpoint.
     Bench {
         /// Checkpoint to time; default: write a synthetic one to a temporary directory.
@@ -157,6 +171,12 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Inspect { path, json } => inspect(&path, json),
         Cmd::Verify { path } => verify(&path),
+        Cmd::Synth {
+            dir,
+            size,
+            shards,
+            dtype,
+        } => synth(&dir, size, shards, dtype),
         Cmd::Load {
             path,
             opts,
@@ -303,6 +323,18 @@ fn verify(path: &Path) -> tensorstream::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn synth(dir: &Path, size: u64, shards: usize, dtype: Dtype) -> tensorstream::Result<ExitCode> {
+    if !matches!(dtype, Dtype::BF16 | Dtype::F16) {
+        return Err(Error::InvalidArgument(format!("synth writes BF16 or F16, not {dtype}")));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), op: "create directory", source: e })?;
+    let mut spec = SynthSpec::for_size(size);
+    spec.dtype = dtype;
+    let p = write_checkpoint(dir, &spec, shards, 0x5EED)?;
+    println!("{}", p.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn progress_bar() -> Option<indicatif::ProgressBar> {

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
 /// Shape of the synthetic model.
@@ -18,6 +19,8 @@ pub struct SynthSpec {
     pub vocab: u64,
     /// Decoder layers.
     pub layers: u64,
+    /// Element type of every tensor: BF16 (the default) or F16.
+    pub dtype: Dtype,
 }
 
 impl SynthSpec {
@@ -32,6 +35,7 @@ impl SynthSpec {
             intermediate,
             vocab,
             layers,
+            dtype: Dtype::BF16,
         }
     }
 
@@ -61,7 +65,7 @@ impl SynthSpec {
     }
 }
 
-/// Writes the model as `shards` BF16 safetensors files in `dir` (plus a
+/// Writes the model as `shards` safetensors files in `dir` (plus a
 /// `model.safetensors.index.json` when `shards > 1`); returns the path to load.
 pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) -> Result<PathBuf> {
     let tensors = spec.tensors();
@@ -92,7 +96,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) 
             format!("model-{:05}-of-{n:05}.safetensors", k + 1)
         };
         let path = dir.join(&name);
-        write_file(&path, g, &mut rng)?;
+        write_file(&path, g, spec.dtype.name(), &mut rng)?;
         for (t, _) in g {
             weight_map.insert(t.clone(), serde_json::Value::String(name.clone()));
         }
@@ -109,7 +113,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) 
     Ok(index)
 }
 
-fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], rng: &mut u64) -> Result<()> {
+fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], dtype: &str, rng: &mut u64) -> Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
@@ -120,7 +124,7 @@ fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], rng: &mut u64) -> Res
         let len = 2 * shape.iter().product::<u64>();
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + len]}),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [off, off + len]}),
         );
         off += len;
     }
@@ -141,7 +145,7 @@ fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], rng: &mut u64) -> Res
             *rng ^= *rng << 25;
             *rng ^= *rng >> 27;
             let x = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            // Four BF16 values with the exponent's top bit clear: finite, |v| < 2.
+            // Four 16-bit floats with the exponent's top bit clear: finite, |v| < 2.
             let v = x & 0xBFFF_BFFF_BFFF_BFFF;
             pair.copy_from_slice(&v.to_le_bytes());
         }

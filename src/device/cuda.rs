@@ -1,0 +1,531 @@
+//! CUDA sink: a ring of pinned host staging slots that the I/O engine fills; each
+//! filled slot is copied to the device with `cuMemcpyHtoDAsync` on one stream (and,
+//! for tensors that change dtype, converted there by a kernel from `kernels/`); an
+//! event recorded after the slot's last use tells when the slot may be refilled.
+//! Reading the next slots overlaps the copies of the previous ones.
+//!
+//! Only the NVIDIA driver is needed at run time: the driver library is loaded
+//! dynamically (probed first, so a machine without it gets an error, not a panic) and
+//! the kernels ship as PTX generated for the oldest supported driver.
+
+use std::collections::BTreeMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys};
+
+use crate::convert;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
+use crate::loader::Tensor;
+use crate::plan::{Place, Plan, ReadOp, Target};
+
+/// The conversion kernels, as PTX for the oldest supported driver.
+const PTX: &str = include_str!("../../kernels/convert.ptx");
+
+fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
+    Error::Cuda(format!("{what}: {e}"))
+}
+
+/// A retained primary context of one device. Released when the last user drops it.
+#[derive(Debug)]
+pub struct Context {
+    ctx: sys::CUcontext,
+    dev: sys::CUdevice,
+    ordinal: usize,
+}
+
+// SAFETY: a CUDA context handle may be used from any thread once made current there;
+// every use below calls `bind` first.
+unsafe impl Send for Context {}
+// SAFETY: as above; the driver synchronises access to a context internally.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// Retains the primary context of device `ordinal`, with clear errors when there
+    /// is no driver, no device or no such device.
+    pub fn new(ordinal: usize) -> Result<Arc<Context>> {
+        // SAFETY: only tries to dlopen the driver library; no symbol is called.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "the NVIDIA driver library (libcuda.so) was not found; is a GPU driver installed?"
+                    .into(),
+            ));
+        }
+        result::init().map_err(|e| cuda_err("cuInit failed (no usable GPU or driver?)", e))?;
+        let count = result::device::get_count().map_err(|e| cuda_err("cuDeviceGetCount", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Cuda(format!(
+                "device cuda:{ordinal} does not exist; this machine has {count} CUDA device(s)"
+            )));
+        }
+        let dev = result::device::get(ordinal as i32)
+            .map_err(|e| cuda_err(format_args!("cuDeviceGet({ordinal})"), e))?;
+        // SAFETY: dev is a valid device handle from cuDeviceGet.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }
+            .map_err(|e| cuda_err("cuDevicePrimaryCtxRetain", e))?;
+        let c = Arc::new(Context { ctx, dev, ordinal });
+        c.bind()?;
+        Ok(c)
+    }
+
+    /// Makes this context current on the calling thread.
+    pub fn bind(&self) -> Result<()> {
+        // SAFETY: ctx is a retained, not yet released primary context.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| cuda_err("cuCtxSetCurrent", e))
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: retained once in `new`, released once here.
+        if let Err(e) = unsafe { result::primary_ctx::release(self.dev) } {
+            tracing::warn!("cuDevicePrimaryCtxRelease: {e}");
+        }
+    }
+}
+
+/// Device memory holding one or more loaded tensors. Keeps its context alive; freed
+/// when the last tensor viewing it is dropped.
+#[derive(Debug)]
+pub struct DeviceBuf {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: a device pointer is plain data; every operation binds the context first.
+unsafe impl Send for DeviceBuf {}
+// SAFETY: shared access only reads (copies to the host) through the driver.
+unsafe impl Sync for DeviceBuf {}
+
+impl DeviceBuf {
+    fn alloc(ctx: &Arc<Context>, len: usize) -> Result<DeviceBuf> {
+        ctx.bind()?;
+        let ptr = if len == 0 {
+            0
+        } else {
+            // SAFETY: the context is current; len > 0.
+            unsafe { result::malloc_sync(len) }.map_err(|e| {
+                cuda_err(
+                    format_args!("allocating {len} bytes on cuda:{}", ctx.ordinal),
+                    e,
+                )
+            })?
+        };
+        Ok(DeviceBuf {
+            ptr,
+            len,
+            ctx: Arc::clone(ctx),
+        })
+    }
+
+    /// The device address of the first byte.
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal
+    }
+
+    /// Copies `len` bytes at `offset` back to the host.
+    pub fn copy_to_host(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Error::InvalidArgument(format!(
+                "range {offset}+{len} outside a {}-byte device buffer",
+                self.len
+            )));
+        }
+        let mut out = vec![0u8; len];
+        if len == 0 {
+            return Ok(out);
+        }
+        self.ctx.bind()?;
+        // SAFETY: [ptr+offset, +len) lies inside this live allocation (checked above);
+        // out has len bytes; the copy is synchronous.
+        unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr + offset as u64) }
+            .map_err(|e| cuda_err("copying a tensor back to the host", e))?;
+        Ok(out)
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        if self.ptr == 0 {
+            return;
+        }
+        if self.ctx.bind().is_ok() {
+            // SAFETY: allocated in `alloc`, freed once; no copy into it is pending
+            // (loads synchronise their stream before handing buffers out or failing).
+            if let Err(e) = unsafe { result::free_sync(self.ptr) } {
+                tracing::warn!("cuMemFree: {e}");
+            }
+        }
+    }
+}
+
+struct Slot {
+    host: *mut u8,
+    len: usize,
+    event: sys::CUevent,
+    busy: bool,
+    /// Device scratch for conversions (allocated only when some tensor converts).
+    scratch: Option<DeviceBuf>,
+}
+
+/// Pinned staging, a stream, and the destinations of one load.
+struct CudaSink<'p> {
+    plan: &'p Plan,
+    ctx: Arc<Context>,
+    stream: sys::CUstream,
+    slots: Vec<Slot>,
+    /// FIFO of busy slot indices, oldest first.
+    order: std::collections::VecDeque<usize>,
+    /// Per file: the raw buffer (or none when per-tensor), the converted area.
+    raw: Vec<Option<Arc<DeviceBuf>>>,
+    converted: Vec<Option<Arc<DeviceBuf>>>,
+    /// Per file, per tensor: own allocation when per-tensor allocations are on.
+    own: Vec<Vec<Option<Arc<DeviceBuf>>>>,
+    module: Option<sys::CUmodule>,
+    kernels: BTreeMap<(Dtype, Dtype), sys::CUfunction>,
+}
+
+impl<'p> CudaSink<'p> {
+    fn new(
+        plan: &'p Plan,
+        ctx: Arc<Context>,
+        slots: usize,
+        slot_len: u64,
+        per_tensor: bool,
+    ) -> Result<Self> {
+        ctx.bind()?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| cuda_err("cuStreamCreate", e))?;
+        let mut sink = CudaSink {
+            plan,
+            ctx,
+            stream,
+            slots: Vec::new(),
+            order: Default::default(),
+            raw: Vec::new(),
+            converted: Vec::new(),
+            own: Vec::new(),
+            module: None,
+            kernels: BTreeMap::new(),
+        };
+        let any_convert = plan.files.iter().any(|f| f.converted_len > 0);
+        let slot_len = crate::device::host::to_usize(slot_len)?;
+        for _ in 0..slots.max(2) {
+            // SAFETY: context current; the pointer is freed in Drop.
+            let host = unsafe { result::malloc_host(slot_len, 0) }
+                .map_err(|e| cuda_err(format_args!("allocating {slot_len} bytes of pinned host memory"), e))?;
+            let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // SAFETY: just allocated above, not yet shared.
+                    let _ = unsafe { result::free_host(host) };
+                    return Err(cuda_err("cuEventCreate", e));
+                }
+            };
+            sink.slots.push(Slot {
+                host: host.cast(),
+                len: slot_len,
+                event,
+                busy: false,
+                scratch: None,
+            });
+            if any_convert {
+                let s = DeviceBuf::alloc(&sink.ctx, slot_len)?;
+                if let Some(last) = sink.slots.last_mut() {
+                    last.scratch = Some(s);
+                }
+            }
+        }
+        for f in &plan.files {
+            if per_tensor {
+                sink.raw.push(None);
+                sink.converted.push(None);
+                let bufs = f
+                    .tensors
+                    .iter()
+                    .map(|t| DeviceBuf::alloc(&sink.ctx, t.len as usize).map(|b| Some(Arc::new(b))))
+                    .collect::<Result<Vec<_>>>()?;
+                sink.own.push(bufs);
+            } else {
+                sink.raw.push(Some(Arc::new(DeviceBuf::alloc(&sink.ctx, f.raw_len as usize)?)));
+                sink.converted.push(Some(Arc::new(DeviceBuf::alloc(
+                    &sink.ctx,
+                    f.converted_len as usize,
+                )?)));
+                sink.own.push(Vec::new());
+            }
+        }
+        if any_convert {
+            sink.load_kernels()?;
+        }
+        Ok(sink)
+    }
+
+    fn load_kernels(&mut self) -> Result<()> {
+        let image = CString::new(PTX).map_err(|_| Error::Cuda("PTX contains a NUL byte".into()))?;
+        // SAFETY: image is a NUL-terminated PTX string alive for the call.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
+            .map_err(|e| cuda_err("loading the conversion kernels (PTX JIT)", e))?;
+        self.module = Some(module);
+        for f in &self.plan.files {
+            for t in &f.tensors {
+                if t.src_dtype == t.dtype || self.kernels.contains_key(&(t.src_dtype, t.dtype)) {
+                    continue;
+                }
+                let name = format!(
+                    "convert_{}_{}",
+                    t.src_dtype.name().to_ascii_lowercase(),
+                    t.dtype.name().to_ascii_lowercase()
+                );
+                let cname = CString::new(name.clone())
+                    .map_err(|_| Error::Cuda("kernel name".into()))?;
+                // SAFETY: module was loaded above and is unloaded only in Drop.
+                let func = unsafe { result::module::get_function(module, cname) }
+                    .map_err(|e| cuda_err(format_args!("kernel {name}"), e))?;
+                self.kernels.insert((t.src_dtype, t.dtype), func);
+            }
+        }
+        Ok(())
+    }
+
+    fn slot_of(&self, ptr: *mut u8) -> Result<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.host == ptr)
+            .ok_or_else(|| Error::Cuda("internal: unknown staging slot".into()))
+    }
+
+    /// Copies `len` bytes of slot memory at `src` to device address `dst`.
+    fn htod(&self, dst: u64, src: *const u8, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: src points into a pinned slot that stays untouched until the event
+        // recorded after this copy completes; dst lies inside a live device buffer
+        // (callers take it from the plan, whose ranges fit the buffers allocated for it).
+        let s = unsafe { std::slice::from_raw_parts(src, len) };
+        // SAFETY: see above; the stream belongs to the current context.
+        unsafe { result::memcpy_htod_async(dst, s, self.stream) }
+            .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
+    }
+
+    fn launch(&self, src: Dtype, dst: Dtype, input: u64, output: u64, n: u64) -> Result<()> {
+        let func = *self
+            .kernels
+            .get(&(src, dst))
+            .ok_or_else(|| Error::Cuda(format!("no kernel for {src} -> {dst}")))?;
+        let threads = 256u64;
+        let blocks = n.div_ceil(threads * 4).clamp(1, 65_535) as u32;
+        let (mut a, mut b, mut c) = (input, output, n);
+        let mut params: [*mut c_void; 3] = [
+            (&mut a as *mut u64).cast(),
+            (&mut b as *mut u64).cast(),
+            (&mut c as *mut u64).cast(),
+        ];
+        // SAFETY: func comes from the loaded module; its parameters are
+        // (const u8*, u8*, u64) matching a, b, c, which live until the call returns
+        // (the driver copies parameter values at launch); input and output ranges lie
+        // in live device buffers.
+        unsafe {
+            result::launch_kernel(func, (blocks, 1, 1), (threads as u32, 1, 1), 0, self.stream, &mut params)
+        }
+        .map_err(|e| cuda_err(format_args!("launching convert {src} -> {dst}"), e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // SAFETY: the stream is live until Drop.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(|e| cuda_err("cuStreamSynchronize", e))
+    }
+
+    fn raw_copy(&self, file: usize, op: &ReadOp, dest: u64, slot: &Slot) -> Result<()> {
+        let len = op.required as usize;
+        if let Some(buf) = self.raw.get(file).and_then(Option::as_ref) {
+            if dest + len as u64 > buf.len as u64 {
+                return Err(Error::Cuda("internal: copy past a device buffer".into()));
+            }
+            return self.htod(buf.ptr + dest, slot.host, len);
+        }
+        // Per-tensor allocations: copy each tensor's part of this read to its buffer.
+        let fp = self.plan.files.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
+        let own = self.own.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
+        let (r0, r1) = (op.offset, op.offset + op.required);
+        for (t, b) in fp.tensors.iter().zip(own) {
+            let (Place::Raw(_), Some(b)) = (t.place, b) else { continue };
+            let (t0, t1) = (t.file_offset, t.file_offset + t.src_len);
+            let (s, e) = (t0.max(r0), t1.min(r1));
+            if s >= e {
+                continue;
+            }
+            // SAFETY: s - r0 < required ≤ slot length.
+            let src = unsafe { slot.host.add((s - r0) as usize) };
+            self.htod(b.ptr + (s - t0), src, (e - s) as usize)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for CudaSink<'_> {
+    fn buffer(&mut self, _file: usize, op: &ReadOp) -> Result<Option<Buf>> {
+        // Recycle slots whose copies have finished, oldest first.
+        while let Some(&i) = self.order.front() {
+            let Some(s) = self.slots.get(i) else { break };
+            // SAFETY: the event is live until Drop.
+            if unsafe { result::event::query(s.event) }.is_ok() {
+                self.order.pop_front();
+                if let Some(s) = self.slots.get_mut(i) {
+                    s.busy = false;
+                }
+            } else {
+                break;
+            }
+        }
+        let Some((i, s)) = self.slots.iter_mut().enumerate().find(|(_, s)| !s.busy) else {
+            return Ok(None);
+        };
+        if (op.len as usize) > s.len {
+            return Err(Error::Cuda("internal: read larger than a staging slot".into()));
+        }
+        s.busy = true;
+        Ok(Some(Buf {
+            ptr: s.host,
+            len: s.len,
+            fixed: u16::try_from(i).ok(),
+        }))
+    }
+
+    fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
+        let i = self.slot_of(buf.ptr)?;
+        let slot = self.slots.get(i).ok_or_else(|| Error::Cuda("internal: slot".into()))?;
+        match op.target {
+            Target::Raw { dest } => self.raw_copy(file, op, dest, slot)?,
+            Target::Convert {
+                tensor,
+                first,
+                count,
+                skip,
+            } => {
+                let fp = self.plan.files.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
+                let t = fp.tensors.get(tensor).ok_or_else(|| Error::Cuda("internal: tensor".into()))?;
+                let scratch = slot.scratch.as_ref().ok_or_else(|| Error::Cuda("internal: scratch".into()))?;
+                self.htod(scratch.ptr, slot.host, op.required as usize)?;
+                let out_size = t.dtype.bits() / 8;
+                let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
+                    (_, Some(Some(b))) => b.ptr + first * out_size,
+                    (Place::Converted(base), _) => {
+                        let c = self.converted.get(file).and_then(Option::as_ref)
+                            .ok_or_else(|| Error::Cuda("internal: converted area".into()))?;
+                        c.ptr + base + first * out_size
+                    }
+                    _ => return Err(Error::Cuda("internal: place".into())),
+                };
+                debug_assert_eq!(convert::converted_len(t.src_dtype, t.dtype, count * (t.src_dtype.bits() / 8)), count * out_size);
+                self.launch(t.src_dtype, t.dtype, scratch.ptr + skip, out, count)?;
+            }
+        }
+        // SAFETY: event and stream are live until Drop.
+        unsafe { result::event::record(slot.event, self.stream) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+        self.order.push_back(i);
+        Ok(())
+    }
+
+    fn wait_for_slot(&mut self) -> Result<()> {
+        if let Some(i) = self.order.pop_front() {
+            if let Some(s) = self.slots.get_mut(i) {
+                // SAFETY: the event is live until Drop.
+                unsafe { result::event::synchronize(s.event) }.map_err(|e| cuda_err("cuEventSynchronize", e))?;
+                s.busy = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
+        self.slots.iter().map(|s| (s.host, s.len)).collect()
+    }
+}
+
+impl Drop for CudaSink<'_> {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_err() {
+            return;
+        }
+        // Nothing may still read a slot or write a buffer when they are freed.
+        let _ = self.synchronize();
+        for s in self.slots.drain(..) {
+            // SAFETY: created/allocated in `new`, destroyed/freed once here, after the
+            // stream has drained.
+            unsafe {
+                let _ = result::event::destroy(s.event);
+                let _ = result::free_host(s.host.cast());
+            }
+        }
+        if let Some(m) = self.module.take() {
+            // SAFETY: loaded in load_kernels; no launch is pending after the sync.
+            let _ = unsafe { result::module::unload(m) };
+        }
+        // SAFETY: created in `new`; drained above.
+        let _ = unsafe { result::stream::destroy(self.stream) };
+    }
+}
+
+/// Loads `plan` onto device `ordinal`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load(
+    plan: &Plan,
+    choice: &IoChoice,
+    ordinal: usize,
+    slots: usize,
+    slot_len: u64,
+    depth: usize,
+    per_tensor: bool,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
+    let ctx = Context::new(ordinal)?;
+    let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
+    let stats = {
+        let fixed = sink.fixed_buffers();
+        let mut engine = io::new_engine(choice.engine, depth.min(sink.slots.len()), &fixed)?;
+        io::execute(plan, choice, engine.as_mut(), &mut sink, depth, cancel, progress)?
+    };
+    sink.synchronize()?;
+    let mut tensors = BTreeMap::new();
+    for (i, f) in plan.files.iter().enumerate() {
+        for (k, t) in f.tensors.iter().enumerate() {
+            let own = sink.own.get(i).and_then(|o| o.get(k)).cloned().flatten();
+            let (buf, offset) = match (own, t.place) {
+                (Some(b), _) => (b, 0),
+                (None, Place::Raw(o)) => (sink.raw.get(i).cloned().flatten().ok_or_else(|| Error::Cuda("internal: raw".into()))?, o),
+                (None, Place::Converted(o)) => (sink.converted.get(i).cloned().flatten().ok_or_else(|| Error::Cuda("internal: conv".into()))?, o),
+            };
+            tensors.insert(
+                t.name.clone(),
+                Tensor::new_cuda(t.name.clone(), t.dtype, t.shape.clone(), buf, offset as usize, t.len as usize),
+            );
+        }
+    }
+    Ok((tensors, stats))
+}
