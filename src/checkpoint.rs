@@ -77,7 +77,7 @@ impl Checkpoint {
                         format_args!(
                             "tensor '{}' is in two shards: {} and {}",
                             t.name,
-                            file_name(&shards[j].path),
+                            shards.get(j).map(|s| file_name(&s.path)).unwrap_or_default(),
                             file_name(&h.path)
                         ),
                     ));
@@ -97,7 +97,7 @@ impl Checkpoint {
             for (name, file) in &idx.weight_map {
                 let shard_path = idx.dir.join(file);
                 match by_file.get(shard_path.as_path()) {
-                    Some(&i) if shards[i].tensor(name).is_none() => {
+                    Some(&i) if shards.get(i).is_some_and(|s| s.tensor(name).is_none()) => {
                         problems.push(Error::checkpoint(
                             &idx.path,
                             format_args!("weight_map puts tensor '{name}' in {file}, which has no such tensor"),
@@ -288,7 +288,7 @@ fn discover(path: &Path) -> Result<(Vec<PathBuf>, Option<Index>)> {
         )),
         0 => Ok((shards, None)),
         1 => {
-            let idx = read_index(&indexes[0])?;
+            let idx = read_index(indexes.first().ok_or_else(|| Error::checkpoint(path, "index vanished"))?)?;
             let files = index_files(&idx)?;
             Ok((files, Some(idx)))
         }

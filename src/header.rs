@@ -369,7 +369,7 @@ mod tests {
         let h = parse(&file(json, 12)).unwrap();
         assert_eq!(h.tensors.len(), 4);
         assert_eq!(h.tensors[0].name, "a");
-        assert_eq!(h.metadata.unwrap()["format"], "pt");
+        assert_eq!(h.metadata.as_ref().unwrap()["format"], "pt");
         assert_eq!(h.tensor("s").unwrap().len(), 4);
     }
 

@@ -304,7 +304,7 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
                 len: out_len,
                 place: Place::Converted(place_off),
             });
-            let numel = if esize == 0 { 0 } else { src_len / esize };
+            let numel = src_len.checked_div(esize).unwrap_or(0);
             // Leave room for the alignment slack on both ends of a read.
             let per_chunk = ((opts.chunk_size.saturating_sub(2 * align)) / esize.max(1)).max(1);
             let mut first = 0u64;

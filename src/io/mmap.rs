@@ -1,5 +1,6 @@
 //! The mmap engine (copy out of a shared read-only map) and page-cache residency.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -18,19 +19,17 @@ pub(crate) struct MmapEngine {
 
 impl MmapEngine {
     fn copy(&mut self, req: &Req) -> io::Result<usize> {
-        if !self.maps.contains_key(&req.fd) {
-            // SAFETY: the fd is open for the duration of the load (the coordinator
-            // closes it only after its last read); ManuallyDrop keeps it from closing.
-            let file = ManuallyDrop::new(unsafe { File::from_raw_fd(req.fd) });
-            // SAFETY: a read-only shared map; another process truncating the file would
-            // raise SIGBUS, which the IoBackend::Mmap documentation warns about.
-            let map = unsafe { Mmap::map(&*file)? };
-            self.maps.insert(req.fd, map);
-        }
-        let map = self
-            .maps
-            .get(&req.fd)
-            .ok_or_else(|| io::Error::other("map missing"))?;
+        let map = match self.maps.entry(req.fd) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                // SAFETY: the fd is open for the duration of the load (the coordinator
+                // closes it only after its last read); ManuallyDrop keeps it from closing.
+                let file = ManuallyDrop::new(unsafe { File::from_raw_fd(req.fd) });
+                // SAFETY: a read-only shared map; another process truncating the file
+                // would raise SIGBUS, which the IoBackend::Mmap documentation warns about.
+                v.insert(unsafe { Mmap::map(&*file)? })
+            }
+        };
         let start = usize::try_from(req.offset).unwrap_or(usize::MAX).min(map.len());
         let n = req.len.min(map.len() - start);
         let src = map.get(start..start + n).unwrap_or_default();
@@ -55,6 +54,11 @@ impl Engine for MmapEngine {
 
     fn drain(&mut self) {
         self.done.clear();
+    }
+
+    fn file_closed(&mut self, fd: RawFd) {
+        // The fd number may be reused for another file: forget its map.
+        self.maps.remove(&fd);
     }
 }
 

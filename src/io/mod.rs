@@ -187,6 +187,8 @@ pub(crate) trait Engine {
     fn wait(&mut self, out: &mut Vec<Done>) -> io::Result<()>;
     /// Waits for every read in flight, discarding results.
     fn drain(&mut self);
+    /// The coordinator is about to close `fd` (its reads are all done).
+    fn file_closed(&mut self, _fd: RawFd) {}
 }
 
 /// Creates the engine of `kind`.
@@ -435,7 +437,7 @@ fn run(
         }
         engine
             .wait(&mut done)
-            .map_err(|e| Error::io(&plan.files[0].path, "wait for reads", e))?;
+            .map_err(|e| Error::io(Path::new("<io engine>"), "wait for reads", e))?;
         for d in done.drain(..) {
             let Some(mut j) = inflight.remove(&d.id) else {
                 return Err(internal("completion for an unknown read"));
@@ -472,6 +474,7 @@ fn run(
                         *rem -= 1;
                         if *rem == 0 {
                             if let Some(o) = open.get_mut(j.file).and_then(Option::take) {
+                                engine.file_closed(o.file.as_raw_fd());
                                 close_checked(&fp.path, o)?;
                             }
                         }

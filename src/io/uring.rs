@@ -60,7 +60,7 @@ impl UringEngine {
 
 impl Engine for UringEngine {
     fn submit(&mut self, req: Req) -> io::Result<()> {
-        let len = u32::try_from(req.len).unwrap_or(u32::MAX & !4095);
+        let len = u32::try_from(req.len).unwrap_or(0xFFFF_F000);
         let fd = types::Fd(req.fd);
         let entry = match req.fixed {
             Some(index) if self.registered => {
