@@ -15,9 +15,14 @@
 //!
 //! A conversion from a dtype to itself is a plain copy (NaN payloads included).
 //!
-//! Everything is integer arithmetic on bit patterns except one exact integer to
-//! float conversion, so results never depend on the FPU's rounding mode or on
-//! flush-to-zero flags set by other code in the process.
+//! The scalar functions (`f32_bits_to_f16`, `f8_e4m3_to_f32_bits`, ...) define the
+//! results in integer arithmetic on bit patterns, as the CUDA kernels do.
+//! [`convert_into`] produces the same bits faster: tables for FP8 sources,
+//! vectorised block loops, and `half`'s hardware-backed F32↔F16 conversions
+//! (F16C / FP16 instructions, detected at run time) with NaNs made canonical.
+//! `tests/convert_exhaustive.rs` checks it against independent references and
+//! the scalar functions (every F16/BF16/FP8 code point; every F32 bit pattern in
+//! an ignored release-mode test).
 //!
 //! FP8 formats, as the safetensors format names them:
 //!
@@ -29,9 +34,9 @@
 //! | `F8_E5M2FNUZ` | 5 / 2             | 16   | none       | `0x80` only, no −0  |
 //! | `F8_E8M0`     | 8 / 0, unsigned   | 127  | none       | `0xFF`; `0x00` is 2^-127 |
 
-use crate::dtype::Dtype;
 use half::slice::HalfFloatSliceExt;
 
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------
@@ -253,7 +258,10 @@ pub fn fp8_convert_bits(src: Dtype, dst: Dtype, x: u8) -> Option<u32> {
 }
 
 // Lookup tables for FP8 sources, built at compile time from the functions above.
+// These functions only run in const context (the statics below), where an index
+// out of bounds would fail the build, hence the allowed indexing.
 
+#[allow(clippy::indexing_slicing)]
 const fn table_f32(format: Fp8) -> [u32; 256] {
     let mut t = [0u32; 256];
     let mut i = 0;
@@ -264,6 +272,7 @@ const fn table_f32(format: Fp8) -> [u32; 256] {
     t
 }
 
+#[allow(clippy::indexing_slicing)]
 const fn table_f16(format: Fp8) -> [u16; 256] {
     let mut t = [0u16; 256];
     let mut i = 0;
@@ -274,6 +283,7 @@ const fn table_f16(format: Fp8) -> [u16; 256] {
     t
 }
 
+#[allow(clippy::indexing_slicing)]
 const fn table_bf16(format: Fp8) -> [u16; 256] {
     let mut t = [0u16; 256];
     let mut i = 0;
@@ -421,28 +431,46 @@ pub fn convert_into(src: Dtype, dst: Dtype, input: &[u8], output: &mut [u8]) -> 
         return Err(length_error(src, dst, input.len(), output.len()));
     }
 
+    if convert_checked(src, dst, input, output, hardware_f16()) {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!(
+            "no conversion from {src} to {dst}"
+        )))
+    }
+}
+
+/// The conversion itself, lengths checked; false (output untouched) for a pair it
+/// does not know. `hw` selects `half`'s hardware F32<->F16 conversions over the
+/// scalar functions.
+fn convert_checked(src: Dtype, dst: Dtype, input: &[u8], output: &mut [u8], hw: bool) -> bool {
     if let Some(format) = fp8_of(src) {
         match dst {
             Dtype::F32 => lookup(input, output, table_32(format)),
             Dtype::F16 => lookup(input, output, table_16(format, false)),
-            _ => lookup(input, output, table_16(format, true)),
+            Dtype::BF16 => lookup(input, output, table_16(format, true)),
+            _ => return false,
         }
-        return Ok(());
+        return true;
     }
     match (src, dst) {
-        (Dtype::F32, Dtype::F16) => blocks::<4, 2>(input, output, f32_to_f16_block),
-        (Dtype::F32, Dtype::BF16) => blocks::<4, 2>(input, output, f32_to_bf16_block),
-        (Dtype::F16, Dtype::F32) => blocks::<2, 4>(input, output, f16_to_f32_block),
-        (Dtype::BF16, Dtype::F32) => blocks::<2, 4>(input, output, bf16_to_f32_block),
-        (Dtype::F16, Dtype::BF16) => blocks::<2, 2>(input, output, f16_to_bf16_block),
-        (Dtype::BF16, Dtype::F16) => blocks::<2, 2>(input, output, bf16_to_f16_block),
-        _ => {
-            return Err(Error::Unsupported(format!(
-                "no conversion from {src} to {dst}"
-            )))
+        (Dtype::F32, Dtype::F16) => {
+            blocks::<4, 2>(input, output, |i, o| f32_to_f16_block(i, o, hw))
         }
+        (Dtype::F32, Dtype::BF16) => blocks::<4, 2>(input, output, f32_to_bf16_block),
+        (Dtype::F16, Dtype::F32) => {
+            blocks::<2, 4>(input, output, |i, o| f16_to_f32_block(i, o, hw))
+        }
+        (Dtype::BF16, Dtype::F32) => blocks::<2, 4>(input, output, bf16_to_f32_block),
+        (Dtype::F16, Dtype::BF16) => {
+            blocks::<2, 2>(input, output, |i, o| f16_to_bf16_block(i, o, hw))
+        }
+        (Dtype::BF16, Dtype::F16) => {
+            blocks::<2, 2>(input, output, |i, o| bf16_to_f16_block(i, o, hw))
+        }
+        _ => return false,
     }
-    Ok(())
+    true
 }
 
 fn length_error(src: Dtype, dst: Dtype, input: usize, output: usize) -> Error {
@@ -469,7 +497,10 @@ const BLOCK: usize = 64;
 /// `output[i] = table[input[i]]` for one-byte inputs and `N`-byte outputs.
 fn lookup<T: Copy + ToLe<N>, const N: usize>(input: &[u8], output: &mut [u8], table: &[T; 256]) {
     for (&x, o) in input.iter().zip(output.chunks_exact_mut(N)) {
-        o.copy_from_slice(&table[usize::from(x)].to_le());
+        // In bounds: a u8 indexes 256 entries (the compiler drops the check).
+        if let Some(&v) = table.get(usize::from(x)) {
+            o.copy_from_slice(&v.to_le());
+        }
     }
 }
 
@@ -498,7 +529,7 @@ impl ToLe<4> for u32 {
 fn blocks<const I: usize, const O: usize>(
     input: &[u8],
     output: &mut [u8],
-    block: fn(&[u8], &mut [u8]),
+    block: impl Fn(&[u8], &mut [u8]),
 ) {
     let mut in_blocks = input.chunks_exact(I * BLOCK);
     let mut out_blocks = output.chunks_exact_mut(O * BLOCK);
@@ -566,9 +597,33 @@ const fn canonical_f32_nan(x: u32) -> u32 {
     }
 }
 
-/// F32 values (as bits) → F16 bits with `half`, NaNs made canonical.
+/// Whether `half` converts F32 <-> F16 with CPU instructions here (F16C on x86,
+/// FP16 on aarch64). Without them the scalar functions run instead of `half`'s
+/// software fallback, so every machine computes what the tests check.
+fn hardware_f16() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// F32 values (as bits) → F16 bits, NaNs canonical.
 #[inline(always)]
-fn f32_bits_to_f16_half(bits: &[u32], out: &mut [u16; BLOCK]) {
+fn f32_bits_to_f16_block(bits: &[u32; BLOCK], out: &mut [u16; BLOCK], hw: bool) {
+    if !hw {
+        for (o, &x) in out.iter_mut().zip(bits) {
+            *o = f32_bits_to_f16(x);
+        }
+        return;
+    }
     let mut f = [0f32; BLOCK];
     for (f, &b) in f.iter_mut().zip(bits) {
         *f = f32::from_bits(b);
@@ -580,9 +635,15 @@ fn f32_bits_to_f16_half(bits: &[u32], out: &mut [u16; BLOCK]) {
     }
 }
 
-/// F16 bits → F32 bits with `half`, NaNs made canonical.
+/// F16 bits → F32 bits, NaNs canonical.
 #[inline(always)]
-fn f16_to_f32_bits_half(v: &[u16; BLOCK], out: &mut [u32; BLOCK]) {
+fn f16_to_f32_bits_block(v: &[u16; BLOCK], out: &mut [u32; BLOCK], hw: bool) {
+    if !hw {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o = f16_to_f32_bits(x);
+        }
+        return;
+    }
     let mut h = [half::f16::ZERO; BLOCK];
     for (h, &b) in h.iter_mut().zip(v) {
         *h = half::f16::from_bits(b);
@@ -594,13 +655,15 @@ fn f16_to_f32_bits_half(v: &[u16; BLOCK], out: &mut [u32; BLOCK]) {
     }
 }
 
-fn f32_to_f16_block(input: &[u8], output: &mut [u8]) {
+#[inline(always)]
+fn f32_to_f16_block(input: &[u8], output: &mut [u8], hw: bool) {
     let (v, n) = read_u32(input);
     let mut out = [0u16; BLOCK];
-    f32_bits_to_f16_half(&v, &mut out);
+    f32_bits_to_f16_block(&v, &mut out, hw);
     write_u16(output, out.get(..n).unwrap_or_default());
 }
 
+#[inline(always)]
 fn f32_to_bf16_block(input: &[u8], output: &mut [u8]) {
     let (v, n) = read_u32(input);
     let mut out = [0u16; BLOCK];
@@ -610,13 +673,15 @@ fn f32_to_bf16_block(input: &[u8], output: &mut [u8]) {
     write_u16(output, out.get(..n).unwrap_or_default());
 }
 
-fn f16_to_f32_block(input: &[u8], output: &mut [u8]) {
+#[inline(always)]
+fn f16_to_f32_block(input: &[u8], output: &mut [u8], hw: bool) {
     let (v, n) = read_u16(input);
     let mut out = [0u32; BLOCK];
-    f16_to_f32_bits_half(&v, &mut out);
+    f16_to_f32_bits_block(&v, &mut out, hw);
     write_u32(output, out.get(..n).unwrap_or_default());
 }
 
+#[inline(always)]
 fn bf16_to_f32_block(input: &[u8], output: &mut [u8]) {
     let (v, n) = read_u16(input);
     let mut out = [0u32; BLOCK];
@@ -626,10 +691,11 @@ fn bf16_to_f32_block(input: &[u8], output: &mut [u8]) {
     write_u32(output, out.get(..n).unwrap_or_default());
 }
 
-fn f16_to_bf16_block(input: &[u8], output: &mut [u8]) {
+#[inline(always)]
+fn f16_to_bf16_block(input: &[u8], output: &mut [u8], hw: bool) {
     let (v, n) = read_u16(input);
     let mut wide = [0u32; BLOCK];
-    f16_to_f32_bits_half(&v, &mut wide);
+    f16_to_f32_bits_block(&v, &mut wide, hw);
     let mut out = [0u16; BLOCK];
     for (o, &x) in out.iter_mut().zip(&wide) {
         *o = f32_bits_to_bf16(x);
@@ -637,14 +703,15 @@ fn f16_to_bf16_block(input: &[u8], output: &mut [u8]) {
     write_u16(output, out.get(..n).unwrap_or_default());
 }
 
-fn bf16_to_f16_block(input: &[u8], output: &mut [u8]) {
+#[inline(always)]
+fn bf16_to_f16_block(input: &[u8], output: &mut [u8], hw: bool) {
     let (v, n) = read_u16(input);
     let mut wide = [0u32; BLOCK];
     for (o, &x) in wide.iter_mut().zip(&v) {
         *o = bf16_to_f32_bits(x);
     }
     let mut out = [0u16; BLOCK];
-    f32_bits_to_f16_half(&wide, &mut out);
+    f32_bits_to_f16_block(&wide, &mut out, hw);
     write_u16(output, out.get(..n).unwrap_or_default());
 }
 
@@ -712,6 +779,45 @@ mod tests {
         );
         assert!(convert_into(Dtype::F16, Dtype::F32, &[0x00, 0x3C], &mut out[..4]).is_ok());
         assert_eq!(out[..4], 1.0f32.to_le_bytes());
+    }
+
+    /// The scalar path (machines without F16C/FP16) and `half`'s hardware path
+    /// give the same bits; CI machines only run the hardware one otherwise.
+    #[test]
+    fn hardware_and_scalar_f16_paths_agree() {
+        let mut codes: Vec<u8> = (0..=0xFFFFu16).flat_map(u16::to_le_bytes).collect();
+        // Odd length: a partial block at the end.
+        codes.truncate(codes.len() - 2 * 7);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let f32s: Vec<u8> = (0..200_003)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state as u32).to_le_bytes()
+            })
+            .collect();
+        let cases = [
+            (Dtype::F16, Dtype::F32, &codes),
+            (Dtype::F16, Dtype::BF16, &codes),
+            (Dtype::BF16, Dtype::F16, &codes),
+            (Dtype::F32, Dtype::F16, &f32s),
+        ];
+        for (src, dst, input) in cases {
+            let len = converted_len(src, dst, input.len() as u64) as usize;
+            let mut scalar = vec![0xA5u8; len];
+            let mut hw = vec![0x5Au8; len];
+            assert!(convert_checked(src, dst, input, &mut scalar, false));
+            assert!(convert_checked(src, dst, input, &mut hw, hardware_f16()));
+            assert!(scalar == hw, "{src} -> {dst}");
+        }
+        assert!(!convert_checked(
+            Dtype::I8,
+            Dtype::F32,
+            &[1],
+            &mut [0; 4],
+            false
+        ));
     }
 
     #[test]

@@ -32,13 +32,14 @@ pub fn digest_lines(model: &Model) -> Result<Vec<String>> {
     model
         .tensors()
         .map(|t| {
-            Ok(serde_json::json!({
-                "name": t.name,
-                "dtype": t.dtype.name(),
-                "shape": t.shape,
-                "sha256": tensor_sha256(t)?,
-            })
-            .to_string())
+            // Keys in the documented order: name, dtype, shape, sha256.
+            let name = serde_json::Value::String(t.name.clone());
+            let shape = serde_json::json!(t.shape);
+            Ok(format!(
+                r#"{{"name":{name},"dtype":"{}","shape":{shape},"sha256":"{}"}}"#,
+                t.dtype.name(),
+                tensor_sha256(t)?
+            ))
         })
         .collect()
 }

@@ -229,7 +229,7 @@ impl Header {
                 format_args!(
                     "the header describes {expected} data bytes after {data_start} header bytes, \
                      but the file is {file_len} bytes ({})",
-                    if total.is_some_and(|t| t > file_len) {
+                    if total.is_none_or(|t| t > file_len) {
                         "truncated"
                     } else {
                         "trailing bytes"
@@ -355,7 +355,7 @@ mod tests {
     fn file(json: &str, data: usize) -> Vec<u8> {
         let mut v = (json.len() as u64).to_le_bytes().to_vec();
         v.extend_from_slice(json.as_bytes());
-        v.extend(std::iter::repeat(7u8).take(data));
+        v.extend(std::iter::repeat_n(7u8, data));
         v
     }
 

@@ -26,6 +26,7 @@ pub struct Loader {
     progress: Option<Progress>,
     cancel: Option<CancelToken>,
     per_tensor: bool,
+    fail_nth: Option<u64>,
 }
 
 impl Default for Loader {
@@ -58,6 +59,7 @@ impl Loader {
             progress: None,
             cancel: None,
             per_tensor: false,
+            fail_nth: None,
         }
     }
 
@@ -132,6 +134,25 @@ impl Loader {
         self
     }
 
+    /// Fault injection for tests: the `nth` read completion (1-based) fails with EIO.
+    #[doc(hidden)]
+    pub fn fail_nth_read(mut self, nth: u64) -> Self {
+        self.fail_nth = Some(nth);
+        self
+    }
+
+    /// Wraps `engine` in the fault injector when one was asked for.
+    pub(crate) fn engine(&self, engine: Box<dyn io::Engine>) -> Box<dyn io::Engine> {
+        match self.fail_nth {
+            Some(nth) => Box::new(io::FaultEngine {
+                inner: engine,
+                nth,
+                seen: 0,
+            }),
+            None => engine,
+        }
+    }
+
     /// The queue depth in use.
     pub fn get_queue_depth(&self) -> usize {
         self.queue_depth
@@ -167,11 +188,12 @@ impl Loader {
             Device::Cpu => self.load_host(&plan, &choice, slots)?,
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => crate::device::cuda::load(
+                self,
                 &plan,
                 &choice,
                 ordinal,
                 slots,
-                self.plan.chunk_size,
+                self.plan.slot_len(),
                 self.queue_depth,
                 self.per_tensor,
                 self.cancel.as_ref(),
@@ -214,9 +236,9 @@ impl Loader {
         choice: &IoChoice,
         slots: usize,
     ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
-        let mut sink = HostSink::new(plan, slots, self.plan.chunk_size)?;
+        let mut sink = HostSink::new(plan, slots, self.plan.slot_len())?;
         let stats = {
-            let mut engine = io::new_engine(choice.engine, self.queue_depth, &[])?;
+            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &[])?);
             io::execute(
                 plan,
                 choice,

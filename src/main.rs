@@ -216,10 +216,16 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::from(1)
         }
     }
+}
+
+/// A message on one line: newlines inside names (tensor names are arbitrary strings)
+/// are shown escaped, so that each problem stays one line.
+fn one_line(s: &str) -> String {
+    s.replace('\n', "\\n").replace('\r', "\\r")
 }
 
 fn out_err(e: io::Error) -> Error {
@@ -318,7 +324,7 @@ fn verify(path: &Path) -> tensorstream::Result<ExitCode> {
         }
         _ => {
             for p in &problems {
-                println!("{p}");
+                println!("{}", one_line(&p.to_string()));
             }
             Ok(ExitCode::from(1))
         }

@@ -32,6 +32,14 @@ pub struct PlanOptions {
     pub tensor_align: u64,
 }
 
+impl PlanOptions {
+    /// Bytes of a staging slot: a conversion read covers at most `chunk_size` bytes of
+    /// whole elements plus alignment slack on both ends.
+    pub fn slot_len(&self) -> u64 {
+        self.chunk_size + 2 * self.align.max(1)
+    }
+}
+
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
@@ -305,8 +313,8 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
                 place: Place::Converted(place_off),
             });
             let numel = src_len.checked_div(esize).unwrap_or(0);
-            // Leave room for the alignment slack on both ends of a read.
-            let per_chunk = ((opts.chunk_size.saturating_sub(2 * align)) / esize.max(1)).max(1);
+            // Whole elements per read; the alignment slack fits in PlanOptions::slot_len.
+            let per_chunk = (opts.chunk_size / esize.max(1)).max(1);
             let mut first = 0u64;
             while first < numel {
                 let count = per_chunk.min(numel - first);

@@ -24,6 +24,10 @@ use crate::plan::{Place, Plan, ReadOp, Target};
 /// The conversion kernels, as PTX for the oldest supported driver.
 const PTX: &str = include_str!("../../kernels/convert.ptx");
 
+/// Extra scratch bytes, so staged bytes can be shifted to put the first converted
+/// element on a 16-byte boundary (the kernels' vector path).
+const SCRATCH_PAD: usize = 256;
+
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
     Error::Cuda(format!("{what}: {e}"))
 }
@@ -253,7 +257,7 @@ impl<'p> CudaSink<'p> {
                 scratch: None,
             });
             if any_convert {
-                let s = DeviceBuf::alloc(&sink.ctx, slot_len)?;
+                let s = DeviceBuf::alloc(&sink.ctx, slot_len + SCRATCH_PAD)?;
                 if let Some(last) = sink.slots.last_mut() {
                     last.scratch = Some(s);
                 }
@@ -295,12 +299,10 @@ impl<'p> CudaSink<'p> {
                 if t.src_dtype == t.dtype || self.kernels.contains_key(&(t.src_dtype, t.dtype)) {
                     continue;
                 }
-                let name = format!(
-                    "convert_{}_{}",
-                    t.src_dtype.name().to_ascii_lowercase(),
-                    t.dtype.name().to_ascii_lowercase()
-                );
-                let cname = CString::new(name.clone())
+                let name = convert::kernel_name(t.src_dtype, t.dtype).ok_or_else(|| {
+                    Error::Cuda(format!("no kernel converts {} to {}", t.src_dtype, t.dtype))
+                })?;
+                let cname = CString::new(name)
                     .map_err(|_| Error::Cuda("kernel name".into()))?;
                 // SAFETY: module was loaded above and is unloaded only in Drop.
                 let func = unsafe { result::module::get_function(module, cname) }
@@ -338,7 +340,8 @@ impl<'p> CudaSink<'p> {
             .get(&(src, dst))
             .ok_or_else(|| Error::Cuda(format!("no kernel for {src} -> {dst}")))?;
         let threads = 256u64;
-        let blocks = n.div_ceil(threads * 4).clamp(1, 65_535) as u32;
+        // Each thread converts groups of 8 elements (grid-stride beyond that).
+        let blocks = n.div_ceil(threads * 8).clamp(1, 65_535) as u32;
         let (mut a, mut b, mut c) = (input, output, n);
         let mut params: [*mut c_void; 3] = [
             (&mut a as *mut u64).cast(),
@@ -430,7 +433,9 @@ impl Sink for CudaSink<'_> {
                 let fp = self.plan.files.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
                 let t = fp.tensors.get(tensor).ok_or_else(|| Error::Cuda("internal: tensor".into()))?;
                 let scratch = slot.scratch.as_ref().ok_or_else(|| Error::Cuda("internal: scratch".into()))?;
-                self.htod(scratch.ptr, slot.host, op.required as usize)?;
+                // Shift so that the first element sits on a 16-byte boundary.
+                let pad = (16 - skip % 16) % 16;
+                self.htod(scratch.ptr + pad, slot.host, op.required as usize)?;
                 let out_size = t.dtype.bits() / 8;
                 let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
                     (_, Some(Some(b))) => b.ptr + first * out_size,
@@ -441,8 +446,7 @@ impl Sink for CudaSink<'_> {
                     }
                     _ => return Err(Error::Cuda("internal: place".into())),
                 };
-                debug_assert_eq!(convert::converted_len(t.src_dtype, t.dtype, count * (t.src_dtype.bits() / 8)), count * out_size);
-                self.launch(t.src_dtype, t.dtype, scratch.ptr + skip, out, count)?;
+                self.launch(t.src_dtype, t.dtype, scratch.ptr + pad + skip, out, count)?;
             }
         }
         // SAFETY: event and stream are live until Drop.
@@ -494,6 +498,7 @@ impl Drop for CudaSink<'_> {
 /// Loads `plan` onto device `ordinal`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
+    loader: &crate::loader::Loader,
     plan: &Plan,
     choice: &IoChoice,
     ordinal: usize,
@@ -508,7 +513,7 @@ pub(crate) fn load(
     let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
     let stats = {
         let fixed = sink.fixed_buffers();
-        let mut engine = io::new_engine(choice.engine, depth.min(sink.slots.len()), &fixed)?;
+        let mut engine = loader.engine(io::new_engine(choice.engine, depth.min(sink.slots.len()), &fixed)?);
         io::execute(plan, choice, engine.as_mut(), &mut sink, depth, cancel, progress)?
     };
     sink.synchronize()?;

@@ -4,6 +4,7 @@
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::convert;
 use crate::error::{Error, Result};
@@ -31,6 +32,25 @@ unsafe impl Send for HostBuf {}
 unsafe impl Sync for HostBuf {}
 
 const HUGE: usize = 2 << 20;
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of host memory held by tensorstream buffers now, and the most held at once
+/// since the last [`reset_host_peak`] (destinations and staging, process-wide).
+pub fn host_memory() -> (u64, u64) {
+    (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+/// Restarts the peak of [`host_memory`] from the bytes held now.
+pub fn reset_host_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+fn account(len: usize) {
+    let now = LIVE.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 impl HostBuf {
     /// Alignment of every buffer.
@@ -75,6 +95,7 @@ impl HostBuf {
                 libc::madvise(start.cast(), map_len - skew, libc::MADV_HUGEPAGE);
             }
             let ptr = NonNull::new(start).ok_or_else(oom)?;
+            account(len);
             return Ok(HostBuf {
                 ptr,
                 len,
@@ -85,6 +106,7 @@ impl HostBuf {
         // SAFETY: layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).ok_or_else(oom)?;
+        account(len);
         Ok(HostBuf {
             ptr,
             len,
@@ -130,6 +152,9 @@ impl HostBuf {
 
 impl Drop for HostBuf {
     fn drop(&mut self) {
+        if !matches!(self.alloc, Alloc::None) {
+            LIVE.fetch_sub(self.len as u64, Ordering::Relaxed);
+        }
         match self.alloc {
             Alloc::None => {}
             // SAFETY: allocated in `zeroed` with this very layout.

@@ -191,6 +191,37 @@ pub(crate) trait Engine {
     fn file_closed(&mut self, _fd: RawFd) {}
 }
 
+/// Wraps an engine and turns the `nth` completion (1-based) into an EIO error: the
+/// fault injection behind [`crate::Loader::fail_nth_read`].
+pub(crate) struct FaultEngine {
+    pub inner: Box<dyn Engine>,
+    pub nth: u64,
+    pub seen: u64,
+}
+
+impl Engine for FaultEngine {
+    fn submit(&mut self, req: Req) -> io::Result<()> {
+        self.inner.submit(req)
+    }
+    fn wait(&mut self, out: &mut Vec<Done>) -> io::Result<()> {
+        let start = out.len();
+        self.inner.wait(out)?;
+        for d in out.iter_mut().skip(start) {
+            self.seen += 1;
+            if self.seen == self.nth {
+                d.res = Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        Ok(())
+    }
+    fn drain(&mut self) {
+        self.inner.drain();
+    }
+    fn file_closed(&mut self, fd: RawFd) {
+        self.inner.file_closed(fd);
+    }
+}
+
 /// Creates the engine of `kind`.
 pub(crate) fn new_engine(
     kind: EngineKind,
