@@ -77,7 +77,10 @@ impl Checkpoint {
                         format_args!(
                             "tensor '{}' is in two shards: {} and {}",
                             t.name,
-                            shards.get(j).map(|s| file_name(&s.path)).unwrap_or_default(),
+                            shards
+                                .get(j)
+                                .map(|s| file_name(&s.path))
+                                .unwrap_or_default(),
                             file_name(&h.path)
                         ),
                     ));
@@ -138,9 +141,10 @@ impl Checkpoint {
 
     /// All tensors of all shards, shard by shard, each shard's in offset order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.shards.iter().enumerate().flat_map(|(shard, h)| {
-            h.tensors.iter().map(move |info| TensorRef { shard, info })
-        })
+        self.shards
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, h)| h.tensors.iter().map(move |info| TensorRef { shard, info }))
     }
 
     /// Number of tensors.
@@ -196,16 +200,20 @@ struct RawIndex {
 
 /// Parses the bytes of an index file. Pure: used by the fuzz target.
 pub fn parse_index(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    Ok(parse_index_inner(path, bytes)?.weight_map.into_iter().collect())
+    Ok(parse_index_inner(path, bytes)?
+        .weight_map
+        .into_iter()
+        .collect())
 }
 
 fn parse_index_inner(path: &Path, bytes: &[u8]) -> Result<Index> {
-    let raw: RawIndex = serde_json::from_slice(bytes).map_err(|e| {
-        Error::checkpoint(path, format_args!("not a valid safetensors index: {e}"))
-    })?;
+    let raw: RawIndex = serde_json::from_slice(bytes)
+        .map_err(|e| Error::checkpoint(path, format_args!("not a valid safetensors index: {e}")))?;
     for (name, file) in &raw.weight_map {
         let p = Path::new(file);
-        let plain = p.components().count() == 1
+        // Path::components hides a trailing '/', so look at the characters as well.
+        let plain = !file.contains(['/', '\\', '\0'])
+            && p.components().count() == 1
             && matches!(p.components().next(), Some(Component::Normal(_)));
         if !plain {
             return Err(Error::checkpoint(
@@ -288,7 +296,11 @@ fn discover(path: &Path) -> Result<(Vec<PathBuf>, Option<Index>)> {
         )),
         0 => Ok((shards, None)),
         1 => {
-            let idx = read_index(indexes.first().ok_or_else(|| Error::checkpoint(path, "index vanished"))?)?;
+            let idx = read_index(
+                indexes
+                    .first()
+                    .ok_or_else(|| Error::checkpoint(path, "index vanished"))?,
+            )?;
             let files = index_files(&idx)?;
             Ok((files, Some(idx)))
         }

@@ -140,7 +140,10 @@ impl Header {
             .ok_or_else(|| {
                 Error::header(
                     path,
-                    format_args!("header length {n} runs past the {} bytes given", bytes.len()),
+                    format_args!(
+                        "header length {n} runs past the {} bytes given",
+                        bytes.len()
+                    ),
                 )
             })?;
         Header::parse_json(path, json, file_len)
@@ -174,7 +177,10 @@ impl Header {
                 return Err(Error::tensor_err(
                     path,
                     &t.name,
-                    format_args!("data_offsets [{}, {}) end before they begin", t.begin, t.end),
+                    format_args!(
+                        "data_offsets [{}, {}) end before they begin",
+                        t.begin, t.end
+                    ),
                 ));
             }
             if t.begin < expected {
@@ -203,7 +209,8 @@ impl Header {
                     ),
                 ));
             }
-            let want = tensor_bytes(t.dtype, &t.shape).map_err(|r| Error::tensor_err(path, &t.name, r))?;
+            let want =
+                tensor_bytes(t.dtype, &t.shape).map_err(|r| Error::tensor_err(path, &t.name, r))?;
             if want != t.len() {
                 return Err(Error::tensor_err(
                     path,
@@ -310,7 +317,10 @@ impl<'de> Deserialize<'de> for RawHeader {
                 f.write_str("a JSON object of tensor entries")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
                 let mut metadata = None;
                 let mut seen_metadata = false;
                 let mut tensors = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
@@ -394,17 +404,29 @@ mod tests {
     #[test]
     fn rejects_sub_byte_remainder_and_overflow() {
         let json = r#"{"x":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#;
-        assert!(parse(&file(json, 1)).unwrap_err().to_string().contains("whole number of bytes"));
+        assert!(parse(&file(json, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("whole number of bytes"));
         let json = r#"{"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,1]}}"#;
-        assert!(parse(&file(json, 1)).unwrap_err().to_string().contains("overflows"));
+        assert!(parse(&file(json, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("overflows"));
     }
 
     #[test]
     fn header_length_lies_are_caught_before_allocation() {
         let mut v = file("{}", 0);
         v[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(parse(&v).unwrap_err().to_string().contains("exceeds the format's limit"));
+        assert!(parse(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds the format's limit"));
         v[..8].copy_from_slice(&1000u64.to_le_bytes());
-        assert!(parse(&v).unwrap_err().to_string().contains("runs past the end"));
+        assert!(parse(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("runs past the end"));
     }
 }

@@ -213,7 +213,11 @@ impl Loader {
             .map(|(i, f)| FileReport {
                 path: f.path.clone(),
                 io_path: choice.path_name(i),
-                reason: choice.files.get(i).map(|m| m.reason.clone()).unwrap_or_default(),
+                reason: choice
+                    .files
+                    .get(i)
+                    .map(|m| m.reason.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Model {

@@ -11,7 +11,11 @@ use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{digest, io as tio, Checkpoint, Device, Dtype, Error, IoBackend, Loader};
 
 #[derive(Parser)]
-#[command(name = "tensorstream", version, about = "Loads safetensors checkpoints into GPU or host memory, fast and safely")]
+#[command(
+    name = "tensorstream",
+    version,
+    about = "Loads safetensors checkpoints into GPU or host memory, fast and safely"
+)]
 struct Cli {
     /// Log decisions (backend choice, fallbacks) to stderr.
     #[arg(short, long, global = true)]
@@ -160,7 +164,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose { "tensorstream=debug" } else { "tensorstream=warn" };
+    let filter = if cli.verbose {
+        "tensorstream=debug"
+    } else {
+        "tensorstream=warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TENSORSTREAM_LOG")
@@ -291,20 +299,44 @@ fn inspect(path: &Path, json: bool) -> tensorstream::Result<ExitCode> {
                 }
             }
             for t in &h.tensors {
-                writeln!(w, "  {:<60} {:<11} {:<20} {:>14}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.len())
-                    .map_err(out_err)?;
+                writeln!(
+                    w,
+                    "  {:<60} {:<11} {:<20} {:>14}",
+                    t.name,
+                    t.dtype.name(),
+                    format!("{:?}", t.shape),
+                    t.len()
+                )
+                .map_err(out_err)?;
             }
             if ckpt.shards.len() > 1 {
                 for (d, (n, b)) in dtype_totals(std::iter::once(h)) {
-                    writeln!(w, "  total {:<8} {n:>16} parameters {b:>16} bytes", d.name()).map_err(out_err)?;
+                    writeln!(
+                        w,
+                        "  total {:<8} {n:>16} parameters {b:>16} bytes",
+                        d.name()
+                    )
+                    .map_err(out_err)?;
                 }
             }
         }
-        writeln!(w, "total: {} tensors in {} file(s)", ckpt.tensor_count(), ckpt.shards.len()).map_err(out_err)?;
+        writeln!(
+            w,
+            "total: {} tensors in {} file(s)",
+            ckpt.tensor_count(),
+            ckpt.shards.len()
+        )
+        .map_err(out_err)?;
         for (d, (n, b)) in &totals {
             writeln!(w, "  {:<12} {n:>16} parameters {b:>16} bytes", d.name()).map_err(out_err)?;
         }
-        writeln!(w, "  {:<12} {params:>16} parameters {:>16} bytes", "all", ckpt.total_bytes()).map_err(out_err)?;
+        writeln!(
+            w,
+            "  {:<12} {params:>16} parameters {:>16} bytes",
+            "all",
+            ckpt.total_bytes()
+        )
+        .map_err(out_err)?;
     }
     w.flush().map_err(out_err)?;
     Ok(ExitCode::SUCCESS)
@@ -333,9 +365,15 @@ fn verify(path: &Path) -> tensorstream::Result<ExitCode> {
 
 fn synth(dir: &Path, size: u64, shards: usize, dtype: Dtype) -> tensorstream::Result<ExitCode> {
     if !matches!(dtype, Dtype::BF16 | Dtype::F16) {
-        return Err(Error::InvalidArgument(format!("synth writes BF16 or F16, not {dtype}")));
+        return Err(Error::InvalidArgument(format!(
+            "synth writes BF16 or F16, not {dtype}"
+        )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), op: "create directory", source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        op: "create directory",
+        source: e,
+    })?;
     let mut spec = SynthSpec::for_size(size);
     spec.dtype = dtype;
     let p = write_checkpoint(dir, &spec, shards, 0x5EED)?;
@@ -356,7 +394,12 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
-fn load(path: &Path, opts: &LoadOpts, digest_lines: bool, json: bool) -> tensorstream::Result<ExitCode> {
+fn load(
+    path: &Path,
+    opts: &LoadOpts,
+    digest_lines: bool,
+    json: bool,
+) -> tensorstream::Result<ExitCode> {
     let mut loader = opts.loader();
     let pb = progress_bar();
     if let Some(pb) = pb.clone() {
@@ -444,7 +487,11 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             let tmp = tempfile::Builder::new()
                 .prefix("tensorstream-bench-")
                 .tempdir_in(&base)
-                .map_err(|e| Error::Io { path: base.clone(), op: "create temp dir", source: e })?;
+                .map_err(|e| Error::Io {
+                    path: base.clone(),
+                    op: "create temp dir",
+                    source: e,
+                })?;
             let spec = SynthSpec::for_size(a.size);
             eprintln!(
                 "writing a synthetic Llama-layout BF16 checkpoint ({} layers, ~{:.2} GB) to {}",
@@ -466,7 +513,13 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
     } else if let Some(io) = a.opts.io {
         vec![io]
     } else {
-        vec![IoBackend::Auto, IoBackend::Direct, IoBackend::Buffered, IoBackend::Pread, IoBackend::Mmap]
+        vec![
+            IoBackend::Auto,
+            IoBackend::Direct,
+            IoBackend::Buffered,
+            IoBackend::Pread,
+            IoBackend::Mmap,
+        ]
     };
     let mut temps = Vec::new();
     if a.cold {
@@ -497,7 +550,10 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                         worst = worst.max(tio::drop_page_cache(f)?);
                     }
                     if worst > 0.05 {
-                        note = format!(" (page cache not fully dropped: {:.0}% resident)", worst * 100.0);
+                        note = format!(
+                            " (page cache not fully dropped: {:.0}% resident)",
+                            worst * 100.0
+                        );
                     }
                 } else {
                     // Warm the cache with a first load that is not timed.
@@ -508,7 +564,12 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                 match loader.load_checkpoint(&ckpt) {
                     Ok(m) => {
                         rates.push(m.stats().gbps());
-                        io_path = m.stats().files.first().map(|f| f.io_path.to_string()).unwrap_or_default();
+                        io_path = m
+                            .stats()
+                            .files
+                            .first()
+                            .map(|f| f.io_path.to_string())
+                            .unwrap_or_default();
                     }
                     Err(e) => {
                         note = format!(" (failed: {e})");

@@ -205,7 +205,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
             },
         }
     }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
 fn align_down(x: u64, a: u64) -> u64 {
@@ -218,7 +219,24 @@ fn align_up(x: u64, a: u64) -> Option<u64> {
 
 /// Plans the reads for `ckpt` under `opts`.
 pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
-    let align = opts.align.max(1);
+    const MAX_ALIGN: u64 = 1 << 30;
+    for (what, a) in [
+        ("alignment", opts.align),
+        ("tensor alignment", opts.tensor_align),
+    ] {
+        if !a.is_power_of_two() || a > MAX_ALIGN {
+            return Err(Error::InvalidArgument(format!(
+                "{what} {a} must be a power of two no larger than {MAX_ALIGN}"
+            )));
+        }
+    }
+    let align = opts.align;
+    if opts.chunk_size > MAX_ALIGN {
+        return Err(Error::InvalidArgument(format!(
+            "chunk size {} is larger than {MAX_ALIGN}",
+            opts.chunk_size
+        )));
+    }
     if opts.chunk_size == 0 || opts.chunk_size % align != 0 {
         return Err(Error::InvalidArgument(format!(
             "chunk size {} must be a non-zero multiple of the alignment {align}",
@@ -232,7 +250,14 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
             )));
         }
     }
-    let tensor_align = opts.tensor_align.max(1);
+    let tensor_align = opts.tensor_align;
+    let too_big = |path: &std::path::Path, name: &str| {
+        Error::tensor_err(
+            path,
+            name,
+            "offsets overflow 64 bits once aligned or converted",
+        )
+    };
     let mut files = Vec::new();
     for (shard, h) in ckpt.shards.iter().enumerate() {
         let data_start = h.data_start();
@@ -268,9 +293,8 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
             let src_len = t.len();
             if out_dtype == t.dtype {
                 let a0 = align_down(file_offset, align);
-                let a1 = align_up(data_start + t.end, align).ok_or_else(|| {
-                    Error::tensor_err(&h.path, &t.name, "offset overflows")
-                })?;
+                let a1 =
+                    align_up(data_start + t.end, align).ok_or_else(|| too_big(&h.path, &t.name))?;
                 let place = match &mut seg {
                     Some((s, e, dest)) if a0 <= e.saturating_add(opts.coalesce_gap) => {
                         *e = (*e).max(a1);
@@ -299,8 +323,11 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
             // A converted tensor: chunks of whole elements, each read aligned.
             let esize = t.dtype.bits() / 8;
             let out_len = convert::converted_len(t.dtype, out_dtype, src_len);
-            let place_off = align_up(converted_len, tensor_align).unwrap_or(converted_len);
-            converted_len = place_off + out_len;
+            let place_off =
+                align_up(converted_len, tensor_align).ok_or_else(|| too_big(&h.path, &t.name))?;
+            converted_len = place_off
+                .checked_add(out_len)
+                .ok_or_else(|| too_big(&h.path, &t.name))?;
             let idx = tensors.len();
             tensors.push(PlannedTensor {
                 name: t.name.clone(),
@@ -321,7 +348,7 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
                 let b0 = file_offset + first * esize;
                 let b1 = b0 + count * esize;
                 let r0 = align_down(b0, align);
-                let r1 = align_up(b1, align).unwrap_or(b1);
+                let r1 = align_up(b1, align).ok_or_else(|| too_big(&h.path, &t.name))?;
                 reads.push(ReadOp {
                     offset: r0,
                     len: r1 - r0,
@@ -360,8 +387,14 @@ mod tests {
 
     #[test]
     fn glob_matches_whole_names() {
-        assert!(glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight"));
-        assert!(!glob_match("model.layers.*.mlp", "model.layers.3.mlp.up_proj.weight"));
+        assert!(glob_match(
+            "model.layers.*.mlp.*",
+            "model.layers.3.mlp.up_proj.weight"
+        ));
+        assert!(!glob_match(
+            "model.layers.*.mlp",
+            "model.layers.3.mlp.up_proj.weight"
+        ));
         assert!(glob_match("*", ""));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "ac"));

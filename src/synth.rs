@@ -69,7 +69,10 @@ impl SynthSpec {
 /// `model.safetensors.index.json` when `shards > 1`); returns the path to load.
 pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) -> Result<PathBuf> {
     let tensors = spec.tensors();
-    let total: u64 = tensors.iter().map(|(_, s)| 2 * s.iter().product::<u64>()).sum();
+    let total: u64 = tensors
+        .iter()
+        .map(|(_, s)| 2 * s.iter().product::<u64>())
+        .sum();
     let shards = shards.max(1);
     let per_shard = total.div_ceil(shards as u64);
     let mut groups: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new()];
@@ -113,7 +116,12 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) 
     Ok(index)
 }
 
-fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], dtype: &str, rng: &mut u64) -> Result<()> {
+fn write_file(
+    path: &Path,
+    tensors: &[(String, Vec<u64>)],
+    dtype: &str,
+    rng: &mut u64,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
@@ -134,7 +142,8 @@ fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], dtype: &str, rng: &mu
     }
     let io = |e| Error::io(path, "write", e);
     let mut w = BufWriter::with_capacity(8 << 20, File::create(path).map_err(io)?);
-    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(json.as_bytes()).map_err(io)?;
     let mut block = vec![0u8; 1 << 20];
     let mut left = off;
@@ -150,7 +159,8 @@ fn write_file(path: &Path, tensors: &[(String, Vec<u64>)], dtype: &str, rng: &mu
             pair.copy_from_slice(&v.to_le_bytes());
         }
         let n = left.min(block.len() as u64) as usize;
-        w.write_all(block.get(..n).unwrap_or_default()).map_err(io)?;
+        w.write_all(block.get(..n).unwrap_or_default())
+            .map_err(io)?;
         left -= n as u64;
     }
     w.flush().map_err(io)?;

@@ -722,7 +722,6 @@ fn relative_paths_from_the_checkpoint_directory() {
 
 /// `verify` prints one line per problem even when a tensor name holds a line break.
 #[test]
-#[ignore = "bug: error messages embed tensor names unescaped (error.rs InvalidTensor/InvalidCheckpoint Display), so a name with a newline splits one `verify` problem over two lines"]
 fn verify_one_line_per_problem_with_a_newline_in_a_name() {
     let dir = disk_tempdir();
     let p = dir.path().join("nl.safetensors");

@@ -71,7 +71,14 @@ fn unsupported(e: &tensorstream::Error) -> bool {
 fn failing_nth_read_errors_for_every_backend_and_frees_everything() {
     let _g = lock();
     let d = dir();
-    let (path, _) = write_random(d.path(), "m.safetensors", safetensors::Dtype::F32, 8, 300_000, 1);
+    let (path, _) = write_random(
+        d.path(),
+        "m.safetensors",
+        safetensors::Dtype::F32,
+        8,
+        300_000,
+        1,
+    );
     for backend in try_backends() {
         for dtype in [None, Some(Dtype::BF16)] {
             let (before, _) = host_memory();
@@ -90,12 +97,18 @@ fn failing_nth_read_errors_for_every_backend_and_frees_everything() {
                 Err(e) => {
                     assert_eq!(e.kind(), ErrorKind::Io, "{backend:?}: {e}");
                     let msg = e.to_string();
-                    assert!(msg.contains("m.safetensors") && msg.contains("read"), "{msg}");
+                    assert!(
+                        msg.contains("m.safetensors") && msg.contains("read"),
+                        "{msg}"
+                    );
                 }
                 Ok(_) => panic!("{backend:?}: a failed read must fail the load"),
             }
             let (after, _) = host_memory();
-            assert_eq!(after, before, "{backend:?}: host memory leaked after a failed load");
+            assert_eq!(
+                after, before,
+                "{backend:?}: host memory leaked after a failed load"
+            );
         }
     }
 }
@@ -103,9 +116,17 @@ fn failing_nth_read_errors_for_every_backend_and_frees_everything() {
 #[test]
 fn truncation_during_the_load_is_an_error_and_returns_no_tensors() {
     let _g = lock();
-    for backend in try_backends() {
+    // Not mmap: a mapped file truncated underneath raises SIGBUS (documented).
+    for backend in try_backends().into_iter().filter(|b| *b != IoBackend::Mmap) {
         let d = dir();
-        let (path, _) = write_random(d.path(), "t.safetensors", safetensors::Dtype::F16, 16, 200_000, 2);
+        let (path, _) = write_random(
+            d.path(),
+            "t.safetensors",
+            safetensors::Dtype::F16,
+            16,
+            200_000,
+            2,
+        );
         let ckpt = Checkpoint::open(&path).unwrap();
         let p2 = path.clone();
         let once = Arc::new(std::sync::Once::new());
@@ -135,7 +156,14 @@ fn truncation_during_the_load_is_an_error_and_returns_no_tensors() {
 fn a_file_rewritten_in_place_during_the_load_is_an_error() {
     let _g = lock();
     let d = dir();
-    let (path, _) = write_random(d.path(), "w.safetensors", safetensors::Dtype::F16, 4, 100_000, 3);
+    let (path, _) = write_random(
+        d.path(),
+        "w.safetensors",
+        safetensors::Dtype::F16,
+        4,
+        100_000,
+        3,
+    );
     let ckpt = Checkpoint::open(&path).unwrap();
     let p2 = path.clone();
     let once = Arc::new(std::sync::Once::new());
@@ -161,22 +189,43 @@ fn a_file_rewritten_in_place_during_the_load_is_an_error() {
 
 #[test]
 fn a_file_that_changed_size_after_validation_is_refused() {
+    let _g = lock();
     let d = dir();
-    let (path, _) = write_random(d.path(), "s.safetensors", safetensors::Dtype::U8, 2, 5000, 4);
+    let (path, _) = write_random(
+        d.path(),
+        "s.safetensors",
+        safetensors::Dtype::U8,
+        2,
+        5000,
+        4,
+    );
     let ckpt = Checkpoint::open(&path).unwrap();
-    let f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     f.set_len(ckpt.shards[0].file_len + 10).unwrap();
     let e = Loader::new().load_checkpoint(&ckpt).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::FileChanged);
     let msg = e.to_string();
-    assert!(msg.contains("s.safetensors") && msg.contains("when its header was validated"), "{msg}");
+    assert!(
+        msg.contains("s.safetensors") && msg.contains("when its header was validated"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn cancel_before_and_during_a_load() {
     let _g = lock();
     let d = dir();
-    let (path, _) = write_random(d.path(), "c.safetensors", safetensors::Dtype::F32, 32, 250_000, 5);
+    let (path, _) = write_random(
+        d.path(),
+        "c.safetensors",
+        safetensors::Dtype::F32,
+        32,
+        250_000,
+        5,
+    );
     let token = CancelToken::new();
     token.cancel();
     let e = Loader::new().cancel_token(token).load(&path).unwrap_err();
@@ -197,9 +246,11 @@ fn cancel_before_and_during_a_load() {
     let h = std::thread::spawn(move || {
         let loader = loader.progress({
             let once = std::sync::Once::new();
-            move |_, _| once.call_once(|| {
-                s2.wait();
-            })
+            move |_, _| {
+                once.call_once(|| {
+                    s2.wait();
+                })
+            }
         });
         let t = Instant::now();
         (loader.load(&p), t)
@@ -219,7 +270,14 @@ fn cancel_before_and_during_a_load() {
 fn staging_bound_holds_for_every_backend() {
     let _g = lock();
     let d = dir();
-    let (path, _) = write_random(d.path(), "b.safetensors", safetensors::Dtype::F32, 16, 500_000, 6);
+    let (path, _) = write_random(
+        d.path(),
+        "b.safetensors",
+        safetensors::Dtype::F32,
+        16,
+        500_000,
+        6,
+    );
     let chunk = 256u64 << 10;
     let staging = 1u64 << 20; // 4 slots
     for backend in try_backends() {
@@ -252,6 +310,7 @@ fn staging_bound_holds_for_every_backend() {
 
 #[test]
 fn a_thousand_shards_load_with_few_file_descriptors() {
+    let _g = lock();
     let d = dir();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut want = HashMap::new();
@@ -260,8 +319,12 @@ fn a_thousand_shards_load_with_few_file_descriptors() {
         rng.fill(&mut v[..]);
         let name = format!("t{i:04}");
         let view = TensorView::new(safetensors::Dtype::U8, vec![v.len()], &v).unwrap();
-        safetensors::serialize_to_file(vec![(name.clone(), view)], None, &d.path().join(format!("s{i:04}.safetensors")))
-            .unwrap();
+        safetensors::serialize_to_file(
+            vec![(name.clone(), view)],
+            None,
+            &d.path().join(format!("s{i:04}.safetensors")),
+        )
+        .unwrap();
         want.insert(name, v);
     }
     let m = Loader::new().load(d.path()).unwrap();
@@ -275,27 +338,38 @@ fn a_thousand_shards_load_with_few_file_descriptors() {
         .arg(d.path())
         .output()
     {
-        Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr)),
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
         Err(e) => eprintln!("skipping the descriptor-limit run: prlimit unavailable ({e})"),
     }
 }
 
 #[test]
 fn a_header_of_200k_tensors_validates() {
+    let _g = lock();
     use std::fmt::Write;
     let mut json = String::from("{");
     for i in 0..200_000u64 {
         if i > 0 {
             json.push(',');
         }
-        write!(json, r#""t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#, i + 1).unwrap();
+        write!(
+            json,
+            r#""t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#,
+            i + 1
+        )
+        .unwrap();
     }
     json.push('}');
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(json.as_bytes());
     bytes.extend((0..200_000u32).map(|i| (i * 7 + 3) as u8));
     let t = Instant::now();
-    let h = tensorstream::Header::parse_prefix(Path::new("big"), &bytes, bytes.len() as u64).unwrap();
+    let h =
+        tensorstream::Header::parse_prefix(Path::new("big"), &bytes, bytes.len() as u64).unwrap();
     eprintln!("200,000-tensor header validated in {:?}", t.elapsed());
     assert_eq!(h.tensors.len(), 200_000);
     assert_eq!(h.tensor("t199999").unwrap().begin, 199_999);
@@ -304,12 +378,17 @@ fn a_header_of_200k_tensors_validates() {
 /// Each error kind, and the message a user sees.
 #[test]
 fn error_messages_name_the_file_the_tensor_and_the_rule() {
+    let _g = lock();
     let d = dir();
     let p = d.path();
     // Io: missing file.
     let e = Loader::new().load(p.join("nope.safetensors")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
-    assert!(e.to_string().starts_with(&format!("{}: open: ", p.join("nope.safetensors").display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: open: ", p.join("nope.safetensors").display())),
+        "{e}"
+    );
     // InvalidHeader: length lie.
     let f = p.join("lie.safetensors");
     let mut b = 1000u64.to_le_bytes().to_vec();
@@ -319,7 +398,10 @@ fn error_messages_name_the_file_the_tensor_and_the_rule() {
     assert_eq!(e.kind(), ErrorKind::InvalidHeader);
     assert_eq!(
         e.to_string(),
-        format!("{}: invalid header: header length 1000 runs past the end of the 10-byte file", f.display())
+        format!(
+            "{}: invalid header: header length 1000 runs past the end of the 10-byte file",
+            f.display()
+        )
     );
     // InvalidTensor: shape that does not match the offsets.
     let f = p.join("shape.safetensors");
@@ -333,7 +415,10 @@ fn error_messages_name_the_file_the_tensor_and_the_rule() {
     assert_eq!(e.tensor(), Some("w"));
     assert_eq!(
         e.to_string(),
-        format!("{}: tensor 'w': shape [3] of F32 needs 12 bytes but data_offsets [0, 8) hold 8", f.display())
+        format!(
+            "{}: tensor 'w': shape [3] of F32 needs 12 bytes but data_offsets [0, 8) hold 8",
+            f.display()
+        )
     );
     // InvalidCheckpoint: index naming a missing shard.
     let idx = p.join("model.safetensors.index.json");
@@ -342,15 +427,23 @@ fn error_messages_name_the_file_the_tensor_and_the_rule() {
     assert_eq!(e.kind(), ErrorKind::InvalidCheckpoint);
     assert_eq!(
         e.to_string(),
-        format!("{}: shard model-1.safetensors (holding tensor 'a.weight', among others) is missing", idx.display())
+        format!(
+            "{}: shard model-1.safetensors (holding tensor 'a.weight', among others) is missing",
+            idx.display()
+        )
     );
     // InvalidArgument: a filter that matches nothing.
     let (good, _) = write_random(p, "good.safetensors", safetensors::Dtype::U8, 1, 10, 8);
     let e = Loader::new().only("missing.*").load(&good).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    assert!(e.to_string().contains("no tensor of") && e.to_string().contains("'missing.*'"), "{e}");
+    assert!(
+        e.to_string().contains("no tensor of") && e.to_string().contains("'missing.*'"),
+        "{e}"
+    );
     // Unsupported or Cuda: a GPU load on this machine.
-    let e = Loader::new().device(tensorstream::Device::Cuda(0)).load(&good);
+    let e = Loader::new()
+        .device(tensorstream::Device::Cuda(0))
+        .load(&good);
     if let Err(e) = e {
         if cfg!(feature = "cuda") {
             assert_eq!(e.kind(), ErrorKind::Cuda, "{e}");

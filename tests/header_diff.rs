@@ -766,7 +766,6 @@ fn data_length_near_u64_max_is_rejected_without_overflow() {
 /// The message for a data section whose end overflows 64 bits should call the file
 /// truncated (it can only be too short), not say it has trailing bytes.
 #[test]
-#[ignore = "bug: header.rs labels an overflowing data length as \"trailing bytes\" instead of \"truncated\""]
 fn data_length_overflow_is_reported_as_truncated() {
     let json = near_max_json();
     let e = parse(&file_with(&json, &[1, 2, 3]))

@@ -220,14 +220,12 @@ proptest! {
     }
 
     /// (c) Converting to F32, F16 or BF16 gives `convert_into` of the reference bytes
-    /// per tensor (other dtypes unchanged), through every backend. Chunks start at
-    /// 8 KiB here: 4 KiB chunks with conversion are the bug that
-    /// `conversion_with_4k_chunks_and_straddling_elements` pins; once it is fixed,
-    /// use `loader_strategy()` here.
+    /// per tensor (other dtypes unchanged), through every backend, 4 KiB chunks included
+    /// (see `conversion_with_4k_chunks_and_straddling_elements`).
     #[test]
     fn conversion_matches_convert_into(
         (seed, per_shard, pad, index) in checkpoint_strategy(),
-        (chunk, depth, gap) in loader_strategy().prop_filter("4 KiB chunks: see the ignored test", |l| l.0 > 4096),
+        (chunk, depth, gap) in loader_strategy(),
         target in prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::BF16)],
         staging in 1u64..(4 << 20),
     ) {
@@ -251,7 +249,6 @@ proptest! {
 /// A fixture whose float tensors straddle 4 KiB boundaries (odd header length),
 /// converted with the smallest chunk size.
 #[test]
-#[ignore = "bug: plan.rs:309 plans a one-element read spanning two 4 KiB blocks (8192 bytes) when chunk_size is 4096, larger than the 4096-byte staging slot: host.rs:144 'internal error: range 0+8192 outside a 4096-byte buffer'"]
 fn conversion_with_4k_chunks_and_straddling_elements() {
     let dir = disk_tempdir();
     let mut r = rng(77);
@@ -586,7 +583,6 @@ fn digest_lines_hash_the_reference_bytes() {
 /// The documented line format, byte for byte: keys in the order name, dtype, shape,
 /// sha256 (DESIGN.md and the `digest_lines` doc comment).
 #[test]
-#[ignore = "bug: digest.rs digest_lines builds the line with serde_json::json!, whose map sorts keys (dtype,name,sha256,shape), not the documented order name,dtype,shape,sha256"]
 fn digest_lines_use_the_documented_key_order() {
     let fx = digest_fixture();
     let m = Loader::new().load(&fx.path).unwrap();

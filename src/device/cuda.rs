@@ -239,8 +239,12 @@ impl<'p> CudaSink<'p> {
         let slot_len = crate::device::host::to_usize(slot_len)?;
         for _ in 0..slots.max(2) {
             // SAFETY: context current; the pointer is freed in Drop.
-            let host = unsafe { result::malloc_host(slot_len, 0) }
-                .map_err(|e| cuda_err(format_args!("allocating {slot_len} bytes of pinned host memory"), e))?;
+            let host = unsafe { result::malloc_host(slot_len, 0) }.map_err(|e| {
+                cuda_err(
+                    format_args!("allocating {slot_len} bytes of pinned host memory"),
+                    e,
+                )
+            })?;
             let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -274,7 +278,10 @@ impl<'p> CudaSink<'p> {
                     .collect::<Result<Vec<_>>>()?;
                 sink.own.push(bufs);
             } else {
-                sink.raw.push(Some(Arc::new(DeviceBuf::alloc(&sink.ctx, f.raw_len as usize)?)));
+                sink.raw.push(Some(Arc::new(DeviceBuf::alloc(
+                    &sink.ctx,
+                    f.raw_len as usize,
+                )?)));
                 sink.converted.push(Some(Arc::new(DeviceBuf::alloc(
                     &sink.ctx,
                     f.converted_len as usize,
@@ -302,8 +309,7 @@ impl<'p> CudaSink<'p> {
                 let name = convert::kernel_name(t.src_dtype, t.dtype).ok_or_else(|| {
                     Error::Cuda(format!("no kernel converts {} to {}", t.src_dtype, t.dtype))
                 })?;
-                let cname = CString::new(name)
-                    .map_err(|_| Error::Cuda("kernel name".into()))?;
+                let cname = CString::new(name).map_err(|_| Error::Cuda("kernel name".into()))?;
                 // SAFETY: module was loaded above and is unloaded only in Drop.
                 let func = unsafe { result::module::get_function(module, cname) }
                     .map_err(|e| cuda_err(format_args!("kernel {name}"), e))?;
@@ -353,14 +359,22 @@ impl<'p> CudaSink<'p> {
         // (the driver copies parameter values at launch); input and output ranges lie
         // in live device buffers.
         unsafe {
-            result::launch_kernel(func, (blocks, 1, 1), (threads as u32, 1, 1), 0, self.stream, &mut params)
+            result::launch_kernel(
+                func,
+                (blocks, 1, 1),
+                (threads as u32, 1, 1),
+                0,
+                self.stream,
+                &mut params,
+            )
         }
         .map_err(|e| cuda_err(format_args!("launching convert {src} -> {dst}"), e))
     }
 
     fn synchronize(&self) -> Result<()> {
         // SAFETY: the stream is live until Drop.
-        unsafe { result::stream::synchronize(self.stream) }.map_err(|e| cuda_err("cuStreamSynchronize", e))
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| cuda_err("cuStreamSynchronize", e))
     }
 
     fn raw_copy(&self, file: usize, op: &ReadOp, dest: u64, slot: &Slot) -> Result<()> {
@@ -372,11 +386,20 @@ impl<'p> CudaSink<'p> {
             return self.htod(buf.ptr + dest, slot.host, len);
         }
         // Per-tensor allocations: copy each tensor's part of this read to its buffer.
-        let fp = self.plan.files.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
-        let own = self.own.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
+        let fp = self
+            .plan
+            .files
+            .get(file)
+            .ok_or_else(|| Error::Cuda("internal: file".into()))?;
+        let own = self
+            .own
+            .get(file)
+            .ok_or_else(|| Error::Cuda("internal: file".into()))?;
         let (r0, r1) = (op.offset, op.offset + op.required);
         for (t, b) in fp.tensors.iter().zip(own) {
-            let (Place::Raw(_), Some(b)) = (t.place, b) else { continue };
+            let (Place::Raw(_), Some(b)) = (t.place, b) else {
+                continue;
+            };
             let (t0, t1) = (t.file_offset, t.file_offset + t.src_len);
             let (s, e) = (t0.max(r0), t1.min(r1));
             if s >= e {
@@ -409,7 +432,9 @@ impl Sink for CudaSink<'_> {
             return Ok(None);
         };
         if (op.len as usize) > s.len {
-            return Err(Error::Cuda("internal: read larger than a staging slot".into()));
+            return Err(Error::Cuda(
+                "internal: read larger than a staging slot".into(),
+            ));
         }
         s.busy = true;
         Ok(Some(Buf {
@@ -421,7 +446,10 @@ impl Sink for CudaSink<'_> {
 
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
         let i = self.slot_of(buf.ptr)?;
-        let slot = self.slots.get(i).ok_or_else(|| Error::Cuda("internal: slot".into()))?;
+        let slot = self
+            .slots
+            .get(i)
+            .ok_or_else(|| Error::Cuda("internal: slot".into()))?;
         match op.target {
             Target::Raw { dest } => self.raw_copy(file, op, dest, slot)?,
             Target::Convert {
@@ -430,9 +458,19 @@ impl Sink for CudaSink<'_> {
                 count,
                 skip,
             } => {
-                let fp = self.plan.files.get(file).ok_or_else(|| Error::Cuda("internal: file".into()))?;
-                let t = fp.tensors.get(tensor).ok_or_else(|| Error::Cuda("internal: tensor".into()))?;
-                let scratch = slot.scratch.as_ref().ok_or_else(|| Error::Cuda("internal: scratch".into()))?;
+                let fp = self
+                    .plan
+                    .files
+                    .get(file)
+                    .ok_or_else(|| Error::Cuda("internal: file".into()))?;
+                let t = fp
+                    .tensors
+                    .get(tensor)
+                    .ok_or_else(|| Error::Cuda("internal: tensor".into()))?;
+                let scratch = slot
+                    .scratch
+                    .as_ref()
+                    .ok_or_else(|| Error::Cuda("internal: scratch".into()))?;
                 // Shift so that the first element sits on a 16-byte boundary.
                 let pad = (16 - skip % 16) % 16;
                 self.htod(scratch.ptr + pad, slot.host, op.required as usize)?;
@@ -440,7 +478,10 @@ impl Sink for CudaSink<'_> {
                 let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
                     (_, Some(Some(b))) => b.ptr + first * out_size,
                     (Place::Converted(base), _) => {
-                        let c = self.converted.get(file).and_then(Option::as_ref)
+                        let c = self
+                            .converted
+                            .get(file)
+                            .and_then(Option::as_ref)
                             .ok_or_else(|| Error::Cuda("internal: converted area".into()))?;
                         c.ptr + base + first * out_size
                     }
@@ -450,7 +491,8 @@ impl Sink for CudaSink<'_> {
             }
         }
         // SAFETY: event and stream are live until Drop.
-        unsafe { result::event::record(slot.event, self.stream) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+        unsafe { result::event::record(slot.event, self.stream) }
+            .map_err(|e| cuda_err("cuEventRecord", e))?;
         self.order.push_back(i);
         Ok(())
     }
@@ -459,7 +501,8 @@ impl Sink for CudaSink<'_> {
         if let Some(i) = self.order.pop_front() {
             if let Some(s) = self.slots.get_mut(i) {
                 // SAFETY: the event is live until Drop.
-                unsafe { result::event::synchronize(s.event) }.map_err(|e| cuda_err("cuEventSynchronize", e))?;
+                unsafe { result::event::synchronize(s.event) }
+                    .map_err(|e| cuda_err("cuEventSynchronize", e))?;
                 s.busy = false;
             }
         }
@@ -513,8 +556,20 @@ pub(crate) fn load(
     let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
     let stats = {
         let fixed = sink.fixed_buffers();
-        let mut engine = loader.engine(io::new_engine(choice.engine, depth.min(sink.slots.len()), &fixed)?);
-        io::execute(plan, choice, engine.as_mut(), &mut sink, depth, cancel, progress)?
+        let mut engine = loader.engine(io::new_engine(
+            choice.engine,
+            depth.min(sink.slots.len()),
+            &fixed,
+        )?);
+        io::execute(
+            plan,
+            choice,
+            engine.as_mut(),
+            &mut sink,
+            depth,
+            cancel,
+            progress,
+        )?
     };
     sink.synchronize()?;
     let mut tensors = BTreeMap::new();
@@ -523,12 +578,33 @@ pub(crate) fn load(
             let own = sink.own.get(i).and_then(|o| o.get(k)).cloned().flatten();
             let (buf, offset) = match (own, t.place) {
                 (Some(b), _) => (b, 0),
-                (None, Place::Raw(o)) => (sink.raw.get(i).cloned().flatten().ok_or_else(|| Error::Cuda("internal: raw".into()))?, o),
-                (None, Place::Converted(o)) => (sink.converted.get(i).cloned().flatten().ok_or_else(|| Error::Cuda("internal: conv".into()))?, o),
+                (None, Place::Raw(o)) => (
+                    sink.raw
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| Error::Cuda("internal: raw".into()))?,
+                    o,
+                ),
+                (None, Place::Converted(o)) => (
+                    sink.converted
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| Error::Cuda("internal: conv".into()))?,
+                    o,
+                ),
             };
             tensors.insert(
                 t.name.clone(),
-                Tensor::new_cuda(t.name.clone(), t.dtype, t.shape.clone(), buf, offset as usize, t.len as usize),
+                Tensor::new_cuda(
+                    t.name.clone(),
+                    t.dtype,
+                    t.shape.clone(),
+                    buf,
+                    offset as usize,
+                    t.len as usize,
+                ),
             );
         }
     }

@@ -212,7 +212,8 @@ impl<'p> HostSink<'p> {
 }
 
 pub(crate) fn to_usize(x: u64) -> Result<usize> {
-    usize::try_from(x).map_err(|_| Error::InvalidArgument(format!("{x} bytes do not fit in memory")))
+    usize::try_from(x)
+        .map_err(|_| Error::InvalidArgument(format!("{x} bytes do not fit in memory")))
 }
 
 impl Sink for HostSink<'_> {
@@ -269,7 +270,10 @@ impl Sink for HostSink<'_> {
             let src = self
                 .slots
                 .get(slot)
-                .and_then(|s| s.as_slice().get(to_usize(skip).ok()?..to_usize(skip + count * in_size).ok()?))
+                .and_then(|s| {
+                    s.as_slice()
+                        .get(to_usize(skip).ok()?..to_usize(skip + count * in_size).ok()?)
+                })
                 .ok_or_else(|| bad("staged range"))?;
             let out_start = to_usize(base + first * out_size)?;
             let out_end = to_usize(base + (first + count) * out_size)?;

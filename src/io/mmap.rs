@@ -30,7 +30,9 @@ impl MmapEngine {
                 v.insert(unsafe { Mmap::map(&*file)? })
             }
         };
-        let start = usize::try_from(req.offset).unwrap_or(usize::MAX).min(map.len());
+        let start = usize::try_from(req.offset)
+            .unwrap_or(usize::MAX)
+            .min(map.len());
         let n = req.len.min(map.len() - start);
         let src = map.get(start..start + n).unwrap_or_default();
         // SAFETY: req.ptr points at req.len ≥ n writable bytes that nothing else touches

@@ -230,9 +230,11 @@ pub(crate) fn new_engine(
 ) -> Result<Box<dyn Engine>> {
     match kind {
         #[cfg(target_os = "linux")]
-        EngineKind::Uring => Ok(Box::new(UringEngine::new(depth, fixed).map_err(|e| {
-            Error::Unsupported(format!("io_uring is not available: {e}"))
-        })?)),
+        EngineKind::Uring => {
+            Ok(Box::new(UringEngine::new(depth, fixed).map_err(|e| {
+                Error::Unsupported(format!("io_uring is not available: {e}"))
+            })?))
+        }
         #[cfg(not(target_os = "linux"))]
         EngineKind::Uring => Err(Error::Unsupported("io_uring needs Linux".into())),
         EngineKind::Pread => Ok(Box::new(PreadEngine::new(depth))),
@@ -244,7 +246,9 @@ pub(crate) fn new_engine(
 pub fn probe_uring() -> std::result::Result<(), String> {
     #[cfg(target_os = "linux")]
     {
-        UringEngine::new(4, &[]).map(drop).map_err(|e| e.to_string())
+        UringEngine::new(4, &[])
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -273,7 +277,10 @@ pub(crate) fn open_file(path: &Path, direct: bool) -> io::Result<File> {
     }
     #[cfg(not(target_os = "linux"))]
     if direct {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "O_DIRECT needs Linux"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "O_DIRECT needs Linux",
+        ));
     }
     o.open(path)
 }
@@ -282,9 +289,8 @@ pub(crate) fn open_file(path: &Path, direct: bool) -> io::Result<File> {
 pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
     let (engine, engine_reason) = match backend {
         IoBackend::Direct | IoBackend::Buffered => {
-            probe_uring().map_err(|e| {
-                Error::Unsupported(format!("io_uring is not available here: {e}"))
-            })?;
+            probe_uring()
+                .map_err(|e| Error::Unsupported(format!("io_uring is not available here: {e}")))?;
             (EngineKind::Uring, "requested".to_string())
         }
         IoBackend::Pread => (EngineKind::Pread, "requested".to_string()),
@@ -293,7 +299,10 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
             Ok(()) => (EngineKind::Uring, "io_uring available".to_string()),
             Err(e) => {
                 tracing::debug!("io_uring refused ({e}); falling back to pread");
-                (EngineKind::Pread, format!("io_uring refused ({e}); fell back to pread"))
+                (
+                    EngineKind::Pread,
+                    format!("io_uring refused ({e}); fell back to pread"),
+                )
             }
         },
     };
@@ -389,7 +398,16 @@ pub(crate) fn execute(
     progress: Option<&Progress>,
 ) -> Result<IoStats> {
     let mut stats = IoStats::default();
-    let r = run(plan, choice, engine, sink, depth.max(1), cancel, progress, &mut stats);
+    let r = run(
+        plan,
+        choice,
+        engine,
+        sink,
+        depth.max(1),
+        cancel,
+        progress,
+        &mut stats,
+    );
     if r.is_err() {
         engine.drain();
     }
@@ -413,7 +431,12 @@ fn run(
         .enumerate()
         .flat_map(|(f, fp)| (0..fp.reads.len()).map(move |r| (f, r)))
         .collect();
-    let total: u64 = plan.files.iter().flat_map(|f| &f.reads).map(|r| r.required).sum();
+    let total: u64 = plan
+        .files
+        .iter()
+        .flat_map(|f| &f.reads)
+        .map(|r| r.required)
+        .sum();
     let mut remaining: Vec<usize> = plan.files.iter().map(|f| f.reads.len()).collect();
     let mut open: Vec<Option<OpenFile>> = plan.files.iter().map(|_| None).collect();
     let mut inflight: HashMap<usize, InFlight> = HashMap::with_capacity(depth);
@@ -433,7 +456,9 @@ fn run(
                 *slot = Some(open_checked(&fp.path, direct, fp.file_len)?);
             }
             let fd = slot.as_ref().map(|o| o.file.as_raw_fd()).unwrap_or(-1);
-            let Some(buf) = sink.buffer(f, op)? else { break };
+            let Some(buf) = sink.buffer(f, op)? else {
+                break;
+            };
             if buf.len < op.len as usize {
                 return Err(internal("sink buffer shorter than the read"));
             }
@@ -478,7 +503,11 @@ fn run(
             match d.res {
                 Ok(n) => {
                     stats.bytes_read += n as u64;
-                    if n == 0 && (j.got as u64) < op.required {
+                    // A short O_DIRECT read of a regular file means end of file: the
+                    // remaining bytes cannot arrive (and an aligned retry would repeat it).
+                    let eof = n == 0 || (direct && n < op.len as usize - j.got);
+                    j.got += n;
+                    if eof && (j.got as u64) < op.required {
                         return Err(Error::changed(
                             &fp.path,
                             format_args!(
@@ -488,7 +517,6 @@ fn run(
                             ),
                         ));
                     }
-                    j.got += n;
                     if (j.got as u64) < op.required {
                         // Short read: ask for the rest (O_DIRECT needs an aligned restart).
                         stats.resubmitted += 1;
@@ -579,7 +607,11 @@ fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
     if meta.len() != o.len {
         return Err(Error::changed(
             path,
-            format_args!("it was {} bytes and became {} during the load", o.len, meta.len()),
+            format_args!(
+                "it was {} bytes and became {} during the load",
+                o.len,
+                meta.len()
+            ),
         ));
     }
     if meta.modified().ok() != o.mtime {
@@ -595,13 +627,18 @@ fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
 /// returns the fraction of sampled pages still resident afterwards.
 pub fn drop_page_cache(path: &Path) -> Result<f64> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    file.sync_data().map_err(|e| Error::io(path, "fdatasync", e))?;
+    file.sync_data()
+        .map_err(|e| Error::io(path, "fdatasync", e))?;
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain syscall on an open fd; no memory is passed.
         let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if r != 0 {
-            return Err(Error::io(path, "posix_fadvise", io::Error::from_raw_os_error(r)));
+            return Err(Error::io(
+                path,
+                "posix_fadvise",
+                io::Error::from_raw_os_error(r),
+            ));
         }
     }
     mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))

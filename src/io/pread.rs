@@ -48,14 +48,7 @@ fn worker(rx: &Mutex<Receiver<Req>>, tx: &Sender<Done>) {
         };
         // SAFETY: req.ptr points at req.len writable bytes that the coordinator keeps
         // alive and untouched until it receives this read's Done.
-        let n = unsafe {
-            libc::pread(
-                req.fd,
-                req.ptr.cast(),
-                req.len,
-                req.offset as libc::off_t,
-            )
-        };
+        let n = unsafe { libc::pread(req.fd, req.ptr.cast(), req.len, req.offset as libc::off_t) };
         let res = if n < 0 {
             Err(io::Error::last_os_error())
         } else {

@@ -63,12 +63,12 @@ impl Engine for UringEngine {
         let len = u32::try_from(req.len).unwrap_or(0xFFFF_F000);
         let fd = types::Fd(req.fd);
         let entry = match req.fixed {
-            Some(index) if self.registered => {
-                opcode::ReadFixed::new(fd, req.ptr, len, index)
-                    .offset(req.offset)
-                    .build()
-            }
-            _ => opcode::Read::new(fd, req.ptr, len).offset(req.offset).build(),
+            Some(index) if self.registered => opcode::ReadFixed::new(fd, req.ptr, len, index)
+                .offset(req.offset)
+                .build(),
+            _ => opcode::Read::new(fd, req.ptr, len)
+                .offset(req.offset)
+                .build(),
         }
         .user_data(req.id as u64);
         loop {
