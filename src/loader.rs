@@ -11,7 +11,7 @@ use crate::device::host::HostSink;
 use crate::device::{Device, HostBuf};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress};
+use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
 use crate::plan::{self, Place, Plan, PlanOptions};
 
 /// Builds and runs loads. Cheap to clone; one `Loader` may run many loads, also from
@@ -242,7 +242,8 @@ impl Loader {
     ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
         let mut sink = HostSink::new(plan, slots, self.plan.slot_len())?;
         let stats = {
-            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &[])?);
+            let fixed = sink.fixed_buffers();
+            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
             io::execute(
                 plan,
                 choice,

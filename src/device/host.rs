@@ -136,6 +136,11 @@ impl HostBuf {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The first byte, for registering the buffer with io_uring.
+    pub(crate) fn base_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// Raw pointer for the I/O engine, `off` bytes in, checked to leave room for `len`.
     pub(crate) fn ptr_at(&mut self, off: u64, len: u64) -> Result<*mut u8> {
         let end = off.checked_add(len);
@@ -237,7 +242,7 @@ impl Sink for HostSink<'_> {
                 Ok(Some(Buf {
                     ptr,
                     len: op.len as usize,
-                    fixed: None,
+                    fixed: u16::try_from(i).ok(),
                 }))
             }
         }
@@ -286,6 +291,10 @@ impl Sink for HostSink<'_> {
         })();
         self.free.push(slot);
         result
+    }
+
+    fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
+        self.slots.iter().map(|s| (s.base_ptr(), s.len())).collect()
     }
 
     fn wait_for_slot(&mut self) -> Result<()> {
