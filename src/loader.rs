@@ -346,6 +346,16 @@ impl Tensor {
         }
     }
 
+    /// The device address of the tensor's first byte, when it is on a CUDA device.
+    /// Valid while this tensor (or another view of the same buffer) is alive.
+    #[cfg(feature = "cuda")]
+    pub fn device_ptr(&self) -> Option<u64> {
+        match &self.storage {
+            Storage::Cuda(b) => Some(b.device_ptr() + self.offset as u64),
+            Storage::Host(_) => None,
+        }
+    }
+
     /// The storage and the byte offset of this tensor in it.
     pub fn storage(&self) -> (&Storage, usize) {
         (&self.storage, self.offset)

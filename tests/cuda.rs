@@ -1,0 +1,192 @@
+//! The CUDA path against the host path, byte for byte. Runs on a machine with a GPU
+//! (the GPU check script runs this binary there); elsewhere each test prints why it
+//! skipped and passes.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use tensorstream::device::cuda::Context;
+use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader};
+
+/// Whether a GPU is usable; prints the reason when not.
+fn gpu() -> bool {
+    match Context::new(0) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipping: no usable CUDA device ({e})");
+            false
+        }
+    }
+}
+
+fn fixture(dir: &Path, seed: u64) -> PathBuf {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let specs: Vec<(String, safetensors::Dtype, Vec<usize>)> = vec![
+        ("a.f32".into(), safetensors::Dtype::F32, vec![257, 33]),
+        ("b.f16".into(), safetensors::Dtype::F16, vec![1000, 3]),
+        ("c.bf16".into(), safetensors::Dtype::BF16, vec![4097]),
+        ("d.e4m3".into(), safetensors::Dtype::F8_E4M3, vec![65_537]),
+        ("e.e5m2".into(), safetensors::Dtype::F8_E5M2, vec![3, 5, 7]),
+        (
+            "f.e4m3fnuz".into(),
+            safetensors::Dtype::F8_E4M3FNUZ,
+            vec![513],
+        ),
+        (
+            "g.e5m2fnuz".into(),
+            safetensors::Dtype::F8_E5M2FNUZ,
+            vec![255],
+        ),
+        ("h.e8m0".into(), safetensors::Dtype::F8_E8M0, vec![256]),
+        ("i.i32".into(), safetensors::Dtype::I32, vec![77]),
+        ("j.bool".into(), safetensors::Dtype::BOOL, vec![9]),
+        ("k.big.bf16".into(), safetensors::Dtype::BF16, vec![3 << 20]),
+        ("l.empty".into(), safetensors::Dtype::F32, vec![0, 4]),
+        ("m.scalar".into(), safetensors::Dtype::F16, vec![]),
+    ];
+    let data: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|(_, d, s)| {
+            let n = s.iter().product::<usize>() * d.bitsize() / 8;
+            let mut v = vec![0u8; n];
+            rng.fill(&mut v[..]);
+            v
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = specs
+        .iter()
+        .zip(&data)
+        .map(|((n, d, s), v)| (n.clone(), TensorView::new(*d, s.clone(), v).unwrap()))
+        .collect();
+    let path = dir.join("cuda-fixture.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+fn host_bytes(l: Loader, path: &Path) -> Vec<(String, Dtype, Vec<u8>)> {
+    let m = l.load(path).unwrap();
+    m.tensors()
+        .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
+        .collect()
+}
+
+#[test]
+fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 1);
+    for dtype in [None, Some(Dtype::F32), Some(Dtype::F16), Some(Dtype::BF16)] {
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        for io in [
+            IoBackend::Auto,
+            IoBackend::Direct,
+            IoBackend::Buffered,
+            IoBackend::Pread,
+        ] {
+            for per_tensor in [false, true] {
+                let l = Loader::new()
+                    .device(Device::Cuda(0))
+                    .io(io)
+                    .dtype(dtype)
+                    .chunk_size(64 << 10)
+                    .per_tensor_allocations(per_tensor);
+                let m = match l.load(&path) {
+                    Err(e) if e.kind() == ErrorKind::Unsupported => {
+                        eprintln!("skipping {io:?}: {e}");
+                        continue;
+                    }
+                    r => r.unwrap(),
+                };
+                let got: Vec<_> = m
+                    .tensors()
+                    .map(|t| {
+                        assert_eq!(t.device(), Device::Cuda(0));
+                        assert!(t.device_ptr().is_some());
+                        (t.name.clone(), t.dtype, t.to_host().unwrap())
+                    })
+                    .collect();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(
+                        g, w,
+                        "{} differs ({io:?}, {dtype:?}, per_tensor {per_tensor})",
+                        w.0
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn filters_and_small_staging_on_cuda() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 2);
+    let want = host_bytes(Loader::new().only("*.bf16").dtype(Some(Dtype::F32)), &path);
+    let got = host_bytes(
+        Loader::new()
+            .device(Device::Cuda(0))
+            .only("*.bf16")
+            .dtype(Some(Dtype::F32))
+            .chunk_size(4096)
+            .staging_bytes(8192)
+            .queue_depth(1),
+        &path,
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_bad_device_index_is_a_clear_error() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 3);
+    let e = Loader::new()
+        .device(Device::Cuda(999))
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cuda);
+    assert!(e.to_string().contains("cuda:999 does not exist"), "{e}");
+}
+
+#[test]
+fn a_failed_read_on_cuda_is_an_error() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 4);
+    let e = Loader::new()
+        .device(Device::Cuda(0))
+        .chunk_size(64 << 10)
+        .fail_nth_read(2)
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    // The device is still usable afterwards.
+    assert!(Loader::new().device(Device::Cuda(0)).load(&path).is_ok());
+}
+
+#[test]
+fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
+    if gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 5);
+    let e = Loader::new()
+        .device(Device::Cuda(0))
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cuda);
+    assert!(e.to_string().starts_with("CUDA: "), "{e}");
+}
