@@ -90,8 +90,65 @@ INDEX = {
 }
 
 
+DTYPES = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32",
+    "C64", "F64", "I64", "U64",
+]  # tensorstream::Dtype::ALL, in order
+
+
+def plan_options(
+    align_log2=12, chunks=0, flags=0, gap=(2, 0, 1), dtype=None, tensor_align=9,
+    patterns=(), mask=0xFFFFFFFF,
+):
+    """The 16 option bytes the plan target reads (see fuzz_targets/plan.rs)."""
+    o = bytearray(16)
+    o[0] = align_log2
+    o[1] = chunks
+    o[2] = flags  # 1: chunk size off by one, 2: zero chunk size, 4: two shards
+    o[3], o[4], o[5] = gap
+    if dtype is not None:
+        i = DTYPES.index(dtype)
+        o[6] = 128 + (i - 128) % len(DTYPES)
+    o[7] = tensor_align
+    o[8] = len(patterns)
+    for k, tensor in enumerate(patterns):
+        o[9 + k] = tensor
+    o[12:16] = struct.pack("<I", mask)
+    return bytes(o)
+
+
+PLAN_FILE = safetensors(
+    {
+        "a.weight": t("F32", [3], 0, 12),
+        "a.bias": t("BF16", [5], 12, 22),
+        "b.weight": t("U8", [4097], 22, 4119),
+        "c.scale": t("F8_E4M3", [2], 4119, 4121),
+        "e": t("F16", [0], 4121, 4121),
+    },
+    4121,
+    pad_to=8,
+)
+
+PLAN = {
+    "default": plan_options() + PLAN_FILE,
+    "byte-aligned-small-chunks": plan_options(align_log2=0, chunks=0, gap=(0, 0, 0)) + PLAN_FILE,
+    "to-f16": plan_options(align_log2=9, chunks=3, dtype="F16") + PLAN_FILE,
+    "to-bf16-two-shards": plan_options(dtype="BF16", flags=4, tensor_align=0x80 | 10) + PLAN_FILE,
+    "select-one": plan_options(patterns=(2,)) + PLAN_FILE,
+    "select-wildcards": plan_options(patterns=(0, 1), mask=0x01234567, dtype="F32") + PLAN_FILE,
+    "odd-align": plan_options(align_log2=13, chunks=5, gap=(1, 0, 0)) + PLAN_FILE,
+    "bad-chunk": plan_options(flags=1) + PLAN_FILE,
+    "bad-dtype": plan_options(dtype="I8") + PLAN_FILE,
+    "huge-align": plan_options(align_log2=14, dtype="F16") + PLAN_FILE,
+    "huge-tensor-align": plan_options(dtype="F16", tensor_align=0x80 | 63) + PLAN_FILE,
+    "one-f32": plan_options(align_log2=2) + HEADER["one-f32"],
+    "all-widths": plan_options(align_log2=3, dtype="F32") + HEADER["all-widths"],
+}
+
+
 def main():
-    for target, seeds in (("header", HEADER), ("index", INDEX)):
+    for target, seeds in (("header", HEADER), ("index", INDEX), ("plan", PLAN)):
         out = os.path.join(HERE, "corpus", target)
         os.makedirs(out, exist_ok=True)
         for name, value in seeds.items():

@@ -153,11 +153,6 @@ impl Loader {
         }
     }
 
-    /// The queue depth in use.
-    pub fn get_queue_depth(&self) -> usize {
-        self.queue_depth
-    }
-
     /// Opens, validates and loads the checkpoint at `path` (a file, a directory of
     /// shards or an index).
     pub fn load(&self, path: impl AsRef<Path>) -> Result<Model> {
