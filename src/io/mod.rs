@@ -623,6 +623,23 @@ fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
     Ok(())
 }
 
+/// Reads `path` once through the page cache (O_DIRECT loads do not fill it) and
+/// returns the fraction of sampled pages resident afterwards.
+pub fn fill_page_cache(path: &Path) -> Result<f64> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, "read", e)),
+        }
+    }
+    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+}
+
 /// Drops `path` from the page cache (fdatasync, then POSIX_FADV_DONTNEED) and
 /// returns the fraction of sampled pages still resident afterwards.
 pub fn drop_page_cache(path: &Path) -> Result<f64> {

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Builds the bundle that a GPU session carries to the GPU machine (which has no
+# Rust and no network). Run HERE, from anywhere in the checkout:
+#
+#   scripts/gpu-bundle.sh [--no-wheels] [--allow-no-cuda]
+#
+# It builds `cargo build --release --features cuda` and the test binaries
+# (`cargo test --release --features cuda --no-run`), and copies into gpu-bundle/
+# (ignored by git):
+#   bin/tensorstream      the CLI (debug info stripped, symbols kept)
+#   tests/<kind>-<name>   every test executable cargo reported
+#   gpu-check.sh          scripts/gpu-check.sh      (the GPU check)
+#   fixtures.py           scripts/fixtures.py
+#   gpu/                  bench/gpu/* (compare.py and its helpers)
+#   wheels/               bench/wheels/*.whl, the peers for compare.py
+#                         (fetch them first with bench/gpu/download-wheels.sh)
+#   MANIFEST.json         commit, toolchain, features, build paths, sizes
+# then prints the `carry` list and the commands to run there.
+#
+# --allow-no-cuda: when the cuda feature does not compile, build without it
+# instead of failing. Such a bundle is for dry runs only (its CUDA loads fail
+# with "no CUDA support"); the manifest and gpu-check.sh say so.
+set -euo pipefail
+
+WHEELS=1
+ALLOW_NO_CUDA=0
+for a in "$@"; do
+    case "$a" in
+        --no-wheels) WHEELS=0 ;;
+        --allow-no-cuda) ALLOW_NO_CUDA=1 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        *) echo "gpu-bundle.sh: unknown argument $a" >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BUNDLE=$ROOT/gpu-bundle
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bundle.XXXXXX")
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+FEATURES=(--features cuda)
+FEATURE_LIST='["cuda"]'
+# A bundle from an earlier build must not survive a failed one and be carried by mistake.
+rm -rf "$BUNDLE"
+echo "== cargo build --release --features cuda"
+if ! cargo build --release --features cuda 2>&1 | tee "$LOGDIR/build.txt"; then
+    echo
+    echo "gpu-bundle.sh: 'cargo build --release --features cuda' FAILED (errors above; log $LOGDIR/build.txt)."
+    echo "The GPU check needs a build with the cuda feature; there is nothing to send to the GPU machine yet."
+    if [ "$ALLOW_NO_CUDA" = 1 ]; then
+        echo "--allow-no-cuda: building WITHOUT the cuda feature, for a dry run only."
+        FEATURES=()
+        FEATURE_LIST='[]'
+        cargo build --release 2>&1 | tail -3
+    else
+        echo "(For a dry-run bundle without CUDA: scripts/gpu-bundle.sh --allow-no-cuda)"
+        exit 1
+    fi
+fi
+
+echo "== cargo test --release ${FEATURES[*]:-} --no-run"
+if ! cargo test --release ${FEATURES[@]+"${FEATURES[@]}"} --no-run --message-format=json >"$LOGDIR/tests.jsonl" 2>"$LOGDIR/tests-stderr.txt"; then
+    tail -40 "$LOGDIR/tests-stderr.txt"
+    echo "gpu-bundle.sh: building the test binaries FAILED (log $LOGDIR/tests-stderr.txt)"
+    exit 1
+fi
+tail -2 "$LOGDIR/tests-stderr.txt"
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/tests" "$BUNDLE/gpu"
+BIN=$TARGET_DIR/release/tensorstream
+strip_copy() { # debug info off (they are built with debug = 1), symbols kept for backtraces
+    cp "$1" "$2"
+    strip --strip-debug "$2" 2>/dev/null || objcopy --strip-debug "$2" 2>/dev/null || true
+    chmod +x "$2"
+}
+strip_copy "$BIN" "$BUNDLE/bin/tensorstream"
+
+# Test executables, from cargo's JSON messages (kind-name, e.g. lib-tensorstream).
+python3 - "$LOGDIR/tests.jsonl" >"$LOGDIR/tests.tsv" <<'EOF'
+import json, sys
+seen = set()
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m.get("profile", {}).get("test"):
+        continue
+    kind = m["target"]["kind"][0]
+    name = "%s-%s" % (kind, m["target"]["name"])
+    if name in seen:
+        continue
+    seen.add(name)
+    print("%s\t%s" % (name, m["executable"]))
+EOF
+while IFS=$'\t' read -r name exe; do
+    strip_copy "$exe" "$BUNDLE/tests/$name"
+    echo "  test binary $name  <- $exe"
+done <"$LOGDIR/tests.tsv"
+
+cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+cp scripts/fixtures.py "$BUNDLE/fixtures.py"
+for f in bench/gpu/*; do
+    case "$f" in *__pycache__*) continue ;; esac
+    [ -f "$f" ] && cp "$f" "$BUNDLE/gpu/"
+done
+chmod +x "$BUNDLE/gpu-check.sh"
+
+NWHEELS=0
+if [ "$WHEELS" = 1 ] && ls bench/wheels/*.whl >/dev/null 2>&1; then
+    mkdir -p "$BUNDLE/wheels"
+    cp bench/wheels/*.whl "$BUNDLE/wheels/"
+    [ -f bench/wheels/FOUND.json ] && cp bench/wheels/FOUND.json "$BUNDLE/wheels/"
+    NWHEELS=$(ls "$BUNDLE"/wheels/*.whl | wc -l)
+elif [ "$WHEELS" = 1 ]; then
+    echo "  no wheels in bench/wheels (run bench/gpu/download-wheels.sh): compare.py will run tensorstream and the peers already installed there only"
+fi
+
+GLIBC_MAX=$(objdump -T "$BUNDLE/bin/tensorstream" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
+python3 - "$BUNDLE" "$TARGET_DIR" "$FEATURE_LIST" "$GLIBC_MAX" <<'EOF'
+import json, os, subprocess, sys, datetime
+bundle, target, features, glibc = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+def sh(*c):
+    try:
+        return subprocess.run(c, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+files = {}
+for d, _, fs in os.walk(bundle):
+    for f in fs:
+        p = os.path.join(d, f)
+        files[os.path.relpath(p, bundle)] = os.path.getsize(p)
+m = {
+    "git_commit": sh("git", "rev-parse", "HEAD"),
+    "git_dirty": bool(sh("git", "status", "--porcelain", "--untracked-files=no")),
+    "built_at": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "rustc": sh("rustc", "--version"),
+    "features": features,
+    "repo_root": os.getcwd(),
+    "target_dir": target,
+    "cargo_target_tmpdir": os.path.join(target, "tmp"),
+    "bin_exe": os.path.join(target, "release", "tensorstream"),
+    "glibc_required": glibc,
+    "files": files,
+    "bytes": sum(files.values()),
+}
+json.dump(m, open(os.path.join(bundle, "MANIFEST.json"), "w"), indent=1)
+EOF
+
+BUNDLE_BYTES=$(du -sb "$BUNDLE" | cut -f1)
+TREE_BYTES=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+TOTAL=$((BUNDLE_BYTES + TREE_BYTES))
+echo
+echo "== gpu-bundle/ ready: $(ls "$BUNDLE/tests" | wc -l) test binaries, $NWHEELS wheel(s), features: $FEATURE_LIST, needs $GLIBC_MAX"
+awk -v b="$BUNDLE_BYTES" -v t="$TREE_BYTES" 'BEGIN { printf "   bundle %.1f MiB + working tree %.1f MiB = %.1f MiB of the 64 MiB a device call carries\n", b/1048576, t/1048576, (b+t)/1048576 }'
+if [ "$TOTAL" -gt $((62 * 1024 * 1024)) ]; then
+    echo "   WARNING: over ~62 MiB: rebuild with --no-wheels (compare.py then runs without the peers), or trim"
+fi
+if [ "$FEATURE_LIST" = "[]" ]; then
+    echo "   WARNING: built WITHOUT the cuda feature: a dry-run bundle, not for the GPU session"
+fi
+cat <<EOF
+
+Run on the GPU machine (device tool 'run'), one per call; each fits in 10 minutes:
+  carry:   ["gpu-bundle"]
+  command: bash gpu-bundle/gpu-check.sh
+           (log: \$OUT/gpu-check.log, results: \$OUT/gpu-check.json; ~5-9 min on an H100)
+  command: python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT"
+           (side-by-side loaders, 16 GB: \$OUT/gpu-results.jsonl and \$OUT/compare.log; ~8-9 min;
+            a session has 15 minutes of device time in all, machine start included: run one of the two,
+            or both smaller: gpu-check.sh --budget-s 330, then compare.py --size 8G --runs 2 --budget-s 240)
+EOF

@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# GPU check: runs ON the GPU machine, from inside the bundle that
+# scripts/gpu-bundle.sh builds (prebuilt binaries; no Rust, no network needed).
+#
+#   bash gpu-bundle/gpu-check.sh [--budget-s 540] [--size 8G] [--large-mib 256]
+#                                [--scratch DIR] [--skip-tests] [--skip-timing] [--keep]
+#
+# Writes one log, $OUT/gpu-check.log, and the results as JSON, $OUT/gpu-check.json.
+# Steps (each under a timeout, the whole under --budget-s, default 9 minutes):
+#   1. machine: card, driver, CUDA version, kernel, filesystem of the scratch
+#      directory, whether O_DIRECT / io_uring / mincore / drop_caches work;
+#   2. the prebuilt test binaries (GPU tests skip cleanly without a GPU);
+#   3. fixtures (fixtures.py) loaded with --device cpu and --device cuda --digest
+#      for --dtype none/F32/F16/BF16 and an --only filter: outputs must be
+#      byte-identical, and match references from Python safetensors + torch;
+#   4. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
+#      the limits measured in the same run (pinned H2D and D2D with PyTorch,
+#      raw O_DIRECT read rate) and conversion-kernel throughput;
+#   5. a summary with the ratios against the goals.
+# Without a GPU (or with a bundle built without the cuda feature) the CUDA
+# steps say "no GPU" and are skipped; the rest runs, which is how it is dry-run.
+# Exit: 0 no correctness failure, 1 a failure, 2 a broken bundle or usage.
+
+set -u
+START=$SECONDS
+BUDGET=540
+SIZE=8G
+LARGE_MIB=256
+SCRATCH=${TS_SCRATCH:-}
+SKIP_TESTS=0
+SKIP_TIMING=0
+KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --budget-s) BUDGET=$2; shift 2 ;;
+        --size) SIZE=$2; shift 2 ;;
+        --large-mib) LARGE_MIB=$2; shift 2 ;;
+        --scratch) SCRATCH=$2; shift 2 ;;
+        --skip-tests) SKIP_TESTS=1; shift ;;
+        --skip-timing) SKIP_TIMING=1; shift ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "gpu-check.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+B=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ -z "${OUT:-}" ]; then
+    OUT=$PWD/gpu-check-out
+    echo "OUT is not set: writing to $OUT"
+fi
+mkdir -p "$OUT"
+LOG=$OUT/gpu-check.log
+: >"$LOG"
+exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
+
+# Where things are: in a bundle (bin/, tests/, gpu/) or in a checkout (scripts/).
+if [ -x "$B/bin/tensorstream" ]; then TS=$B/bin/tensorstream; else TS=${TS_BIN:-$B/../target/release/tensorstream}; fi
+if [ -d "$B/gpu" ]; then GPU_PY=$B/gpu; else GPU_PY=$B/../bench/gpu; fi
+FIXTURES_PY=$B/fixtures.py
+MANIFEST=$B/MANIFEST.json
+PY=${PYTHON:-python3}
+
+left() { echo $((BUDGET - (SECONDS - START))); }
+hr() { printf '\n== %s  [t=%ds, %ds left]\n' "$1" $((SECONDS - START)) "$(left)"; }
+# run_step SECONDS CMD...: a timeout on everything, the exit status logged.
+run_step() {
+    local t=$1; shift
+    if [ "$t" -lt 5 ]; then echo "  (skipped: budget spent)"; return 124; fi
+    timeout -k 5 "$t" "$@"
+    local rc=$?
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "  (TIMED OUT after ${t}s: $*)"
+    return $rc
+}
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+
+echo "tensorstream GPU check  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s"
+echo "bundle: $B"
+if [ ! -x "$TS" ]; then echo "no tensorstream binary at $TS (build the bundle with scripts/gpu-bundle.sh)"; exit 2; fi
+for f in "$FIXTURES_PY" "$GPU_PY/gpucheck.py" "$GPU_PY/tsbench.py"; do
+    [ -f "$f" ] || { echo "missing $f: the bundle is incomplete"; exit 2; }
+done
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ts-gpu-check.XXXXXX")
+
+hr "machine"
+if [ -f "$MANIFEST" ]; then
+    "$PY" - "$MANIFEST" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print("  built from %s%s on %s, rustc %s, features %s" % (m.get("git_commit", "?")[:12], " (dirty)" if m.get("git_dirty") else "",
+      m.get("built_at", "?"), m.get("rustc", "?"), ",".join(m.get("features", [])) or "none"))
+if "cuda" not in m.get("features", []):
+    print("  WARNING: this bundle was built WITHOUT the cuda feature (a dry-run bundle): CUDA loads will fail")
+EOF
+fi
+echo "  host $(hostname) | $(uname -srm) | $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") | $(nproc) cores | $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
+HAVE_GPU=0
+SMI=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    if run_step 30 nvidia-smi >"$WORK/smi.txt" 2>&1; then
+        HAVE_GPU=1
+        sed 's/^/  /' "$WORK/smi.txt" | head -20
+        SMI=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader 2>/dev/null | head -1)
+        CUDA_DRV=$(grep -o 'CUDA Version: [0-9.]*' "$WORK/smi.txt" | head -1)
+        SMI="$SMI, $CUDA_DRV"
+        echo "  GPU: $SMI"
+    else
+        echo "  nvidia-smi failed: $(tail -3 "$WORK/smi.txt")"
+    fi
+else
+    echo "  no nvidia-smi: no GPU here; the CUDA steps will report 'no GPU' and skip"
+fi
+command -v nvcc >/dev/null 2>&1 && echo "  nvcc: $(nvcc --version | tail -2 | head -1)"
+# The PTX embedded in the binary: its ISA version must not exceed what the driver JITs.
+PTXV=$(grep -a -o -m1 -E '\.version [0-9]+\.[0-9]+' "$TS" | head -1)
+PTXT=$(grep -a -o -m1 -E '\.target sm_[0-9a-z]+' "$TS" | head -1)
+echo "  PTX embedded in tensorstream: ${PTXV:-none found} ${PTXT:-}"
+
+# The driver library and NVRTC must be findable by cudarc's dynamic loading.
+add_lib_dirs=""
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 \
+         /usr/local/cuda/targets/x86_64-linux/lib \
+         $("$PY" -c 'import site,glob; [print(p) for s in site.getsitepackages() for p in glob.glob(s+"/nvidia/*/lib")+glob.glob(s+"/nvidia/cu*/lib")]' 2>/dev/null); do
+    if ls "$d"/libnvrtc.so* "$d"/libcuda.so* >/dev/null 2>&1; then
+        case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) add_lib_dirs="$add_lib_dirs:$d" ;; esac
+    fi
+done
+if [ -n "$add_lib_dirs" ]; then
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}${add_lib_dirs}"
+    export LD_LIBRARY_PATH=${LD_LIBRARY_PATH#:}
+fi
+echo "  libcuda: $(ldconfig -p 2>/dev/null | grep -o 'libcuda\.so[.0-9]* ' | sort -u | tr -d ' ' | tr '\n' ' ')"
+LDP=${LD_LIBRARY_PATH:-}
+echo "  libnvrtc: $(for d in ${LDP//:/ }; do ls "$d"/libnvrtc.so* 2>/dev/null; done | sort -u | tr '\n' ' ')"
+echo "  LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+
+# Scratch: a real disk (not tmpfs), with room for the synthetic checkpoint.
+if [ -z "$SCRATCH" ]; then
+    for c in /var/tmp/tensorstream-gpu /tmp/tensorstream-gpu /mnt/tensorstream-gpu; do
+        mkdir -p "$c" 2>/dev/null || continue
+        fstype=$(stat -f -c %T "$c" 2>/dev/null)
+        free=$(df -Pk "$c" 2>/dev/null | awk 'NR==2{print $4}')
+        if [ "$fstype" != "tmpfs" ] && [ "$fstype" != "ramfs" ] && [ "${free:-0}" -gt $((12 * 1024 * 1024)) ]; then
+            SCRATCH=$c; break
+        fi
+        echo "  scratch candidate $c: ${fstype:-?}, $((${free:-0} / 1024 / 1024)) GiB free: not used"
+    done
+fi
+[ -n "$SCRATCH" ] || { SCRATCH=/tmp/tensorstream-gpu; echo "  WARNING: no disk-backed scratch with 12 GiB free; using $SCRATCH (cold figures may be meaningless)"; }
+mkdir -p "$SCRATCH"
+echo "  scratch: $SCRATCH ($(stat -f -c %T "$SCRATCH"), $(df -Ph "$SCRATCH" | awk 'NR==2{print $4 " free on " $1}'))"
+run_step 90 "$PY" "$GPU_PY/gpucheck.py" env --out "$WORK/env.json" --probe-dir "$SCRATCH" || true
+CUDA_TORCH=$("$PY" -c 'import json,sys; print(1 if json.load(open(sys.argv[1])).get("cuda_available") else 0)' "$WORK/env.json" 2>/dev/null || echo 0)
+[ "$HAVE_GPU" = 1 ] && [ "$CUDA_TORCH" != 1 ] && echo "  WARNING: nvidia-smi sees a GPU but torch does not"
+
+# Test binaries carry absolute paths from the build machine (CARGO_TARGET_TMPDIR,
+# CARGO_BIN_EXE_tensorstream): recreate them here when they are missing.
+fixup_paths() {
+    [ -f "$MANIFEST" ] || return 0
+    "$PY" - "$MANIFEST" "$TS" <<'EOF'
+import json, os, sys
+m = json.load(open(sys.argv[1])); ts = sys.argv[2]
+for d in [m.get("cargo_target_tmpdir")]:
+    if d and not os.path.isdir(d):
+        try:
+            os.makedirs(d, exist_ok=True); print("  created %s (CARGO_TARGET_TMPDIR of the build)" % d)
+        except OSError as e:
+            print("  cannot create %s: %s (tests that write there will fail)" % (d, e))
+exe = m.get("bin_exe")
+if exe and not os.path.exists(exe):
+    try:
+        os.makedirs(os.path.dirname(exe), exist_ok=True); os.symlink(ts, exe)
+        print("  linked %s -> %s (CARGO_BIN_EXE_tensorstream of the build)" % (exe, ts))
+    except OSError as e:
+        print("  cannot link %s: %s" % (exe, e))
+EOF
+}
+
+hr "tests (prebuilt test binaries)"
+echo '{"binaries": []}' >"$WORK/tests.json"
+if [ "$SKIP_TESTS" = 1 ]; then
+    echo "  skipped (--skip-tests)"
+elif ! ls "$B"/tests/* >/dev/null 2>&1; then
+    echo "  no test binaries in $B/tests (not a bundle?)"
+else
+    fixup_paths
+    results=""
+    TESTS_END=$((SECONDS + 150))  # all test binaries together; one binary at most 60 s
+    for t in "$B"/tests/*; do
+        name=$(basename "$t")
+        tl=$(min 60 "$(min $((TESTS_END - SECONDS)) $(( $(left) - 300 )))")
+        echo "-- $name (timeout ${tl}s)"
+        # GPU tests print why they skip; show it (a skip on a GPU machine is a finding).
+        case "$name" in *cuda*|*gpu*) extra=--nocapture ;; *) extra= ;; esac
+        run_step "$tl" "$t" --test-threads=8 $extra >"$WORK/test-$name.txt" 2>&1
+        rc=$?
+        # Everything but the 'test x ... ok' lines: failures, skips with reasons, totals.
+        grep -v -E '^test .* \.\.\. ok$' "$WORK/test-$name.txt" | grep -v '^$' | sed 's/^/  /' | head -150
+        echo "  ($(grep -c -E '^test .* \.\.\. ok$' "$WORK/test-$name.txt") passed lines not shown; exit $rc)"
+        case $rc in 0) res=passed ;; 124|137) res=timeout ;; *) res="failed(rc=$rc)" ;; esac
+        skips=$(grep -c -i 'skipping' "$WORK/test-$name.txt")
+        results="$results{\"name\":\"$name\",\"result\":\"$res\",\"skip_mentions\":$skips},"
+    done
+    echo "{\"binaries\": [${results%,}]}" >"$WORK/tests.json"
+fi
+
+hr "fixtures: cpu vs cuda digests, and references (safetensors + torch)"
+FIX=$SCRATCH/fixtures
+rm -rf "$FIX"
+run_step 120 "$PY" "$FIXTURES_PY" "$FIX" --large-mib "$LARGE_MIB" | sed 's/^/  wrote /'
+if [ "$HAVE_GPU" = 1 ]; then CUDA_MODE=yes; else CUDA_MODE=auto; fi
+DIFF_BUDGET=$(min 240 $(( $(left) - 200 )))
+run_step $((DIFF_BUDGET + 60)) "$PY" "$GPU_PY/gpucheck.py" diff --bin "$TS" --fixtures "$FIX" \
+    --out "$WORK/diff.json" --cuda "$CUDA_MODE" --budget-s "$DIFF_BUDGET"
+DIFF_RC=$?
+
+hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion"
+if [ "$SKIP_TIMING" = 1 ]; then
+    echo "  skipped (--skip-timing)"
+else
+    if [ "$HAVE_GPU" = 1 ]; then T_CUDA=yes; else T_CUDA=no; echo "  no GPU: CUDA timings skipped; disk and page-cache machinery still run"; fi
+    TL=$(( $(left) - 40 ))
+    run_step "$TL" "$PY" "$GPU_PY/gpucheck.py" timing --bin "$TS" --dir "$SCRATCH" --fixtures "$FIX" \
+        --out "$WORK/timing.json" --size "$SIZE" --cuda "$T_CUDA" --budget-s $((TL - 30))
+fi
+
+hr "result"
+run_step 60 "$PY" "$GPU_PY/gpucheck.py" summary --env "$WORK/env.json" --tests "$WORK/tests.json" \
+    --diff "$WORK/diff.json" --timing "$WORK/timing.json" --smi "$SMI" --out "$OUT/gpu-check.json"
+RC=$?
+[ "$DIFF_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
+if [ "$KEEP" = 0 ]; then rm -rf "$SCRATCH/synth" "$FIX"; fi
+rm -rf "$WORK"
+echo
+echo "gpu-check finished in $((SECONDS - START)) s, exit $RC; log $LOG, results $OUT/gpu-check.json"
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null
+exit $RC
