@@ -142,6 +142,7 @@ PLAN = {
     "bad-dtype": plan_options(dtype="I8") + PLAN_FILE,
     "huge-align": plan_options(align_log2=14, dtype="F16") + PLAN_FILE,
     "huge-tensor-align": plan_options(dtype="F16", tensor_align=0x80 | 63) + PLAN_FILE,
+    "chunk-below-element": plan_options(align_log2=0, chunks=0, dtype="F16") + PLAN_FILE,
     "one-f32": plan_options(align_log2=2) + HEADER["one-f32"],
     "all-widths": plan_options(align_log2=3, dtype="F32") + HEADER["all-widths"],
 }

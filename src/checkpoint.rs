@@ -195,7 +195,39 @@ struct Index {
 struct RawIndex {
     #[serde(default)]
     metadata: Option<serde_json::Value>,
-    weight_map: BTreeMap<String, String>,
+    weight_map: UniqueMap,
+}
+
+/// A JSON object of strings that refuses duplicate keys (as headers refuse duplicate
+/// tensor names), instead of silently keeping the last.
+struct UniqueMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object mapping tensor names to shard file names")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<UniqueMap, A::Error> {
+                let mut m = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "tensor '{k}' appears twice in weight_map"
+                        )));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(UniqueMap(m))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Parses the bytes of an index file. Pure: used by the fuzz target.
@@ -209,7 +241,7 @@ pub fn parse_index(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
 fn parse_index_inner(path: &Path, bytes: &[u8]) -> Result<Index> {
     let raw: RawIndex = serde_json::from_slice(bytes)
         .map_err(|e| Error::checkpoint(path, format_args!("not a valid safetensors index: {e}")))?;
-    for (name, file) in &raw.weight_map {
+    for (name, file) in &raw.weight_map.0 {
         let p = Path::new(file);
         // Path::components hides a trailing '/', so look at the characters as well.
         let plain = !file.contains(['/', '\\', '\0'])
@@ -237,7 +269,7 @@ fn parse_index_inner(path: &Path, bytes: &[u8]) -> Result<Index> {
         path: path.to_path_buf(),
         dir,
         metadata: raw.metadata,
-        weight_map: raw.weight_map,
+        weight_map: raw.weight_map.0,
     })
 }
 

@@ -36,7 +36,8 @@ impl PlanOptions {
     /// Bytes of a staging slot: a conversion read covers at most `chunk_size` bytes of
     /// whole elements plus alignment slack on both ends.
     pub fn slot_len(&self) -> u64 {
-        self.chunk_size + 2 * self.align.max(1)
+        // A read holds at least one whole element (up to 8 bytes), however small the chunk.
+        self.chunk_size.max(8) + 2 * self.align.max(1)
     }
 }
 

@@ -105,3 +105,51 @@ fn plan_places_converted_tensors_at_tensor_align_or_refuses() {
         }
     }
 }
+
+/// fuzz target `plan`, crash-7bbd41a231eac0a9e92f387e29ed2cb66cf4cb08: with a chunk
+/// smaller than one element (1 byte, alignment 1, F32 converted to F16) each
+/// conversion read still covers a whole element, 4 bytes, more than the
+/// `slot_len()` of 3 that the staging slots are sized by.
+#[test]
+fn plan_conversion_reads_fit_a_staging_slot_when_the_chunk_is_smaller_than_an_element() {
+    let data: Vec<u8> = [1.5f32, -2.0, 3.25]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &data)
+        .expect("a valid view");
+    let file = safetensors::serialize([("w", view)], None).expect("serialize");
+    let ckpt = checkpoint(&file);
+    for chunk_size in [1, 2, 3] {
+        let opts = PlanOptions {
+            chunk_size,
+            align: 1,
+            dtype: Some(Dtype::F16),
+            ..PlanOptions::default()
+        };
+        // Refusing a chunk smaller than an element is fine; overflowing a slot is not.
+        if let Ok(p) = plan(&ckpt, &opts) {
+            for r in p.files.iter().flat_map(|f| &f.reads) {
+                assert!(
+                    r.len <= opts.slot_len(),
+                    "{r:?} exceeds slot_len {}",
+                    opts.slot_len()
+                );
+            }
+        }
+    }
+}
+
+/// fuzz target `index` (noticed while fuzzing): a `weight_map` naming a tensor twice was
+/// accepted with the last entry winning, while headers refuse duplicate tensor names.
+#[test]
+fn index_rejects_a_tensor_named_twice_in_weight_map() {
+    let json = br#"{"weight_map":{"w":"a.safetensors","w":"b.safetensors"}}"#;
+    let err = parse_index(Path::new("model.safetensors.index.json"), json)
+        .expect_err("duplicate weight_map keys must be refused");
+    assert!(
+        err.to_string()
+            .contains("tensor 'w' appears twice in weight_map"),
+        "{err}"
+    );
+}
