@@ -32,9 +32,11 @@ pub(crate) use uring::UringEngine;
 /// Which I/O path reads the files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoBackend {
-    /// Per file: io_uring with O_DIRECT when the file is not in the page cache and its
-    /// file system supports O_DIRECT, buffered io_uring otherwise; pread when io_uring
-    /// is refused. Falls back instead of failing, and records why.
+    /// Per file: O_DIRECT when the file is not in the page cache and its file system
+    /// supports it, buffered otherwise. io_uring when some file is cold (a pread pool
+    /// when io_uring is refused); a pread pool, which copies from the page cache on
+    /// several threads at once, when every file is cached. Falls back instead of
+    /// failing, and records why.
     #[default]
     Auto,
     /// io_uring with O_DIRECT; an error when either is unavailable.
@@ -295,16 +297,8 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
         }
         IoBackend::Pread => (EngineKind::Pread, "requested".to_string()),
         IoBackend::Mmap => (EngineKind::Mmap, "requested".to_string()),
-        IoBackend::Auto => match probe_uring() {
-            Ok(()) => (EngineKind::Uring, "io_uring available".to_string()),
-            Err(e) => {
-                tracing::debug!("io_uring refused ({e}); falling back to pread");
-                (
-                    EngineKind::Pread,
-                    format!("io_uring refused ({e}); fell back to pread"),
-                )
-            }
-        },
+        // Decided below, once it is known whether any file is cold.
+        IoBackend::Auto => (EngineKind::Uring, String::new()),
     };
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
@@ -330,6 +324,34 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
         tracing::debug!("{}: direct={} ({})", p.display(), mode.direct, mode.reason);
         files.push(mode);
     }
+    if backend != IoBackend::Auto {
+        return Ok(IoChoice {
+            engine,
+            engine_reason,
+            files,
+        });
+    }
+    // Files in the page cache are copied, not read from disk: a pool of threads
+    // copies in parallel, where buffered io_uring copies on the submitting thread.
+    // Cold files go to io_uring (O_DIRECT where it works); pread when it is refused.
+    let (engine, engine_reason) = if files.iter().all(|m| !m.direct) {
+        (
+            EngineKind::Pread,
+            "no file needs the disk: parallel buffered copies".to_string(),
+        )
+    } else {
+        match probe_uring() {
+            Ok(()) => (EngineKind::Uring, "io_uring available".to_string()),
+            Err(e) => {
+                tracing::debug!("io_uring refused ({e}); falling back to pread");
+                (
+                    EngineKind::Pread,
+                    format!("io_uring refused ({e}); fell back to pread"),
+                )
+            }
+        }
+    };
+    tracing::debug!("engine {engine:?}: {engine_reason}");
     Ok(IoChoice {
         engine,
         engine_reason,
