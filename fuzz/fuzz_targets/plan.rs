@@ -177,7 +177,7 @@ fn check_file(f: &FilePlan, h: &Header, opts: &PlanOptions) {
         // (`PlanOptions::slot_len`): a chunk of whole elements plus alignment slack.
         let limit = match r.target {
             Target::Raw { .. } => u128::from(opts.chunk_size),
-            Target::Convert { .. } => u128::from(opts.chunk_size) + 2 * u128::from(align),
+            Target::Convert { .. } => u128::from(opts.slot_len()),
         };
         assert!(
             u128::from(r.len) <= limit,
