@@ -1,7 +1,9 @@
 //! Criterion benches of the CPU side of a load:
 //!
-//! - `header/parse_json/200k`: parsing and validating the JSON header of a
-//!   200,000-tensor file (a large mixture-of-experts checkpoint), pure, no I/O.
+//! - `header/parse_200k/*`: parsing and validating the JSON header of a
+//!   200,000-tensor file (a large mixture-of-experts checkpoint), pure, no I/O;
+//!   tensorstream's `Header::parse_json` beside the reference crate's
+//!   `SafeTensors::read_metadata` on the same bytes.
 //! - `plan/200k/*`: planning that checkpoint (every tensor; a glob selection; a
 //!   conversion to F32), pure, no I/O.
 //! - `load_warm_64MiB/*`: loading a ~64 MiB Llama-layout BF16 file from the page cache
@@ -30,9 +32,12 @@ use tensorstream::{Checkpoint, Dtype, Header, IoBackend, Loader};
 const TENSORS: usize = 200_000;
 
 /// A 200,000-tensor header: 128 layers × 32 experts × 3 projections of [64, 128] BF16,
-/// plus per-layer norms and router, padded out with extra norms to exactly `TENSORS`.
-/// Returns the JSON bytes and the length of the file it would describe.
-fn big_header() -> (Vec<u8>, u64) {
+/// plus per-layer router and norms, cut to exactly `TENSORS`. With `tiny`, every
+/// shape is divided by 32 per dimension (so that a whole file fits in memory for the
+/// reference crate, which checks the buffer length). Returns the JSON bytes and the
+/// length of the file it would describe.
+fn big_header(tiny: bool) -> (Vec<u8>, u64) {
+    let d = if tiny { 32 } else { 1 };
     let mut entries: Vec<(String, &'static str, Vec<u64>)> = Vec::with_capacity(TENSORS);
     let mut layer = 0u64;
     while entries.len() < TENSORS {
@@ -40,19 +45,19 @@ fn big_header() -> (Vec<u8>, u64) {
         for e in 0..32 {
             for proj in ["gate_proj", "up_proj", "down_proj"] {
                 let shape = if proj == "down_proj" {
-                    vec![64, 128]
+                    vec![64 / d, 128 / d]
                 } else {
-                    vec![128, 64]
+                    vec![128 / d, 64 / d]
                 };
                 entries.push((format!("{p}.mlp.experts.{e}.{proj}.weight"), "BF16", shape));
             }
         }
-        entries.push((format!("{p}.mlp.gate.weight"), "BF16", vec![32, 64]));
-        entries.push((format!("{p}.input_layernorm.weight"), "BF16", vec![64]));
+        entries.push((format!("{p}.mlp.gate.weight"), "BF16", vec![32 / d, 64 / d]));
+        entries.push((format!("{p}.input_layernorm.weight"), "BF16", vec![64 / d]));
         entries.push((
             format!("{p}.post_attention_layernorm.weight"),
             "F32",
-            vec![64],
+            vec![64 / d],
         ));
         layer += 1;
     }
@@ -86,19 +91,27 @@ fn big_checkpoint(json: &[u8], file_len: u64) -> Checkpoint {
 }
 
 fn bench_header(c: &mut Criterion) {
-    let (json, file_len) = big_header();
+    let (json, file_len) = big_header(true);
+    // The whole file in memory, for the reference crate's `read_metadata`.
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&json);
+    file.resize(file_len as usize, 0);
     let path = Path::new("moe-200k.safetensors");
-    let mut g = c.benchmark_group("header");
+    let mut g = c.benchmark_group("header/parse_200k");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(json.len() as u64));
-    g.bench_function(BenchmarkId::new("parse_json", "200k"), |b| {
+    g.bench_function("tensorstream", |b| {
         b.iter(|| Header::parse_json(path, black_box(&json), file_len).expect("valid"))
+    });
+    // The reference: safetensors 0.8 parses and validates the same header.
+    g.bench_function("safetensors-0.8", |b| {
+        b.iter(|| safetensors::SafeTensors::read_metadata(black_box(&file)).expect("valid"))
     });
     g.finish();
 }
 
 fn bench_plan(c: &mut Criterion) {
-    let (json, file_len) = big_header();
+    let (json, file_len) = big_header(false);
     let ckpt = big_checkpoint(&json, file_len);
     let mut g = c.benchmark_group("plan/200k");
     g.sample_size(20);
