@@ -24,7 +24,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tensorstream::plan::{self, PlanOptions};
 use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{Checkpoint, Dtype, Header, IoBackend, Loader};
