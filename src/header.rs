@@ -4,7 +4,7 @@
 //! read or mapped to validate a file. Every rule the reference implementation
 //! enforces is enforced here, and one more: duplicate tensor names are rejected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -67,7 +67,8 @@ pub struct Header {
     pub tensors: Vec<TensorInfo>,
     /// The `__metadata__` map, when the header has one.
     pub metadata: Option<BTreeMap<String, String>>,
-    by_name: HashMap<String, usize>,
+    /// Indices into `tensors`, sorted by name (lookups by binary search).
+    by_name: Vec<usize>,
 }
 
 impl Header {
@@ -83,7 +84,13 @@ impl Header {
 
     /// The tensor with this name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
+        let tensors = &self.tensors;
+        let name_of = |i: &usize| tensors.get(*i).map_or("", |t| t.name.as_str());
+        let pos = self
+            .by_name
+            .binary_search_by(|i| name_of(i).cmp(name))
+            .ok()?;
+        self.by_name.get(pos).and_then(|&i| tensors.get(i))
     }
 
     /// Reads and validates the header of the file at `path`.
@@ -161,15 +168,23 @@ impl Header {
         })?;
         let raw: RawHeader = serde_json::from_str(text)
             .map_err(|e| Error::header(path, format_args!("header is not valid JSON: {e}")))?;
-        if let Some(name) = raw.duplicate {
+        let mut tensors = raw.tensors;
+        tensors.sort_by_key(|t| (t.begin, t.end));
+        // Sorting names finds duplicates without hashing, and serves lookups after.
+        let mut by_name: Vec<usize> = (0..tensors.len()).collect();
+        let name_of = |i: usize| tensors.get(i).map_or("", |t| t.name.as_str());
+        by_name.sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
+        let twice = by_name.windows(2).find_map(|w| match w {
+            &[a, b] if name_of(a) == name_of(b) => Some(a),
+            _ => None,
+        });
+        if let Some(i) = twice {
             return Err(Error::tensor_err(
                 path,
-                &name,
+                name_of(i),
                 "appears twice in the header (tensor names must be unique)",
             ));
         }
-        let mut tensors = raw.tensors;
-        tensors.sort_by_key(|t| (t.begin, t.end));
         let mut expected = 0u64;
         let mut prev: Option<&str> = None;
         for t in &tensors {
@@ -244,11 +259,6 @@ impl Header {
                 ),
             ));
         }
-        let by_name = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
         Ok(Header {
             path: path.to_path_buf(),
             header_len,
@@ -293,11 +303,10 @@ pub fn tensor_bytes(dtype: Dtype, shape: &[u64]) -> std::result::Result<u64, Str
 }
 
 /// The header as JSON gives it, before validation. Keeps every tensor entry in order
-/// and remembers the first duplicated name instead of silently keeping the last.
+/// (duplicates included, which validation then refuses) instead of keeping the last.
 struct RawHeader {
     metadata: Option<BTreeMap<String, String>>,
     tensors: Vec<TensorInfo>,
-    duplicate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,8 +333,6 @@ impl<'de> Deserialize<'de> for RawHeader {
                 let mut metadata = None;
                 let mut seen_metadata = false;
                 let mut tensors = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
-                let mut names = std::collections::HashSet::new();
-                let mut duplicate = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "__metadata__" {
                         if seen_metadata {
@@ -336,9 +343,6 @@ impl<'de> Deserialize<'de> for RawHeader {
                         continue;
                     }
                     let raw: RawTensor = map.next_value()?;
-                    if !names.insert(key.clone()) && duplicate.is_none() {
-                        duplicate = Some(key.clone());
-                    }
                     tensors.push(TensorInfo {
                         name: key,
                         dtype: raw.dtype,
@@ -347,11 +351,7 @@ impl<'de> Deserialize<'de> for RawHeader {
                         end: raw.data_offsets.1,
                     });
                 }
-                Ok(RawHeader {
-                    metadata,
-                    tensors,
-                    duplicate,
-                })
+                Ok(RawHeader { metadata, tensors })
             }
         }
         deserializer.deserialize_map(HeaderVisitor)
