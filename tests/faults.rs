@@ -128,19 +128,33 @@ fn truncation_during_the_load_is_an_error_and_returns_no_tensors() {
             2,
         );
         let ckpt = Checkpoint::open(&path).unwrap();
+        // Another thread truncates the file once the load has started; the first
+        // progress report waits until it has, so the race is the same every run.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let p2 = path.clone();
-        let once = Arc::new(std::sync::Once::new());
+        let truncator = std::thread::spawn(move || {
+            if go_rx.recv().is_ok() {
+                let f = std::fs::OpenOptions::new().write(true).open(&p2).unwrap();
+                f.set_len(100_000).unwrap();
+                let _ = done_tx.send(());
+            }
+        });
+        let once = std::sync::Once::new();
+        let go_tx = Mutex::new(go_tx);
+        let done_rx = Mutex::new(done_rx);
         let r = Loader::new()
             .io(backend)
             .chunk_size(64 << 10)
             .queue_depth(1)
             .progress(move |_, _| {
                 once.call_once(|| {
-                    let f = std::fs::OpenOptions::new().write(true).open(&p2).unwrap();
-                    f.set_len(100_000).unwrap();
+                    let _ = go_tx.lock().unwrap().send(());
+                    let _ = done_rx.lock().unwrap().recv();
                 });
             })
             .load_checkpoint(&ckpt);
+        truncator.join().unwrap();
         match r {
             Err(e) if unsupported(&e) => eprintln!("skipping {backend:?}: {e}"),
             Err(e) => {
