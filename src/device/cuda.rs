@@ -28,6 +28,11 @@ const PTX: &str = include_str!("../../kernels/convert.ptx");
 /// element on a 16-byte boundary (the kernels' vector path).
 const SCRATCH_PAD: usize = 256;
 
+/// An inconsistency between the plan and the sink: a bug, reported rather than a panic.
+fn internal(what: &str) -> Error {
+    Error::Cuda(format!("internal: {what}"))
+}
+
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
     Error::Cuda(format!("{what}: {e}"))
 }
@@ -323,7 +328,7 @@ impl<'p> CudaSink<'p> {
         self.slots
             .iter()
             .position(|s| s.host == ptr)
-            .ok_or_else(|| Error::Cuda("internal: unknown staging slot".into()))
+            .ok_or_else(|| internal("unknown staging slot"))
     }
 
     /// Copies `len` bytes of slot memory at `src` to device address `dst`.
@@ -381,20 +386,13 @@ impl<'p> CudaSink<'p> {
         let len = op.required as usize;
         if let Some(buf) = self.raw.get(file).and_then(Option::as_ref) {
             if dest + len as u64 > buf.len as u64 {
-                return Err(Error::Cuda("internal: copy past a device buffer".into()));
+                return Err(internal("copy past a device buffer"));
             }
             return self.htod(buf.ptr + dest, slot.host, len);
         }
         // Per-tensor allocations: copy each tensor's part of this read to its buffer.
-        let fp = self
-            .plan
-            .files
-            .get(file)
-            .ok_or_else(|| Error::Cuda("internal: file".into()))?;
-        let own = self
-            .own
-            .get(file)
-            .ok_or_else(|| Error::Cuda("internal: file".into()))?;
+        let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
+        let own = self.own.get(file).ok_or_else(|| internal("file"))?;
         let (r0, r1) = (op.offset, op.offset + op.required);
         for (t, b) in fp.tensors.iter().zip(own) {
             let (Place::Raw(_), Some(b)) = (t.place, b) else {
@@ -446,10 +444,7 @@ impl Sink for CudaSink<'_> {
 
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
         let i = self.slot_of(buf.ptr)?;
-        let slot = self
-            .slots
-            .get(i)
-            .ok_or_else(|| Error::Cuda("internal: slot".into()))?;
+        let slot = self.slots.get(i).ok_or_else(|| internal("slot"))?;
         match op.target {
             Target::Raw { dest } => self.raw_copy(file, op, dest, slot)?,
             Target::Convert {
@@ -458,19 +453,9 @@ impl Sink for CudaSink<'_> {
                 count,
                 skip,
             } => {
-                let fp = self
-                    .plan
-                    .files
-                    .get(file)
-                    .ok_or_else(|| Error::Cuda("internal: file".into()))?;
-                let t = fp
-                    .tensors
-                    .get(tensor)
-                    .ok_or_else(|| Error::Cuda("internal: tensor".into()))?;
-                let scratch = slot
-                    .scratch
-                    .as_ref()
-                    .ok_or_else(|| Error::Cuda("internal: scratch".into()))?;
+                let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
+                let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
+                let scratch = slot.scratch.as_ref().ok_or_else(|| internal("scratch"))?;
                 // Shift so that the first element sits on a 16-byte boundary.
                 let pad = (16 - skip % 16) % 16;
                 self.htod(scratch.ptr + pad, slot.host, op.required as usize)?;
@@ -482,10 +467,10 @@ impl Sink for CudaSink<'_> {
                             .converted
                             .get(file)
                             .and_then(Option::as_ref)
-                            .ok_or_else(|| Error::Cuda("internal: converted area".into()))?;
+                            .ok_or_else(|| internal("converted area"))?;
                         c.ptr + base + first * out_size
                     }
-                    _ => return Err(Error::Cuda("internal: place".into())),
+                    _ => return Err(internal("place")),
                 };
                 self.launch(t.src_dtype, t.dtype, scratch.ptr + pad + skip, out, count)?;
             }
@@ -583,7 +568,7 @@ pub(crate) fn load(
                         .get(i)
                         .cloned()
                         .flatten()
-                        .ok_or_else(|| Error::Cuda("internal: raw".into()))?,
+                        .ok_or_else(|| internal("raw"))?,
                     o,
                 ),
                 (None, Place::Converted(o)) => (
@@ -591,7 +576,7 @@ pub(crate) fn load(
                         .get(i)
                         .cloned()
                         .flatten()
-                        .ok_or_else(|| Error::Cuda("internal: conv".into()))?,
+                        .ok_or_else(|| internal("conv"))?,
                     o,
                 ),
             };
