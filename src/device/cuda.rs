@@ -439,6 +439,7 @@ impl Sink for CudaSink<'_> {
             ptr: s.host,
             len: s.len,
             fixed: u16::try_from(i).ok(),
+            fresh: false,
         }))
     }
 

@@ -223,6 +223,7 @@ impl Sink for HostSink<'_> {
                     ptr: raw.ptr_at(dest, op.len)?,
                     len: op.len as usize,
                     fixed: None,
+                    fresh: true,
                 }))
             }
             Target::Convert { .. } => {
@@ -236,6 +237,7 @@ impl Sink for HostSink<'_> {
                     ptr,
                     len: op.len as usize,
                     fixed: u16::try_from(i).ok(),
+                    fresh: false,
                 }))
             }
         }
@@ -284,6 +286,14 @@ impl Sink for HostSink<'_> {
         })();
         self.free.push(slot);
         result
+    }
+
+    fn destination(&mut self, file: usize, op: &ReadOp) -> Option<(*mut u8, usize)> {
+        let Target::Raw { dest } = op.target else {
+            return None;
+        };
+        let raw = self.raw.get_mut(file)?;
+        Some((raw.ptr_at(dest, op.len).ok()?, op.len as usize))
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {

@@ -35,6 +35,7 @@ impl MmapEngine {
             .min(map.len());
         let n = req.len.min(map.len() - start);
         let src = map.get(start..start + n).unwrap_or_default();
+        super::populate(req);
         // SAFETY: req.ptr points at req.len ≥ n writable bytes that nothing else touches
         // until this read's Done is returned; the map and the buffer do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), req.ptr, n) };

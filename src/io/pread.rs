@@ -46,6 +46,7 @@ fn worker(rx: &Mutex<Receiver<Req>>, tx: &Sender<Done>) {
             },
             Err(_) => return,
         };
+        super::populate(&req);
         // SAFETY: req.ptr points at req.len writable bytes that the coordinator keeps
         // alive and untouched until it receives this read's Done.
         let n = unsafe { libc::pread(req.fd, req.ptr.cast(), req.len, req.offset as libc::off_t) };

@@ -60,6 +60,7 @@ impl UringEngine {
 
 impl Engine for UringEngine {
     fn submit(&mut self, req: Req) -> io::Result<()> {
+        super::populate(&req);
         let len = u32::try_from(req.len).unwrap_or(0xFFFF_F000);
         let fd = types::Fd(req.fd);
         let entry = match req.fixed {
