@@ -27,7 +27,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tensorstream::plan::{self, PlanOptions};
 use tensorstream::synth::{write_checkpoint, SynthSpec};
-use tensorstream::{Checkpoint, Dtype, Header, IoBackend, Loader};
+use tensorstream::{Checkpoint, Dtype, Header, HostPool, IoBackend, Loader};
 
 const TENSORS: usize = 200_000;
 
@@ -165,14 +165,20 @@ fn bench_load(c: &mut Criterion) {
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Bytes(bytes));
-    for (name, io) in [
-        ("auto", IoBackend::Auto),
-        ("direct", IoBackend::Direct),
-        ("buffered", IoBackend::Buffered),
-        ("pread", IoBackend::Pread),
-        ("mmap", IoBackend::Mmap),
+    for (name, io, reuse) in [
+        ("auto", IoBackend::Auto, false),
+        ("direct", IoBackend::Direct, false),
+        ("buffered", IoBackend::Buffered, false),
+        ("pread", IoBackend::Pread, false),
+        ("mmap", IoBackend::Mmap, false),
+        // Host memory kept between loads: what a server switching models gets.
+        ("auto+pool", IoBackend::Auto, true),
+        ("direct+pool", IoBackend::Direct, true),
     ] {
-        let loader = Loader::new().io(io);
+        let mut loader = Loader::new().io(io);
+        if reuse {
+            loader = loader.host_pool(HostPool::new(1 << 30));
+        }
         // A backend the machine refuses (no io_uring, no O_DIRECT) is skipped, not failed.
         if let Err(e) = loader.load_checkpoint(&ckpt) {
             eprintln!("load_warm_64MiB/{name}: skipped ({e})");

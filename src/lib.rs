@@ -57,7 +57,7 @@ pub mod plan;
 pub mod synth;
 
 pub use checkpoint::Checkpoint;
-pub use device::Device;
+pub use device::{Device, HostPool};
 pub use dtype::Dtype;
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, TensorInfo};

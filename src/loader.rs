@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::Checkpoint;
 use crate::device::host::HostSink;
-use crate::device::{Device, HostBuf};
+use crate::device::{Device, HostBuf, HostPool};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
@@ -26,6 +26,7 @@ pub struct Loader {
     progress: Option<Progress>,
     cancel: Option<CancelToken>,
     per_tensor: bool,
+    host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
 }
 
@@ -59,6 +60,7 @@ impl Loader {
             progress: None,
             cancel: None,
             per_tensor: false,
+            host_pool: None,
             fail_nth: None,
         }
     }
@@ -119,6 +121,14 @@ impl Loader {
     /// framework can free tensors one by one. By default, one per file.
     pub fn per_tensor_allocations(mut self, yes: bool) -> Self {
         self.per_tensor = yes;
+        self
+    }
+
+    /// Host loads take their file buffers from `pool` when it has fitting ones, and
+    /// give them back to it when the model is dropped (see [`HostPool`]). By default,
+    /// every load maps fresh memory and unmaps it when dropped.
+    pub fn host_pool(mut self, pool: HostPool) -> Self {
+        self.host_pool = Some(pool);
         self
     }
 
@@ -235,7 +245,7 @@ impl Loader {
         choice: &IoChoice,
         slots: usize,
     ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
-        let mut sink = HostSink::new(plan, slots, self.plan.slot_len())?;
+        let mut sink = HostSink::new(plan, slots, self.plan.slot_len(), self.host_pool.as_ref())?;
         let stats = {
             let fixed = sink.fixed_buffers();
             let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
@@ -249,6 +259,7 @@ impl Loader {
                 self.progress.as_ref(),
             )?
         };
+        sink.zero_unwritten()?;
         let raw: Vec<Arc<HostBuf>> = sink.raw.drain(..).map(Arc::new).collect();
         let conv: Vec<Arc<HostBuf>> = sink.converted.drain(..).map(Arc::new).collect();
         let mut tensors = BTreeMap::new();

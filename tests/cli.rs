@@ -701,6 +701,39 @@ fn bench_tiny_warm_pread() {
     );
 }
 
+#[test]
+fn bench_reusing_memory_says_so_in_json() {
+    let dir = disk_tempdir();
+    let o = run([
+        OsStr::new("bench"),
+        OsStr::new("--size"),
+        OsStr::new("8M"),
+        OsStr::new("--runs"),
+        OsStr::new("2"),
+        OsStr::new("--warm"),
+        OsStr::new("--backends"),
+        OsStr::new("pread,mmap"),
+        OsStr::new("--reuse-memory"),
+        OsStr::new("--json"),
+        OsStr::new("--dir"),
+        dir.path().as_os_str(),
+    ]);
+    assert_code(&o, 0, "bench --reuse-memory");
+    let out = stdout(&o);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        assert_eq!(r["reuse_memory"], true, "{out}");
+        assert_eq!(r["runs"].as_array().map(Vec::len), Some(2), "{out}");
+        assert!(r["median_gbps"].as_f64().is_some_and(|g| g > 0.0), "{out}");
+        assert_eq!(r["note"], "", "{out}");
+    }
+}
+
 /// Relative paths: an index named from its own directory, and `.` as the directory.
 #[test]
 fn relative_paths_from_the_checkpoint_directory() {

@@ -5,6 +5,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::convert;
 use crate::error::{Error, Result};
@@ -26,7 +27,124 @@ pub struct HostBuf {
 enum Alloc {
     None,
     Heap(Layout),
-    Map { base: *mut libc::c_void, len: usize },
+    /// A map of its own; goes back to `pool` on drop when there is one.
+    Map {
+        region: Region,
+        pool: Option<HostPool>,
+    },
+}
+
+/// A private anonymous mapping, unmapped on drop.
+#[derive(Debug)]
+struct Region {
+    base: NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: a Region is the only owner of its mapping.
+unsafe impl Send for Region {}
+
+impl Region {
+    fn new(len: usize) -> Option<Region> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(base).map(|base| Region { base, len })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the whole mapping made in Region::new, unmapped once.
+        unsafe {
+            libc::munmap(self.base.as_ptr(), self.len);
+        }
+    }
+}
+
+/// Host memory kept between loads, for a process that loads checkpoint after
+/// checkpoint (a server switching models, a benchmark loop).
+///
+/// Freshly allocated memory costs a page fault and a zeroed page for every 4 KiB on
+/// its first write, and that, not the copy, is most of the time of a load from the
+/// page cache (BENCHMARKS.md). With a pool given to [`crate::Loader::host_pool`], the
+/// file buffers of a dropped [`crate::Model`] are kept here, already backed, and the
+/// next load of a file of the same size or a little smaller reads straight into one.
+/// The bytes of a reused buffer that no tensor covers are zeroed again, so a buffer
+/// never shows what it held before. Idle memory counts in the process's RSS: the
+/// pool keeps at most `limit` bytes idle and unmaps the rest; [`HostPool::clear`]
+/// gives it all back. Cheap to clone; clones share the memory.
+#[derive(Clone, Debug)]
+pub struct HostPool {
+    inner: Arc<Mutex<PoolInner>>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    idle: Vec<Region>,
+    limit: u64,
+}
+
+impl HostPool {
+    /// A pool keeping at most `limit` bytes of idle memory.
+    pub fn new(limit: u64) -> HostPool {
+        HostPool {
+            inner: Arc::new(Mutex::new(PoolInner {
+                idle: Vec::new(),
+                limit,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolInner> {
+        // A panic elsewhere while holding the lock leaves a consistent list behind.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes held idle now.
+    pub fn idle_bytes(&self) -> u64 {
+        self.lock().idle.iter().map(|r| r.len as u64).sum()
+    }
+
+    /// Unmaps every idle buffer.
+    pub fn clear(&self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop(idle);
+    }
+
+    /// The smallest idle region of at least `len` bytes, if it wastes at most a
+    /// quarter of itself.
+    fn take(&self, len: usize) -> Option<Region> {
+        let mut inner = self.lock();
+        let best = inner
+            .idle
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.len >= len && r.len - len <= r.len / 4)
+            .min_by_key(|(_, r)| r.len)
+            .map(|(i, _)| i)?;
+        Some(inner.idle.swap_remove(best))
+    }
+
+    /// Keeps `region` if it fits under the limit (dropping, and so unmapping, it otherwise).
+    fn put(&self, region: Region) {
+        let mut inner = self.lock();
+        let idle: u64 = inner.idle.iter().map(|r| r.len as u64).sum();
+        if idle + region.len as u64 <= inner.limit {
+            inner.idle.push(region);
+        }
+    }
 }
 
 // SAFETY: HostBuf owns its allocation exclusively, like a Box<[u8]>.
@@ -72,28 +190,8 @@ impl HostBuf {
         let oom = || Error::InvalidArgument(format!("out of host memory allocating {len} bytes"));
         if len >= MAP_MIN {
             let map_len = len.checked_next_multiple_of(Self::ALIGN).ok_or_else(oom)?;
-            // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-            let base = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if base == libc::MAP_FAILED {
-                return Err(oom());
-            }
-            // mmap returns page-aligned memory, zero-filled on first touch.
-            let ptr = NonNull::new(base.cast::<u8>()).ok_or_else(oom)?;
-            account(len);
-            return Ok(HostBuf {
-                ptr,
-                len,
-                alloc: Alloc::Map { base, len: map_len },
-            });
+            let region = Region::new(map_len).ok_or_else(oom)?;
+            return Ok(HostBuf::from_region(region, len, None));
         }
         let layout = Layout::from_size_align(len, Self::ALIGN).map_err(|_| oom())?;
         // SAFETY: layout has a non-zero size.
@@ -105,6 +203,32 @@ impl HostBuf {
             len,
             alloc: Alloc::Heap(layout),
         })
+    }
+
+    /// `len` bytes for a load: from `pool` when it holds a fitting buffer (whose old
+    /// contents are still there: the caller overwrites or zeroes every byte), freshly
+    /// mapped and zeroed otherwise. Also says whether the memory is fresh.
+    pub(crate) fn for_load(len: usize, pool: Option<&HostPool>) -> Result<(HostBuf, bool)> {
+        let Some(pool) = pool.filter(|_| len >= MAP_MIN) else {
+            return Ok((HostBuf::zeroed(len)?, true));
+        };
+        if let Some(region) = pool.take(len) {
+            return Ok((HostBuf::from_region(region, len, Some(pool.clone())), false));
+        }
+        let mut buf = HostBuf::zeroed(len)?;
+        if let Alloc::Map { pool: p, .. } = &mut buf.alloc {
+            *p = Some(pool.clone());
+        }
+        Ok((buf, true))
+    }
+
+    fn from_region(region: Region, len: usize, pool: Option<HostPool>) -> HostBuf {
+        account(len);
+        HostBuf {
+            ptr: region.base.cast::<u8>(),
+            len,
+            alloc: Alloc::Map { region, pool },
+        }
     }
 
     /// Length in bytes.
@@ -153,14 +277,15 @@ impl Drop for HostBuf {
         if !matches!(self.alloc, Alloc::None) {
             LIVE.fetch_sub(self.len as u64, Ordering::Relaxed);
         }
-        match self.alloc {
+        match std::mem::replace(&mut self.alloc, Alloc::None) {
             Alloc::None => {}
             // SAFETY: allocated in `zeroed` with this very layout.
             Alloc::Heap(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) },
-            // SAFETY: the whole mapping made in `zeroed`, unmapped once.
-            Alloc::Map { base, len } => unsafe {
-                libc::munmap(base, len);
-            },
+            Alloc::Map {
+                region,
+                pool: Some(pool),
+            } => pool.put(region),
+            Alloc::Map { region, pool: None } => drop(region),
         }
     }
 }
@@ -175,6 +300,8 @@ impl std::fmt::Debug for HostBuf {
 pub(crate) struct HostSink<'p> {
     plan: &'p Plan,
     pub raw: Vec<HostBuf>,
+    /// Per raw buffer: freshly mapped (rather than reused from a pool).
+    raw_fresh: Vec<bool>,
     pub converted: Vec<HostBuf>,
     slots: Vec<HostBuf>,
     free: Vec<usize>,
@@ -183,14 +310,23 @@ pub(crate) struct HostSink<'p> {
 }
 
 impl<'p> HostSink<'p> {
-    /// Allocates every destination of `plan`, and `slots` staging slots of
-    /// `slot_len` bytes when some tensor needs a conversion.
-    pub fn new(plan: &'p Plan, slots: usize, slot_len: u64) -> Result<Self> {
+    /// Allocates every destination of `plan` (raw buffers from `pool` when it has
+    /// them), and `slots` staging slots of `slot_len` bytes when some tensor needs a
+    /// conversion.
+    pub fn new(
+        plan: &'p Plan,
+        slots: usize,
+        slot_len: u64,
+        pool: Option<&HostPool>,
+    ) -> Result<Self> {
         let mut raw = Vec::with_capacity(plan.files.len());
+        let mut raw_fresh = Vec::with_capacity(plan.files.len());
         let mut converted = Vec::with_capacity(plan.files.len());
         let mut any_convert = false;
         for f in &plan.files {
-            raw.push(HostBuf::zeroed(to_usize(f.raw_len)?)?);
+            let (buf, fresh) = HostBuf::for_load(to_usize(f.raw_len)?, pool)?;
+            raw.push(buf);
+            raw_fresh.push(fresh);
             converted.push(HostBuf::zeroed(to_usize(f.converted_len)?)?);
             any_convert |= f.converted_len > 0;
         }
@@ -201,11 +337,45 @@ impl<'p> HostSink<'p> {
         Ok(HostSink {
             plan,
             raw,
+            raw_fresh,
             converted,
             free: (0..slots.len()).collect(),
             slots,
             busy: Vec::new(),
         })
+    }
+}
+
+impl HostSink<'_> {
+    /// After a successful load: zeroes the bytes of reused raw buffers that no read
+    /// wrote (gaps between ranges, alignment slack past the end of a file), so that
+    /// nothing of a buffer's previous contents stays visible.
+    pub fn zero_unwritten(&mut self) -> Result<()> {
+        for (i, f) in self.plan.files.iter().enumerate() {
+            if self.raw_fresh.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut written: Vec<(u64, u64)> = f
+                .reads
+                .iter()
+                .filter_map(|op| match op.target {
+                    Target::Raw { dest } => Some((dest, dest.saturating_add(op.required))),
+                    Target::Convert { .. } => None,
+                })
+                .collect();
+            written.sort_unstable();
+            let buf = self.raw.get_mut(i).ok_or_else(|| bad("file"))?;
+            let bytes = buf.as_mut_slice();
+            let mut at = 0usize;
+            for (start, end) in written.into_iter().chain([(f.raw_len, f.raw_len)]) {
+                let (start, end) = (to_usize(start)?, to_usize(end)?);
+                if let Some(gap) = bytes.get_mut(at..start) {
+                    gap.fill(0);
+                }
+                at = at.max(end);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -223,7 +393,7 @@ impl Sink for HostSink<'_> {
                     ptr: raw.ptr_at(dest, op.len)?,
                     len: op.len as usize,
                     fixed: None,
-                    fresh: true,
+                    fresh: self.raw_fresh.get(file).copied().unwrap_or(false),
                 }))
             }
             Target::Convert { .. } => {
@@ -292,6 +462,9 @@ impl Sink for HostSink<'_> {
         let Target::Raw { dest } = op.target else {
             return None;
         };
+        if !self.raw_fresh.get(file).copied().unwrap_or(false) {
+            return None;
+        }
         let raw = self.raw.get_mut(file)?;
         Some((raw.ptr_at(dest, op.len).ok()?, op.len as usize))
     }
