@@ -607,7 +607,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             if a.json {
                 println!(
                     "{}",
-                    serde_json::json!({"temperature": temp, "backend": name, "io": io_path, "reuse_memory": a.reuse_memory, "runs": rates, "median_gbps": median, "note": note.trim()})
+                    serde_json::json!({"temperature": temp, "backend": name, "io": io_path, "reuse_memory": a.reuse_memory, "bytes": ckpt.total_bytes(), "runs": rates, "median_gbps": median, "note": note.trim()})
                 );
             } else {
                 let runs: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();

@@ -105,6 +105,16 @@ def parse_ts(out, err):
             "io_reason": "; ".join(f.get("reason", "") for f in v.get("files", []))}
 
 
+def parse_ts_bench(out, err):
+    # `tensorstream bench --json`: one line per backend and temperature, the median of
+    # its runs (after an untimed load that backs the memory pool).
+    v = json.loads(out.strip().splitlines()[-1])
+    if v.get("note"):
+        raise ValueError(v["note"])
+    return {"bytes": v["bytes"], "seconds": v["bytes"] / (v["median_gbps"] * 1e9), "io": v["io"],
+            "runs_in_process": v["runs"]}
+
+
 def parse_json_line(out, err):
     v = json.loads(out.strip().splitlines()[-1])
     return {"bytes": v["bytes"], "seconds": v["seconds"]}
@@ -129,6 +139,11 @@ def contenders(a):
     for io in ["auto", "direct", "buffered", "pread", "mmap"]:
         c.append(dict(loader=f"tensorstream-{io}", file=bf16, parse=parse_ts,
                       cmd=[ts, "load", bf16, "--device", "cpu", "--io", io, "--json"]))
+    # Host memory reused between loads (HostPool), as a server switching models: three
+    # timed loads in one process after an untimed one; the median is the figure.
+    reuse = [ts, "bench", bf16, "--backends", "auto", "--runs", "3", "--reuse-memory", "--json"]
+    c.append(dict(loader="tensorstream-auto-reuse", file=bf16, parse=parse_ts_bench,
+                  cmd=reuse, cmd_for={"cold": reuse + ["--cold"], "warm": reuse + ["--warm"]}))
     c.append(dict(loader="fio", file=bf16, parse=parse_fio, temps=["cold"], role={"cold": "limit"},
                   cmd=["fio", "--name=seqread", f"--filename={bf16}", "--rw=read", "--bs=4M",
                        "--iodepth=16", "--ioengine=io_uring", "--direct=1", "--thread",
@@ -167,7 +182,7 @@ def tensor_bytes(ts, path):
 
 def run_one(con, temp, tmpdir, timeout):
     tfile = os.path.join(tmpdir, "time.txt")
-    cmd = ["/usr/bin/time", "-v", "-o", tfile] + con["cmd"]
+    cmd = ["/usr/bin/time", "-v", "-o", tfile] + con.get("cmd_for", {}).get(temp, con["cmd"])
     load = loadavg1()
     st0, tot0 = cpu_times()
     t0 = time.perf_counter()

@@ -17,10 +17,17 @@ from collections import defaultdict
 REF = "tensorstream-auto"
 TEMPS = ["cold", "warm"]
 # The goals for tensorstream-auto on the CPU.
+# The same goals are also reported for tensorstream-auto-reuse (host memory kept
+# between loads in one process, as a server switching models), which is not what the
+# goals ask for (one `tensorstream load`) and is listed apart.
+REUSE = "tensorstream-auto-reuse"
 GOALS = [
-    ("cold", "limit", 0.95, "cold ≥ 0.95× fio (O_DIRECT, io_uring, 4 MiB, QD16)"),
-    ("warm", "limit", 0.80, "warm ≥ 0.8× dd (bs=16M, page cache)"),
-    ("warm", "python-safetensors", 3.0, "warm ≥ 3× Python safetensors (numpy, F16 copy)"),
+    (REF, "cold", "limit", 0.95, "cold ≥ 0.95× fio (O_DIRECT, io_uring, 4 MiB, QD16)"),
+    (REF, "warm", "limit", 0.80, "warm ≥ 0.8× dd (bs=16M, page cache)"),
+    (REF, "warm", "python-safetensors", 3.0, "warm ≥ 3× Python safetensors (numpy, F16 copy)"),
+    (REUSE, "cold", "limit", 0.95, "memory reused: cold ≥ 0.95× fio"),
+    (REUSE, "warm", "limit", 0.80, "memory reused: warm ≥ 0.8× dd"),
+    (REUSE, "warm", "python-safetensors", 3.0, "memory reused: warm ≥ 3× Python safetensors"),
 ]
 RSS_GOAL = 1.15
 
@@ -126,17 +133,17 @@ def table(summ, device="cpu"):
 
 def goals(summ, device="cpu"):
     lines = []
-    for temp, against, factor, text in GOALS:
-        s = summ.get((device, REF, temp))
+    for who, temp, against, factor, text in GOALS:
+        s = summ.get((device, who, temp))
         other = limit_of(summ, device, temp) if against == "limit" else summ.get((device, against, temp))
         if not s or not other or not s["median_gbps"] or not other["median_gbps"]:
             lines.append(f"- {text}: not measured")
             continue
         ratio = s["median_gbps"] / other["median_gbps"]
         verdict = (f"**met** ({ratio:.2f}×)" if ratio >= factor else
-                   f"**missed** ({ratio:.2f}×; {REF} would need {factor * other['median_gbps']:.2f} GB/s, "
+                   f"**missed** ({ratio:.2f}×; {who} would need {factor * other['median_gbps']:.2f} GB/s, "
                    f"has {s['median_gbps']:.2f}: {factor / ratio:.2f}× short)")
-        lines.append(f"- {text}: {REF} {s['median_gbps']:.2f} GB/s vs {other['loader']} "
+        lines.append(f"- {text}: {who} {s['median_gbps']:.2f} GB/s vs {other['loader']} "
                      f"{other['median_gbps']:.2f} GB/s → {verdict}")
     for temp in TEMPS:
         s = summ.get((device, REF, temp))
