@@ -85,6 +85,26 @@ impl Drop for Region {
 /// never shows what it held before. Idle memory counts in the process's RSS: the
 /// pool keeps at most `limit` bytes idle and unmaps the rest; [`HostPool::clear`]
 /// gives it all back. Cheap to clone; clones share the memory.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let spec = tensorstream::synth::SynthSpec::for_size(8 << 20);
+/// # let path = tensorstream::synth::write_checkpoint(dir.path(), &spec, 1, 7)?;
+/// use tensorstream::{HostPool, Loader};
+///
+/// let pool = HostPool::new(16 << 30); // keep up to 16 GiB idle
+/// let loader = Loader::new().host_pool(pool.clone());
+/// let first = loader.load(&path)?;
+/// let bytes = first.stats().tensor_bytes;
+/// drop(first); // its buffer goes back to the pool
+/// assert!(pool.idle_bytes() >= bytes);
+/// let second = loader.load(&path)?; // reads into that buffer
+/// assert_eq!(pool.idle_bytes(), 0);
+/// # drop(second);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct HostPool {
     inner: Arc<Mutex<PoolInner>>,
