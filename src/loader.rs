@@ -14,6 +14,12 @@ use crate::error::{Error, Result};
 use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
 use crate::plan::{self, Place, Plan, PlanOptions};
 
+/// When a device load took another path than the I/O choice names: its name, and why.
+pub(crate) type PathOverride = (&'static str, String);
+
+/// What a device load hands back: tensors, engine figures, and the path override.
+pub(crate) type Loaded = (BTreeMap<String, Tensor>, IoStats, Option<PathOverride>);
+
 /// Builds and runs loads. Cheap to clone; one `Loader` may run many loads, also from
 /// several threads at once (`Loader` is `Send + Sync`).
 #[derive(Clone)]
@@ -189,8 +195,11 @@ impl Loader {
         let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = io::choose(self.io, &paths)?;
         let slots = (self.staging_bytes / self.plan.chunk_size).max(1) as usize;
-        let (tensors, stats) = match self.device {
-            Device::Cpu => self.load_host(&plan, &choice, slots)?,
+        let (tensors, stats, path): Loaded = match self.device {
+            Device::Cpu => {
+                let (t, s) = self.load_host(&plan, &choice, slots)?;
+                (t, s, None)
+            }
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => crate::device::cuda::load(
                 self,
@@ -215,14 +224,21 @@ impl Loader {
             .files
             .iter()
             .enumerate()
-            .map(|(i, f)| FileReport {
-                path: f.path.clone(),
-                io_path: choice.path_name(i),
-                reason: choice
-                    .files
-                    .get(i)
-                    .map(|m| m.reason.clone())
-                    .unwrap_or_default(),
+            .map(|(i, f)| match &path {
+                Some((name, why)) => FileReport {
+                    path: f.path.clone(),
+                    io_path: name,
+                    reason: why.clone(),
+                },
+                None => FileReport {
+                    path: f.path.clone(),
+                    io_path: choice.path_name(i),
+                    reason: choice
+                        .files
+                        .get(i)
+                        .map(|m| m.reason.clone())
+                        .unwrap_or_default(),
+                },
             })
             .collect();
         Ok(Model {

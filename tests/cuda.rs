@@ -122,6 +122,52 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
     }
 }
 
+/// `--io mmap` on CUDA: copies straight from the registered page cache (or, where
+/// the device refuses read-only registration, through the pinned slots, saying so).
+/// Small staging makes many registration windows; conversions put raw and converted
+/// reads on shared pages.
+#[test]
+fn the_registered_page_cache_path_equals_host_loads() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 5);
+    std::fs::read(&path).unwrap(); // into the page cache
+    for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        for (chunk, staging) in [(4 << 20, 64 << 20), (64 << 10, 256 << 10), (4096, 8192)] {
+            for per_tensor in [false, true] {
+                let what =
+                    format!("{dtype:?}, chunk {chunk}, staging {staging}, per_tensor {per_tensor}");
+                let l = Loader::new()
+                    .device(Device::Cuda(0))
+                    .io(IoBackend::Mmap)
+                    .dtype(dtype)
+                    .chunk_size(chunk)
+                    .staging_bytes(staging)
+                    .per_tensor_allocations(per_tensor);
+                let m = l.load(&path).unwrap();
+                let report = &m.stats().files[0];
+                eprintln!("{what}: {} ({})", report.io_path, report.reason);
+                assert!(
+                    report.io_path == "mmap+registered"
+                        || (report.io_path == "mmap" && report.reason.contains("refused")),
+                    "{what}: {report:?}"
+                );
+                let got: Vec<_> = m
+                    .tensors()
+                    .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
+                    .collect();
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g, w, "{} differs ({what})", w.0);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn filters_and_small_staging_on_cuda() {
     if !gpu() {

@@ -336,12 +336,13 @@ impl<'p> CudaSink<'p> {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: src points into a pinned slot that stays untouched until the event
-        // recorded after this copy completes; dst lies inside a live device buffer
-        // (callers take it from the plan, whose ranges fit the buffers allocated for it).
-        let s = unsafe { std::slice::from_raw_parts(src, len) };
-        // SAFETY: see above; the stream belongs to the current context.
-        unsafe { result::memcpy_htod_async(dst, s, self.stream) }
+        // SAFETY: src points at len bytes of pinned or registered host memory that
+        // stay untouched (and registered) until the event recorded after this copy
+        // completes; dst lies inside a live device buffer (callers take it from the
+        // plan, whose ranges fit the buffers allocated for it); the stream belongs to
+        // the current context. The CPU never reads through src.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, self.stream) }
+            .result()
             .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
     }
 
@@ -382,13 +383,15 @@ impl<'p> CudaSink<'p> {
             .map_err(|e| cuda_err("cuStreamSynchronize", e))
     }
 
-    fn raw_copy(&self, file: usize, op: &ReadOp, dest: u64, slot: &Slot) -> Result<()> {
+    /// Copies the required bytes of raw read `op`, found at `src` in pinned or
+    /// registered host memory, to their place on the device.
+    fn raw_copy(&self, file: usize, op: &ReadOp, dest: u64, src: *const u8) -> Result<()> {
         let len = op.required as usize;
         if let Some(buf) = self.raw.get(file).and_then(Option::as_ref) {
             if dest + len as u64 > buf.len as u64 {
                 return Err(internal("copy past a device buffer"));
             }
-            return self.htod(buf.ptr + dest, slot.host, len);
+            return self.htod(buf.ptr + dest, src, len);
         }
         // Per-tensor allocations: copy each tensor's part of this read to its buffer.
         let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
@@ -403,11 +406,58 @@ impl<'p> CudaSink<'p> {
             if s >= e {
                 continue;
             }
-            // SAFETY: s - r0 < required ≤ slot length.
-            let src = unsafe { slot.host.add((s - r0) as usize) };
-            self.htod(b.ptr + (s - t0), src, (e - s) as usize)?;
+            // SAFETY: s - r0 < required, and `src` holds the read's required bytes.
+            let part = unsafe { src.add((s - r0) as usize) };
+            self.htod(b.ptr + (s - t0), part, (e - s) as usize)?;
         }
         Ok(())
+    }
+}
+
+impl CudaSink<'_> {
+    /// Enqueues on the stream what read `op` of file `file` is for, its required
+    /// bytes being at `src` in pinned or registered host memory: a copy to the
+    /// destination, or a copy to `scratch` and the conversion kernel from there.
+    fn consume(
+        &self,
+        file: usize,
+        op: &ReadOp,
+        src: *const u8,
+        scratch: Option<&DeviceBuf>,
+    ) -> Result<()> {
+        match op.target {
+            Target::Raw { dest } => self.raw_copy(file, op, dest, src),
+            Target::Convert {
+                tensor,
+                first,
+                count,
+                skip,
+            } => {
+                let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
+                let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
+                let scratch = scratch.ok_or_else(|| internal("scratch"))?;
+                if op.required as usize + SCRATCH_PAD > scratch.len {
+                    return Err(internal("read larger than the scratch buffer"));
+                }
+                // Shift so that the first element sits on a 16-byte boundary.
+                let pad = (16 - skip % 16) % 16;
+                self.htod(scratch.ptr + pad, src, op.required as usize)?;
+                let out_size = t.dtype.bits() / 8;
+                let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
+                    (_, Some(Some(b))) => b.ptr + first * out_size,
+                    (Place::Converted(base), _) => {
+                        let c = self
+                            .converted
+                            .get(file)
+                            .and_then(Option::as_ref)
+                            .ok_or_else(|| internal("converted area"))?;
+                        c.ptr + base + first * out_size
+                    }
+                    _ => return Err(internal("place")),
+                };
+                self.launch(t.src_dtype, t.dtype, scratch.ptr + pad + skip, out, count)
+            }
+        }
     }
 }
 
@@ -446,36 +496,8 @@ impl Sink for CudaSink<'_> {
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
         let i = self.slot_of(buf.ptr)?;
         let slot = self.slots.get(i).ok_or_else(|| internal("slot"))?;
-        match op.target {
-            Target::Raw { dest } => self.raw_copy(file, op, dest, slot)?,
-            Target::Convert {
-                tensor,
-                first,
-                count,
-                skip,
-            } => {
-                let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
-                let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
-                let scratch = slot.scratch.as_ref().ok_or_else(|| internal("scratch"))?;
-                // Shift so that the first element sits on a 16-byte boundary.
-                let pad = (16 - skip % 16) % 16;
-                self.htod(scratch.ptr + pad, slot.host, op.required as usize)?;
-                let out_size = t.dtype.bits() / 8;
-                let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
-                    (_, Some(Some(b))) => b.ptr + first * out_size,
-                    (Place::Converted(base), _) => {
-                        let c = self
-                            .converted
-                            .get(file)
-                            .and_then(Option::as_ref)
-                            .ok_or_else(|| internal("converted area"))?;
-                        c.ptr + base + first * out_size
-                    }
-                    _ => return Err(internal("place")),
-                };
-                self.launch(t.src_dtype, t.dtype, scratch.ptr + pad + skip, out, count)?;
-            }
-        }
+        let scratch = slot.scratch.as_ref();
+        self.consume(file, op, slot.host, scratch)?;
         // SAFETY: event and stream are live until Drop.
         unsafe { result::event::record(slot.event, self.stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))?;
@@ -524,7 +546,286 @@ impl Drop for CudaSink<'_> {
     }
 }
 
-/// Loads `plan` onto device `ordinal`.
+/// Why the device cannot copy straight from registered page-cache memory, if it cannot.
+fn registration_refused(ctx: &Context) -> Option<String> {
+    for (attr, what) in [
+        (
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+            "host memory registration",
+        ),
+        (
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED,
+            "read-only host memory registration",
+        ),
+    ] {
+        // SAFETY: ctx.dev is a device handle from cuDeviceGet.
+        match unsafe { result::device::get_attribute(ctx.dev, attr) } {
+            Ok(1) => {}
+            Ok(v) => {
+                return Some(format!(
+                    "the device does not support {what} (attribute {v})"
+                ))
+            }
+            Err(e) => return Some(format!("asking the device about {what}: {e}")),
+        }
+    }
+    None
+}
+
+/// A page range of a file map registered with the driver.
+struct Reg {
+    ptr: *mut c_void,
+    /// File offsets [start, end), whole pages.
+    start: u64,
+    end: u64,
+    /// The last window whose copies read from it.
+    last_use: usize,
+}
+
+/// The event recorded after a window's copies, and the bytes those copies moved.
+struct WindowEvent {
+    window: usize,
+    event: sys::CUevent,
+    bytes: u64,
+}
+
+/// The registrations and window events of one file. Dropping it waits for the stream
+/// and unregisters everything, so no copy reads memory that is no longer registered.
+struct Registered {
+    stream: sys::CUstream,
+    regs: std::collections::VecDeque<Reg>,
+    events: std::collections::VecDeque<WindowEvent>,
+}
+
+impl Registered {
+    /// Waits for window `w`'s copies (and so every earlier one's): destroys the events
+    /// up to it and returns the bytes they moved.
+    fn wait_window(&mut self, w: usize) -> Result<u64> {
+        let mut bytes = 0;
+        while self.events.front().is_some_and(|e| e.window <= w) {
+            let Some(e) = self.events.pop_front() else {
+                break;
+            };
+            // SAFETY: created and recorded on this stream by `load_registered`.
+            let waited = unsafe { result::event::synchronize(e.event) };
+            // SAFETY: destroyed once; nothing waits on it any more.
+            let _ = unsafe { result::event::destroy(e.event) };
+            waited.map_err(|err| cuda_err("cuEventSynchronize", err))?;
+            bytes += e.bytes;
+        }
+        Ok(bytes)
+    }
+
+    /// Unregisters the oldest registration once the copies that read it are done;
+    /// returns the bytes of the windows waited for.
+    fn retire_oldest(&mut self) -> Result<u64> {
+        let Some(last_use) = self.regs.front().map(|r| r.last_use) else {
+            return Ok(0);
+        };
+        let bytes = self.wait_window(last_use)?;
+        if let Some(r) = self.regs.pop_front() {
+            // SAFETY: every copy that reads this range was enqueued no later than
+            // window `last_use`, whose event has completed; registered once, unregistered once.
+            unsafe { sys::cuMemHostUnregister(r.ptr) }
+                .result()
+                .map_err(|e| cuda_err("cuMemHostUnregister", e))?;
+        }
+        Ok(bytes)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: the stream is live until the sink that owns it drops, after this.
+        let _ = unsafe { result::stream::synchronize(self.stream) };
+        for r in self.regs.drain(..) {
+            // SAFETY: the stream has drained: nothing reads the range any more.
+            let _ = unsafe { sys::cuMemHostUnregister(r.ptr) };
+        }
+        for e in self.events.drain(..) {
+            // SAFETY: created in `load_registered`, destroyed once.
+            let _ = unsafe { result::event::destroy(e.event) };
+        }
+    }
+}
+
+/// What the registered path did.
+enum Registration {
+    Done(IoStats),
+    /// The driver refused the very first registration: nothing was copied.
+    Refused(String),
+}
+
+/// `--io mmap` to a CUDA device: each file is mapped read-only, the driver pins the
+/// page-cache pages of a window of it (`cuMemHostRegister`, read-only) and the copies
+/// (and conversions) read them directly: no CPU copy into a staging buffer. A window
+/// spans about the staging size (`window_bytes`); the next window is registered while
+/// the two before it copy. This process never reads the
+/// map, so a file truncated meanwhile makes registration fail (an error), never
+/// SIGBUS; a change during the load is caught by the size and mtime check at the end
+/// of each file, as on the other paths.
+///
+/// Reads are taken in file order; two reads may share a page (a converted tensor
+/// next to raw ones), so each page is registered once, by the first window that
+/// needs it, and unregistered only after the last window that read it has copied.
+fn load_registered(
+    sink: &CudaSink<'_>,
+    plan: &Plan,
+    window_bytes: u64,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+) -> Result<Registration> {
+    let mut stats = IoStats::default();
+    let total: u64 = plan
+        .files
+        .iter()
+        .flat_map(|f| &f.reads)
+        .map(|r| r.required)
+        .sum();
+    let scratch = sink.slots.first().and_then(|s| s.scratch.as_ref());
+    let mut done = 0u64;
+    let mut first = true;
+    let report = |done: u64| {
+        if let Some(p) = progress {
+            p(done, total);
+        }
+    };
+    for (fi, fp) in plan.files.iter().enumerate() {
+        let mut ops: Vec<&ReadOp> = fp.reads.iter().filter(|op| op.required > 0).collect();
+        if ops.is_empty() {
+            continue;
+        }
+        ops.sort_by_key(|op| op.offset);
+        let open = io::open_checked(&fp.path, false, fp.file_len)?;
+        // SAFETY: a read-only shared map that this process never reads through: only
+        // the driver pins its pages and the copy engine reads them (see above).
+        let map = unsafe { memmap2::Mmap::map(open.file()) }
+            .map_err(|e| Error::io(&fp.path, "mmap", e))?;
+        let base = map.as_ptr() as u64;
+        let pages_end = (map.len() as u64).next_multiple_of(4096);
+        let mut regs = Registered {
+            stream: sink.stream,
+            regs: Default::default(),
+            events: Default::default(),
+        };
+        // File offset up to which pages are registered (or were, and are done with).
+        let mut registered_to = 0u64;
+        let mut i = 0;
+        let mut w = 0usize;
+        while i < ops.len() {
+            if cancel.is_some_and(CancelToken::is_cancelled) {
+                return Err(Error::Cancelled);
+            }
+            // Reads i..j span at most `window_bytes` of the file (at least one read).
+            let lo = ops.get(i).map(|op| op.offset).unwrap_or(0);
+            let (mut hi, mut j) = (0u64, i);
+            while let Some(op) = ops.get(j) {
+                let end = op.offset + op.required;
+                if j > i && end.max(hi) - lo > window_bytes {
+                    break;
+                }
+                hi = hi.max(end);
+                j += 1;
+            }
+            let window = ops.get(i..j).ok_or_else(|| internal("window"))?;
+            i = j;
+            // Registrations that end before this window starts are read by no later
+            // window; unregister those the window before last was the last to read
+            // (waiting on older windows only, so registering overlaps copying).
+            while regs
+                .regs
+                .front()
+                .is_some_and(|r| r.end <= lo && r.last_use + 2 <= w)
+            {
+                done += regs.retire_oldest()?;
+                report(done);
+            }
+            let start = (lo & !4095).max(registered_to);
+            let end = hi.next_multiple_of(4096).min(pages_end);
+            if end > start {
+                let ptr = (base + start) as *mut c_void;
+                let len = (end - start) as usize;
+                // SAFETY: [start, end) lies inside the live map (whole pages, at most to
+                // the end of its last page) and is not registered yet (registrations only
+                // grow from `registered_to`); read-only registration never writes to it.
+                let reg = unsafe {
+                    sys::cuMemHostRegister_v2(ptr, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
+                }
+                .result();
+                if let Err(e) = reg {
+                    if first {
+                        return Ok(Registration::Refused(format!(
+                            "cuMemHostRegister (read-only) of {}: {e}",
+                            fp.path.display()
+                        )));
+                    }
+                    return Err(cuda_err(
+                        format_args!(
+                            "registering bytes {start}..{end} of {} (read-only)",
+                            fp.path.display()
+                        ),
+                        e,
+                    ));
+                }
+                first = false;
+                regs.regs.push_back(Reg {
+                    ptr,
+                    start,
+                    end,
+                    last_use: w,
+                });
+                registered_to = end;
+            }
+            let mut bytes = 0;
+            for &op in window {
+                let (s, e) = (op.offset, op.offset + op.required);
+                // Every page the copy reads must be registered: by this window or an
+                // earlier one still alive.
+                let covered =
+                    regs.regs.front().is_some_and(|r| r.start <= s & !4095) && e <= registered_to;
+                if !covered {
+                    return Err(internal("a read outside the registered pages"));
+                }
+                for r in regs.regs.iter_mut().rev() {
+                    if r.end <= s {
+                        break;
+                    }
+                    if r.start < e {
+                        r.last_use = w;
+                    }
+                }
+                sink.consume(fi, op, (base + op.offset) as *const u8, scratch)?;
+                stats.requests += 1;
+                stats.bytes_read += op.required;
+                bytes += op.required;
+            }
+            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map_err(|e| cuda_err("cuEventCreate", e))?;
+            regs.events.push_back(WindowEvent {
+                window: w,
+                event,
+                bytes,
+            });
+            // SAFETY: event and stream are live; the event marks this window's copies.
+            unsafe { result::event::record(event, sink.stream) }
+                .map_err(|e| cuda_err("cuEventRecord", e))?;
+            w += 1;
+        }
+        while !regs.regs.is_empty() {
+            done += regs.retire_oldest()?;
+            report(done);
+        }
+        done += regs.wait_window(usize::MAX)?;
+        report(done);
+        drop(regs);
+        drop(map);
+        io::close_checked(&fp.path, open)?;
+    }
+    Ok(Registration::Done(stats))
+}
+
+/// Loads `plan` onto device `ordinal`. Also returns, when the path that ran is not
+/// the one `choice` names, its name and why.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     loader: &crate::loader::Loader,
@@ -537,9 +838,30 @@ pub(crate) fn load(
     per_tensor: bool,
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
-) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
+) -> Result<crate::loader::Loaded> {
     let ctx = Context::new(ordinal)?;
     let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
+    let mut path = None;
+    if choice.engine == io::EngineKind::Mmap {
+        let window = (slots.max(1) as u64).saturating_mul(slot_len);
+        let why = match registration_refused(&ctx) {
+            Some(why) => why,
+            None => match load_registered(&sink, plan, window, cancel, progress)? {
+                Registration::Done(stats) => {
+                    sink.synchronize()?;
+                    let tensors = tensors_of(plan, &sink)?;
+                    let how = "copies straight from the page cache, registered read-only";
+                    return Ok((tensors, stats, Some(("mmap+registered", how.into()))));
+                }
+                Registration::Refused(why) => why,
+            },
+        };
+        tracing::debug!("registered page cache refused ({why}): copying through pinned slots");
+        path = Some((
+            "mmap",
+            format!("page-cache registration refused ({why}): copied through pinned slots"),
+        ));
+    }
     let stats = {
         let fixed = sink.fixed_buffers();
         let mut engine = loader.engine(io::new_engine(
@@ -558,6 +880,11 @@ pub(crate) fn load(
         )?
     };
     sink.synchronize()?;
+    Ok((tensors_of(plan, &sink)?, stats, path))
+}
+
+/// The loaded tensors, as views of the sink's device buffers.
+fn tensors_of(plan: &Plan, sink: &CudaSink<'_>) -> Result<BTreeMap<String, Tensor>> {
     let mut tensors = BTreeMap::new();
     for (i, f) in plan.files.iter().enumerate() {
         for (k, t) in f.tensors.iter().enumerate() {
@@ -594,5 +921,5 @@ pub(crate) fn load(
             );
         }
     }
-    Ok((tensors, stats))
+    Ok(tensors)
 }

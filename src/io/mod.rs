@@ -48,6 +48,12 @@ pub enum IoBackend {
     Pread,
     /// Copy from a memory map of each file. A file truncated by another process while
     /// it is mapped kills the process with SIGBUS: use only on files you control.
+    ///
+    /// On a CUDA device (feature `cuda`) the map is instead registered with the driver,
+    /// read-only, window by window, and copied to the device straight from the page
+    /// cache with no CPU copy (the process never reads the map, so no SIGBUS there);
+    /// where the device or driver refuses read-only registration it copies through the
+    /// pinned slots and the file report says why.
     Mmap,
 }
 
@@ -431,10 +437,19 @@ pub struct IoStats {
     pub resubmitted: u64,
 }
 
-struct OpenFile {
+/// A file opened for a load, with the size and mtime it had then.
+pub(crate) struct OpenFile {
     file: File,
     len: u64,
     mtime: Option<SystemTime>,
+}
+
+impl OpenFile {
+    /// The open file.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 struct InFlight {
@@ -669,7 +684,9 @@ fn internal(what: &str) -> Error {
     Error::InvalidArgument(format!("internal error in the I/O engine: {what}"))
 }
 
-fn open_checked(path: &Path, direct: bool, expected_len: u64) -> Result<OpenFile> {
+/// Opens `path` (with O_DIRECT when `direct`), checking it still has the length its
+/// header was validated with.
+pub(crate) fn open_checked(path: &Path, direct: bool, expected_len: u64) -> Result<OpenFile> {
     let file = open_file(path, direct).map_err(|e| Error::io(path, "open", e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
     if meta.len() != expected_len {
@@ -688,7 +705,8 @@ fn open_checked(path: &Path, direct: bool, expected_len: u64) -> Result<OpenFile
     })
 }
 
-fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
+/// Checks that `o` kept its size and mtime during the load.
+pub(crate) fn close_checked(path: &Path, o: OpenFile) -> Result<()> {
     let meta = o.file.metadata().map_err(|e| Error::io(path, "stat", e))?;
     if meta.len() != o.len {
         return Err(Error::changed(
