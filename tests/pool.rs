@@ -178,3 +178,48 @@ fn a_failed_load_returns_its_buffer_and_the_next_load_is_right() {
     let m = loader.load_checkpoint(&ckpt).unwrap();
     check_against_reference(&m, &a, "after a failed load");
 }
+
+#[test]
+fn a_reused_converted_area_holds_what_a_fresh_one_would() {
+    let dir = disk_tempdir();
+    let write_conv = |path: &Path, seed: u64, first: u64| {
+        let mut r = rng(seed);
+        let tensors = vec![
+            Spec::random("c.0", Dtype::BF16, &[first], &mut r),
+            Spec::random("c.1", Dtype::F16, &[3], &mut r),
+            Spec::random("c.2", Dtype::BF16, &[300_000], &mut r),
+        ];
+        write_file(path, &tensors, 0);
+    };
+    // `a`'s first tensor runs further than `b`'s, over `b`'s alignment gap.
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    write_conv(&a, 5, 700_100);
+    write_conv(&b, 6, 700_001);
+    let (ckpt_a, ckpt_b) = (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap());
+    let to_f32 = Loader::new().dtype(Some(Dtype::F32));
+    let fresh = to_f32.load_checkpoint(&ckpt_b).unwrap();
+    let fresh_bytes = raw_buffer(&fresh);
+    drop(fresh);
+
+    let pool = HostPool::new(1 << 30);
+    let loader = to_f32.clone().host_pool(pool.clone());
+    let model_a = loader.load_checkpoint(&ckpt_a).unwrap();
+    let a_bytes = raw_buffer(&model_a);
+    let a_addr = buffer_addr(&model_a);
+    drop(model_a);
+    let stale = (0..fresh_bytes.len())
+        .filter(|&i| fresh_bytes[i] == 0 && a_bytes.get(i).is_some_and(|&x| x != 0))
+        .count();
+    assert!(stale > 0, "no stale bytes to check");
+
+    let model_b = loader.load_checkpoint(&ckpt_b).unwrap();
+    assert_eq!(buffer_addr(&model_b), a_addr, "converted area not reused");
+    for t in model_b.tensors() {
+        assert_eq!(t.dtype, Dtype::F32, "{}", t.name);
+    }
+    let b_bytes = raw_buffer(&model_b);
+    assert_eq!(b_bytes.len(), fresh_bytes.len());
+    let first_diff = b_bytes.iter().zip(&fresh_bytes).position(|(x, y)| x != y);
+    assert_eq!(first_diff, None, "reused converted area differs from fresh");
+}

@@ -79,7 +79,7 @@ impl Drop for Region {
 /// Freshly allocated memory costs a page fault and a zeroed page for every 4 KiB on
 /// its first write, and that, not the copy, is most of the time of a load from the
 /// page cache (BENCHMARKS.md). With a pool given to [`crate::Loader::host_pool`], the
-/// file buffers of a dropped [`crate::Model`] are kept here, already backed, and the
+/// file buffers (raw and converted) of a dropped [`crate::Model`] are kept here, already backed, and the
 /// next load of a file of the same size or a little smaller reads straight into one.
 /// The bytes of a reused buffer that no tensor covers are zeroed again, so a buffer
 /// never shows what it held before. Idle memory counts in the process's RSS: the
@@ -322,6 +322,8 @@ pub(crate) struct HostSink<'p> {
     pub raw: Vec<HostBuf>,
     /// Per raw buffer: freshly mapped (rather than reused from a pool).
     raw_fresh: Vec<bool>,
+    /// Per converted area: freshly mapped.
+    converted_fresh: Vec<bool>,
     pub converted: Vec<HostBuf>,
     slots: Vec<HostBuf>,
     free: Vec<usize>,
@@ -341,13 +343,16 @@ impl<'p> HostSink<'p> {
     ) -> Result<Self> {
         let mut raw = Vec::with_capacity(plan.files.len());
         let mut raw_fresh = Vec::with_capacity(plan.files.len());
+        let mut converted_fresh = Vec::with_capacity(plan.files.len());
         let mut converted = Vec::with_capacity(plan.files.len());
         let mut any_convert = false;
         for f in &plan.files {
             let (buf, fresh) = HostBuf::for_load(to_usize(f.raw_len)?, pool)?;
             raw.push(buf);
             raw_fresh.push(fresh);
-            converted.push(HostBuf::zeroed(to_usize(f.converted_len)?)?);
+            let (buf, fresh) = HostBuf::for_load(to_usize(f.converted_len)?, pool)?;
+            converted.push(buf);
+            converted_fresh.push(fresh);
             any_convert |= f.converted_len > 0;
         }
         let n = if any_convert { slots.max(1) } else { 0 };
@@ -358,6 +363,7 @@ impl<'p> HostSink<'p> {
             plan,
             raw,
             raw_fresh,
+            converted_fresh,
             converted,
             free: (0..slots.len()).collect(),
             slots,
@@ -367,36 +373,45 @@ impl<'p> HostSink<'p> {
 }
 
 impl HostSink<'_> {
-    /// After a successful load: zeroes the bytes of reused raw buffers that no read
-    /// wrote (gaps between ranges, alignment slack past the end of a file), so that
-    /// nothing of a buffer's previous contents stays visible.
+    /// After a successful load: zeroes the bytes of reused buffers that nothing
+    /// wrote (gaps between read ranges or converted tensors, alignment slack past the
+    /// end of a file), so that nothing of a buffer's previous contents stays visible.
     pub fn zero_unwritten(&mut self) -> Result<()> {
         for (i, f) in self.plan.files.iter().enumerate() {
-            if self.raw_fresh.get(i).copied().unwrap_or(true) {
-                continue;
-            }
-            let mut written: Vec<(u64, u64)> = f
-                .reads
-                .iter()
-                .filter_map(|op| match op.target {
+            if !self.raw_fresh.get(i).copied().unwrap_or(true) {
+                let written = f.reads.iter().filter_map(|op| match op.target {
                     Target::Raw { dest } => Some((dest, dest.saturating_add(op.required))),
                     Target::Convert { .. } => None,
-                })
-                .collect();
-            written.sort_unstable();
-            let buf = self.raw.get_mut(i).ok_or_else(|| bad("file"))?;
-            let bytes = buf.as_mut_slice();
-            let mut at = 0usize;
-            for (start, end) in written.into_iter().chain([(f.raw_len, f.raw_len)]) {
-                let (start, end) = (to_usize(start)?, to_usize(end)?);
-                if let Some(gap) = bytes.get_mut(at..start) {
-                    gap.fill(0);
-                }
-                at = at.max(end);
+                });
+                let buf = self.raw.get_mut(i).ok_or_else(|| bad("file"))?;
+                zero_outside(buf.as_mut_slice(), written.collect())?;
+            }
+            if !self.converted_fresh.get(i).copied().unwrap_or(true) {
+                let written = f.tensors.iter().filter_map(|t| match t.place {
+                    Place::Converted(base) => Some((base, base.saturating_add(t.len))),
+                    Place::Raw(_) => None,
+                });
+                let buf = self.converted.get_mut(i).ok_or_else(|| bad("file"))?;
+                zero_outside(buf.as_mut_slice(), written.collect())?;
             }
         }
         Ok(())
     }
+}
+
+/// Zeroes the bytes of `bytes` outside the `written` ranges.
+fn zero_outside(bytes: &mut [u8], mut written: Vec<(u64, u64)>) -> Result<()> {
+    written.sort_unstable();
+    let len = bytes.len() as u64;
+    let mut at = 0usize;
+    for (start, end) in written.into_iter().chain([(len, len)]) {
+        let (start, end) = (to_usize(start.min(len))?, to_usize(end.min(len))?);
+        if let Some(gap) = bytes.get_mut(at..start) {
+            gap.fill(0);
+        }
+        at = at.max(end);
+    }
+    Ok(())
 }
 
 pub(crate) fn to_usize(x: u64) -> Result<usize> {
