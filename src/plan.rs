@@ -177,6 +177,15 @@ impl Plan {
     pub fn tensor_count(&self) -> usize {
         self.files.iter().map(|f| f.tensors.len()).sum()
     }
+
+    /// Bytes every read must deliver, all files together (what progress counts to).
+    pub fn required_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.reads)
+            .map(|r| r.required)
+            .sum()
+    }
 }
 
 /// Whole-name glob match: `*` matches any run of characters (dots included), `?` one

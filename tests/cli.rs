@@ -663,21 +663,22 @@ fn cuda_without_the_feature_or_a_device_is_an_error_not_a_panic() {
     }
 }
 
+/// `bench` on an 8 MB synthetic checkpoint written under `dir`, warm only.
+fn bench_tiny(dir: &Path, runs: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<&OsStr> = ["bench", "--size", "8M", "--warm", "--runs", runs]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(OsStr::new)
+        .collect();
+    args.push(OsStr::new("--dir"));
+    args.push(dir.as_os_str());
+    run(args)
+}
+
 #[test]
 fn bench_tiny_warm_pread() {
     let dir = disk_tempdir();
-    let o = run([
-        OsStr::new("bench"),
-        OsStr::new("--size"),
-        OsStr::new("8M"),
-        OsStr::new("--runs"),
-        OsStr::new("1"),
-        OsStr::new("--warm"),
-        OsStr::new("--backends"),
-        OsStr::new("pread"),
-        OsStr::new("--dir"),
-        dir.path().as_os_str(),
-    ]);
+    let o = bench_tiny(dir.path(), "1", &["--backends", "pread"]);
     assert_code(&o, 0, "bench");
     let out = stdout(&o);
     let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("warm")).collect();
@@ -704,20 +705,11 @@ fn bench_tiny_warm_pread() {
 #[test]
 fn bench_reusing_memory_says_so_in_json() {
     let dir = disk_tempdir();
-    let o = run([
-        OsStr::new("bench"),
-        OsStr::new("--size"),
-        OsStr::new("8M"),
-        OsStr::new("--runs"),
-        OsStr::new("2"),
-        OsStr::new("--warm"),
-        OsStr::new("--backends"),
-        OsStr::new("pread,mmap"),
-        OsStr::new("--reuse-memory"),
-        OsStr::new("--json"),
-        OsStr::new("--dir"),
-        dir.path().as_os_str(),
-    ]);
+    let o = bench_tiny(
+        dir.path(),
+        "2",
+        &["--backends", "pread,mmap", "--reuse-memory", "--json"],
+    );
     assert_code(&o, 0, "bench --reuse-memory");
     let out = stdout(&o);
     let rows: Vec<serde_json::Value> = out

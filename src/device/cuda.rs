@@ -676,12 +676,7 @@ fn load_registered(
     progress: Option<&Progress>,
 ) -> Result<Registration> {
     let mut stats = IoStats::default();
-    let total: u64 = plan
-        .files
-        .iter()
-        .flat_map(|f| &f.reads)
-        .map(|r| r.required)
-        .sum();
+    let total = plan.required_bytes();
     let scratch = sink.slots.first().and_then(|s| s.scratch.as_ref());
     let mut done = 0u64;
     let mut first = true;

@@ -506,12 +506,7 @@ fn run(
         .enumerate()
         .flat_map(|(f, fp)| (0..fp.reads.len()).map(move |r| (f, r)))
         .collect();
-    let total: u64 = plan
-        .files
-        .iter()
-        .flat_map(|f| &f.reads)
-        .map(|r| r.required)
-        .sum();
+    let total = plan.required_bytes();
     let mut remaining: Vec<usize> = plan.files.iter().map(|f| f.reads.len()).collect();
     let mut open: Vec<Option<OpenFile>> = plan.files.iter().map(|_| None).collect();
     let mut inflight: HashMap<usize, InFlight> = HashMap::with_capacity(depth);
