@@ -11,7 +11,7 @@
 #   venv/                         Python with safetensors==0.8.*, numpy, matplotlib
 #   peers-target/                 build of bench/cpu/peers (Rust safetensors 0.8, candle)
 #   cpu-env.json                  machine and versions
-#   cpu-touch.json                first-touch rate of fresh memory (huge pages, 4 KiB)
+#   cpu-touch.json                first-touch rate of fresh memory (huge pages, 4 KiB, populate)
 #   cpu-results.jsonl             one JSON line per run (schema shared with bench/gpu/)
 #   cpu-summary.json, cpu-table.md  medians and ratios; the table is printed too
 # and draws bench/cpu-chart.png.

@@ -182,7 +182,11 @@ def main():
                          f"{tj['bytes'] / 1e9:.1f} GB, median of {len(tj['thp_gbps'])}): "
                          f"transparent huge pages {tj['thp_median_gbps']:.2f} GB/s, 4 KiB pages "
                          f"{tj['4k_median_gbps']:.2f} GB/s; huge pages again at once (memory still "
-                         f"backed) {tj['thp_hot_median_gbps']:.2f} GB/s.")
+                         f"backed) {tj['thp_hot_median_gbps']:.2f} GB/s."
+                         + (f" Backing it in the kernel (MADV_POPULATE_WRITE), the ceiling for any loader "
+                            f"that returns new memory: {tj['populate1_median_gbps']:.2f} GB/s on one thread, "
+                            f"{tj['populate2_median_gbps']:.2f} GB/s on two."
+                            if tj.get("populate2_median_gbps") else ""))
             parts.append("")
         except OSError:
             pass
