@@ -1,7 +1,8 @@
 //! The I/O engine: moves planned byte ranges from files into memory handed out by a
-//! [`Sink`], with a bounded number of reads in flight, whatever the model size.
+//! sink (`Sink`, crate-internal), with a bounded number of reads in flight, whatever
+//! the model size.
 //!
-//! Backends behind one [`Engine`] interface: io_uring (O_DIRECT or buffered, per
+//! Backends behind one `Engine` interface: io_uring (O_DIRECT or buffered, per
 //! file), a pread thread pool (portable, always built) and mmap. `auto` chooses per
 //! file and falls back when the kernel refuses io_uring or O_DIRECT.
 
