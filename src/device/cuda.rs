@@ -15,6 +15,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys};
 
 use crate::convert;
+use crate::device::regplan;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
@@ -572,16 +573,6 @@ fn registration_refused(ctx: &Context) -> Option<String> {
     None
 }
 
-/// A page range of a file map registered with the driver.
-struct Reg {
-    ptr: *mut c_void,
-    /// File offsets [start, end), whole pages.
-    start: u64,
-    end: u64,
-    /// The last window whose copies read from it.
-    last_use: usize,
-}
-
 /// The event recorded after a window's copies, and the bytes those copies moved.
 struct WindowEvent {
     window: usize,
@@ -590,10 +581,12 @@ struct WindowEvent {
 }
 
 /// The registrations and window events of one file. Dropping it waits for the stream
-/// and unregisters everything, so no copy reads memory that is no longer registered.
+/// and gives back every registration still held, so no copy reads memory that is no
+/// longer registered.
 struct Registered {
     stream: sys::CUstream,
-    regs: std::collections::VecDeque<Reg>,
+    /// Per registration of the file's schedule: its address while registered.
+    held: Vec<Option<*mut c_void>>,
     events: std::collections::VecDeque<WindowEvent>,
 }
 
@@ -616,17 +609,14 @@ impl Registered {
         Ok(bytes)
     }
 
-    /// Unregisters the oldest registration once the copies that read it are done;
-    /// returns the bytes of the windows waited for.
-    fn retire_oldest(&mut self) -> Result<u64> {
-        let Some(last_use) = self.regs.front().map(|r| r.last_use) else {
-            return Ok(0);
-        };
+    /// Gives back registration `r` once window `last_use`, the last to read it, has
+    /// copied; returns the bytes of the windows waited for.
+    fn give_back(&mut self, r: usize, last_use: usize) -> Result<u64> {
         let bytes = self.wait_window(last_use)?;
-        if let Some(r) = self.regs.pop_front() {
-            // SAFETY: every copy that reads this range was enqueued no later than
-            // window `last_use`, whose event has completed; registered once, unregistered once.
-            unsafe { sys::cuMemHostUnregister(r.ptr) }
+        if let Some(ptr) = self.held.get_mut(r).and_then(Option::take) {
+            // SAFETY: every copy that reads this range was enqueued no later than window
+            // `last_use`, whose event has completed; registered once, given back once.
+            unsafe { sys::cuMemHostUnregister(ptr) }
                 .result()
                 .map_err(|e| cuda_err("cuMemHostUnregister", e))?;
         }
@@ -638,9 +628,9 @@ impl Drop for Registered {
     fn drop(&mut self) {
         // SAFETY: the stream is live until the sink that owns it drops, after this.
         let _ = unsafe { result::stream::synchronize(self.stream) };
-        for r in self.regs.drain(..) {
+        for ptr in self.held.iter_mut().filter_map(Option::take) {
             // SAFETY: the stream has drained: nothing reads the range any more.
-            let _ = unsafe { sys::cuMemHostUnregister(r.ptr) };
+            let _ = unsafe { sys::cuMemHostUnregister(ptr) };
         }
         for e in self.events.drain(..) {
             // SAFETY: created in `load_registered`, destroyed once.
@@ -660,14 +650,11 @@ enum Registration {
 /// page-cache pages of a window of it (`cuMemHostRegister`, read-only) and the copies
 /// (and conversions) read them directly: no CPU copy into a staging buffer. A window
 /// spans about the staging size (`window_bytes`); the next window is registered while
-/// the two before it copy. This process never reads the
-/// map, so a file truncated meanwhile makes registration fail (an error), never
-/// SIGBUS; a change during the load is caught by the size and mtime check at the end
-/// of each file, as on the other paths.
-///
-/// Reads are taken in file order; two reads may share a page (a converted tensor
-/// next to raw ones), so each page is registered once, by the first window that
-/// needs it, and unregistered only after the last window that read it has copied.
+/// the two before it copy. Which pages to register before each window and when to give
+/// them back is planned by [`regplan::schedule`] (tested without a GPU); here it is
+/// carried out. This process never reads the map, so a file truncated meanwhile makes
+/// registration fail (an error), never SIGBUS; a change during the load is caught by
+/// the size and mtime check at the end of each file, as on the other paths.
 fn load_registered(
     sink: &CudaSink<'_>,
     plan: &Plan,
@@ -698,51 +685,33 @@ fn load_registered(
             .map_err(|e| Error::io(&fp.path, "mmap", e))?;
         let base = map.as_ptr() as u64;
         let pages_end = (map.len() as u64).next_multiple_of(4096);
-        let mut regs = Registered {
+        let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
+        let sched = regplan::schedule(&ranges, window_bytes, pages_end);
+        let mut held = Registered {
             stream: sink.stream,
-            regs: Default::default(),
+            held: vec![None; sched.regs.len()],
             events: Default::default(),
         };
-        // File offset up to which pages are registered (or were, and are done with).
-        let mut registered_to = 0u64;
-        let mut i = 0;
-        let mut w = 0usize;
-        while i < ops.len() {
+        let last_use = |r: usize| sched.regs.get(r).map_or(usize::MAX, |g| g.last_use);
+        for (w, step) in sched.steps.iter().enumerate() {
             if cancel.is_some_and(CancelToken::is_cancelled) {
                 return Err(Error::Cancelled);
             }
-            // Reads i..j span at most `window_bytes` of the file (at least one read).
-            let lo = ops.get(i).map(|op| op.offset).unwrap_or(0);
-            let (mut hi, mut j) = (0u64, i);
-            while let Some(op) = ops.get(j) {
-                let end = op.offset + op.required;
-                if j > i && end.max(hi) - lo > window_bytes {
-                    break;
-                }
-                hi = hi.max(end);
-                j += 1;
-            }
-            let window = ops.get(i..j).ok_or_else(|| internal("window"))?;
-            i = j;
-            // Registrations that end before this window starts are read by no later
-            // window; unregister those the window before last was the last to read
-            // (waiting on older windows only, so registering overlaps copying).
-            while regs
-                .regs
-                .front()
-                .is_some_and(|r| r.end <= lo && r.last_use + 2 <= w)
-            {
-                done += regs.retire_oldest()?;
+            for &r in &step.retire {
+                done += held.give_back(r, last_use(r))?;
                 report(done);
             }
-            let start = (lo & !4095).max(registered_to);
-            let end = hi.next_multiple_of(4096).min(pages_end);
-            if end > start {
-                let ptr = (base + start) as *mut c_void;
-                let len = (end - start) as usize;
+            if let Some(r) = step.register {
+                let g = sched.regs.get(r).ok_or_else(|| internal("registration"))?;
+                if g.end > pages_end || g.start >= g.end {
+                    return Err(internal("registration outside the map"));
+                }
+                let ptr = (base + g.start) as *mut c_void;
+                let len = (g.end - g.start) as usize;
                 // SAFETY: [start, end) lies inside the live map (whole pages, at most to
-                // the end of its last page) and is not registered yet (registrations only
-                // grow from `registered_to`); read-only registration never writes to it.
+                // the end of its last page, checked above) and no part of it is registered
+                // (the schedule registers each page once); read-only registration never
+                // writes to it.
                 let reg = unsafe {
                     sys::cuMemHostRegister_v2(ptr, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
                 }
@@ -756,39 +725,24 @@ fn load_registered(
                     }
                     return Err(cuda_err(
                         format_args!(
-                            "registering bytes {start}..{end} of {} (read-only)",
+                            "registering bytes {}..{} of {} (read-only)",
+                            g.start,
+                            g.end,
                             fp.path.display()
                         ),
                         e,
                     ));
                 }
                 first = false;
-                regs.regs.push_back(Reg {
-                    ptr,
-                    start,
-                    end,
-                    last_use: w,
-                });
-                registered_to = end;
+                if let Some(slot) = held.held.get_mut(r) {
+                    *slot = Some(ptr);
+                }
             }
+            let window = ops
+                .get(step.reads.clone())
+                .ok_or_else(|| internal("window"))?;
             let mut bytes = 0;
             for &op in window {
-                let (s, e) = (op.offset, op.offset + op.required);
-                // Every page the copy reads must be registered: by this window or an
-                // earlier one still alive.
-                let covered =
-                    regs.regs.front().is_some_and(|r| r.start <= s & !4095) && e <= registered_to;
-                if !covered {
-                    return Err(internal("a read outside the registered pages"));
-                }
-                for r in regs.regs.iter_mut().rev() {
-                    if r.end <= s {
-                        break;
-                    }
-                    if r.start < e {
-                        r.last_use = w;
-                    }
-                }
                 sink.consume(fi, op, (base + op.offset) as *const u8, scratch)?;
                 stats.requests += 1;
                 stats.bytes_read += op.required;
@@ -796,7 +750,7 @@ fn load_registered(
             }
             let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                 .map_err(|e| cuda_err("cuEventCreate", e))?;
-            regs.events.push_back(WindowEvent {
+            held.events.push_back(WindowEvent {
                 window: w,
                 event,
                 bytes,
@@ -804,15 +758,14 @@ fn load_registered(
             // SAFETY: event and stream are live; the event marks this window's copies.
             unsafe { result::event::record(event, sink.stream) }
                 .map_err(|e| cuda_err("cuEventRecord", e))?;
-            w += 1;
         }
-        while !regs.regs.is_empty() {
-            done += regs.retire_oldest()?;
+        for &r in &sched.retire_at_end {
+            done += held.give_back(r, last_use(r))?;
             report(done);
         }
-        done += regs.wait_window(usize::MAX)?;
+        done += held.wait_window(usize::MAX)?;
         report(done);
-        drop(regs);
+        drop(held);
         drop(map);
         io::close_checked(&fp.path, open)?;
     }

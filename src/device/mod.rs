@@ -8,6 +8,8 @@ pub use host::{host_memory, reset_host_peak, HostBuf, HostPool};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(any(feature = "cuda", test))]
+pub(crate) mod regplan;
 
 /// The target of a load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
