@@ -277,6 +277,19 @@ fn conversion_with_4k_chunks_and_straddling_elements() {
     }
 }
 
+/// A fixture of one file `name` in `dir` holding `tensors`, with `extra` header padding.
+fn one_file(dir: tempfile::TempDir, name: &str, tensors: &[Spec], extra: usize) -> Fixture {
+    let p = dir.path().join(name);
+    write_file(&p, tensors, extra);
+    let expected = reference_files([&p]);
+    Fixture {
+        _dir: dir,
+        path: p.clone(),
+        files: vec![p],
+        expected,
+    }
+}
+
 /// The checkpoint of the `only` tests: large tensors around small ones.
 fn big_and_small() -> Fixture {
     let dir = disk_tempdir();
@@ -289,15 +302,7 @@ fn big_and_small() -> Fixture {
         Spec::random("big.2", Dtype::U8, &[3 << 20], &mut r),
         Spec::random("mid.x", Dtype::F16, &[7, 9], &mut r),
     ];
-    let p = dir.path().join("model.safetensors");
-    write_file(&p, &tensors, 123);
-    let expected = reference_files([&p]);
-    Fixture {
-        _dir: dir,
-        path: p.clone(),
-        files: vec![p],
-        expected,
-    }
+    one_file(dir, "model.safetensors", &tensors, 123)
 }
 
 /// (b) `only` loads exactly the matching tensors, and reads little more than them.
@@ -537,15 +542,7 @@ fn digest_fixture() -> Fixture {
         Spec::random("empty", Dtype::F32, &[0, 5], &mut r),
         Spec::random("half", Dtype::F16, &[9], &mut r),
     ];
-    let p = dir.path().join("m.safetensors");
-    write_file(&p, &tensors, 3);
-    let expected = reference_files([&p]);
-    Fixture {
-        _dir: dir,
-        path: p.clone(),
-        files: vec![p],
-        expected,
-    }
+    one_file(dir, "m.safetensors", &tensors, 3)
 }
 
 /// (g) Digest lines: one per tensor, sorted by name, with the SHA-256 of the

@@ -19,6 +19,17 @@ fn checkpoint(file: &[u8]) -> Checkpoint {
     }
 }
 
+/// A file holding one F32 tensor `w` of three values.
+fn three_f32s() -> Vec<u8> {
+    let data: Vec<u8> = [1.5f32, -2.0, 3.25]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &data)
+        .expect("a valid view");
+    safetensors::serialize([("w", view)], None).expect("serialize")
+}
+
 /// fuzz target `index`, crash-4ec5d7683245db53fec6e3280a4f665bd309db07:
 /// `Path::components` drops a trailing `/` (and a trailing `/.`), so a one-component
 /// check accepts `model.safetensors/` as a plain file name.
@@ -43,14 +54,7 @@ fn index_rejects_file_names_with_a_trailing_slash() {
 /// overflow checks on).
 #[test]
 fn plan_with_alignment_of_2_pow_63_and_conversion_does_not_overflow() {
-    let data: Vec<u8> = [1.5f32, -2.0, 3.25]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &data)
-        .expect("a valid view");
-    let file = safetensors::serialize([("w", view)], None).expect("serialize");
-    let ckpt = checkpoint(&file);
+    let ckpt = checkpoint(&three_f32s());
     for align in [1u64 << 63, u64::MAX] {
         let opts = PlanOptions {
             chunk_size: align,
@@ -112,14 +116,7 @@ fn plan_places_converted_tensors_at_tensor_align_or_refuses() {
 /// `slot_len()` of 3 that the staging slots are sized by.
 #[test]
 fn plan_conversion_reads_fit_a_staging_slot_when_the_chunk_is_smaller_than_an_element() {
-    let data: Vec<u8> = [1.5f32, -2.0, 3.25]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &data)
-        .expect("a valid view");
-    let file = safetensors::serialize([("w", view)], None).expect("serialize");
-    let ckpt = checkpoint(&file);
+    let ckpt = checkpoint(&three_f32s());
     for chunk_size in [1, 2, 3] {
         let opts = PlanOptions {
             chunk_size,

@@ -131,17 +131,21 @@ pub fn random_dtype(rng: &mut StdRng) -> Dtype {
     Dtype::ALL[rng.gen_range(0..Dtype::ALL.len())]
 }
 
-/// The file bytes the reference crate writes for these tensors.
-pub fn serialize(tensors: &[Spec], metadata: Option<HashMap<String, String>>) -> Vec<u8> {
-    let views: Vec<(String, TensorView<'_>)> = tensors
+/// The tensors as the reference crate's views.
+fn views(tensors: &[Spec]) -> Vec<(String, TensorView<'_>)> {
+    tensors
         .iter()
         .map(|t| {
             let shape = t.shape.iter().map(|&d| d as usize).collect();
             let v = TensorView::new(to_ref(t.dtype), shape, &t.data).expect("valid view");
             (t.name.clone(), v)
         })
-        .collect();
-    safetensors::serialize(views, metadata).expect("reference serializes")
+        .collect()
+}
+
+/// The file bytes the reference crate writes for these tensors.
+pub fn serialize(tensors: &[Spec], metadata: Option<HashMap<String, String>>) -> Vec<u8> {
+    safetensors::serialize(views(tensors), metadata).expect("reference serializes")
 }
 
 /// Adds `extra` spaces of padding to the end of the header (and fixes its length),
@@ -167,15 +171,7 @@ pub fn write_file(path: &Path, tensors: &[Spec], extra: usize) -> Vec<u8> {
 
 /// Writes with `safetensors::serialize_to_file` (no extra padding).
 pub fn write_file_ref(path: &Path, tensors: &[Spec], metadata: Option<HashMap<String, String>>) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|t| {
-            let shape = t.shape.iter().map(|&d| d as usize).collect();
-            let v = TensorView::new(to_ref(t.dtype), shape, &t.data).expect("valid view");
-            (t.name.clone(), v)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, metadata, path).expect("reference writes");
+    safetensors::serialize_to_file(views(tensors), metadata, path).expect("reference writes");
 }
 
 /// A tensor as the reference crate reads it.
