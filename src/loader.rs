@@ -224,21 +224,23 @@ impl Loader {
             .files
             .iter()
             .enumerate()
-            .map(|(i, f)| match &path {
-                Some((name, why)) => FileReport {
+            .map(|(i, f)| {
+                let (io_path, reason) = match &path {
+                    Some((name, why)) => (*name, why.clone()),
+                    None => (
+                        choice.path_name(i),
+                        choice
+                            .files
+                            .get(i)
+                            .map(|m| m.reason.clone())
+                            .unwrap_or_default(),
+                    ),
+                };
+                FileReport {
                     path: f.path.clone(),
-                    io_path: name,
-                    reason: why.clone(),
-                },
-                None => FileReport {
-                    path: f.path.clone(),
-                    io_path: choice.path_name(i),
-                    reason: choice
-                        .files
-                        .get(i)
-                        .map(|m| m.reason.clone())
-                        .unwrap_or_default(),
-                },
+                    io_path,
+                    reason,
+                }
             })
             .collect();
         Ok(Model {

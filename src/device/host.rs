@@ -45,6 +45,15 @@ struct Region {
 unsafe impl Send for Region {}
 
 impl Region {
+    /// A fresh map of at least `len` bytes (whole pages); an error when memory runs out.
+    fn for_len(len: usize) -> Result<Region> {
+        let oom = || Error::InvalidArgument(format!("out of host memory allocating {len} bytes"));
+        let map_len = len
+            .checked_next_multiple_of(HostBuf::ALIGN)
+            .ok_or_else(oom)?;
+        Region::new(map_len).ok_or_else(oom)
+    }
+
     fn new(len: usize) -> Option<Region> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
         let base = unsafe {
@@ -209,9 +218,7 @@ impl HostBuf {
         }
         let oom = || Error::InvalidArgument(format!("out of host memory allocating {len} bytes"));
         if len >= MAP_MIN {
-            let map_len = len.checked_next_multiple_of(Self::ALIGN).ok_or_else(oom)?;
-            let region = Region::new(map_len).ok_or_else(oom)?;
-            return Ok(HostBuf::from_region(region, len, None));
+            return Ok(HostBuf::from_region(Region::for_len(len)?, len, None));
         }
         let layout = Layout::from_size_align(len, Self::ALIGN).map_err(|_| oom())?;
         // SAFETY: layout has a non-zero size.
@@ -232,14 +239,11 @@ impl HostBuf {
         let Some(pool) = pool.filter(|_| len >= MAP_MIN) else {
             return Ok((HostBuf::zeroed(len)?, true));
         };
-        if let Some(region) = pool.take(len) {
-            return Ok((HostBuf::from_region(region, len, Some(pool.clone())), false));
-        }
-        let mut buf = HostBuf::zeroed(len)?;
-        if let Alloc::Map { pool: p, .. } = &mut buf.alloc {
-            *p = Some(pool.clone());
-        }
-        Ok((buf, true))
+        let (region, fresh) = match pool.take(len) {
+            Some(region) => (region, false),
+            None => (Region::for_len(len)?, true),
+        };
+        Ok((HostBuf::from_region(region, len, Some(pool.clone())), fresh))
     }
 
     fn from_region(region: Region, len: usize, pool: Option<HostPool>) -> HostBuf {
