@@ -17,8 +17,14 @@ use crate::plan::{self, Place, Plan, PlanOptions};
 /// When a device load took another path than the I/O choice names: its name, and why.
 pub(crate) type PathOverride = (&'static str, String);
 
-/// What a device load hands back: tensors, engine figures, and the path override.
-pub(crate) type Loaded = (BTreeMap<String, Tensor>, IoStats, Option<PathOverride>);
+/// What a device load hands back: tensors, engine figures, the path override, and the
+/// time spent getting the device ready (retaining its context).
+pub(crate) type Loaded = (
+    BTreeMap<String, Tensor>,
+    IoStats,
+    Option<PathOverride>,
+    Duration,
+);
 
 /// Builds and runs loads. Cheap to clone; one `Loader` may run many loads, also from
 /// several threads at once (`Loader` is `Send + Sync`).
@@ -195,10 +201,10 @@ impl Loader {
         let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = io::choose(self.io, &paths)?;
         let slots = (self.staging_bytes / self.plan.chunk_size).max(1) as usize;
-        let (tensors, stats, path): Loaded = match self.device {
+        let (tensors, stats, path, device_init): Loaded = match self.device {
             Device::Cpu => {
                 let (t, s) = self.load_host(&plan, &choice, slots)?;
-                (t, s, None)
+                (t, s, None, Duration::ZERO)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => crate::device::cuda::load(
@@ -251,6 +257,7 @@ impl Loader {
                 read_bytes: stats.bytes_read,
                 requests: stats.requests,
                 elapsed: start.elapsed(),
+                device_init,
                 engine_reason: choice.engine_reason.clone(),
                 files,
             },
@@ -427,8 +434,12 @@ pub struct LoadStats {
     pub read_bytes: u64,
     /// Read requests issued.
     pub requests: u64,
-    /// Wall time of the load, planning and allocation included.
+    /// Wall time of the load, planning, allocation and `device_init` included.
     pub elapsed: Duration,
+    /// Part of `elapsed` spent getting the device ready: retaining the CUDA primary
+    /// context (creating it, when no one in the process holds it yet). Zero on the CPU.
+    /// A framework that already holds the context pays almost none of it.
+    pub device_init: Duration,
     /// Why the I/O engine was chosen.
     pub engine_reason: String,
     /// Per file, the path that read it.

@@ -441,6 +441,7 @@ fn load(
             "read_bytes": s.read_bytes,
             "seconds": s.elapsed.as_secs_f64(),
             "gbps": s.gbps(),
+            "device_init_seconds": s.device_init.as_secs_f64(),
             "device": opts.device.to_string(),
             "engine_reason": s.engine_reason,
             "files": paths,

@@ -484,6 +484,7 @@ def ts_load_json(bin_, path, device, io=None, dtype=None, timeout=120, extra=())
     out = {"rc": r["rc"], "timed_out": r["timed_out"], "wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"]}
     if j:
         out.update({"seconds": j.get("seconds"), "gbps": j.get("gbps"), "bytes": j.get("bytes"),
+                    "device_init_seconds": j.get("device_init_seconds"),
                     "output_bytes": j.get("output_bytes"),
                     "io": sorted({f.get("io") for f in j.get("files", [])}),
                     "io_reasons": sorted({f.get("reason") for f in j.get("files", []) if f.get("reason")}),
@@ -522,7 +523,8 @@ def timed_series(name, a, files, path, device, temp, io=None, runs=3, budget=Non
             log("    %-26s %s run %d: TIMED OUT after %ds; series stopped" % (name, temp, i, tmo))
             break
         log("    %-26s %s run %d: %s  (io %s; %s)" % (
-            name, temp, i, ("%.2f GB/s, %.3f s" % (r["gbps"], r["seconds"])) if r.get("gbps") else "FAILED: %s" % r.get("error"),
+            name, temp, i, ("%.2f GB/s, %.3f s (device init %.3f s)" % (r["gbps"], r["seconds"], r.get("device_init_seconds") or 0.0))
+            if r.get("gbps") else "FAILED: %s" % r.get("error"),
             ",".join(r.get("io", [])) or "-",
             ("cache: %s, resident after %s" % (pre.get("method"), fmt_frac(pre.get("resident_after"))))
             if temp == "cold" else "resident %s" % fmt_frac(pre.get("resident_before"))))

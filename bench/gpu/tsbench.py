@@ -546,6 +546,23 @@ def run_child(cmd, timeout, env=None, cwd=None):
         }
 
 
+def synth_checkpoint(bin_, root, size, shards, timeout):
+    """Writes (or reuses, when a finished one is there) the synthetic checkpoint
+    `root/synth-SIZE-SHARDS` with `tensorstream synth`; returns (path, error)."""
+    sdir = os.path.join(root, "synth-%s-%d" % (size, shards))
+    marker = os.path.join(sdir, ".complete")
+    if os.path.exists(marker):
+        return open(marker).read().strip(), None
+    shutil.rmtree(sdir, ignore_errors=True)
+    r = run_child([bin_, "synth", sdir, "--size", size, "--shards", str(shards)], timeout)
+    if r["rc"] != 0:
+        return None, tail(r["stderr"])
+    path = r["stdout"].strip().splitlines()[-1]
+    with open(marker, "w") as f:
+        f.write(path)
+    return path, None
+
+
 def last_json(text, prefix=None):
     """The last line of `text` that parses as a JSON object (after `prefix`)."""
     for line in reversed(text.splitlines()):

@@ -347,6 +347,21 @@ impl<'p> CudaSink<'p> {
             .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
     }
 
+    /// [`Self::htod`], split where a registration begins (`reg_starts`, sorted host
+    /// addresses; empty for pinned slots): a copy may not run from one registered
+    /// range into the next.
+    fn htod_split(&self, dst: u64, src: *const u8, len: usize, reg_starts: &[u64]) -> Result<()> {
+        if reg_starts.is_empty() {
+            return self.htod(dst, src, len);
+        }
+        for (at, n) in regplan::split_at_registrations(src as u64, len as u64, reg_starts) {
+            // SAFETY: at + n <= len: the pieces cover [src, src + len) exactly.
+            let part = unsafe { src.add(at as usize) };
+            self.htod(dst + at, part, n as usize)?;
+        }
+        Ok(())
+    }
+
     fn launch(&self, src: Dtype, dst: Dtype, input: u64, output: u64, n: u64) -> Result<()> {
         let func = *self
             .kernels
@@ -386,13 +401,20 @@ impl<'p> CudaSink<'p> {
 
     /// Copies the required bytes of raw read `op`, found at `src` in pinned or
     /// registered host memory, to their place on the device.
-    fn raw_copy(&self, file: usize, op: &ReadOp, dest: u64, src: *const u8) -> Result<()> {
+    fn raw_copy(
+        &self,
+        file: usize,
+        op: &ReadOp,
+        dest: u64,
+        src: *const u8,
+        reg_starts: &[u64],
+    ) -> Result<()> {
         let len = op.required as usize;
         if let Some(buf) = self.raw.get(file).and_then(Option::as_ref) {
             if dest + len as u64 > buf.len as u64 {
                 return Err(internal("copy past a device buffer"));
             }
-            return self.htod(buf.ptr + dest, src, len);
+            return self.htod_split(buf.ptr + dest, src, len, reg_starts);
         }
         // Per-tensor allocations: copy each tensor's part of this read to its buffer.
         let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
@@ -409,7 +431,7 @@ impl<'p> CudaSink<'p> {
             }
             // SAFETY: s - r0 < required, and `src` holds the read's required bytes.
             let part = unsafe { src.add((s - r0) as usize) };
-            self.htod(b.ptr + (s - t0), part, (e - s) as usize)?;
+            self.htod_split(b.ptr + (s - t0), part, (e - s) as usize, reg_starts)?;
         }
         Ok(())
     }
@@ -425,9 +447,10 @@ impl CudaSink<'_> {
         op: &ReadOp,
         src: *const u8,
         scratch: Option<&DeviceBuf>,
+        reg_starts: &[u64],
     ) -> Result<()> {
         match op.target {
-            Target::Raw { dest } => self.raw_copy(file, op, dest, src),
+            Target::Raw { dest } => self.raw_copy(file, op, dest, src, reg_starts),
             Target::Convert {
                 tensor,
                 first,
@@ -442,7 +465,7 @@ impl CudaSink<'_> {
                 }
                 // Shift so that the first element sits on a 16-byte boundary.
                 let pad = (16 - skip % 16) % 16;
-                self.htod(scratch.ptr + pad, src, op.required as usize)?;
+                self.htod_split(scratch.ptr + pad, src, op.required as usize, reg_starts)?;
                 let out_size = t.dtype.bits() / 8;
                 let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
                     (_, Some(Some(b))) => b.ptr + first * out_size,
@@ -498,7 +521,7 @@ impl Sink for CudaSink<'_> {
         let i = self.slot_of(buf.ptr)?;
         let slot = self.slots.get(i).ok_or_else(|| internal("slot"))?;
         let scratch = slot.scratch.as_ref();
-        self.consume(file, op, slot.host, scratch)?;
+        self.consume(file, op, slot.host, scratch, &[])?;
         // SAFETY: event and stream are live until Drop.
         unsafe { result::event::record(slot.event, self.stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))?;
@@ -687,6 +710,7 @@ fn load_registered(
         let pages_end = (map.len() as u64).next_multiple_of(4096);
         let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
         let sched = regplan::schedule(&ranges, window_bytes, pages_end);
+        let reg_starts: Vec<u64> = sched.regs.iter().map(|g| base + g.start).collect();
         let mut held = Registered {
             stream: sink.stream,
             held: vec![None; sched.regs.len()],
@@ -743,7 +767,13 @@ fn load_registered(
                 .ok_or_else(|| internal("window"))?;
             let mut bytes = 0;
             for &op in window {
-                sink.consume(fi, op, (base + op.offset) as *const u8, scratch)?;
+                sink.consume(
+                    fi,
+                    op,
+                    (base + op.offset) as *const u8,
+                    scratch,
+                    &reg_starts,
+                )?;
                 stats.requests += 1;
                 stats.bytes_read += op.required;
                 bytes += op.required;
@@ -787,8 +817,21 @@ pub(crate) fn load(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
+    let init_start = std::time::Instant::now();
     let ctx = Context::new(ordinal)?;
+    let init = init_start.elapsed();
     let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
+    let setup = init_start.elapsed();
+    let phases = |what: &str, copied: std::time::Duration, synced: std::time::Duration| {
+        tracing::debug!(
+            "cuda load phases ({what}): context {:.3} s, staging and device allocations {:.3} s, \
+             reads and copies enqueued {:.3} s, final synchronize {:.3} s",
+            init.as_secs_f64(),
+            (setup - init).as_secs_f64(),
+            (copied.saturating_sub(setup)).as_secs_f64(),
+            (synced.saturating_sub(copied)).as_secs_f64()
+        );
+    };
     let mut path = None;
     if choice.engine == io::EngineKind::Mmap {
         let window = (slots.max(1) as u64).saturating_mul(slot_len);
@@ -796,10 +839,12 @@ pub(crate) fn load(
             Some(why) => why,
             None => match load_registered(&sink, plan, window, cancel, progress)? {
                 Registration::Done(stats) => {
+                    let copied = init_start.elapsed();
                     sink.synchronize()?;
+                    phases("registered", copied, init_start.elapsed());
                     let tensors = tensors_of(plan, &sink)?;
                     let how = "copies straight from the page cache, registered read-only";
-                    return Ok((tensors, stats, Some(("mmap+registered", how.into()))));
+                    return Ok((tensors, stats, Some(("mmap+registered", how.into())), init));
                 }
                 Registration::Refused(why) => why,
             },
@@ -827,8 +872,10 @@ pub(crate) fn load(
             progress,
         )?
     };
+    let copied = init_start.elapsed();
     sink.synchronize()?;
-    Ok((tensors_of(plan, &sink)?, stats, path))
+    phases(choice.path_name(0), copied, init_start.elapsed());
+    Ok((tensors_of(plan, &sink)?, stats, path, init))
 }
 
 /// The loaded tensors, as views of the sink's device buffers.

@@ -114,6 +114,29 @@ pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) 
     out
 }
 
+/// Splits the host range `[start, start + len)` where a registration begins: the driver
+/// treats each registration as an allocation of its own and refuses a copy whose source
+/// runs from one into the next (`CUDA_ERROR_INVALID_VALUE`), even when both are
+/// registered and adjacent. `reg_starts` are the addresses where registrations begin,
+/// sorted. Returns (offset into the range, length) pieces covering it in order.
+pub(crate) fn split_at_registrations(start: u64, len: u64, reg_starts: &[u64]) -> Vec<(u64, u64)> {
+    let end = start.saturating_add(len);
+    let first = reg_starts.partition_point(|&b| b <= start);
+    let mut pieces = Vec::new();
+    let mut at = start;
+    for &b in reg_starts.get(first..).unwrap_or_default() {
+        if b >= end {
+            break;
+        }
+        pieces.push((at - start, b - at));
+        at = b;
+    }
+    if end > at || pieces.is_empty() {
+        pieces.push((at - start, end - at));
+    }
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +201,24 @@ mod tests {
                 }
             }
         }
+        // Each read, split where registrations begin, gives pieces that lie inside one
+        // registration each and cover the read exactly.
+        let starts: Vec<u64> = s.regs.iter().map(|r| r.start).collect();
+        for &(off, len) in reads {
+            let pieces = split_at_registrations(off, len, &starts);
+            let mut at = 0;
+            for &(p, l) in &pieces {
+                assert_eq!(p, at, "pieces of {off}+{len} not contiguous: {pieces:?}");
+                assert!(l > 0, "empty piece of {off}+{len}: {pieces:?}");
+                let (a, b) = (off + p, off + p + l);
+                assert!(
+                    s.regs.iter().any(|r| r.start <= a && b <= r.end),
+                    "piece {a}..{b} of read {off}+{len} spans registrations"
+                );
+                at += l;
+            }
+            assert_eq!(at, len);
+        }
         for &r in &s.retire_at_end {
             assert!(made[r].is_some() && gone[r].is_none());
             gone[r] = Some(usize::MAX);
@@ -215,6 +256,17 @@ mod tests {
         for window in [1, 4096, 8192, 20_000, 1 << 20] {
             check(&reads, window, 73_728);
         }
+    }
+
+    #[test]
+    fn copies_are_split_where_registrations_meet() {
+        assert_eq!(split_at_registrations(100, 50, &[]), vec![(0, 50)]);
+        assert_eq!(split_at_registrations(100, 50, &[100, 150]), vec![(0, 50)]);
+        assert_eq!(
+            split_at_registrations(100, 100, &[0, 120, 160, 400]),
+            vec![(0, 20), (20, 40), (60, 40)]
+        );
+        assert_eq!(split_at_registrations(100, 0, &[0]), vec![(0, 0)]);
     }
 
     #[test]
