@@ -88,8 +88,17 @@ int run(const char* input, const char* output, size_t src_skew, size_t dst_skew,
     Skewed src(in.size(), src_skew);
     if (!in.empty()) std::memcpy(src.data, in.data(), in.size());
     Skewed dst(n * Op::D, dst_skew);
-    for (tsconv::u64 tid = 0; tid < threads; ++tid)
-        tsconv::convert_range<Op>(src.data, dst.data, n, tid, threads);
+    // As the kernels do: 1-byte sources through a table of the op (filled by one
+    // simulated thread here, by the whole block in shared memory there).
+    if constexpr (Op::S == 1) {
+        tsconv::u32 table[256];
+        tsconv::fill_table<Op>(table, 0u, 1u);
+        for (tsconv::u64 tid = 0; tid < threads; ++tid)
+            tsconv::convert_range<Op>(src.data, dst.data, n, tid, threads, tsconv::Table{table});
+    } else {
+        for (tsconv::u64 tid = 0; tid < threads; ++tid)
+            tsconv::convert_range<Op>(src.data, dst.data, n, tid, threads, tsconv::Direct<Op>{});
+    }
     const tsconv::Split sp = tsconv::split_range<Op::S, Op::D>(src.data, dst.data, n);
     std::printf("vector_elements=%llu\n", sp.groups * tsconv::GROUP);
     if (!dst.guards_intact()) {
