@@ -11,7 +11,8 @@
 #   tests/<kind>-<name>   every test executable cargo reported
 #   gpu-check.sh          scripts/gpu-check.sh      (the GPU check)
 #   fixtures.py           scripts/fixtures.py
-#   gpu/                  bench/gpu/* (compare.py and its helpers)
+#   gpu/                  bench/gpu/* (compare.py, sweep.py, kernels.py and helpers)
+#   kernels/convert.ptx   the committed PTX, for gpu/kernels.py
 #   wheels/               bench/wheels/*.whl, the peers for compare.py
 #                         (fetch them first with bench/gpu/download-wheels.sh)
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
@@ -101,6 +102,8 @@ while IFS=$'\t' read -r name exe; do
 done <"$LOGDIR/tests.tsv"
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+mkdir -p "$BUNDLE/kernels"
+cp kernels/convert.ptx "$BUNDLE/kernels/convert.ptx"   # for gpu/kernels.py (the binary embeds the same)
 cp scripts/fixtures.py "$BUNDLE/fixtures.py"
 for f in bench/gpu/*; do
     case "$f" in *__pycache__*) continue ;; esac
