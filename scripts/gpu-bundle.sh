@@ -10,6 +10,7 @@
 #   bin/tensorstream      the CLI (debug info stripped, symbols kept)
 #   tests/<kind>-<name>   every test executable cargo reported
 #   gpu-check.sh          scripts/gpu-check.sh      (the GPU check)
+#   gpu-session.sh        scripts/gpu-session.sh    (check + sweep + compare in one call)
 #   fixtures.py           scripts/fixtures.py
 #   gpu/                  bench/gpu/* (compare.py, sweep.py, kernels.py and helpers)
 #   kernels/convert.ptx   the committed PTX, for gpu/kernels.py
@@ -102,6 +103,7 @@ while IFS=$'\t' read -r name exe; do
 done <"$LOGDIR/tests.tsv"
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+cp scripts/gpu-session.sh "$BUNDLE/gpu-session.sh"
 mkdir -p "$BUNDLE/kernels"
 cp kernels/convert.ptx "$BUNDLE/kernels/convert.ptx"   # for gpu/kernels.py (the binary embeds the same)
 cp scripts/fixtures.py "$BUNDLE/fixtures.py"
@@ -109,7 +111,7 @@ for f in bench/gpu/*; do
     case "$f" in *__pycache__*) continue ;; esac
     [ -f "$f" ] && cp "$f" "$BUNDLE/gpu/"
 done
-chmod +x "$BUNDLE/gpu-check.sh"
+chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE/gpu-session.sh"
 
 NWHEELS=0
 if [ "$WHEELS" = 1 ] && ls bench/wheels/*.whl >/dev/null 2>&1; then
@@ -166,12 +168,13 @@ if [ "$FEATURE_LIST" = "[]" ]; then
 fi
 cat <<EOF
 
-Run on the GPU machine (device tool 'run'), one per call; each fits in 10 minutes:
-  carry:   ["gpu-bundle"]
-  command: bash gpu-bundle/gpu-check.sh
-           (log: \$OUT/gpu-check.log, results: \$OUT/gpu-check.json; ~5-9 min on an H100)
-  command: python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT"
-           (side-by-side loaders, 16 GB: \$OUT/gpu-results.jsonl and \$OUT/compare.log; ~8-9 min;
-            a session has 15 minutes of device time in all, machine start included: run one of the two,
-            or both smaller: gpu-check.sh --budget-s 330, then compare.py --size 8G --runs 2 --budget-s 240)
+Run on the GPU machine (device tool 'run'), the whole session in one call
+(a machine goes back 30 s after a call; 15 minutes of device time, start included):
+  carry:     ["gpu-bundle"]
+  command:   bash gpu-bundle/gpu-session.sh --budget-s 540
+  timeout_s: 600
+  (gpu-check.sh, then sweep.py, then compare.py against the peers; six files under \$OUT:
+   run.log, gpu-check.log/.json, sweep.json, compare.log, compare-summary.json, gpu-results.jsonl.
+   Each also runs alone: bash gpu-bundle/gpu-check.sh [--budget-s N];
+   python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT")
 EOF

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# A whole GPU session in one device call (a machine goes back 30 s after a call, and a
+# session has 15 minutes of device time, the start included). Runs ON the GPU machine,
+# from the bundle that scripts/gpu-bundle.sh builds:
+#
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 260] [--sweep-s 70]
+#
+# then, in order, each under its share of the budget:
+#   1. gpu-check.sh (CUDA tests, CPU-vs-CUDA digests of every fixture, cold/warm
+#      timing with the limits, conversion kernels): $OUT/gpu-check.log, .json;
+#   2. gpu/sweep.py (warm settings of tensorstream to cuda, host copy ceiling, phase
+#      profile): $OUT/sweep.json;
+#   3. gpu/compare.py against the peers, with the sweep's best warm settings as
+#      ts-best: $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
+# and writes everything it prints to $OUT/run.log (six files in all: the device
+# tool brings back at most eight). Give the call a timeout_s of budget + 60.
+set -u
+BUDGET=540
+CHECK=260
+SWEEP=70
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --budget-s) BUDGET=$2; shift 2 ;;
+        --check-s) CHECK=$2; shift 2 ;;
+        --sweep-s) SWEEP=$2; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) echo "gpu-session.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+B=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=${OUT:-$PWD/gpu-session-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
+START=$SECONDS
+left() { echo $((BUDGET - (SECONDS - START))); }
+echo "tensorstream GPU session  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s (check ${CHECK}s, sweep ${SWEEP}s, compare the rest)"
+
+echo "== 1. gpu-check.sh --budget-s $CHECK  [t=$((SECONDS - START))s]"
+OUT=$OUT bash "$B/gpu-check.sh" --budget-s "$CHECK" >/dev/null 2>&1
+echo "   exit $?"
+sed -n '/== summary ==/,$p' "$OUT/gpu-check.log"
+
+BEST="--io pread --queue-depth 32 --chunk-size 2M"
+if [ "$(left)" -gt $((SWEEP + 90)) ]; then
+    echo "== 2. sweep.py  [t=$((SECONDS - START))s]"
+    timeout $((SWEEP + 40)) python3 "$B/gpu/sweep.py" --bin "$B/bin/tensorstream" --out "$OUT" --size 8G --runs 3 \
+        --budget-s "$SWEEP" | tee "$OUT/.sweep.txt"
+    got=$(grep '^BEST_WARM ' "$OUT/.sweep.txt" | cut -d' ' -f2-)
+    [ -n "$got" ] && BEST=$got
+    rm -f "$OUT/.sweep.txt"
+else
+    echo "== 2. sweep.py: skipped ($(left) s left)"
+fi
+
+CMP=$(( $(left) - 15 ))
+if [ "$CMP" -gt 60 ]; then
+    echo "== 3. compare.py --budget-s $CMP --ts-best-warm '$BEST'  [t=$((SECONDS - START))s]"
+    timeout $((CMP + 45)) python3 "$B/gpu/compare.py" --bin "$B/bin/tensorstream" --wheels "$B/wheels" --out "$OUT" \
+        --size 8G --runs 3 --budget-s "$CMP" --ts-best-warm "$BEST" >/dev/null 2>&1
+    echo "   exit $?"
+    sed -n '/^loader /,$p' "$OUT/compare.log"
+else
+    echo "== 3. compare.py: skipped ($(left) s left)"
+fi
+echo "gpu-session finished in $((SECONDS - START)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
