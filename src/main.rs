@@ -455,8 +455,16 @@ fn load(
         let mut io_paths: Vec<&str> = s.files.iter().map(|f| f.io_path).collect();
         io_paths.sort_unstable();
         io_paths.dedup();
+        let init = if s.device_init.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " ({:.3} s of it retaining the CUDA context)",
+                s.device_init.as_secs_f64()
+            )
+        };
         let line = format!(
-            "loaded {} tensors, {} bytes in {:.3} s: {:.2} GB/s to {} ({})",
+            "loaded {} tensors, {} bytes in {:.3} s{init}: {:.2} GB/s to {} ({})",
             model.len(),
             s.tensor_bytes,
             s.elapsed.as_secs_f64(),
