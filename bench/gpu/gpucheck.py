@@ -121,20 +121,18 @@ class Refs:
     def __init__(self):
         self.cache = {}
         self.notes = {}
+        self.torch_ok = self._importable("torch", ("torch", "safetensors.torch"))
+        self.mld_ok = self._importable("ml_dtypes", ("numpy", "ml_dtypes"))
+
+    def _importable(self, key, modules):
+        """True when every module imports; else False, with the reason in notes[key]."""
         try:
-            for m in ("torch", "safetensors.torch"):
+            for m in modules:
                 importlib.import_module(m)
-            self.torch_ok = True
+            return True
         except Exception as e:  # noqa: BLE001
-            self.torch_ok = False
-            self.notes["torch"] = "torch/safetensors unavailable: %s" % e
-        try:
-            for m in ("numpy", "ml_dtypes"):
-                importlib.import_module(m)
-            self.mld_ok = True
-        except Exception as e:  # noqa: BLE001
-            self.mld_ok = False
-            self.notes["ml_dtypes"] = "ml_dtypes/numpy unavailable: %s" % e
+            self.notes[key] = "%s unavailable: %s" % ("/".join(modules), e)
+            return False
 
     # -- torch ---------------------------------------------------------------
 
@@ -502,9 +500,7 @@ def median(xs):
 def median_ex_init(series):
     """Median GB/s of a series with the CUDA context's creation (device_init_seconds)
     left out, as a framework that already holds the context sees a load."""
-    return median([r["bytes"] / (r["seconds"] - r["device_init_seconds"]) / 1e9
-                   for r in series.get("runs", []) if r.get("bytes") and r.get("seconds")
-                   and r.get("device_init_seconds") is not None and r["seconds"] > r["device_init_seconds"]])
+    return median([tb.gbps_without_init(r) for r in series.get("runs", []) if r.get("device_init_seconds") is not None])
 
 
 def timed_series(name, a, files, path, device, temp, io=None, runs=3, budget=None, dtype=None):
@@ -688,7 +684,7 @@ def cmd_timing(a):
         kj = load_json(os.path.join(kdir, "kernels.json"))
         conv["kernels"] = kj if kj else {"error": tb.tail(r["stderr"] or r["stdout"], 500)}
         for line in (r["stdout"] or "").splitlines():
-            if "of the copy" in line or "copy" in line and "MiB source" in line or "slowest" in line:
+            if line.strip():
                 log("  kernels: " + line.strip())
         if not kj:
             log("  kernels.py: %s" % conv["kernels"]["error"])

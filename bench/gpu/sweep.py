@@ -69,12 +69,11 @@ def main():
             cmd = [a.bin, "load", path, "--device", a.device, "--json"] + args
             r = tb.run_child(cmd, 60)
             j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
-            if not j:
+            if not j or tb.gbps_without_init(j) is None:
                 rec = {"ok": False, "error": tb.tail(r["stderr"] or r["stdout"], 300)}
             else:
-                init = j.get("device_init_seconds") or 0.0
-                secs = j["seconds"] - init
-                rec = {"ok": True, "seconds": j["seconds"], "init_s": init, "gbps": j["bytes"] / secs / 1e9,
+                rec = {"ok": True, "seconds": j["seconds"], "init_s": j.get("device_init_seconds") or 0.0,
+                       "gbps": tb.gbps_without_init(j),
                        "gbps_with_init": j["gbps"], "io": sorted({f["io"] for f in j.get("files", [])}), "wall_s": r["wall_s"]}
             results[name].append(rec)
             print("  run %d %-20s %s" % (run, name, ("%.2f GB/s (%.2f with init %.3f s) via %s" % (

@@ -546,6 +546,16 @@ def run_child(cmd, timeout, env=None, cwd=None):
         }
 
 
+def gbps_without_init(j):
+    """GB/s of a `tensorstream load --json` result (or a record with its bytes,
+    seconds and device_init_seconds) with the CUDA context's creation left out, as
+    the Python loaders' clocks leave theirs out; None when it cannot be worked out."""
+    b, secs, init = j.get("bytes"), j.get("seconds"), j.get("device_init_seconds") or 0.0
+    if not b or secs is None or secs <= init:
+        return None
+    return b / (secs - init) / GB
+
+
 def synth_checkpoint(bin_, root, size, shards, timeout):
     """Writes (or reuses, when a finished one is there) the synthetic checkpoint
     `root/synth-SIZE-SHARDS` with `tensorstream synth`; returns (path, error)."""
