@@ -40,6 +40,12 @@ pub struct Loader {
     per_tensor: bool,
     host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
+    staging_upfront: bool,
+    keep_staging: bool,
+    /// Pinned staging (and so the device's context) kept between CUDA loads; shared
+    /// by clones of this loader.
+    #[cfg(feature = "cuda")]
+    staging_cache: crate::device::cuda::StagingCache,
 }
 
 impl Default for Loader {
@@ -74,6 +80,10 @@ impl Loader {
             per_tensor: false,
             host_pool: None,
             fail_nth: None,
+            staging_upfront: false,
+            keep_staging: true,
+            #[cfg(feature = "cuda")]
+            staging_cache: Default::default(),
         }
     }
 
@@ -134,6 +144,53 @@ impl Loader {
     pub fn per_tensor_allocations(mut self, yes: bool) -> Self {
         self.per_tensor = yes;
         self
+    }
+
+    /// On CUDA, pin all the staging before the first read. By default a quarter of it
+    /// is pinned first and the rest on a helper thread while the first slots are in
+    /// use (pinning memory is slow: about 2 GB/s).
+    pub fn staging_upfront(mut self, yes: bool) -> Self {
+        self.staging_upfront = yes;
+        self
+    }
+
+    /// On CUDA, keep the pinned staging (and with it the device's context) after a
+    /// load for the next load with the same device, chunk size and staging size; it is
+    /// freed with the last clone of this loader. On by default: a server or framework
+    /// that loads several checkpoints pins its staging once. Off: each load pins and
+    /// frees its own.
+    pub fn keep_staging(mut self, yes: bool) -> Self {
+        self.keep_staging = yes;
+        self
+    }
+
+    /// Makes the next load start at once: on CUDA, creates the device's context and
+    /// pins the staging now (a server calls this at start-up); on the CPU, nothing.
+    /// Needs [`Loader::keep_staging`] (the default).
+    pub fn prepare(&self) -> Result<()> {
+        match self.device {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                if !self.keep_staging {
+                    return Ok(());
+                }
+                crate::device::cuda::prepare(
+                    &self.staging_cache,
+                    ordinal,
+                    self.staging_slots(),
+                    self.plan.slot_len(),
+                )
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::Unsupported(
+                "this build has no CUDA support (rebuild with --features cuda)".into(),
+            )),
+        }
+    }
+
+    fn staging_slots(&self) -> usize {
+        (self.staging_bytes / self.plan.chunk_size).max(1) as usize
     }
 
     /// Host loads take their file buffers from `pool` when it has fitting ones, and
@@ -200,7 +257,7 @@ impl Loader {
         }
         let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = io::choose(self.io, &paths)?;
-        let slots = (self.staging_bytes / self.plan.chunk_size).max(1) as usize;
+        let slots = self.staging_slots();
         let (tensors, stats, path, device_init): Loaded = match self.device {
             Device::Cpu => {
                 let (t, s) = self.load_host(&plan, &choice, slots)?;
@@ -216,6 +273,10 @@ impl Loader {
                 self.plan.slot_len(),
                 self.queue_depth,
                 self.per_tensor,
+                &crate::device::cuda::StagingOptions {
+                    cache: self.keep_staging.then_some(&self.staging_cache),
+                    upfront: self.staging_upfront,
+                },
                 self.cancel.as_ref(),
                 self.progress.as_ref(),
             )?,

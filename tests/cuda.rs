@@ -235,4 +235,63 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cuda);
     assert!(e.to_string().starts_with("CUDA: "), "{e}");
+    let e = Loader::new().device(Device::Cuda(0)).prepare().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cuda);
+    assert!(e.to_string().starts_with("CUDA: "), "{e}");
+}
+
+/// One loader (and its clones) keeps its pinned staging between loads: later loads
+/// reuse it, also after a failed load, from two threads at once, and after
+/// `prepare`; each load still equals the host load. Small slots make the staging
+/// thread deliver most of them while the first ones are in use.
+#[test]
+fn a_loader_reuses_its_staging_across_loads_and_threads() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 6);
+    let dtypes = [None, Some(Dtype::F32), Some(Dtype::BF16)];
+    let want: Vec<_> = dtypes
+        .iter()
+        .map(|&d| host_bytes(Loader::new().dtype(d), &path))
+        .collect();
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .chunk_size(64 << 10)
+        .staging_bytes(1 << 20);
+    l.prepare().unwrap();
+    for round in 0..2 {
+        for (d, w) in dtypes.iter().zip(&want) {
+            assert_eq!(
+                &host_bytes(l.clone().dtype(*d), &path),
+                w,
+                "round {round}, {d:?}"
+            );
+        }
+        let e = l.clone().fail_nth_read(3).load(&path).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = dtypes
+            .iter()
+            .zip(&want)
+            .map(|(d, w)| {
+                let (l, path) = (l.clone().dtype(*d), &path);
+                s.spawn(move || assert_eq!(&host_bytes(l, path), w, "{d:?}"))
+            })
+            .collect();
+        for r in runs {
+            r.join().unwrap();
+        }
+    });
+    for (upfront, keep) in [(true, false), (false, false), (true, true)] {
+        let l = l
+            .clone()
+            .dtype(Some(Dtype::F16))
+            .staging_upfront(upfront)
+            .keep_staging(keep);
+        let w = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+        assert_eq!(host_bytes(l, &path), w, "upfront {upfront}, keep {keep}");
+    }
 }

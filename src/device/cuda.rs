@@ -201,12 +201,248 @@ struct Slot {
     scratch: Option<DeviceBuf>,
 }
 
+impl Slot {
+    /// `len` bytes of pinned host memory and the event that tells when a copy out of
+    /// them has finished. The context must be current on the calling thread.
+    fn alloc(len: usize) -> Result<Slot> {
+        // SAFETY: a context is current (the caller's contract); the pointer is freed
+        // by `free`.
+        let host = unsafe { result::malloc_host(len, 0) }.map_err(|e| {
+            cuda_err(
+                format_args!("allocating {len} bytes of pinned host memory"),
+                e,
+            )
+        })?;
+        let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+            Ok(ev) => ev,
+            Err(e) => {
+                // SAFETY: just allocated above, not yet shared.
+                let _ = unsafe { result::free_host(host) };
+                return Err(cuda_err("cuEventCreate", e));
+            }
+        };
+        Ok(Slot {
+            host: host.cast(),
+            len,
+            event,
+            busy: false,
+            scratch: None,
+        })
+    }
+
+    /// Frees the memory and the event. The context must be current and no copy may
+    /// still read the slot (its stream has drained).
+    fn free(self) {
+        // SAFETY: allocated in `alloc`, freed once here (the slot is consumed), after
+        // the last copy out of it completed (the caller's contract).
+        unsafe {
+            let _ = result::event::destroy(self.event);
+            let _ = result::free_host(self.host.cast());
+        }
+    }
+}
+
+/// Waits for `stream`, then frees `slots` and destroys the stream (when not null).
+/// The context must be current.
+fn free_staging(stream: sys::CUstream, slots: Vec<Slot>) {
+    if !stream.is_null() {
+        // SAFETY: the stream is live (created by `Staging::new`, destroyed only below).
+        let _ = unsafe { result::stream::synchronize(stream) };
+    }
+    for s in slots {
+        s.free();
+    }
+    if !stream.is_null() {
+        // SAFETY: created by `Staging::new`, destroyed once here, after draining.
+        let _ = unsafe { result::stream::destroy(stream) };
+    }
+}
+
+/// Pinned staging slots and the stream that copies out of them, as a [`Loader`] keeps
+/// them between loads: a server pins its staging (and holds the device's context)
+/// once, not per load. Freed when dropped.
+///
+/// [`Loader`]: crate::Loader
+pub(crate) struct Staging {
+    ctx: Arc<Context>,
+    stream: sys::CUstream,
+    slots: Vec<Slot>,
+    slot_len: usize,
+}
+
+// SAFETY: the slots' pinned memory and events, and the stream, are driver objects that
+// any thread may use once the context is current there; every use binds it first, and
+// a `Staging` is used by one load at a time (it is moved into that load).
+unsafe impl Send for Staging {}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("device", &self.ctx.ordinal)
+            .field("slots", &self.slots.len())
+            .field("slot_len", &self.slot_len)
+            .finish()
+    }
+}
+
+impl Staging {
+    /// A stream on `ctx` and no slots yet.
+    fn new(ctx: Arc<Context>, slot_len: usize) -> Result<Staging> {
+        ctx.bind()?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| cuda_err("cuStreamCreate", e))?;
+        Ok(Staging {
+            ctx,
+            stream,
+            slots: Vec::new(),
+            slot_len,
+        })
+    }
+
+    /// Adds slots until there are `count`.
+    fn fill(&mut self, count: usize) -> Result<()> {
+        self.ctx.bind()?;
+        while self.slots.len() < count {
+            self.slots.push(Slot::alloc(self.slot_len)?);
+        }
+        Ok(())
+    }
+
+    /// Staging for `count` slots of `slot_len` bytes on device `ordinal`: the loader's
+    /// kept staging when it has that shape (any other is freed), else a new one.
+    fn reuse_or_new(
+        cache: Option<&StagingCache>,
+        ordinal: usize,
+        slot_len: usize,
+        count: usize,
+    ) -> Result<(Staging, bool)> {
+        let kept = cache.and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
+        match kept {
+            Some(s)
+                if s.ctx.ordinal == ordinal && s.slot_len == slot_len && s.slots.len() == count =>
+            {
+                s.ctx.bind()?;
+                Ok((s, true))
+            }
+            other => {
+                drop(other);
+                Ok((Staging::new(Context::new(ordinal)?, slot_len)?, false))
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            free_staging(self.stream, std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+/// Where a [`Loader`] keeps its staging between loads (at most one; a load running
+/// while another holds it allocates its own, and the last one handed back is kept).
+///
+/// [`Loader`]: crate::Loader
+pub(crate) type StagingCache = Arc<std::sync::Mutex<Option<Staging>>>;
+
+/// Allocates, before a load starts, the staging a load on device `ordinal` with this
+/// slot geometry would use, and keeps it in `cache` (see [`crate::Loader::prepare`]).
+pub(crate) fn prepare(
+    cache: &StagingCache,
+    ordinal: usize,
+    slots: usize,
+    slot_len: u64,
+) -> Result<()> {
+    let slot_len = crate::device::host::to_usize(slot_len)?;
+    let count = slots.max(2);
+    let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, slot_len, count)?;
+    staging.fill(count)?;
+    *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging);
+    Ok(())
+}
+
+/// How a load gets its pinned staging.
+pub(crate) struct StagingOptions<'a> {
+    /// The loader's kept staging: reused when it has the load's shape, and the load's
+    /// staging kept there afterwards. None: allocated for this load only.
+    pub cache: Option<&'a StagingCache>,
+    /// Pin all of it before the first read (else a quarter first, the rest meanwhile).
+    pub upfront: bool,
+}
+
+/// A slot on its way from the thread that pins staging to the load that uses it.
+struct SentSlot(Slot);
+
+// SAFETY: the slot's memory and event are driver objects usable from any thread with
+// the context current; the sending thread gives it up entirely.
+unsafe impl Send for SentSlot {}
+
+/// The thread that pins the rest of a load's staging while its first slots are
+/// already being read into and copied from.
+struct Growth {
+    rx: std::sync::mpsc::Receiver<Result<SentSlot>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Growth {
+    /// Starts pinning `count` slots of `slot_len` bytes on `ctx`, one at a time.
+    fn start(ctx: Arc<Context>, slot_len: usize, count: usize) -> std::io::Result<Growth> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, rx) = std::sync::mpsc::channel::<Result<SentSlot>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("tensorstream-staging".into())
+            .spawn(move || {
+                if let Err(e) = ctx.bind() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                for _ in 0..count {
+                    if stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match Slot::alloc(slot_len) {
+                        Ok(s) => {
+                            if let Err(back) = tx.send(Ok(SentSlot(s))) {
+                                // The load is gone: free what nobody will receive.
+                                if let Ok(s) = back.0 {
+                                    s.0.free();
+                                }
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Growth {
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
 /// Pinned staging, a stream, and the destinations of one load.
 struct CudaSink<'p> {
     plan: &'p Plan,
     ctx: Arc<Context>,
+    /// The staging's stream (null once handed back to the loader).
     stream: sys::CUstream,
     slots: Vec<Slot>,
+    slot_len: usize,
+    /// Slots this load will have once `growth` has delivered the rest.
+    planned: usize,
+    /// The first `fixed_count` slots are the ones an io_uring engine registered.
+    fixed_count: usize,
+    growth: Option<Growth>,
+    any_convert: bool,
     /// FIFO of busy slot indices, oldest first.
     order: std::collections::VecDeque<usize>,
     /// Per file: the raw buffer (or none when per-tensor), the converted area.
@@ -218,87 +454,199 @@ struct CudaSink<'p> {
     kernels: BTreeMap<(Dtype, Dtype), sys::CUfunction>,
 }
 
+/// The device buffers of a load: per file the raw buffer and the converted area, or
+/// per tensor its own allocation.
+type DeviceBuffers = (
+    Vec<Option<Arc<DeviceBuf>>>,
+    Vec<Option<Arc<DeviceBuf>>>,
+    Vec<Vec<Option<Arc<DeviceBuf>>>>,
+);
+
+fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<DeviceBuffers> {
+    let (mut raw, mut converted, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &plan.files {
+        if per_tensor {
+            raw.push(None);
+            converted.push(None);
+            let bufs = f
+                .tensors
+                .iter()
+                .map(|t| DeviceBuf::alloc(ctx, t.len as usize).map(|b| Some(Arc::new(b))))
+                .collect::<Result<Vec<_>>>()?;
+            own.push(bufs);
+        } else {
+            raw.push(Some(Arc::new(DeviceBuf::alloc(ctx, f.raw_len as usize)?)));
+            converted.push(Some(Arc::new(DeviceBuf::alloc(
+                ctx,
+                f.converted_len as usize,
+            )?)));
+            own.push(Vec::new());
+        }
+    }
+    Ok((raw, converted, own))
+}
+
 impl<'p> CudaSink<'p> {
+    /// A sink copying through `staging`, which will have `planned` slots: all of them
+    /// pinned before the first read when `upfront` (or when the staging already has
+    /// them), else a quarter first and the rest by a helper thread while the first
+    /// ones are in use. The device buffers are allocated on another thread meanwhile.
     fn new(
         plan: &'p Plan,
-        ctx: Arc<Context>,
-        slots: usize,
-        slot_len: u64,
+        mut staging: Staging,
+        planned: usize,
+        upfront: bool,
         per_tensor: bool,
     ) -> Result<Self> {
+        let ctx = Arc::clone(&staging.ctx);
+        let planned = planned.max(2);
+        let first = if upfront {
+            planned
+        } else {
+            (planned / 4).clamp(2, planned)
+        };
+        let (buffers, pinned) = std::thread::scope(|scope| {
+            let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor));
+            let pinned = staging.fill(first.max(staging.slots.len().min(planned)));
+            let buffers = device
+                .join()
+                .unwrap_or_else(|_| Err(internal("the device allocation thread panicked")));
+            (buffers, pinned)
+        });
+        pinned?;
+        let (raw, converted, own) = buffers?;
         ctx.bind()?;
-        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
-            .map_err(|e| cuda_err("cuStreamCreate", e))?;
+        let slot_len = staging.slot_len;
+        let stream = std::mem::replace(&mut staging.stream, std::ptr::null_mut());
+        let slots = std::mem::take(&mut staging.slots);
+        drop(staging);
         let mut sink = CudaSink {
             plan,
             ctx,
             stream,
-            slots: Vec::new(),
+            fixed_count: slots.len(),
+            slots,
+            slot_len,
+            planned,
+            growth: None,
+            any_convert: plan.files.iter().any(|f| f.converted_len > 0),
             order: Default::default(),
-            raw: Vec::new(),
-            converted: Vec::new(),
-            own: Vec::new(),
+            raw,
+            converted,
+            own,
             module: None,
             kernels: BTreeMap::new(),
         };
-        let any_convert = plan.files.iter().any(|f| f.converted_len > 0);
-        let slot_len = crate::device::host::to_usize(slot_len)?;
-        for _ in 0..slots.max(2) {
-            // SAFETY: context current; the pointer is freed in Drop.
-            let host = unsafe { result::malloc_host(slot_len, 0) }.map_err(|e| {
-                cuda_err(
-                    format_args!("allocating {slot_len} bytes of pinned host memory"),
-                    e,
-                )
-            })?;
-            let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
-                Ok(ev) => ev,
+        let missing = planned.saturating_sub(sink.slots.len());
+        if missing > 0 {
+            match Growth::start(Arc::clone(&sink.ctx), slot_len, missing) {
+                Ok(g) => sink.growth = Some(g),
                 Err(e) => {
-                    // SAFETY: just allocated above, not yet shared.
-                    let _ = unsafe { result::free_host(host) };
-                    return Err(cuda_err("cuEventCreate", e));
+                    tracing::debug!("staging thread not started ({e}): pinning the rest now");
+                    sink.ctx.bind()?;
+                    while sink.slots.len() < planned {
+                        sink.slots.push(Slot::alloc(slot_len)?);
+                    }
                 }
-            };
-            sink.slots.push(Slot {
-                host: host.cast(),
-                len: slot_len,
-                event,
-                busy: false,
-                scratch: None,
-            });
-            if any_convert {
+            }
+        }
+        if sink.any_convert {
+            for i in 0..sink.slots.len() {
                 let s = DeviceBuf::alloc(&sink.ctx, slot_len + SCRATCH_PAD)?;
-                if let Some(last) = sink.slots.last_mut() {
-                    last.scratch = Some(s);
+                if let Some(slot) = sink.slots.get_mut(i) {
+                    slot.scratch = Some(s);
                 }
             }
-        }
-        for f in &plan.files {
-            if per_tensor {
-                sink.raw.push(None);
-                sink.converted.push(None);
-                let bufs = f
-                    .tensors
-                    .iter()
-                    .map(|t| DeviceBuf::alloc(&sink.ctx, t.len as usize).map(|b| Some(Arc::new(b))))
-                    .collect::<Result<Vec<_>>>()?;
-                sink.own.push(bufs);
-            } else {
-                sink.raw.push(Some(Arc::new(DeviceBuf::alloc(
-                    &sink.ctx,
-                    f.raw_len as usize,
-                )?)));
-                sink.converted.push(Some(Arc::new(DeviceBuf::alloc(
-                    &sink.ctx,
-                    f.converted_len as usize,
-                )?)));
-                sink.own.push(Vec::new());
-            }
-        }
-        if any_convert {
             sink.load_kernels()?;
         }
         Ok(sink)
+    }
+
+    /// Takes a newly pinned slot into the ring (with its scratch when converting).
+    fn adopt(&mut self, mut slot: Slot) -> Result<()> {
+        if self.any_convert {
+            match DeviceBuf::alloc(&self.ctx, self.slot_len + SCRATCH_PAD) {
+                Ok(s) => slot.scratch = Some(s),
+                Err(e) => {
+                    slot.free();
+                    return Err(e);
+                }
+            }
+        }
+        self.slots.push(slot);
+        Ok(())
+    }
+
+    /// Takes the slots the staging thread has pinned so far; with `block`, waits for
+    /// at least one (unless it has finished). Returns whether one was taken.
+    fn take_grown(&mut self, block: bool) -> Result<bool> {
+        let mut took = false;
+        loop {
+            let Some(g) = &self.growth else {
+                return Ok(took);
+            };
+            let got = if block && !took {
+                g.rx.recv()
+                    .map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            } else {
+                g.rx.try_recv()
+            };
+            match got {
+                Ok(Ok(SentSlot(slot))) => {
+                    self.adopt(slot)?;
+                    took = true;
+                }
+                Ok(Err(e)) => {
+                    self.finish_growth();
+                    return Err(e);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(took),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.finish_growth();
+                    return Ok(took);
+                }
+            }
+        }
+    }
+
+    /// Stops the staging thread, waits for it, and takes (or, after an error, frees)
+    /// whatever it pinned, so no slot is left behind.
+    fn finish_growth(&mut self) {
+        let Some(mut g) = self.growth.take() else {
+            return;
+        };
+        g.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = g.thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.ctx.bind();
+        while let Ok(got) = g.rx.try_recv() {
+            if let Ok(SentSlot(slot)) = got {
+                self.slots.push(slot);
+            }
+        }
+    }
+
+    /// Once the stream has drained: the staging (all planned slots) back for the
+    /// loader to keep, or nothing when the staging thread failed to pin them all.
+    fn hand_back(mut self) -> Result<Option<Staging>> {
+        while self.growth.is_some() {
+            self.take_grown(true)?;
+        }
+        if self.slots.len() != self.planned {
+            return Ok(None);
+        }
+        let mut slots = std::mem::take(&mut self.slots);
+        for s in &mut slots {
+            s.scratch = None;
+            s.busy = false;
+        }
+        Ok(Some(Staging {
+            ctx: Arc::clone(&self.ctx),
+            stream: std::mem::replace(&mut self.stream, std::ptr::null_mut()),
+            slots,
+            slot_len: self.slot_len,
+        }))
     }
 
     fn load_kernels(&mut self) -> Result<()> {
@@ -487,6 +835,9 @@ impl CudaSink<'_> {
 
 impl Sink for CudaSink<'_> {
     fn buffer(&mut self, _file: usize, op: &ReadOp) -> Result<Option<Buf>> {
+        if self.growth.is_some() {
+            self.take_grown(false)?;
+        }
         // Recycle slots whose copies have finished, oldest first.
         while let Some(&i) = self.order.front() {
             let Some(s) = self.slots.get(i) else { break };
@@ -512,7 +863,12 @@ impl Sink for CudaSink<'_> {
         Ok(Some(Buf {
             ptr: s.host,
             len: s.len,
-            fixed: u16::try_from(i).ok(),
+            // Slots pinned after the engine started are not registered with it.
+            fixed: if i < self.fixed_count {
+                u16::try_from(i).ok()
+            } else {
+                None
+            },
             fresh: false,
         }))
     }
@@ -530,6 +886,11 @@ impl Sink for CudaSink<'_> {
     }
 
     fn wait_for_slot(&mut self) -> Result<()> {
+        if self.order.is_empty() && self.growth.is_some() {
+            // Every slot is reading: the next one comes from the staging thread.
+            self.take_grown(true)?;
+            return Ok(());
+        }
         if let Some(i) = self.order.pop_front() {
             if let Some(s) = self.slots.get_mut(i) {
                 // SAFETY: the event is live until Drop.
@@ -548,25 +909,18 @@ impl Sink for CudaSink<'_> {
 
 impl Drop for CudaSink<'_> {
     fn drop(&mut self) {
+        self.finish_growth();
         if self.ctx.bind().is_err() {
             return;
         }
-        // Nothing may still read a slot or write a buffer when they are freed.
-        let _ = self.synchronize();
-        for s in self.slots.drain(..) {
-            // SAFETY: created/allocated in `new`, destroyed/freed once here, after the
-            // stream has drained.
-            unsafe {
-                let _ = result::event::destroy(s.event);
-                let _ = result::free_host(s.host.cast());
-            }
-        }
+        // Nothing may still read a slot or write a buffer when they are freed: this
+        // waits for the stream first (a handed-back staging took the stream along,
+        // after it had drained).
+        free_staging(self.stream, std::mem::take(&mut self.slots));
         if let Some(m) = self.module.take() {
             // SAFETY: loaded in load_kernels; no launch is pending after the sync.
             let _ = unsafe { result::module::unload(m) };
         }
-        // SAFETY: created in `new`; drained above.
-        let _ = unsafe { result::stream::destroy(self.stream) };
     }
 }
 
@@ -814,23 +1168,48 @@ pub(crate) fn load(
     slot_len: u64,
     depth: usize,
     per_tensor: bool,
+    staging: &StagingOptions<'_>,
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
     let init_start = std::time::Instant::now();
-    let ctx = Context::new(ordinal)?;
+    let planned = slots.max(2);
+    let (kept, reused) = Staging::reuse_or_new(
+        staging.cache,
+        ordinal,
+        crate::device::host::to_usize(slot_len)?,
+        planned,
+    )?;
+    let ctx = Arc::clone(&kept.ctx);
     let init = init_start.elapsed();
-    let mut sink = CudaSink::new(plan, Arc::clone(&ctx), slots, slot_len, per_tensor)?;
+    let mut sink = CudaSink::new(plan, kept, planned, staging.upfront, per_tensor)?;
     let setup = init_start.elapsed();
     let phases = |what: &str, copied: std::time::Duration, synced: std::time::Duration| {
         tracing::debug!(
-            "cuda load phases ({what}): context {:.3} s, staging and device allocations {:.3} s, \
+            "cuda load phases ({what}): context {:.3} s, staging and device allocations {:.3} s{}, \
              reads and copies enqueued {:.3} s, final synchronize {:.3} s",
             init.as_secs_f64(),
             (setup - init).as_secs_f64(),
+            if reused {
+                " (the loader's kept staging)"
+            } else if staging.upfront {
+                " (all staging pinned first)"
+            } else {
+                ""
+            },
             (copied.saturating_sub(setup)).as_secs_f64(),
             (synced.saturating_sub(copied)).as_secs_f64()
         );
+    };
+    // The tensors, once the stream has drained; the staging goes back to the loader.
+    let finish = |sink: CudaSink<'_>| -> Result<BTreeMap<String, Tensor>> {
+        let tensors = tensors_of(plan, &sink)?;
+        if let Some(cache) = staging.cache {
+            if let Some(kept) = sink.hand_back()? {
+                *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+            }
+        }
+        Ok(tensors)
     };
     let mut path = None;
     if choice.engine == io::EngineKind::Mmap {
@@ -842,7 +1221,7 @@ pub(crate) fn load(
                     let copied = init_start.elapsed();
                     sink.synchronize()?;
                     phases("registered", copied, init_start.elapsed());
-                    let tensors = tensors_of(plan, &sink)?;
+                    let tensors = finish(sink)?;
                     let how = "copies straight from the page cache, registered read-only";
                     return Ok((tensors, stats, Some(("mmap+registered", how.into())), init));
                 }
@@ -859,7 +1238,7 @@ pub(crate) fn load(
         let fixed = sink.fixed_buffers();
         let mut engine = loader.engine(io::new_engine(
             choice.engine,
-            depth.min(sink.slots.len()),
+            depth.min(sink.planned),
             &fixed,
         )?);
         io::execute(
@@ -875,7 +1254,7 @@ pub(crate) fn load(
     let copied = init_start.elapsed();
     sink.synchronize()?;
     phases(choice.path_name(0), copied, init_start.elapsed());
-    Ok((tensors_of(plan, &sink)?, stats, path, init))
+    Ok((finish(sink)?, stats, path, init))
 }
 
 /// The loaded tensors, as views of the sink's device buffers.
