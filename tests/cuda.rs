@@ -295,3 +295,69 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
         assert_eq!(host_bytes(l, &path), w, "upfront {upfront}, keep {keep}");
     }
 }
+
+/// Every F16, BF16 and FP8 code point (and random F32 bits), converted on the GPU to
+/// each target, equals the host's conversion (which CI checks exhaustively against
+/// independent references): the kernels' device-only code paths (table lookups,
+/// hardware conversions) are checked here. Each tensor also appears at an odd offset,
+/// so both the vector and the single-element paths run.
+#[test]
+fn every_code_point_converts_on_the_gpu_as_on_the_host() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let sixteen: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(256 * 33).collect();
+    let mut f32s = vec![0u8; 4 * 100_003];
+    rng.fill(&mut f32s[..]);
+    let mut specs: Vec<(String, safetensors::Dtype, Vec<u8>)> = vec![
+        ("f16".into(), safetensors::Dtype::F16, sixteen.clone()),
+        ("bf16".into(), safetensors::Dtype::BF16, sixteen),
+        ("f32".into(), safetensors::Dtype::F32, f32s),
+    ];
+    for d in [
+        safetensors::Dtype::F8_E4M3,
+        safetensors::Dtype::F8_E5M2,
+        safetensors::Dtype::F8_E4M3FNUZ,
+        safetensors::Dtype::F8_E5M2FNUZ,
+        safetensors::Dtype::F8_E8M0,
+    ] {
+        specs.push((format!("{d:?}"), d, bytes.clone()));
+    }
+    // The same bytes once more behind a 1-element tensor, which shifts them off
+    // the 16-byte alignment.
+    let mut all = Vec::new();
+    for (name, d, data) in specs {
+        let w = d.bitsize() / 8;
+        all.push((format!("{name}.pad"), d, data[..w].to_vec()));
+        all.push((format!("{name}.all"), d, data.clone()));
+        all.push((format!("{name}.shifted"), d, data[w..].to_vec()));
+    }
+    let views: Vec<(String, TensorView<'_>)> = all
+        .iter()
+        .map(|(n, d, v)| {
+            let elems = v.len() * 8 / d.bitsize();
+            (n.clone(), TensorView::new(*d, vec![elems], v).unwrap())
+        })
+        .collect();
+    let path = dir.path().join("code-points.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    for dtype in [Some(Dtype::F32), Some(Dtype::F16), Some(Dtype::BF16)] {
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        for chunk in [64 << 10, 4 << 20] {
+            let got = host_bytes(
+                Loader::new()
+                    .device(Device::Cuda(0))
+                    .dtype(dtype)
+                    .chunk_size(chunk),
+                &path,
+            );
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g == w, "{} to {dtype:?} differs (chunk {chunk})", w.0);
+            }
+        }
+    }
+}
