@@ -41,6 +41,7 @@ pub struct Loader {
     host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
     staging_upfront: bool,
+    staging_write_combined: bool,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
     /// by clones of this loader.
@@ -81,6 +82,7 @@ impl Loader {
             host_pool: None,
             fail_nth: None,
             staging_upfront: false,
+            staging_write_combined: false,
             keep_staging: true,
             #[cfg(feature = "cuda")]
             staging_cache: Default::default(),
@@ -154,6 +156,15 @@ impl Loader {
         self
     }
 
+    /// On CUDA, allocate the pinned staging write-combined: the CPU's writes into it
+    /// (reads from the page cache) bypass its caches and the copies to the device do
+    /// not snoop them. The CPU never reads staging back, which write-combined memory
+    /// would make slow. Off by default.
+    pub fn write_combined_staging(mut self, yes: bool) -> Self {
+        self.staging_write_combined = yes;
+        self
+    }
+
     /// On CUDA, keep the pinned staging (and with it the device's context) after a
     /// load for the next load with the same device, chunk size and staging size; it is
     /// freed with the last clone of this loader. On by default: a server or framework
@@ -180,6 +191,7 @@ impl Loader {
                     ordinal,
                     self.staging_slots(),
                     self.plan.slot_len(),
+                    self.staging_write_combined,
                 )
             }
             #[cfg(not(feature = "cuda"))]
@@ -276,6 +288,7 @@ impl Loader {
                 &crate::device::cuda::StagingOptions {
                     cache: self.keep_staging.then_some(&self.staging_cache),
                     upfront: self.staging_upfront,
+                    write_combined: self.staging_write_combined,
                 },
                 self.cancel.as_ref(),
                 self.progress.as_ref(),

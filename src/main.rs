@@ -133,6 +133,9 @@ struct LoadOpts {
     /// pinned first and the rest while reading).
     #[arg(long)]
     staging_upfront: bool,
+    /// CUDA: allocate the pinned staging write-combined.
+    #[arg(long)]
+    staging_wc: bool,
 }
 
 impl LoadOpts {
@@ -154,6 +157,7 @@ impl LoadOpts {
             l = l.staging_bytes(s);
         }
         l.staging_upfront(self.staging_upfront)
+            .write_combined_staging(self.staging_wc)
     }
 }
 

@@ -285,14 +285,29 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
             r.join().unwrap();
         }
     });
-    for (upfront, keep) in [(true, false), (false, false), (true, true)] {
-        let l = l
-            .clone()
-            .dtype(Some(Dtype::F16))
-            .staging_upfront(upfront)
-            .keep_staging(keep);
-        let w = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
-        assert_eq!(host_bytes(l, &path), w, "upfront {upfront}, keep {keep}");
+    let w = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+    for (upfront, keep, wc) in [
+        (true, false, false),
+        (false, false, false),
+        (true, true, false),
+        (false, true, true),
+        (false, true, true),
+        (true, false, true),
+    ] {
+        for io in [IoBackend::Pread, IoBackend::Direct] {
+            let l = l
+                .clone()
+                .dtype(Some(Dtype::F16))
+                .io(io)
+                .staging_upfront(upfront)
+                .keep_staging(keep)
+                .write_combined_staging(wc);
+            assert_eq!(
+                host_bytes(l, &path),
+                w,
+                "upfront {upfront}, keep {keep}, write-combined {wc}, {io:?}"
+            );
+        }
     }
 }
 

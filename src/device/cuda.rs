@@ -202,12 +202,13 @@ struct Slot {
 }
 
 impl Slot {
-    /// `len` bytes of pinned host memory and the event that tells when a copy out of
-    /// them has finished. The context must be current on the calling thread.
-    fn alloc(len: usize) -> Result<Slot> {
+    /// `len` bytes of pinned host memory (`cuMemHostAlloc` with `flags`) and the
+    /// event that tells when a copy out of them has finished. The context must be
+    /// current on the calling thread.
+    fn alloc(len: usize, flags: u32) -> Result<Slot> {
         // SAFETY: a context is current (the caller's contract); the pointer is freed
         // by `free`.
-        let host = unsafe { result::malloc_host(len, 0) }.map_err(|e| {
+        let host = unsafe { result::malloc_host(len, flags) }.map_err(|e| {
             cuda_err(
                 format_args!("allocating {len} bytes of pinned host memory"),
                 e,
@@ -268,6 +269,8 @@ pub(crate) struct Staging {
     stream: sys::CUstream,
     slots: Vec<Slot>,
     slot_len: usize,
+    /// `cuMemHostAlloc` flags of the slots.
+    flags: u32,
 }
 
 // SAFETY: the slots' pinned memory and events, and the stream, are driver objects that
@@ -281,13 +284,14 @@ impl std::fmt::Debug for Staging {
             .field("device", &self.ctx.ordinal)
             .field("slots", &self.slots.len())
             .field("slot_len", &self.slot_len)
+            .field("flags", &self.flags)
             .finish()
     }
 }
 
 impl Staging {
     /// A stream on `ctx` and no slots yet.
-    fn new(ctx: Arc<Context>, slot_len: usize) -> Result<Staging> {
+    fn new(ctx: Arc<Context>, slot_len: usize, flags: u32) -> Result<Staging> {
         ctx.bind()?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| cuda_err("cuStreamCreate", e))?;
@@ -296,6 +300,7 @@ impl Staging {
             stream,
             slots: Vec::new(),
             slot_len,
+            flags,
         })
     }
 
@@ -303,7 +308,7 @@ impl Staging {
     fn fill(&mut self, count: usize) -> Result<()> {
         self.ctx.bind()?;
         while self.slots.len() < count {
-            self.slots.push(Slot::alloc(self.slot_len)?);
+            self.slots.push(Slot::alloc(self.slot_len, self.flags)?);
         }
         Ok(())
     }
@@ -314,19 +319,26 @@ impl Staging {
         cache: Option<&StagingCache>,
         ordinal: usize,
         slot_len: usize,
+        flags: u32,
         count: usize,
     ) -> Result<(Staging, bool)> {
         let kept = cache.and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
         match kept {
             Some(s)
-                if s.ctx.ordinal == ordinal && s.slot_len == slot_len && s.slots.len() == count =>
+                if s.ctx.ordinal == ordinal
+                    && s.slot_len == slot_len
+                    && s.flags == flags
+                    && s.slots.len() == count =>
             {
                 s.ctx.bind()?;
                 Ok((s, true))
             }
             other => {
                 drop(other);
-                Ok((Staging::new(Context::new(ordinal)?, slot_len)?, false))
+                Ok((
+                    Staging::new(Context::new(ordinal)?, slot_len, flags)?,
+                    false,
+                ))
             }
         }
     }
@@ -353,10 +365,12 @@ pub(crate) fn prepare(
     ordinal: usize,
     slots: usize,
     slot_len: u64,
+    write_combined: bool,
 ) -> Result<()> {
     let slot_len = crate::device::host::to_usize(slot_len)?;
     let count = slots.max(2);
-    let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, slot_len, count)?;
+    let flags = host_alloc_flags(write_combined);
+    let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, slot_len, flags, count)?;
     staging.fill(count)?;
     *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging);
     Ok(())
@@ -369,6 +383,17 @@ pub(crate) struct StagingOptions<'a> {
     pub cache: Option<&'a StagingCache>,
     /// Pin all of it before the first read (else a quarter first, the rest meanwhile).
     pub upfront: bool,
+    /// Allocate it write-combined (see [`crate::Loader::write_combined_staging`]).
+    pub write_combined: bool,
+}
+
+/// `cuMemHostAlloc` flags for staging.
+fn host_alloc_flags(write_combined: bool) -> u32 {
+    if write_combined {
+        sys::CU_MEMHOSTALLOC_WRITECOMBINED
+    } else {
+        0
+    }
 }
 
 /// A slot on its way from the thread that pins staging to the load that uses it.
@@ -388,7 +413,12 @@ struct Growth {
 
 impl Growth {
     /// Starts pinning `count` slots of `slot_len` bytes on `ctx`, one at a time.
-    fn start(ctx: Arc<Context>, slot_len: usize, count: usize) -> std::io::Result<Growth> {
+    fn start(
+        ctx: Arc<Context>,
+        slot_len: usize,
+        flags: u32,
+        count: usize,
+    ) -> std::io::Result<Growth> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let (tx, rx) = std::sync::mpsc::channel::<Result<SentSlot>>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -404,7 +434,7 @@ impl Growth {
                     if stopped.load(Ordering::Relaxed) {
                         return;
                     }
-                    match Slot::alloc(slot_len) {
+                    match Slot::alloc(slot_len, flags) {
                         Ok(s) => {
                             if let Err(back) = tx.send(Ok(SentSlot(s))) {
                                 // The load is gone: free what nobody will receive.
@@ -437,6 +467,7 @@ struct CudaSink<'p> {
     stream: sys::CUstream,
     slots: Vec<Slot>,
     slot_len: usize,
+    flags: u32,
     /// Slots this load will have once `growth` has delivered the rest.
     planned: usize,
     /// The first `fixed_count` slots are the ones an io_uring engine registered.
@@ -517,6 +548,7 @@ impl<'p> CudaSink<'p> {
         let (raw, converted, own) = buffers?;
         ctx.bind()?;
         let slot_len = staging.slot_len;
+        let flags = staging.flags;
         let stream = std::mem::replace(&mut staging.stream, std::ptr::null_mut());
         let slots = std::mem::take(&mut staging.slots);
         drop(staging);
@@ -527,6 +559,7 @@ impl<'p> CudaSink<'p> {
             fixed_count: slots.len(),
             slots,
             slot_len,
+            flags,
             planned,
             growth: None,
             any_convert: plan.files.iter().any(|f| f.converted_len > 0),
@@ -539,13 +572,13 @@ impl<'p> CudaSink<'p> {
         };
         let missing = planned.saturating_sub(sink.slots.len());
         if missing > 0 {
-            match Growth::start(Arc::clone(&sink.ctx), slot_len, missing) {
+            match Growth::start(Arc::clone(&sink.ctx), slot_len, flags, missing) {
                 Ok(g) => sink.growth = Some(g),
                 Err(e) => {
                     tracing::debug!("staging thread not started ({e}): pinning the rest now");
                     sink.ctx.bind()?;
                     while sink.slots.len() < planned {
-                        sink.slots.push(Slot::alloc(slot_len)?);
+                        sink.slots.push(Slot::alloc(slot_len, flags)?);
                     }
                 }
             }
@@ -646,6 +679,7 @@ impl<'p> CudaSink<'p> {
             stream: std::mem::replace(&mut self.stream, std::ptr::null_mut()),
             slots,
             slot_len: self.slot_len,
+            flags: self.flags,
         }))
     }
 
@@ -1178,6 +1212,7 @@ pub(crate) fn load(
         staging.cache,
         ordinal,
         crate::device::host::to_usize(slot_len)?,
+        host_alloc_flags(staging.write_combined),
         planned,
     )?;
     let ctx = Arc::clone(&kept.ctx);
