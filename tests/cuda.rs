@@ -302,9 +302,19 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
                 .staging_upfront(upfront)
                 .keep_staging(keep)
                 .write_combined_staging(wc);
+            let m = match l.load(&path) {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    eprintln!("skipping {io:?}: {e}");
+                    continue;
+                }
+                r => r.unwrap(),
+            };
+            let got: Vec<_> = m
+                .tensors()
+                .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
+                .collect();
             assert_eq!(
-                host_bytes(l, &path),
-                w,
+                got, w,
                 "upfront {upfront}, keep {keep}, write-combined {wc}, {io:?}"
             );
         }
