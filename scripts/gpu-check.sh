@@ -9,14 +9,20 @@
 # Steps (each under a timeout, the whole under --budget-s, default 9 minutes):
 #   1. machine: card, driver, CUDA version, kernel, filesystem of the scratch
 #      directory, whether O_DIRECT / io_uring / mincore / drop_caches work;
-#   2. the prebuilt test binaries (GPU tests skip cleanly without a GPU);
+#   2. the prebuilt test binaries: the CUDA ones first (GPU tests skip cleanly
+#      without a GPU); the CPU-only ones (they pass in CI) only with budget to spare;
 #   3. fixtures (fixtures.py) loaded with --device cpu and --device cuda --digest
 #      for --dtype none/F32/F16/BF16 and an --only filter: outputs must be
 #      byte-identical, and match references from Python safetensors + torch;
-#   4. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
+#   4. conversion kernels (gpu/kernels.py) on device-resident data against a D2D
+#      copy: the >= 0.70 goal (~5-20 s);
+#   5. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
 #      the limits measured in the same run (pinned H2D and D2D with PyTorch,
-#      raw O_DIRECT read rate) and conversion-kernel throughput;
-#   5. a summary with the ratios against the goals.
+#      raw O_DIRECT read rate) and conversion in real loads (--skip-timing: not run);
+#   6. a summary with the ratios against the goals.
+# Correctness comes first: steps 2-4 each keep what the later ones need (about
+# 70 s for the fixtures, 20 s for the kernels), and only the timing is cut to
+# what is left; --budget-s 120 --skip-timing fits all of 2-4 on an H200 (~90 s).
 # Without a GPU (or with a bundle built without the cuda feature) the CUDA
 # steps say "no GPU" and are skipped; the rest runs, which is how it is dry-run.
 # Exit: 0 no correctness failure, 1 a failure, 2 a broken bundle or usage.
@@ -39,7 +45,7 @@ while [ $# -gt 0 ]; do
         --skip-tests) SKIP_TESTS=1; shift ;;
         --skip-timing) SKIP_TIMING=1; shift ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "gpu-check.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -75,6 +81,15 @@ run_step() {
     return $rc
 }
 min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+max() { if [ "$1" -gt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+# What each later step keeps for itself (seconds) while an earlier one runs. The
+# fixtures' matrix took ~55 s on an H200 (52 cases + the io variants); kernels.py
+# ~5 s there (CuPy import and JIT included); the summary ~2 s. The timing keeps
+# nothing: it gets what is left.
+RES_FIX=70
+RES_KER=20
+RES_END=10
+if [ "$SKIP_TIMING" = 1 ]; then RES_TIMING=0; else RES_TIMING=200; fi
 
 echo "tensorstream GPU check  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s"
 echo "bundle: $B"
@@ -188,9 +203,11 @@ else
     fixup_paths
     results=""
     TESTS_END=$((SECONDS + 150))  # all test binaries together; one binary at most 60 s
-    # The CUDA tests first: they are what this machine is for. The CPU-only binaries
-    # already pass in CI; here they run only while the budget leaves 300 s for the
-    # fixtures and the timing, and are reported as skipped otherwise.
+    # The CUDA tests first: they are what this machine is for (at least 45 s, at most
+    # 90 s, leaving the fixtures, the kernels and the summary theirs). The CPU-only
+    # binaries already pass in CI; here they run only while the budget also leaves the
+    # timing 200 s (none with --skip-timing), each with 20 s at least (a shorter limit
+    # would report a slow pass as a failure), and are reported as skipped otherwise.
     gpu_first() {
         for f in "$B"/tests/*; do case "$(basename "$f")" in *cuda*|*gpu*) echo "$f" ;; esac; done
         for f in "$B"/tests/*; do case "$(basename "$f")" in *cuda*|*gpu*) ;; *) echo "$f" ;; esac; done
@@ -198,8 +215,9 @@ else
     for t in $(gpu_first); do
         name=$(basename "$t")
         case "$name" in
-            *cuda*|*gpu*) tl=$(min 90 $(( $(left) - 150 ))) ;;
-            *) tl=$(min 60 "$(min $((TESTS_END - SECONDS)) $(( $(left) - 300 )))") ;;
+            *cuda*|*gpu*) tl=$(min 90 "$(max 45 $(( $(left) - RES_FIX - RES_KER - RES_END )))") ;;
+            *) tl=$(min 60 "$(min $((TESTS_END - SECONDS)) $(( $(left) - RES_FIX - RES_KER - RES_END - RES_TIMING )))")
+               [ "$tl" -lt 20 ] && tl=0 ;;
         esac
         if [ "$tl" -lt 5 ]; then
             echo "-- $name: skipped (budget; CPU-only tests run in CI)"
@@ -224,26 +242,39 @@ fi
 hr "fixtures: cpu vs cuda digests, and references (safetensors + torch)"
 FIX=$SCRATCH/fixtures
 rm -rf "$FIX"
-run_step 120 "$PY" "$FIXTURES_PY" "$FIX" --large-mib "$LARGE_MIB" | sed 's/^/  wrote /'
+run_step "$(min 120 "$(max 30 $(( $(left) - RES_KER - RES_END )))")" "$PY" "$FIXTURES_PY" "$FIX" --large-mib "$LARGE_MIB" | sed 's/^/  wrote /'
 if [ "$HAVE_GPU" = 1 ]; then CUDA_MODE=yes; else CUDA_MODE=auto; fi
-DIFF_BUDGET=$(min 240 $(( $(left) - 200 )))
-run_step $((DIFF_BUDGET + 60)) "$PY" "$GPU_PY/gpucheck.py" diff --bin "$TS" --fixtures "$FIX" \
+# DIFF_BUDGET stops the matrix from starting new cases (the io variants, ~10 s, come
+# after it); the timeout beyond it lets the last case and the JSON out. At least
+# 60 s: the whole matrix is the point of this step, the kernels and the summary may
+# then run a little past the budget.
+DIFF_BUDGET=$(min 240 "$(max 60 $(( $(left) - RES_KER - RES_END - 15 )))")
+echo "  matrix budget ${DIFF_BUDGET}s"
+run_step $((DIFF_BUDGET + 45)) "$PY" "$GPU_PY/gpucheck.py" diff --bin "$TS" --fixtures "$FIX" \
     --out "$WORK/diff.json" --cuda "$CUDA_MODE" --budget-s "$DIFF_BUDGET"
 DIFF_RC=$?
 
-hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion"
+hr "conversion kernels: device-resident, against a D2D copy (kernels.py)"
+if [ "$HAVE_GPU" = 1 ]; then K_CUDA=yes; else K_CUDA=no; fi
+KT=$(min 60 "$(max 20 $(( $(left) - RES_END )))")
+run_step $((KT + 10)) "$PY" "$GPU_PY/gpucheck.py" kernels --out "$WORK/kernels.json" --cuda "$K_CUDA" --timeout "$KT"
+
+hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion in real loads"
+# The one step the budget squeezes: what the others left, less the summary's share.
+TL=$(( $(left) - RES_END ))
 if [ "$SKIP_TIMING" = 1 ]; then
     echo "  skipped (--skip-timing)"
+elif [ "$TL" -lt 60 ]; then
+    echo "  skipped (budget: ${TL}s left for it, 60 s at least needed)"
 else
     if [ "$HAVE_GPU" = 1 ]; then T_CUDA=yes; else T_CUDA=no; echo "  no GPU: CUDA timings skipped; disk and page-cache machinery still run"; fi
-    TL=$(( $(left) - 40 ))
     run_step "$TL" "$PY" "$GPU_PY/gpucheck.py" timing --bin "$TS" --dir "$SCRATCH" --fixtures "$FIX" \
-        --out "$WORK/timing.json" --size "$SIZE" --cuda "$T_CUDA" --budget-s $((TL - 30))
+        --out "$WORK/timing.json" --size "$SIZE" --cuda "$T_CUDA" --budget-s $((TL - 20))
 fi
 
 hr "result"
 run_step 60 "$PY" "$GPU_PY/gpucheck.py" summary --env "$WORK/env.json" --tests "$WORK/tests.json" \
-    --diff "$WORK/diff.json" --timing "$WORK/timing.json" --smi "$SMI" --out "$OUT/gpu-check.json"
+    --diff "$WORK/diff.json" --kernels "$WORK/kernels.json" --timing "$WORK/timing.json" --smi "$SMI" --out "$OUT/gpu-check.json"
 RC=$?
 [ "$DIFF_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
 if [ "$KEEP" = 0 ]; then rm -rf "$SCRATCH/synth" "$FIX"; fi

@@ -3,21 +3,24 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 260] [--sweep-s 70]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--sweep-s 80]
 #
 # then, in order, each under its share of the budget:
-#   1. gpu-check.sh (CUDA tests, CPU-vs-CUDA digests of every fixture, cold/warm
-#      timing with the limits, conversion kernels): $OUT/gpu-check.log, .json;
-#   2. gpu/sweep.py (warm settings of tensorstream to cuda, host copy ceiling, phase
-#      profile): $OUT/sweep.json;
-#   3. gpu/compare.py against the peers, with the sweep's best warm settings as
-#      ts-best: $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
-# and writes everything it prints to $OUT/run.log (six files in all: the device
+#   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
+#      conversion kernels against a D2D copy): $OUT/gpu-check.log, .json; correctness
+#      first, ~90 s on an H200 (the cold/warm figures come from 2 and 3);
+#   2. gpu/sweep.py (warm settings of tensorstream to cuda, staging up front or not,
+#      the in-process steady state, host copy ceiling, phase profile): $OUT/sweep.json;
+#      run when its share and 30 s more are left;
+#   3. gpu/compare.py against the peers with the rest, with the sweep's best warm
+#      settings as ts-best (3 warm and 3 cold runs of the key loaders first, the
+#      others as they fit): $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
+# and writes everything it prints to $OUT/run.log (seven files in all: the device
 # tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
 BUDGET=540
-CHECK=260
-SWEEP=70
+CHECK=110
+SWEEP=80
 while [ $# -gt 0 ]; do
     case "$1" in
         --budget-s) BUDGET=$2; shift 2 ;;
@@ -36,15 +39,18 @@ START=$SECONDS
 left() { echo $((BUDGET - (SECONDS - START))); }
 echo "tensorstream GPU session  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s (check ${CHECK}s, sweep ${SWEEP}s, compare the rest)"
 
-echo "== 1. gpu-check.sh --budget-s $CHECK  [t=$((SECONDS - START))s]"
-OUT=$OUT bash "$B/gpu-check.sh" --budget-s "$CHECK" >/dev/null 2>&1
+echo "== 1. gpu-check.sh --skip-timing --budget-s $CHECK  [t=$((SECONDS - START))s]"
+OUT=$OUT bash "$B/gpu-check.sh" --skip-timing --budget-s "$CHECK" >/dev/null 2>&1
 echo "   exit $?"
 sed -n '/== summary ==/,$p' "$OUT/gpu-check.log"
 
 BEST="--io pread --queue-depth 32 --chunk-size 2M"
-if [ "$(left)" -gt $((SWEEP + 90)) ]; then
-    echo "== 2. sweep.py  [t=$((SECONDS - START))s]"
-    timeout $((SWEEP + 40)) python3 "$B/gpu/sweep.py" --bin "$B/bin/tensorstream" --out "$OUT" --size 8G --runs 3 \
+# sweep.py keeps its whole run, the checkpoint it may write and its tail (steady state,
+# host ceiling, phases) included, inside --budget-s; 30 s more is the margin its last
+# loads may run past it, and what compare.py needs at least is checked below.
+if [ "$(left)" -gt $((SWEEP + 30)) ]; then
+    echo "== 2. sweep.py --budget-s $SWEEP  [t=$((SECONDS - START))s]"
+    timeout $((SWEEP + 40)) python3 "$B/gpu/sweep.py" --bin "$B/bin/tensorstream" --out "$OUT" --size 8G --runs 5 \
         --budget-s "$SWEEP" | tee "$OUT/.sweep.txt"
     got=$(grep '^BEST_WARM ' "$OUT/.sweep.txt" | cut -d' ' -f2-)
     [ -n "$got" ] && BEST=$got

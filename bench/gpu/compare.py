@@ -20,10 +20,16 @@ What it does:
     bandwidth and device-to-device copy with PyTorch;
  4. loads the checkpoint to cuda:0 with each loader, cold (page cache dropped:
     drop_caches when permitted, else posix_fadvise; residency checked with
-    mincore before the run) and warm (files resident, checked), >= 3 runs each,
-    loaders alternating (the order rotates every run), every load in its own
-    process (peak RSS = ru_maxrss of that process, via a fork/exec launcher),
-    the clock stopped after torch.cuda.synchronize();
+    mincore before the run) and warm (files resident, checked), --runs rounds,
+    every load in its own process (peak RSS = ru_maxrss of that process, via a
+    fork/exec launcher), the clock stopped after torch.cuda.synchronize().
+    Each round runs the --key-loaders first (warm, then cold; their order
+    rotates every round), then the others (warm, then cold; the least measured
+    and cheapest first). The budget goes to the key loaders first: a load of
+    another loader starts only when it fits with the time the key loaders'
+    remaining runs are expected to take (from their own measured wall times)
+    kept aside, so a short budget gives the key loaders all their runs and the
+    others what is left; any load that would not fit is skipped and logged;
  5. checks each loader's result: SHA-256 of a sample of tensors copied back
     (largest, smallest, first/last by name, first of each shard, two more)
     against the references; tensorstream's own output is checked with a full
@@ -85,6 +91,7 @@ PEER_PACKAGES = {  # loader -> (wheel project name, import name)
 }
 ALL_LOADERS = ["ts-default", "ts-best", "instanttensor", "instanttensor-buffered", "fastsafetensors",
                "fastsafetensors-gds", "safetensors", "runai"]
+KEY_LOADERS = ["ts-default", "instanttensor-buffered", "instanttensor", "safetensors"]
 CPU_CAPABLE = {"safetensors", "runai", "fastsafetensors", "stdlib"}  # loaders that can target the CPU (dry run)
 
 
@@ -370,8 +377,19 @@ def child_env(a):
     return env
 
 
-def import_check(a, loader, env):
-    pkg = PEER_PACKAGES[loader][1]
+def import_checks(a, loaders, env):
+    """import_check for each loader, one child per package (instanttensor and
+    instanttensor-buffered import the same one), the children side by side: each
+    imports torch, seconds apiece, and nothing is measured yet."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pkgs = sorted({PEER_PACKAGES[l][1] for l in loaders})
+    with ThreadPoolExecutor(max_workers=max(1, len(pkgs))) as ex:
+        got = dict(zip(pkgs, ex.map(lambda p: import_check(a, p, env), pkgs)))
+    return {l: got[PEER_PACKAGES[l][1]] for l in loaders}
+
+
+def import_check(a, pkg, env):
     code = ("import json, time; t = time.time(); import torch; import %s as m; "
             "print('RESULT ' + json.dumps({'ok': True, 'file': getattr(m, '__file__', None), 'torch': torch.__version__, "
             "'cuda': torch.cuda.is_available(), 's': time.time() - t}))" % pkg)
@@ -572,6 +590,7 @@ def parent_main(a):
     if a.dry_run and "stdlib" not in loaders:
         loaders.append("stdlib")
     runnable = []
+    checks = import_checks(a, [l for l in loaders if l in PEER_PACKAGES and not (a.dry_run and l not in CPU_CAPABLE)], env)
     for l in loaders:
         if l.startswith("ts-") or l == "stdlib":
             runnable.append(l)
@@ -585,7 +604,7 @@ def parent_main(a):
             continue
         proj = PEER_PACKAGES[l][0]
         st = inst.get(proj, {})
-        ok, detail = import_check(a, l, env)
+        ok, detail = checks[l]
         if ok:
             log("  %-22s imports (%s)%s" % (l, detail.get("file"), "" if st.get("installed") else "  [from the environment, not the bundle]"))
             runnable.append(l)
@@ -669,77 +688,121 @@ def parent_main(a):
                                       else "NOT VERIFIED: %s" % (v.get("error") or v.get("mismatched") or v.get("unexpected")),
                                       " ".join(v.get("args", []))))
     # -- the runs ----------------------------------------------------------------------------
-    log("== loads: %s; %d run(s) each, cold and warm, alternating" % (", ".join(runnable), a.runs))
+    key_set = set() if a.key_loaders.strip().lower() in ("", "none") else set(x for x in a.key_loaders.split(",") if x)
+    key = [l for l in runnable if l in key_set]
+    others = [l for l in runnable if l not in key_set]
+    log("== loads: %d round(s), cold and warm; key loaders first: %s; then, as they fit: %s" % (
+        a.runs, ", ".join(key) or "none", ", ".join(others) or "none"))
     records = []
     gds_fallback = False
     hung = set()
+    disk_s = nbytes / (max(limits.get("odirect_gbps") or 0.5, 0.5) * 1e9)  # the bytes at the raw read rate
+
+    def walls(loader, temp):
+        w = [x["wall_s"] for x in records if x["loader"] == loader and x.get("temperature") == temp and x.get("seconds")]
+        if not w and loader.startswith("ts-"):  # another tensorstream configuration: the same process, near enough
+            w = [x["wall_s"] for x in records if x["loader"].startswith("ts-") and x.get("temperature") == temp and x.get("seconds")]
+        return w
+
+    def need(loader, temp):
+        """What a load must find left to start: its longest measured wall time and 5 s,
+        or, never measured, a generous guess."""
+        w = walls(loader, temp)
+        if w:
+            return 5 + max(w)
+        if temp == "cold":
+            # The disk's time for the bytes at two thirds of the raw read rate, and start-up.
+            return 15 + disk_s * 1.5
+        return 20
+
+    def expect(loader, temp):
+        """What a load is expected to take (median wall time, else a guess from the
+        2026-11-26 H200 runs: a Python loader's child spends ~5 s on torch and its
+        import, ~7 s on a slow warm load; a tensorstream process ~1 s)."""
+        w = walls(loader, temp)
+        if w:
+            return 1 + statistics.median(w)
+        ts = loader.startswith("ts-")
+        return (2 if ts else 8) + (disk_s if temp == "cold" else 1 if ts else 7)
+
+    def key_reserve(after_run):
+        """The key loaders' runs still to come, in the rounds after `after_run`."""
+        return sum(expect(l, t) for r in range(after_run + 1, a.runs) for l in key if l not in hung for t in ("warm", "cold"))
+
+    def count(loader, temp):
+        return sum(1 for x in records if x["loader"] == loader and x.get("temperature") == temp and x.get("ok"))
+
     for run in range(a.runs):
-        order = runnable[run % len(runnable):] + runnable[:run % len(runnable)] if runnable else []
-        # Warm loads first: they take seconds, cold ones the disk's time; when the
-        # budget runs short, every loader has at least its warm figure.
+        rk = key[run % len(key):] + key[:run % len(key)] if key else []
+        tasks = [(l, t, True) for t in ("warm", "cold") for l in rk]
         for temp in ("warm", "cold"):
-            for loader in order:
-                if loader == "fastsafetensors-gds" and gds_fallback and run > 0:
-                    continue
-                if loader in hung:
-                    continue
-                last = [x for x in records if x["loader"] == loader and x.get("temperature") == temp and x.get("seconds")]
-                if last:
-                    need = 5 + max(x["wall_s"] for x in last)
-                elif temp == "cold":
-                    # The disk's time for the bytes at two thirds of the raw read rate, and start-up.
-                    need = 15 + nbytes / (max(limits.get("odirect_gbps") or 0.5, 0.5) * 1e9) * 1.5
+            # Warm loads first: they take seconds, cold ones the disk's time; when the
+            # budget runs short, the others get warm figures before cold ones.
+            tasks += [(l, temp, False) for l in sorted(others, key=lambda l: (count(l, temp), expect(l, temp)))]
+        kept = []  # (loader, temp, left, reserve) skipped this round for the key loaders' later runs
+        for loader, temp, is_key in tasks:
+            if loader == "fastsafetensors-gds" and gds_fallback and any(
+                    x["loader"] == loader and x.get("temperature") == temp for x in records):
+                continue
+            if loader in hung:
+                continue
+            reserve = 0 if is_key else key_reserve(run)
+            if left() < need(loader, temp) + reserve:
+                fits_alone = left() >= need(loader, temp)
+                why = "budget (%.0f s left%s)" % (left(), ", %.0f s kept for the key loaders' later runs" % reserve if fits_alone else "")
+                emit({"kind": "skip", "loader": loader, "temperature": temp, "run": run, "reason": why})
+                if fits_alone:
+                    kept.append((loader, temp, left(), reserve))
                 else:
-                    need = 20
-                if left() < need:
-                    rec = {"kind": "skip", "loader": loader, "temperature": temp, "run": run, "reason": "budget (%.0f s left)" % left()}
-                    emit(rec)
-                    log("  %-22s %s run %d: skipped (budget)" % (loader, temp, run))
-                    continue
-                pre = {}
-                if temp == "cold":
-                    d = tb.drop_cache(files)
-                    pre = {"drop_method": d["method"], "resident_before": d["resident_after"]}
-                else:
-                    rf = tb.residency(files)["fraction"]
-                    if rf is None or rf < 0.99:
-                        w = tb.warm(files)
-                        rf = w["resident_after"]
-                    pre = {"resident_before": rf}
-                rec = run_one(a, loader, temp, path, files, samples, device, env)
-                rec = dict({"kind": "load", "loader": loader, "temperature": temp, "run": run, "device": device}, **rec)
-                rec.update(pre)
-                if loader.startswith("ts-"):
-                    v = ts_verified.get(loader) or ts_verified.get("%s/%s" % (loader, temp)) or ts_verified.get("%s/warm" % loader) or {}
-                    rec["verified"] = (v.get("verified") if v else None) if rec.get("ok") else False
-                    rec["verify"] = "separate --digest run (%s)" % v.get("scope") if v else "not verified"
-                    if rec.get("ok") and rec.get("bytes") != tensor_bytes:
-                        rec["verified"] = False
-                        rec["verify"] = "bytes %s != %d" % (rec.get("bytes"), tensor_bytes)
-                elif rec.get("ok"):
-                    verify_samples(rec, ref, samples)
-                    if rec.get("bytes") != tensor_bytes:
-                        rec["verified"] = False
-                        rec["verify"]["bytes"] = rec.get("bytes")
-                if loader == "fastsafetensors-gds" and rec.get("ok"):
-                    info = rec.get("info") or {}
-                    if info.get("fell_back_to_nogds") or info.get("copier") != "GdsFileCopier":
-                        gds_fallback = True
-                        rec["note"] = "GDS requested; ran %s%s" % (info.get("copier"), ", fell back to nogds" if info.get("fell_back_to_nogds") else "")
-                if not rec.get("ok") and "timed out" in str(rec.get("error")):
-                    hung.add(loader)
-                    rec["note"] = "timed out: no further runs of this loader"
-                records.append(rec)
-                emit(rec)
-                log("  %-22s %s run %d: %s  rss %s GiB  %s%s" % (
-                    loader, temp, run,
-                    ("%6.2f GB/s %7.3f s" % (rec["gbps"], rec["seconds"])) if rec.get("ok") else "FAILED %s" % tb.tail(rec.get("error", ""), 200),
-                    f2(rec["peak_rss_bytes"] / 2**30 if rec.get("peak_rss_bytes") else None),
-                    ("cache %s, resident %s" % (pre.get("drop_method"), fmt_frac(pre.get("resident_before")))) if temp == "cold" else "resident %s" % fmt_frac(pre.get("resident_before")),
-                    ("" if not rec.get("ok") else "  verified" if rec.get("verified") else "  unverified" if rec.get("verified") is None
-                     else "  NOT VERIFIED %s" % rec.get("verify"))
-                    + ("  [%s]" % ",".join(rec["io"]) if rec.get("io") else "")
-                    + ("  [%s]" % rec["note"] if rec.get("note") else "")))
+                    log("  %-22s %s run %d: skipped (%s)" % (loader, temp, run, why))
+                continue
+            pre = {}
+            if temp == "cold":
+                d = tb.drop_cache(files)
+                pre = {"drop_method": d["method"], "resident_before": d["resident_after"]}
+            else:
+                rf = tb.residency(files)["fraction"]
+                if rf is None or rf < 0.99:
+                    w = tb.warm(files)
+                    rf = w["resident_after"]
+                pre = {"resident_before": rf}
+            rec = run_one(a, loader, temp, path, files, samples, device, env)
+            rec = dict({"kind": "load", "loader": loader, "temperature": temp, "run": run, "device": device}, **rec)
+            rec.update(pre)
+            if loader.startswith("ts-"):
+                v = ts_verified.get(loader) or ts_verified.get("%s/%s" % (loader, temp)) or ts_verified.get("%s/warm" % loader) or {}
+                rec["verified"] = (v.get("verified") if v else None) if rec.get("ok") else False
+                rec["verify"] = "separate --digest run (%s)" % v.get("scope") if v else "not verified"
+                if rec.get("ok") and rec.get("bytes") != tensor_bytes:
+                    rec["verified"] = False
+                    rec["verify"] = "bytes %s != %d" % (rec.get("bytes"), tensor_bytes)
+            elif rec.get("ok"):
+                verify_samples(rec, ref, samples)
+                if rec.get("bytes") != tensor_bytes:
+                    rec["verified"] = False
+                    rec["verify"]["bytes"] = rec.get("bytes")
+            if loader == "fastsafetensors-gds" and rec.get("ok"):
+                info = rec.get("info") or {}
+                if info.get("fell_back_to_nogds") or info.get("copier") != "GdsFileCopier":
+                    gds_fallback = True
+                    rec["note"] = "GDS requested; ran %s%s" % (info.get("copier"), ", fell back to nogds" if info.get("fell_back_to_nogds") else "")
+            if not rec.get("ok") and "timed out" in str(rec.get("error")):
+                hung.add(loader)
+                rec["note"] = "timed out: no further runs of this loader"
+            records.append(rec)
+            emit(rec)
+            log("  %-22s %s run %d: %s  rss %s GiB  %s%s" % (
+                loader, temp, run,
+                ("%6.2f GB/s %7.3f s" % (rec["gbps"], rec["seconds"])) if rec.get("ok") else "FAILED %s" % tb.tail(rec.get("error", ""), 200),
+                f2(rec["peak_rss_bytes"] / 2**30 if rec.get("peak_rss_bytes") else None),
+                ("cache %s, resident %s" % (pre.get("drop_method"), fmt_frac(pre.get("resident_before")))) if temp == "cold" else "resident %s" % fmt_frac(pre.get("resident_before")),
+                ("" if not rec.get("ok") else "  verified" if rec.get("verified") else "  unverified" if rec.get("verified") is None
+                 else "  NOT VERIFIED %s" % rec.get("verify"))
+                + ("  [%s]" % ",".join(rec["io"]) if rec.get("io") else "")
+                + ("  [%s]" % rec["note"] if rec.get("note") else "")))
+        if kept:
+            log("  round %d, not started (%.0f s left, %.0f s kept for the key loaders' later runs): %s" % (
+                run, kept[0][2], kept[0][3], ", ".join("%s %s" % (l, t) for l, t, _, _ in kept)))
     rows = summarize(records, limits, log)
     with open(os.path.join(a.out, "compare-summary.json"), "w") as f:
         json.dump({"env": envinfo, "installed": inst, "limits": limits, "rows": rows, "samples": samples,
@@ -768,6 +831,8 @@ def main(argv=None):
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--loaders", default=None, help="comma-separated subset of: " + ",".join(ALL_LOADERS))
+    ap.add_argument("--key-loaders", default=",".join(KEY_LOADERS),
+                    help="loaders whose --runs come first, the budget kept for them (default %(default)s; 'none': all alike)")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--budget-s", type=int, default=520, help="start no load that would end after this many seconds (default 520)")
     ap.add_argument("--load-timeout", type=int, default=180)

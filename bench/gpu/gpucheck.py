@@ -4,8 +4,10 @@ no network; also runs without a GPU, where the CUDA parts say so and skip).
 
     gpucheck.py env     --out env.json
     gpucheck.py diff    --bin TS --fixtures DIR --out diff.json [--cuda auto|yes|no]
+    gpucheck.py kernels --out kernels.json [--cuda yes|no]
     gpucheck.py timing  --bin TS --dir SCRATCH --fixtures DIR --out timing.json [--size 8G]
-    gpucheck.py summary --env env.json --tests tests.json --diff diff.json --timing timing.json --out all.json
+    gpucheck.py summary --env env.json --tests tests.json --diff diff.json --kernels kernels.json
+                        --timing timing.json --out all.json
 
 diff: for every fixture, every --dtype (none, F32, F16, BF16) and with and
 without an --only filter, runs `tensorstream load --digest` on the CPU and on
@@ -19,12 +21,19 @@ CUDA and requires byte-identical output; checks both against references:
   A digest equal to the NaN-canonical reference but not to torch's raw output
   is reported (NaN payloads differ) and is not a failure.
 
+kernels: the conversion kernels alone on device-resident data (kernels.py:
+the committed PTX launched as the loader launches it, with CuPy, against a
+device-to-device copy of the same bytes); a few seconds. Its own step, so
+that it runs when the timing does not (gpu-check.sh --skip-timing).
+
 timing: writes a synthetic checkpoint (>= 8 GB), times cold and warm loads to
 CUDA (page cache dropped with drop_caches when permitted, else posix_fadvise;
 residency checked with mincore), measures the limits (pinned H2D and D2D with
 PyTorch, the raw O_DIRECT read rate with fio or a Python O_DIRECT reader) and
-the conversion kernels' throughput (ncu when present, plus end-to-end loads
-with and without --dtype), and states the ratios against the goals.
+the conversion kernels in real loads (ncu when present, plus end-to-end loads
+with and without --dtype).
+
+summary: the ratios against the goals, from the files of the steps that ran.
 """
 
 import argparse
@@ -456,6 +465,55 @@ def cmd_diff(a):
 
 
 # ---------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------
+
+
+def find_ptx(explicit=None):
+    """The committed PTX: in a bundle gpu/../kernels/convert.ptx, in a checkout
+    bench/gpu/../../kernels/convert.ptx."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cands = [explicit] if explicit else [os.path.join(here, "..", "kernels", "convert.ptx"),
+                                         os.path.join(here, "..", "..", "kernels", "convert.ptx")]
+    return next((os.path.abspath(p) for p in cands if p and os.path.exists(p)), None)
+
+
+def cmd_kernels(a):
+    """Runs kernels.py (CuPy) under a timeout, logs its lines as they are, and
+    writes its kernels.json to --out ({"skipped": why} or {"error": ...} when
+    there is nothing to measure)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ptx = find_ptx(a.ptx)
+    if a.cuda == "no":
+        log("  no GPU: conversion kernels not measured")
+        dump(a.out, {"skipped": "no GPU"})
+        return 0
+    if not ptx:
+        log("  no kernels/convert.ptx next to the bundle's gpu/ folder: conversion kernels not measured")
+        dump(a.out, {"skipped": "no kernels/convert.ptx"})
+        return 0
+    kdir = a.out + ".d"
+    os.makedirs(kdir, exist_ok=True)
+    t = time.time()
+    r = tb.run_child([sys.executable, os.path.join(here, "kernels.py"), "--ptx", ptx, "--out", kdir, "--mib", a.mib],
+                     a.timeout)
+    for line in (r["stdout"] or "").splitlines():
+        if line.strip():
+            log("  kernels: " + line.strip())
+    kj = load_json(os.path.join(kdir, "kernels.json"))
+    shutil.rmtree(kdir, ignore_errors=True)
+    if kj:
+        kj["seconds"] = time.time() - t
+    else:
+        why = ("timed out after %ds" % a.timeout) if r["timed_out"] else tb.tail(r["stderr"] or r["stdout"], 500)
+        kj = {"error": why, "rc": r["rc"]}
+        if r["timed_out"] or r["stderr"]:  # (its stdout is logged above)
+            log("  kernels.py: %s" % why.strip())
+    dump(a.out, kj)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------
 
@@ -671,25 +729,9 @@ def cmd_timing(a):
             {k: reg.get(k) for k in ("host_register_supported", "read_only_host_register_supported",
                                      "pageable_memory_access_uses_host_page_tables")}))
         dump(a.out, out)
-    # -- conversion throughput -----------------------------------------------------------
+    # -- conversion in real loads ----------------------------------------------------------
+    # (the kernels alone, on device-resident data, are the `kernels` step: cmd_kernels)
     conv = {}
-    # The kernels alone on device-resident data (kernels.py: CuPy, a few seconds): the
-    # committed PTX, launched as the loader launches it, against a D2D copy.
-    here = os.path.dirname(os.path.abspath(__file__))
-    ptx = next((p for p in (os.path.join(here, "..", "kernels", "convert.ptx"),
-                            os.path.join(here, "..", "..", "kernels", "convert.ptx")) if os.path.exists(p)), None)
-    if a.cuda != "no" and not hung and ptx and budget.ok(40):
-        kdir = os.path.join(os.path.dirname(os.path.abspath(a.out)), "kernels-out")
-        r = tb.run_child([sys.executable, os.path.join(here, "kernels.py"), "--ptx", ptx, "--out", kdir], min(120, max(30, budget.left() - 20)))
-        kj = load_json(os.path.join(kdir, "kernels.json"))
-        conv["kernels"] = kj if kj else {"error": tb.tail(r["stderr"] or r["stdout"], 500)}
-        for line in (r["stdout"] or "").splitlines():
-            if line.strip():
-                log("  kernels: " + line.strip())
-        if not kj:
-            log("  kernels.py: %s" % conv["kernels"]["error"])
-        out["conversion"] = conv
-        dump(a.out, out)
     large = os.path.join(a.fixtures, "large.safetensors") if a.fixtures else None
     if a.cuda != "no" and large and os.path.exists(large) and not hung:
         lf = [large]
@@ -787,6 +829,9 @@ def cmd_summary(a):
     tests = load_json(a.tests) or {}
     diff = load_json(a.diff) or {}
     tim = load_json(a.timing) or {}
+    conv = tim.get("conversion") or {}
+    # The kernels step's output; a timing.json of an older layout kept it in conversion.kernels.
+    kern = (load_json(a.kernels) if a.kernels else None) or conv.get("kernels") or {}
     lines = []
     verdicts = {}
 
@@ -851,6 +896,8 @@ def cmd_summary(a):
         say("registered page cache (mmap + cudaHostRegister read-only, no CPU copy; Python probe, warm): %s" % (
             ("%.2f GB/s end to end, registration alone %.2f GB/s" % (reg["gbps"], reg["register_gbps"])) if reg.get("ok")
             else "failed: %s" % (reg.get("error") or "").strip()[-200:]))
+    if not tim:
+        say("timing: not run here (gpu-check.sh --skip-timing, or no budget left); the warm figures are sweep.py's, the cold compare.py's")
     say()
     say("goals (ratios measured side by side in this run):")
     warm_auto = next((s for s in series if s["temperature"] == "warm" and s["io_requested"] == "auto"), None)
@@ -879,9 +926,11 @@ def cmd_summary(a):
     ratio_line("cold_vs_odirect", "cold (auto) / raw O_DIRECT read",
                cold_auto and cold_auto.get("median_gbps"), raw,
                "  [%s GB/s vs %s]" % (fmt(cold_auto and cold_auto.get("median_gbps")), fmt(raw)))
-    conv = tim.get("conversion") or {}
     ker = conv.get("ncu_kernels") or {}
-    krows = [r for r in ((conv.get("kernels") or {}).get("rows") or []) if r.get("source_mib", 0) >= 64 and r.get("ratio_to_copy")]
+    krows = [r for r in (kern.get("rows") or []) if r.get("source_mib", 0) >= 64 and r.get("ratio_to_copy")]
+    kfailed = sorted({r["kernel"] for r in (kern.get("rows") or []) if r.get("error")})
+    if kfailed:
+        say("  kernels.py: %d kernel(s) FAILED to launch: %s" % (len(kfailed), ", ".join(kfailed)))
     if krows:
         worst = min(krows, key=lambda r: r["ratio_to_copy"])
         ratio_line("convert_vs_d2d", "slowest convert kernel / D2D (read+written)",
@@ -900,8 +949,9 @@ def cmd_summary(a):
         for k, v in sorted(ker.items()):
             say("    %-28s %s GB/s (%d launches)" % (k, fmt(v.get("gbps_logical")), v["launches"]))
     else:
-        ratio_line("convert_vs_d2d", "convert kernel / D2D (read+written)", None, d2d_rw,
-                   " (ncu not available; end-to-end loads with --dtype are in timing.conversion.end_to_end)")
+        why = kern.get("skipped") or (("kernels.py failed: %s" % (kern["error"].strip().splitlines() or ["?"])[-1][-160:])
+                                      if kern.get("error") else "the kernels step did not run")
+        ratio_line("convert_vs_d2d", "convert kernel / D2D (read+written)", None, d2d_rw, " (%s)" % why)
     e2e = conv.get("end_to_end") or {}
     if e2e.get("none") and e2e["none"].get("median_seconds"):
         base = e2e["none"]["median_seconds"]
@@ -920,7 +970,7 @@ def cmd_summary(a):
     say("correctness: %s" % verdict)
     text = "\n".join(lines)
     print(text, flush=True)
-    dump(a.out, {"env": env, "tests": tests, "diff": diff, "timing": tim, "verdicts": verdicts, "summary": lines})
+    dump(a.out, {"env": env, "tests": tests, "diff": diff, "kernels": kern, "timing": tim, "verdicts": verdicts, "summary": lines})
     return 1 if failed else 0
 
 
@@ -944,6 +994,13 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=60, help="seconds per load")
     p.add_argument("--budget-s", type=int, default=240)
     p.set_defaults(fn=cmd_diff)
+    p = sub.add_parser("kernels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cuda", choices=["yes", "no"], default="yes")
+    p.add_argument("--ptx", help="default: the bundle's (or checkout's) kernels/convert.ptx")
+    p.add_argument("--mib", default="64,256", help="source tensor sizes in MiB (kernels.py --mib)")
+    p.add_argument("--timeout", type=int, default=60)
+    p.set_defaults(fn=cmd_kernels)
     p = sub.add_parser("timing")
     p.add_argument("--bin", required=True)
     p.add_argument("--dir", required=True, help="scratch directory on a real disk")
@@ -959,7 +1016,7 @@ def main(argv=None):
     p.add_argument("--synth-timeout", type=int, default=150)
     p.set_defaults(fn=cmd_timing)
     p = sub.add_parser("summary")
-    for k in ("env", "tests", "diff", "timing"):
+    for k in ("env", "tests", "diff", "kernels", "timing"):
         p.add_argument("--" + k)
     p.add_argument("--smi", default="")
     p.add_argument("--out", required=True)

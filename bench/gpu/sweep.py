@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
 """Settings sweep of tensorstream loading to a CUDA device, on the GPU machine:
-which backend, queue depth, chunk size and staging size load a cached (warm)
-checkpoint fastest, measured side by side, configurations alternating run by
-run. Writes OUT/sweep.json and prints, last, one line
+which backend, queue depth, chunk size and staging size (and pinned staging
+allocated up front, or a quarter first and the rest while reading) load a
+cached (warm) checkpoint fastest, measured side by side, one process per load,
+configurations alternating run by run. After its table it prints one line
 
     BEST_WARM <arguments>
 
 (the fastest configuration's `tensorstream load` arguments by median GB/s,
 the device-init time left out as compare.py does), which a GPU session passes
-to compare.py as --ts-best-warm.
+to compare.py as --ts-best-warm. Then, in what is left of --budget-s (it keeps
+about 25 s for them):
+  - the in-process steady state: `tensorstream bench --warm --io auto --runs 5`,
+    loads after the first in one process reusing the Loader's pinned staging
+    and CUDA context, as a server loading model after model sees them;
+  - the host's copy ceiling (pread into reused host memory, no device);
+  - a `-v` phase profile of auto, auto --staging-upfront and the best.
+Writes OUT/sweep.json (after each part, so that a cut-off run keeps what it got).
+A configuration the binary rejects (an older binary without a flag) fails
+alone and is not retried.
 
     python3 gpu-bundle/gpu/sweep.py --bin gpu-bundle/bin/tensorstream --out "$OUT" [--size 8G] [--runs 3]
 
@@ -26,19 +36,31 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tsbench as tb  # noqa: E402
 
+# (name, `tensorstream load` arguments). Measured slow twice on an H200 and dropped:
+# mmap 256M, mmap 1G, pread q64 4M 256M, pread q16 16M 256M, pread q8, pread q32 128M,
+# pread q32 8M 256M (more staging to pin costs more than it saves).
 CONFIGS = [
     ("auto", []),
-    ("pread q8", ["--io", "pread", "--queue-depth", "8"]),
+    ("auto --staging-upfront", ["--staging-upfront"]),
+    ("auto --staging-wc", ["--staging-wc"]),
     ("pread q16", ["--io", "pread"]),
-    ("pread q32 128M", ["--io", "pread", "--queue-depth", "32", "--staging", "128M"]),
     ("pread q32 2M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
-    ("pread q32 8M 256M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "8M", "--staging", "256M"]),
-    ("pread q64 4M 256M", ["--io", "pread", "--queue-depth", "64", "--staging", "256M"]),
-    ("pread q16 16M 256M", ["--io", "pread", "--chunk-size", "16M", "--staging", "256M"]),
+    ("pread q32 2M 64M wc", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging-wc"]),
+    ("pread q32 2M 32M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging", "32M"]),
+    ("pread q32 4M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "4M", "--staging", "64M"]),
+    ("pread q16 1M 16M", ["--io", "pread", "--queue-depth", "16", "--chunk-size", "1M", "--staging", "16M"]),
+    ("pread q16 1M 16M wc", ["--io", "pread", "--queue-depth", "16", "--chunk-size", "1M", "--staging", "16M",
+                             "--staging-wc"]),
     ("mmap", ["--io", "mmap"]),
-    ("mmap 256M", ["--io", "mmap", "--staging", "256M"]),
-    ("mmap 1G", ["--io", "mmap", "--chunk-size", "16M", "--staging", "1G"]),
 ]
+TAIL_S = 25  # the steady state, the host ceiling and the phase profile, after the loop
+
+
+def rejected(r):
+    """True when the CLI refused the arguments (clap: exit 2, 'unexpected argument'):
+    a binary older than a flag, not a failed load."""
+    err = r.get("stderr") or ""
+    return r.get("rc") == 2 and ("unexpected argument" in err or "unrecognized" in err or "Usage:" in err)
 
 
 def main():
@@ -53,7 +75,12 @@ def main():
     ap.add_argument("--budget-s", type=int, default=90)
     a = ap.parse_args()
     t0 = time.time()
+
+    def left():
+        return a.budget_s - (time.time() - t0)
+
     os.makedirs(a.dir, exist_ok=True)
+    os.makedirs(a.out, exist_ok=True)
     path, err = tb.synth_checkpoint(a.bin, a.dir, a.size, a.shards, 300)
     if err:
         print("synth failed: %s" % err)
@@ -62,21 +89,34 @@ def main():
     w = tb.warm(files)
     print("checkpoint %s: %.2f GB, warmed in %.1f s, resident %s" % (path, tb.total_bytes(files) / 1e9, w["seconds"], w["resident_after"]), flush=True)
     results = {name: [] for name, _ in CONFIGS}
+    unsupported = {}
+    out = {"path": path, "results": results, "unsupported": unsupported}
+
+    def save():
+        out["seconds"] = time.time() - t0
+        with open(os.path.join(a.out, "sweep.json"), "w") as f:
+            json.dump(out, f, indent=1)
+
     for run in range(a.runs):
         for name, args in CONFIGS[run % len(CONFIGS):] + CONFIGS[: run % len(CONFIGS)]:
-            if time.time() - t0 > a.budget_s:
+            if left() < TAIL_S:
                 break
+            if name in unsupported:
+                continue
             cmd = [a.bin, "load", path, "--device", a.device, "--json"] + args
             r = tb.run_child(cmd, 60)
             j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
-            if not j or tb.gbps_without_init(j) is None:
+            if rejected(r):
+                unsupported[name] = " ".join(tb.tail(r["stderr"], 300).split())
+                rec = {"ok": False, "error": "arguments rejected by this binary (not retried): " + unsupported[name]}
+            elif not j or tb.gbps_without_init(j) is None:
                 rec = {"ok": False, "error": tb.tail(r["stderr"] or r["stdout"], 300)}
             else:
                 rec = {"ok": True, "seconds": j["seconds"], "init_s": j.get("device_init_seconds") or 0.0,
                        "gbps": tb.gbps_without_init(j),
                        "gbps_with_init": j["gbps"], "io": sorted({f["io"] for f in j.get("files", [])}), "wall_s": r["wall_s"]}
             results[name].append(rec)
-            print("  run %d %-20s %s" % (run, name, ("%.2f GB/s (%.2f with init %.3f s) via %s" % (
+            print("  run %d %-22s %s" % (run, name, ("%.2f GB/s (%.2f with init %.3f s) via %s" % (
                 rec["gbps"], rec["gbps_with_init"], rec["init_s"], ",".join(rec["io"]))) if rec["ok"] else "FAILED " + rec["error"]), flush=True)
     rows = []
     for name, args in CONFIGS:
@@ -85,10 +125,39 @@ def main():
             rows.append({"name": name, "args": args, "median_gbps": statistics.median(g), "runs": len(g),
                          "median_init_s": statistics.median(x["init_s"] for x in results[name] if x.get("ok"))})
     rows.sort(key=lambda r: -r["median_gbps"])
-    print("\nconfiguration          median GB/s (device init left out)  runs")
+    print("\nconfiguration            median GB/s (device init left out)  runs")
     for r in rows:
-        print("  %-20s %8.2f   init %.3f s   %d" % (r["name"], r["median_gbps"], r["median_init_s"], r["runs"]))
+        print("  %-22s %8.2f   init %.3f s   %d" % (r["name"], r["median_gbps"], r["median_init_s"], r["runs"]))
+    if unsupported:
+        print("  not measured, arguments rejected by this binary: %s" % ", ".join(sorted(unsupported)))
     best = next((r for r in rows if r["args"]), None)
+    out["rows"] = rows
+    save()
+    print("BEST_WARM %s" % " ".join(best["args"] if best else ["--io", "pread"]), flush=True)
+    # The in-process steady state: one process, loads after the first reuse the
+    # Loader's pinned staging and CUDA context (a server's steady state), against the
+    # per-process figures above, which pay the context and the staging every time.
+    auto_row = next((x for x in rows if x["name"] == "auto"), None)
+    out["steady_state"] = {}
+    for sname, extra in (("auto", []), ("auto --staging-wc", ["--staging-wc"])):
+        if sname in unsupported:
+            continue
+        r = tb.run_child([a.bin, "bench", path, "--device", a.device, "--warm", "--io", "auto", "--runs", "5", "--json"]
+                         + extra, max(15, min(60, left() + 20)))
+        j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
+        if j and j.get("runs"):
+            steady = {"ok": True, "runs": j["runs"], "median_gbps": j.get("median_gbps"), "io": j.get("io"),
+                      "device_init_seconds": j.get("device_init_seconds"), "note": j.get("note"), "wall_s": r["wall_s"]}
+        else:
+            steady = {"ok": False, "rc": r["rc"], "timed_out": r["timed_out"],
+                      "error": (j or {}).get("note") or tb.tail(r["stderr"] or r["stdout"], 300)}
+        out["steady_state"][sname] = steady
+        print("  in-process steady state, %s (bench --warm --runs 5, one process): %s%s" % (
+            sname,
+            ("%.2f GB/s median %s via %s" % (steady["median_gbps"], [round(x, 2) for x in steady["runs"]], steady["io"] or "-"))
+            if steady["ok"] else "FAILED (rc %s%s): %s" % (steady["rc"], ", timed out" if steady["timed_out"] else "", steady["error"]),
+            ("; per-process auto %.2f GB/s (init left out)" % auto_row["median_gbps"]) if auto_row and steady["ok"] else ""), flush=True)
+    save()
     # The host's own ceiling for the CPU half of the warm path: the pread pool copying
     # the cached files into host memory that is already backed (reused between runs),
     # with no device copy at all. Near the warm figures above, the host's memory
@@ -96,23 +165,29 @@ def main():
     ceiling = {}
     for q in (8, 16):
         r = tb.run_child([a.bin, "bench", path, "--device", "cpu", "--warm", "--io", "pread", "--reuse-memory",
-                          "--runs", "3", "--queue-depth", str(q), "--json"], 90)
+                          "--runs", "3", "--queue-depth", str(q), "--json"], max(15, min(90, left() + 20)))
         j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
         ceiling["q%d" % q] = j or {"error": tb.tail(r["stderr"] or r["stdout"], 300)}
         print("  host copy ceiling, pread q%-3d into reused host memory: %s" % (
             q, ("%.2f GB/s median %s" % (j["median_gbps"], [round(x, 2) for x in j.get("runs", [])])) if j else ceiling["q%d" % q]["error"]), flush=True)
-    # Where the time goes: one verbose load each of auto and the best configuration
-    # (the CLI logs its phases: context, allocations, reads and copies, final sync).
+    out["host_copy_ceiling"] = ceiling
+    save()
+    # Where the time goes: one verbose load each of auto, auto with the staging up front
+    # and the best configuration (the CLI logs its phases: context, allocations, reads
+    # and copies, final sync).
     phases = {}
-    for name, args in [("auto", [])] + ([(best["name"], best["args"])] if best else []):
-        r = tb.run_child([a.bin, "-v", "load", path, "--device", a.device] + args, 60)
+    out["phases"] = phases
+    prof = [(n, g) for n, g in CONFIGS if n in ("auto", "auto --staging-upfront", "auto --staging-wc") and n not in unsupported]
+    if best and best["name"] not in dict(prof):
+        prof.append((best["name"], best["args"]))
+    for name, args in prof:
+        r = tb.run_child([a.bin, "-v", "load", path, "--device", a.device] + args, max(15, min(60, left() + 20)))
         plain = re.sub(r"\x1b\[[0-9;]*m", "", r["stderr"] or "")
         lines = [ln.strip() for ln in plain.splitlines() if "phases" in ln]
         phases[name] = lines
-        print("  %-20s %s" % (name, lines[-1] if lines else "no phase line (rc %s): %s" % (r["rc"], tb.tail(r["stderr"], 200))))
-    with open(os.path.join(a.out, "sweep.json"), "w") as f:
-        json.dump({"path": path, "results": results, "rows": rows, "phases": phases, "host_copy_ceiling": ceiling, "seconds": time.time() - t0}, f, indent=1)
-    print("BEST_WARM %s" % " ".join(best["args"] if best else ["--io", "pread"]))
+        print("  %-22s %s" % (name, lines[-1] if lines else "no phase line (rc %s): %s" % (
+            r["rc"], (plain.strip().splitlines() or ["-"])[-1][-200:])))
+    save()
     return 0
 
 
