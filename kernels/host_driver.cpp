@@ -88,9 +88,9 @@ int run(const char* input, const char* output, size_t src_skew, size_t dst_skew,
     Skewed src(in.size(), src_skew);
     if (!in.empty()) std::memcpy(src.data, in.data(), in.size());
     Skewed dst(n * Op::D, dst_skew);
-    // As the kernels do: 1-byte sources through a table of the op (filled by one
+    // As the kernels do: 1-byte sources to 16-bit types through a table of the op (filled by one
     // simulated thread here, by the whole block in shared memory there).
-    if constexpr (Op::S == 1) {
+    if constexpr (Op::S == 1 && Op::D == 2) {
         tsconv::u32 table[256];
         tsconv::fill_table<Op>(table, 0u, 1u);
         for (tsconv::u64 tid = 0; tid < threads; ++tid)
