@@ -40,7 +40,6 @@ pub struct Loader {
     per_tensor: bool,
     host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
-    staging_upfront: bool,
     staging_write_combined: bool,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
@@ -81,7 +80,6 @@ impl Loader {
             per_tensor: false,
             host_pool: None,
             fail_nth: None,
-            staging_upfront: false,
             staging_write_combined: false,
             keep_staging: true,
             #[cfg(feature = "cuda")]
@@ -145,14 +143,6 @@ impl Loader {
     /// framework can free tensors one by one. By default, one per file.
     pub fn per_tensor_allocations(mut self, yes: bool) -> Self {
         self.per_tensor = yes;
-        self
-    }
-
-    /// On CUDA, pin all the staging before the first read. By default a quarter of it
-    /// is pinned first and the rest on a helper thread while the first slots are in
-    /// use (pinning memory is slow: about 2 GB/s).
-    pub fn staging_upfront(mut self, yes: bool) -> Self {
-        self.staging_upfront = yes;
         self
     }
 
@@ -287,7 +277,6 @@ impl Loader {
                 self.per_tensor,
                 &crate::device::cuda::StagingOptions {
                     cache: self.keep_staging.then_some(&self.staging_cache),
-                    upfront: self.staging_upfront,
                     write_combined: self.staging_write_combined,
                 },
                 self.cancel.as_ref(),

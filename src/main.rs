@@ -129,10 +129,6 @@ struct LoadOpts {
     /// Staging memory (e.g. 64M).
     #[arg(long, value_parser = parse_size)]
     staging: Option<u64>,
-    /// CUDA: pin all the staging before the first read (by default a quarter is
-    /// pinned first and the rest while reading).
-    #[arg(long)]
-    staging_upfront: bool,
     /// CUDA: allocate the pinned staging write-combined.
     #[arg(long)]
     staging_wc: bool,
@@ -156,8 +152,7 @@ impl LoadOpts {
         if let Some(s) = self.staging {
             l = l.staging_bytes(s);
         }
-        l.staging_upfront(self.staging_upfront)
-            .write_combined_staging(self.staging_wc)
+        l.write_combined_staging(self.staging_wc)
     }
 }
 

@@ -381,8 +381,6 @@ pub(crate) struct StagingOptions<'a> {
     /// The loader's kept staging: reused when it has the load's shape, and the load's
     /// staging kept there afterwards. None: allocated for this load only.
     pub cache: Option<&'a StagingCache>,
-    /// Pin all of it before the first read (else a quarter first, the rest meanwhile).
-    pub upfront: bool,
     /// Allocate it write-combined (see [`crate::Loader::write_combined_staging`]).
     pub write_combined: bool,
 }
@@ -396,69 +394,6 @@ fn host_alloc_flags(write_combined: bool) -> u32 {
     }
 }
 
-/// A slot on its way from the thread that pins staging to the load that uses it.
-struct SentSlot(Slot);
-
-// SAFETY: the slot's memory and event are driver objects usable from any thread with
-// the context current; the sending thread gives it up entirely.
-unsafe impl Send for SentSlot {}
-
-/// The thread that pins the rest of a load's staging while its first slots are
-/// already being read into and copied from.
-struct Growth {
-    rx: std::sync::mpsc::Receiver<Result<SentSlot>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Growth {
-    /// Starts pinning `count` slots of `slot_len` bytes on `ctx`, one at a time.
-    fn start(
-        ctx: Arc<Context>,
-        slot_len: usize,
-        flags: u32,
-        count: usize,
-    ) -> std::io::Result<Growth> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let (tx, rx) = std::sync::mpsc::channel::<Result<SentSlot>>();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("tensorstream-staging".into())
-            .spawn(move || {
-                if let Err(e) = ctx.bind() {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                for _ in 0..count {
-                    if stopped.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match Slot::alloc(slot_len, flags) {
-                        Ok(s) => {
-                            if let Err(back) = tx.send(Ok(SentSlot(s))) {
-                                // The load is gone: free what nobody will receive.
-                                if let Ok(s) = back.0 {
-                                    s.0.free();
-                                }
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            })?;
-        Ok(Growth {
-            rx,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
 /// Pinned staging, a stream, and the destinations of one load.
 struct CudaSink<'p> {
     plan: &'p Plan,
@@ -468,11 +403,6 @@ struct CudaSink<'p> {
     slots: Vec<Slot>,
     slot_len: usize,
     flags: u32,
-    /// Slots this load will have once `growth` has delivered the rest.
-    planned: usize,
-    /// The first `fixed_count` slots are the ones an io_uring engine registered.
-    fixed_count: usize,
-    growth: Option<Growth>,
     any_convert: bool,
     /// FIFO of busy slot indices, oldest first.
     order: std::collections::VecDeque<usize>,
@@ -518,27 +448,14 @@ fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<D
 }
 
 impl<'p> CudaSink<'p> {
-    /// A sink copying through `staging`, which will have `planned` slots: all of them
-    /// pinned before the first read when `upfront` (or when the staging already has
-    /// them), else a quarter first and the rest by a helper thread while the first
-    /// ones are in use. The device buffers are allocated on another thread meanwhile.
-    fn new(
-        plan: &'p Plan,
-        mut staging: Staging,
-        planned: usize,
-        upfront: bool,
-        per_tensor: bool,
-    ) -> Result<Self> {
+    /// A sink copying through `staging`, pinned up to `count` slots first (a kept
+    /// staging already has them); the device buffers are allocated on another thread
+    /// meanwhile.
+    fn new(plan: &'p Plan, mut staging: Staging, count: usize, per_tensor: bool) -> Result<Self> {
         let ctx = Arc::clone(&staging.ctx);
-        let planned = planned.max(2);
-        let first = if upfront {
-            planned
-        } else {
-            (planned / 4).clamp(2, planned)
-        };
         let (buffers, pinned) = std::thread::scope(|scope| {
             let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor));
-            let pinned = staging.fill(first.max(staging.slots.len().min(planned)));
+            let pinned = staging.fill(count.max(2));
             let buffers = device
                 .join()
                 .unwrap_or_else(|_| Err(internal("the device allocation thread panicked")));
@@ -547,8 +464,7 @@ impl<'p> CudaSink<'p> {
         pinned?;
         let (raw, converted, own) = buffers?;
         ctx.bind()?;
-        let slot_len = staging.slot_len;
-        let flags = staging.flags;
+        let (slot_len, flags) = (staging.slot_len, staging.flags);
         let stream = std::mem::replace(&mut staging.stream, std::ptr::null_mut());
         let slots = std::mem::take(&mut staging.slots);
         drop(staging);
@@ -556,12 +472,9 @@ impl<'p> CudaSink<'p> {
             plan,
             ctx,
             stream,
-            fixed_count: slots.len(),
             slots,
             slot_len,
             flags,
-            planned,
-            growth: None,
             any_convert: plan.files.iter().any(|f| f.converted_len > 0),
             order: Default::default(),
             raw,
@@ -570,117 +483,29 @@ impl<'p> CudaSink<'p> {
             module: None,
             kernels: BTreeMap::new(),
         };
-        let missing = planned.saturating_sub(sink.slots.len());
-        if missing > 0 {
-            match Growth::start(Arc::clone(&sink.ctx), slot_len, flags, missing) {
-                Ok(g) => sink.growth = Some(g),
-                Err(e) => {
-                    tracing::debug!("staging thread not started ({e}): pinning the rest now");
-                    sink.ctx.bind()?;
-                    while sink.slots.len() < planned {
-                        sink.slots.push(Slot::alloc(slot_len, flags)?);
-                    }
-                }
-            }
-        }
         if sink.any_convert {
-            for i in 0..sink.slots.len() {
-                let s = DeviceBuf::alloc(&sink.ctx, slot_len + SCRATCH_PAD)?;
-                if let Some(slot) = sink.slots.get_mut(i) {
-                    slot.scratch = Some(s);
-                }
+            for s in &mut sink.slots {
+                s.scratch = Some(DeviceBuf::alloc(&sink.ctx, slot_len + SCRATCH_PAD)?);
             }
             sink.load_kernels()?;
         }
         Ok(sink)
     }
 
-    /// Takes a newly pinned slot into the ring (with its scratch when converting).
-    fn adopt(&mut self, mut slot: Slot) -> Result<()> {
-        if self.any_convert {
-            match DeviceBuf::alloc(&self.ctx, self.slot_len + SCRATCH_PAD) {
-                Ok(s) => slot.scratch = Some(s),
-                Err(e) => {
-                    slot.free();
-                    return Err(e);
-                }
-            }
-        }
-        self.slots.push(slot);
-        Ok(())
-    }
-
-    /// Takes the slots the staging thread has pinned so far; with `block`, waits for
-    /// at least one (unless it has finished). Returns whether one was taken.
-    fn take_grown(&mut self, block: bool) -> Result<bool> {
-        let mut took = false;
-        loop {
-            let Some(g) = &self.growth else {
-                return Ok(took);
-            };
-            let got = if block && !took {
-                g.rx.recv()
-                    .map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
-            } else {
-                g.rx.try_recv()
-            };
-            match got {
-                Ok(Ok(SentSlot(slot))) => {
-                    self.adopt(slot)?;
-                    took = true;
-                }
-                Ok(Err(e)) => {
-                    self.finish_growth();
-                    return Err(e);
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(took),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    self.finish_growth();
-                    return Ok(took);
-                }
-            }
-        }
-    }
-
-    /// Stops the staging thread, waits for it, and takes (or, after an error, frees)
-    /// whatever it pinned, so no slot is left behind.
-    fn finish_growth(&mut self) {
-        let Some(mut g) = self.growth.take() else {
-            return;
-        };
-        g.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = g.thread.take() {
-            let _ = t.join();
-        }
-        let _ = self.ctx.bind();
-        while let Ok(got) = g.rx.try_recv() {
-            if let Ok(SentSlot(slot)) = got {
-                self.slots.push(slot);
-            }
-        }
-    }
-
-    /// Once the stream has drained: the staging (all planned slots) back for the
-    /// loader to keep, or nothing when the staging thread failed to pin them all.
-    fn hand_back(mut self) -> Result<Option<Staging>> {
-        while self.growth.is_some() {
-            self.take_grown(true)?;
-        }
-        if self.slots.len() != self.planned {
-            return Ok(None);
-        }
+    /// Once the stream has drained: the staging, for the loader to keep.
+    fn hand_back(mut self) -> Staging {
         let mut slots = std::mem::take(&mut self.slots);
         for s in &mut slots {
             s.scratch = None;
             s.busy = false;
         }
-        Ok(Some(Staging {
+        Staging {
             ctx: Arc::clone(&self.ctx),
             stream: std::mem::replace(&mut self.stream, std::ptr::null_mut()),
             slots,
             slot_len: self.slot_len,
             flags: self.flags,
-        }))
+        }
     }
 
     fn load_kernels(&mut self) -> Result<()> {
@@ -869,9 +694,6 @@ impl CudaSink<'_> {
 
 impl Sink for CudaSink<'_> {
     fn buffer(&mut self, _file: usize, op: &ReadOp) -> Result<Option<Buf>> {
-        if self.growth.is_some() {
-            self.take_grown(false)?;
-        }
         // Recycle slots whose copies have finished, oldest first.
         while let Some(&i) = self.order.front() {
             let Some(s) = self.slots.get(i) else { break };
@@ -897,12 +719,7 @@ impl Sink for CudaSink<'_> {
         Ok(Some(Buf {
             ptr: s.host,
             len: s.len,
-            // Slots pinned after the engine started are not registered with it.
-            fixed: if i < self.fixed_count {
-                u16::try_from(i).ok()
-            } else {
-                None
-            },
+            fixed: u16::try_from(i).ok(),
             fresh: false,
         }))
     }
@@ -920,11 +737,6 @@ impl Sink for CudaSink<'_> {
     }
 
     fn wait_for_slot(&mut self) -> Result<()> {
-        if self.order.is_empty() && self.growth.is_some() {
-            // Every slot is reading: the next one comes from the staging thread.
-            self.take_grown(true)?;
-            return Ok(());
-        }
         if let Some(i) = self.order.pop_front() {
             if let Some(s) = self.slots.get_mut(i) {
                 // SAFETY: the event is live until Drop.
@@ -943,7 +755,6 @@ impl Sink for CudaSink<'_> {
 
 impl Drop for CudaSink<'_> {
     fn drop(&mut self) {
-        self.finish_growth();
         if self.ctx.bind().is_err() {
             return;
         }
@@ -1217,7 +1028,7 @@ pub(crate) fn load(
     )?;
     let ctx = Arc::clone(&kept.ctx);
     let init = init_start.elapsed();
-    let mut sink = CudaSink::new(plan, kept, planned, staging.upfront, per_tensor)?;
+    let mut sink = CudaSink::new(plan, kept, planned, per_tensor)?;
     let setup = init_start.elapsed();
     let phases = |what: &str, copied: std::time::Duration, synced: std::time::Duration| {
         tracing::debug!(
@@ -1227,8 +1038,6 @@ pub(crate) fn load(
             (setup - init).as_secs_f64(),
             if reused {
                 " (the loader's kept staging)"
-            } else if staging.upfront {
-                " (all staging pinned first)"
             } else {
                 ""
             },
@@ -1240,9 +1049,7 @@ pub(crate) fn load(
     let finish = |sink: CudaSink<'_>| -> Result<BTreeMap<String, Tensor>> {
         let tensors = tensors_of(plan, &sink)?;
         if let Some(cache) = staging.cache {
-            if let Some(kept) = sink.hand_back()? {
-                *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
-            }
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.hand_back());
         }
         Ok(tensors)
     };
@@ -1273,7 +1080,7 @@ pub(crate) fn load(
         let fixed = sink.fixed_buffers();
         let mut engine = loader.engine(io::new_engine(
             choice.engine,
-            depth.min(sink.planned),
+            depth.min(sink.slots.len()),
             &fixed,
         )?);
         io::execute(
