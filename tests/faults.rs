@@ -467,5 +467,18 @@ fn error_messages_name_the_file_the_tensor_and_the_rule() {
             assert!(e.to_string().contains("--features cuda"), "{e}");
         }
     }
+    // The same from `prepare` (which pins staging ahead of a CUDA load); on the CPU it
+    // has nothing to do.
+    Loader::new().prepare().unwrap();
+    let r = Loader::new()
+        .device(tensorstream::Device::Cuda(0))
+        .prepare();
+    if !cfg!(feature = "cuda") {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+    } else if let Err(e) = r {
+        assert_eq!(e.kind(), ErrorKind::Cuda, "{e}");
+    }
     // FileChanged and Cancelled are asserted in their own tests above.
 }
