@@ -241,9 +241,10 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
 }
 
 /// One loader (and its clones) keeps its pinned staging between loads: later loads
-/// reuse it, also after a failed load, from two threads at once, and after
-/// `prepare`; each load still equals the host load. Small slots make the staging
-/// thread deliver most of them while the first ones are in use.
+/// reuse it, also after a failed load, from three threads at once (two of them
+/// allocate their own), and after `prepare`; kept or not, write-combined or not (the
+/// second write-combined kept load reuses the first's), over pread and O_DIRECT: each
+/// load still equals the host load.
 #[test]
 fn a_loader_reuses_its_staging_across_loads_and_threads() {
     if !gpu() {
