@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Settings sweep of tensorstream loading to a CUDA device, on the GPU machine:
-which backend, queue depth, chunk size and staging size (and pinned staging
-allocated up front, or a quarter first and the rest while reading) load a
-cached (warm) checkpoint fastest, measured side by side, one process per load,
+which backend, queue depth, chunk size and staging size (and write-combined
+pinned staging or not) load a cached (warm) checkpoint fastest, measured side by side, one process per load,
 configurations alternating run by run. After its table it prints one line
 
     BEST_WARM <arguments>
