@@ -15,6 +15,9 @@
 #   3. gpu/compare.py against the peers with the rest, with the sweep's best warm
 #      settings as ts-best (3 warm and 3 cold runs of the key loaders first, the
 #      others as they fit): $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
+# --check-s 0 or --sweep-s 0 skips that step (a session that only compares the loaders:
+# --check-s 0 --sweep-s 0 --budget-s 540 gives compare.py about 525 s; from run D's
+# load times, about 560 s would cover three warm and three cold runs of every loader);
 # and writes everything it prints to $OUT/run.log (seven files in all: the device
 # tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
@@ -26,7 +29,7 @@ while [ $# -gt 0 ]; do
         --budget-s) BUDGET=$2; shift 2 ;;
         --check-s) CHECK=$2; shift 2 ;;
         --sweep-s) SWEEP=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu-session.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -39,16 +42,22 @@ START=$SECONDS
 left() { echo $((BUDGET - (SECONDS - START))); }
 echo "tensorstream GPU session  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s (check ${CHECK}s, sweep ${SWEEP}s, compare the rest)"
 
-echo "== 1. gpu-check.sh --skip-timing --budget-s $CHECK  [t=$((SECONDS - START))s]"
-OUT=$OUT bash "$B/gpu-check.sh" --skip-timing --budget-s "$CHECK" >/dev/null 2>&1
-echo "   exit $?"
-sed -n '/== summary ==/,$p' "$OUT/gpu-check.log"
+if [ "$CHECK" -gt 0 ]; then
+    echo "== 1. gpu-check.sh --skip-timing --budget-s $CHECK  [t=$((SECONDS - START))s]"
+    OUT=$OUT bash "$B/gpu-check.sh" --skip-timing --budget-s "$CHECK" >/dev/null 2>&1
+    echo "   exit $?"
+    sed -n '/== summary ==/,$p' "$OUT/gpu-check.log"
+else
+    echo "== 1. gpu-check.sh: skipped (--check-s 0)"
+fi
 
 BEST="--io pread --queue-depth 32 --chunk-size 2M"
 # sweep.py keeps its whole run, the checkpoint it may write and its tail (steady state,
 # host ceiling, phases) included, inside --budget-s; 30 s more is the margin its last
 # loads may run past it, and what compare.py needs at least is checked below.
-if [ "$(left)" -gt $((SWEEP + 30)) ]; then
+if [ "$SWEEP" -le 0 ]; then
+    echo "== 2. sweep.py: skipped (--sweep-s 0)"
+elif [ "$(left)" -gt $((SWEEP + 30)) ]; then
     echo "== 2. sweep.py --budget-s $SWEEP  [t=$((SECONDS - START))s]"
     timeout $((SWEEP + 40)) python3 "$B/gpu/sweep.py" --bin "$B/bin/tensorstream" --out "$OUT" --size 8G --runs 5 \
         --budget-s "$SWEEP" | tee "$OUT/.sweep.txt"
