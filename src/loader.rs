@@ -191,6 +191,19 @@ impl Loader {
         }
     }
 
+    /// Frees the pinned staging this loader (and its clones) keeps, and its hold on
+    /// the device's context, now rather than with the last clone. The next CUDA load
+    /// pins its own again.
+    pub fn release_staging(&self) {
+        #[cfg(feature = "cuda")]
+        drop(
+            self.staging_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
+
     fn staging_slots(&self) -> usize {
         (self.staging_bytes / self.plan.chunk_size).max(1) as usize
     }

@@ -286,6 +286,12 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
             r.join().unwrap();
         }
     });
+    l.release_staging();
+    assert_eq!(
+        &host_bytes(l.clone(), &path),
+        &want[0],
+        "after release_staging"
+    );
     let w = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
     for (keep, wc) in [
         (false, false),

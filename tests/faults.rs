@@ -470,6 +470,7 @@ fn error_messages_name_the_file_the_tensor_and_the_rule() {
     // The same from `prepare` (which pins staging ahead of a CUDA load); on the CPU it
     // has nothing to do.
     Loader::new().prepare().unwrap();
+    Loader::new().release_staging();
     let r = Loader::new()
         .device(tensorstream::Device::Cuda(0))
         .prepare();
