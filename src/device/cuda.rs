@@ -243,22 +243,6 @@ impl Slot {
     }
 }
 
-/// Waits for `stream`, then frees `slots` and destroys the stream (when not null).
-/// The context must be current.
-fn free_staging(stream: sys::CUstream, slots: Vec<Slot>) {
-    if !stream.is_null() {
-        // SAFETY: the stream is live (created by `Staging::new`, destroyed only below).
-        let _ = unsafe { result::stream::synchronize(stream) };
-    }
-    for s in slots {
-        s.free();
-    }
-    if !stream.is_null() {
-        // SAFETY: created by `Staging::new`, destroyed once here, after draining.
-        let _ = unsafe { result::stream::destroy(stream) };
-    }
-}
-
 /// Pinned staging slots and the stream that copies out of them, as a [`Loader`] keeps
 /// them between loads: a server pins its staging (and holds the device's context)
 /// once, not per load. Freed when dropped.
@@ -314,14 +298,21 @@ impl Staging {
     }
 
     /// Staging for `count` slots of `slot_len` bytes on device `ordinal`: the loader's
-    /// kept staging when it has that shape (any other is freed), else a new one.
+    /// kept staging when it has that shape (any other is freed), else a new one
+    /// (without slots yet). True when kept.
     fn reuse_or_new(
         cache: Option<&StagingCache>,
         ordinal: usize,
-        slot_len: usize,
-        flags: u32,
         count: usize,
+        slot_len: u64,
+        write_combined: bool,
     ) -> Result<(Staging, bool)> {
+        let slot_len = crate::device::host::to_usize(slot_len)?;
+        let flags = if write_combined {
+            sys::CU_MEMHOSTALLOC_WRITECOMBINED
+        } else {
+            0
+        };
         let kept = cache.and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
         match kept {
             Some(s)
@@ -345,9 +336,22 @@ impl Staging {
 }
 
 impl Drop for Staging {
+    /// Waits for the stream, then frees the slots and destroys the stream. A staging
+    /// whose stream is null (a load's, once handed back to the loader) holds nothing.
     fn drop(&mut self) {
-        if self.ctx.bind().is_ok() {
-            free_staging(self.stream, std::mem::take(&mut self.slots));
+        if self.ctx.bind().is_err() {
+            return;
+        }
+        if !self.stream.is_null() {
+            // SAFETY: the stream is live (created by `Staging::new`, destroyed only below).
+            let _ = unsafe { result::stream::synchronize(self.stream) };
+        }
+        for s in self.slots.drain(..) {
+            s.free();
+        }
+        if !self.stream.is_null() {
+            // SAFETY: created by `Staging::new`, destroyed once here, after draining.
+            let _ = unsafe { result::stream::destroy(self.stream) };
         }
     }
 }
@@ -367,10 +371,9 @@ pub(crate) fn prepare(
     slot_len: u64,
     write_combined: bool,
 ) -> Result<()> {
-    let slot_len = crate::device::host::to_usize(slot_len)?;
     let count = slots.max(2);
-    let flags = host_alloc_flags(write_combined);
-    let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, slot_len, flags, count)?;
+    let (mut staging, _) =
+        Staging::reuse_or_new(Some(cache), ordinal, count, slot_len, write_combined)?;
     staging.fill(count)?;
     *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging);
     Ok(())
@@ -385,25 +388,11 @@ pub(crate) struct StagingOptions<'a> {
     pub write_combined: bool,
 }
 
-/// `cuMemHostAlloc` flags for staging.
-fn host_alloc_flags(write_combined: bool) -> u32 {
-    if write_combined {
-        sys::CU_MEMHOSTALLOC_WRITECOMBINED
-    } else {
-        0
-    }
-}
-
 /// Pinned staging, a stream, and the destinations of one load.
 struct CudaSink<'p> {
     plan: &'p Plan,
-    ctx: Arc<Context>,
-    /// The staging's stream (null once handed back to the loader).
-    stream: sys::CUstream,
-    slots: Vec<Slot>,
-    slot_len: usize,
-    flags: u32,
-    any_convert: bool,
+    /// Its slots, stream and context (the stream null once handed back to the loader).
+    staging: Staging,
     /// FIFO of busy slot indices, oldest first.
     order: std::collections::VecDeque<usize>,
     /// Per file: the raw buffer (or none when per-tensor), the converted area.
@@ -448,14 +437,14 @@ fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<D
 }
 
 impl<'p> CudaSink<'p> {
-    /// A sink copying through `staging`, pinned up to `count` slots first (a kept
+    /// A sink copying through `staging`, pinned up to `count` (at least 2) slots first (a kept
     /// staging already has them); the device buffers are allocated on another thread
     /// meanwhile.
     fn new(plan: &'p Plan, mut staging: Staging, count: usize, per_tensor: bool) -> Result<Self> {
         let ctx = Arc::clone(&staging.ctx);
         let (buffers, pinned) = std::thread::scope(|scope| {
             let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor));
-            let pinned = staging.fill(count.max(2));
+            let pinned = staging.fill(count);
             let buffers = device
                 .join()
                 .unwrap_or_else(|_| Err(internal("the device allocation thread panicked")));
@@ -464,18 +453,10 @@ impl<'p> CudaSink<'p> {
         pinned?;
         let (raw, converted, own) = buffers?;
         ctx.bind()?;
-        let (slot_len, flags) = (staging.slot_len, staging.flags);
-        let stream = std::mem::replace(&mut staging.stream, std::ptr::null_mut());
-        let slots = std::mem::take(&mut staging.slots);
-        drop(staging);
+        let scratch_len = staging.slot_len + SCRATCH_PAD;
         let mut sink = CudaSink {
             plan,
-            ctx,
-            stream,
-            slots,
-            slot_len,
-            flags,
-            any_convert: plan.files.iter().any(|f| f.converted_len > 0),
+            staging,
             order: Default::default(),
             raw,
             converted,
@@ -483,9 +464,9 @@ impl<'p> CudaSink<'p> {
             module: None,
             kernels: BTreeMap::new(),
         };
-        if sink.any_convert {
-            for s in &mut sink.slots {
-                s.scratch = Some(DeviceBuf::alloc(&sink.ctx, slot_len + SCRATCH_PAD)?);
+        if plan.files.iter().any(|f| f.converted_len > 0) {
+            for s in &mut sink.staging.slots {
+                s.scratch = Some(DeviceBuf::alloc(&ctx, scratch_len)?);
             }
             sink.load_kernels()?;
         }
@@ -494,17 +475,17 @@ impl<'p> CudaSink<'p> {
 
     /// Once the stream has drained: the staging, for the loader to keep.
     fn hand_back(mut self) -> Staging {
-        let mut slots = std::mem::take(&mut self.slots);
-        for s in &mut slots {
+        let st = &mut self.staging;
+        for s in &mut st.slots {
             s.scratch = None;
             s.busy = false;
         }
         Staging {
-            ctx: Arc::clone(&self.ctx),
-            stream: std::mem::replace(&mut self.stream, std::ptr::null_mut()),
-            slots,
-            slot_len: self.slot_len,
-            flags: self.flags,
+            ctx: Arc::clone(&st.ctx),
+            stream: std::mem::replace(&mut st.stream, std::ptr::null_mut()),
+            slots: std::mem::take(&mut st.slots),
+            slot_len: st.slot_len,
+            flags: st.flags,
         }
     }
 
@@ -533,7 +514,8 @@ impl<'p> CudaSink<'p> {
     }
 
     fn slot_of(&self, ptr: *mut u8) -> Result<usize> {
-        self.slots
+        self.staging
+            .slots
             .iter()
             .position(|s| s.host == ptr)
             .ok_or_else(|| internal("unknown staging slot"))
@@ -549,7 +531,7 @@ impl<'p> CudaSink<'p> {
         // completes; dst lies inside a live device buffer (callers take it from the
         // plan, whose ranges fit the buffers allocated for it); the stream belongs to
         // the current context. The CPU never reads through src.
-        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, self.stream) }
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, self.staging.stream) }
             .result()
             .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
     }
@@ -593,7 +575,7 @@ impl<'p> CudaSink<'p> {
                 (blocks, 1, 1),
                 (threads as u32, 1, 1),
                 0,
-                self.stream,
+                self.staging.stream,
                 &mut params,
             )
         }
@@ -602,7 +584,7 @@ impl<'p> CudaSink<'p> {
 
     fn synchronize(&self) -> Result<()> {
         // SAFETY: the stream is live until Drop.
-        unsafe { result::stream::synchronize(self.stream) }
+        unsafe { result::stream::synchronize(self.staging.stream) }
             .map_err(|e| cuda_err("cuStreamSynchronize", e))
     }
 
@@ -696,18 +678,26 @@ impl Sink for CudaSink<'_> {
     fn buffer(&mut self, _file: usize, op: &ReadOp) -> Result<Option<Buf>> {
         // Recycle slots whose copies have finished, oldest first.
         while let Some(&i) = self.order.front() {
-            let Some(s) = self.slots.get(i) else { break };
+            let Some(s) = self.staging.slots.get(i) else {
+                break;
+            };
             // SAFETY: the event is live until Drop.
             if unsafe { result::event::query(s.event) }.is_ok() {
                 self.order.pop_front();
-                if let Some(s) = self.slots.get_mut(i) {
+                if let Some(s) = self.staging.slots.get_mut(i) {
                     s.busy = false;
                 }
             } else {
                 break;
             }
         }
-        let Some((i, s)) = self.slots.iter_mut().enumerate().find(|(_, s)| !s.busy) else {
+        let Some((i, s)) = self
+            .staging
+            .slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| !s.busy)
+        else {
             return Ok(None);
         };
         if (op.len as usize) > s.len {
@@ -726,11 +716,11 @@ impl Sink for CudaSink<'_> {
 
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
         let i = self.slot_of(buf.ptr)?;
-        let slot = self.slots.get(i).ok_or_else(|| internal("slot"))?;
+        let slot = self.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
         let scratch = slot.scratch.as_ref();
         self.consume(file, op, slot.host, scratch, &[])?;
         // SAFETY: event and stream are live until Drop.
-        unsafe { result::event::record(slot.event, self.stream) }
+        unsafe { result::event::record(slot.event, self.staging.stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))?;
         self.order.push_back(i);
         Ok(())
@@ -738,7 +728,7 @@ impl Sink for CudaSink<'_> {
 
     fn wait_for_slot(&mut self) -> Result<()> {
         if let Some(i) = self.order.pop_front() {
-            if let Some(s) = self.slots.get_mut(i) {
+            if let Some(s) = self.staging.slots.get_mut(i) {
                 // SAFETY: the event is live until Drop.
                 unsafe { result::event::synchronize(s.event) }
                     .map_err(|e| cuda_err("cuEventSynchronize", e))?;
@@ -749,19 +739,21 @@ impl Sink for CudaSink<'_> {
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
-        self.slots.iter().map(|s| (s.host, s.len)).collect()
+        self.staging.slots.iter().map(|s| (s.host, s.len)).collect()
     }
 }
 
 impl Drop for CudaSink<'_> {
     fn drop(&mut self) {
-        if self.ctx.bind().is_err() {
+        if self.staging.ctx.bind().is_err() {
             return;
         }
-        // Nothing may still read a slot or write a buffer when they are freed: this
-        // waits for the stream first (a handed-back staging took the stream along,
-        // after it had drained).
-        free_staging(self.stream, std::mem::take(&mut self.slots));
+        // Nothing may still read a slot or write a buffer when they are freed (the
+        // staging and the buffers are dropped after this); a handed-back staging took
+        // the stream along, after it had drained.
+        if !self.staging.stream.is_null() {
+            let _ = self.synchronize();
+        }
         if let Some(m) = self.module.take() {
             // SAFETY: loaded in load_kernels; no launch is pending after the sync.
             let _ = unsafe { result::module::unload(m) };
@@ -886,7 +878,7 @@ fn load_registered(
 ) -> Result<Registration> {
     let mut stats = IoStats::default();
     let total = plan.required_bytes();
-    let scratch = sink.slots.first().and_then(|s| s.scratch.as_ref());
+    let scratch = sink.staging.slots.first().and_then(|s| s.scratch.as_ref());
     let mut done = 0u64;
     let mut first = true;
     let report = |done: u64| {
@@ -911,7 +903,7 @@ fn load_registered(
         let sched = regplan::schedule(&ranges, window_bytes, pages_end);
         let reg_starts: Vec<u64> = sched.regs.iter().map(|g| base + g.start).collect();
         let mut held = Registered {
-            stream: sink.stream,
+            stream: sink.staging.stream,
             held: vec![None; sched.regs.len()],
             events: Default::default(),
         };
@@ -985,7 +977,7 @@ fn load_registered(
                 bytes,
             });
             // SAFETY: event and stream are live; the event marks this window's copies.
-            unsafe { result::event::record(event, sink.stream) }
+            unsafe { result::event::record(event, sink.staging.stream) }
                 .map_err(|e| cuda_err("cuEventRecord", e))?;
         }
         for &r in &sched.retire_at_end {
@@ -1022,9 +1014,9 @@ pub(crate) fn load(
     let (kept, reused) = Staging::reuse_or_new(
         staging.cache,
         ordinal,
-        crate::device::host::to_usize(slot_len)?,
-        host_alloc_flags(staging.write_combined),
         planned,
+        slot_len,
+        staging.write_combined,
     )?;
     let ctx = Arc::clone(&kept.ctx);
     let init = init_start.elapsed();
@@ -1080,7 +1072,7 @@ pub(crate) fn load(
         let fixed = sink.fixed_buffers();
         let mut engine = loader.engine(io::new_engine(
             choice.engine,
-            depth.min(sink.slots.len()),
+            depth.min(sink.staging.slots.len()),
             &fixed,
         )?);
         io::execute(
