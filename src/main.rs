@@ -123,7 +123,8 @@ struct LoadOpts {
     /// Largest read (e.g. 4M).
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
-    /// Reads in flight.
+    /// Reads in flight (with `--io mmap` to CUDA: page-cache registrations in flight,
+    /// each a threads' share of the staging size).
     #[arg(long)]
     queue_depth: Option<usize>,
     /// Staging memory (e.g. 64M).

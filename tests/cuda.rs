@@ -124,8 +124,8 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
 
 /// `--io mmap` on CUDA: copies straight from the registered page cache (or, where
 /// the device refuses read-only registration, through the pinned slots, saying so).
-/// Small staging makes many registration windows; conversions put raw and converted
-/// reads on shared pages.
+/// Small staging makes many registration windows, registered by one thread or several;
+/// conversions put raw and converted reads on shared pages.
 #[test]
 fn the_registered_page_cache_path_equals_host_loads() {
     if !gpu() {
@@ -136,16 +136,25 @@ fn the_registered_page_cache_path_equals_host_loads() {
     std::fs::read(&path).unwrap(); // into the page cache
     for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
         let want = host_bytes(Loader::new().dtype(dtype), &path);
-        for (chunk, staging) in [(4 << 20, 64 << 20), (64 << 10, 256 << 10), (4096, 8192)] {
+        // (chunk, staging, registrations in flight): one thread or several, windows
+        // of many pages or of one.
+        for (chunk, staging, depth) in [
+            (4 << 20, 64 << 20, 16),
+            (64 << 10, 256 << 10, 3),
+            (4096, 8192, 1),
+            (4096, 64 << 10, 8),
+        ] {
             for per_tensor in [false, true] {
-                let what =
-                    format!("{dtype:?}, chunk {chunk}, staging {staging}, per_tensor {per_tensor}");
+                let what = format!(
+                    "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, per_tensor {per_tensor}"
+                );
                 let l = Loader::new()
                     .device(Device::Cuda(0))
                     .io(IoBackend::Mmap)
                     .dtype(dtype)
                     .chunk_size(chunk)
                     .staging_bytes(staging)
+                    .queue_depth(depth)
                     .per_tensor_allocations(per_tensor);
                 let m = l.load(&path).unwrap();
                 let report = &m.stats().files[0];
@@ -243,8 +252,9 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
 /// One loader (and its clones) keeps its pinned staging between loads: later loads
 /// reuse it, also after a failed load, from three threads at once (two of them
 /// allocate their own), and after `prepare`; kept or not, write-combined or not (the
-/// second write-combined kept load reuses the first's), over pread and O_DIRECT: each
-/// load still equals the host load.
+/// second write-combined kept load reuses the first's), over the registered page
+/// cache (which pins only two slots), pread and O_DIRECT: each load still equals the
+/// host load.
 #[test]
 fn a_loader_reuses_its_staging_across_loads_and_threads() {
     if !gpu() {
@@ -300,7 +310,9 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
         (true, true),
         (false, true),
     ] {
-        for io in [IoBackend::Pread, IoBackend::Direct] {
+        // The registered path pins two slots; the pread load after it grows the kept
+        // staging (and its conversion scratch) to the full count.
+        for io in [IoBackend::Mmap, IoBackend::Pread, IoBackend::Direct] {
             let l = l
                 .clone()
                 .dtype(Some(Dtype::F16))

@@ -48,7 +48,12 @@ CONFIGS = [
     ("pread q32 2M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
     ("pread q32 2M 64M wc", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging-wc"]),
     ("pread q32 4M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "4M", "--staging", "64M"]),
+    # The registered page cache: --queue-depth threads register windows of
+    # staging / depth ahead of the copies. q1 64M is the one-thread path runs A-D timed.
+    ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1"]),
     ("mmap", ["--io", "mmap"]),
+    ("mmap q8 256M", ["--io", "mmap", "--queue-depth", "8", "--staging", "256M"]),
+    ("mmap q32 512M", ["--io", "mmap", "--queue-depth", "32", "--staging", "512M"]),
 ]
 TAIL_S = 25  # the steady state, the host ceiling and the phase profile, after the loop
 

@@ -297,9 +297,10 @@ impl Staging {
         Ok(())
     }
 
-    /// Staging for `count` slots of `slot_len` bytes on device `ordinal`: the loader's
-    /// kept staging when it has that shape (any other is freed), else a new one
-    /// (without slots yet). True when kept.
+    /// Staging for up to `count` slots of `slot_len` bytes on device `ordinal`: the
+    /// loader's kept staging when it has that device, slot size and flags and at most
+    /// `count` slots (the load pins any more it needs; any other kept staging is
+    /// freed), else a new one (without slots yet). True when kept.
     fn reuse_or_new(
         cache: Option<&StagingCache>,
         ordinal: usize,
@@ -319,7 +320,7 @@ impl Staging {
                 if s.ctx.ordinal == ordinal
                     && s.slot_len == slot_len
                     && s.flags == flags
-                    && s.slots.len() == count =>
+                    && s.slots.len() <= count =>
             {
                 s.ctx.bind()?;
                 Ok((s, true))
@@ -453,7 +454,6 @@ impl<'p> CudaSink<'p> {
         pinned?;
         let (raw, converted, own) = buffers?;
         ctx.bind()?;
-        let scratch_len = staging.slot_len + SCRATCH_PAD;
         let mut sink = CudaSink {
             plan,
             staging,
@@ -465,12 +465,30 @@ impl<'p> CudaSink<'p> {
             kernels: BTreeMap::new(),
         };
         if plan.files.iter().any(|f| f.converted_len > 0) {
-            for s in &mut sink.staging.slots {
-                s.scratch = Some(DeviceBuf::alloc(&ctx, scratch_len)?);
-            }
+            sink.add_scratch()?;
             sink.load_kernels()?;
         }
         Ok(sink)
+    }
+
+    /// Gives each slot without one its device scratch, when some tensor converts.
+    fn add_scratch(&mut self) -> Result<()> {
+        if !self.plan.files.iter().any(|f| f.converted_len > 0) {
+            return Ok(());
+        }
+        let len = self.staging.slot_len + SCRATCH_PAD;
+        for s in &mut self.staging.slots {
+            if s.scratch.is_none() {
+                s.scratch = Some(DeviceBuf::alloc(&self.staging.ctx, len)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins slots until there are `count`, for the reads that fill them.
+    fn grow(&mut self, count: usize) -> Result<()> {
+        self.staging.fill(count)?;
+        self.add_scratch()
     }
 
     /// Once the stream has drained: the staging, for the loader to keep.
@@ -794,26 +812,89 @@ struct WindowEvent {
     bytes: u64,
 }
 
-/// The registrations and window events of one file. Dropping it waits for the stream
-/// and gives back every registration still held, so no copy reads memory that is no
-/// longer registered.
-struct Registered {
-    stream: sys::CUstream,
-    /// Per registration of the file's schedule: its address while registered.
-    held: Vec<Option<*mut c_void>>,
-    events: std::collections::VecDeque<WindowEvent>,
+/// Registers ranges of one file's read-only map with the driver (any thread).
+struct MapPinner<'m> {
+    ctx: &'m Context,
+    /// The map's first byte and the end of its last page.
+    start: usize,
+    end: usize,
 }
 
-impl Registered {
-    /// Waits for window `w`'s copies (and so every earlier one's): destroys the events
-    /// up to it and returns the bytes they moved.
-    fn wait_window(&mut self, w: usize) -> Result<u64> {
+impl regplan::Pinner for MapPinner<'_> {
+    fn register(&self, addr: usize, len: usize) -> std::result::Result<(), String> {
+        if addr < self.start || addr.saturating_add(len) > self.end || len == 0 {
+            return Err(format!("internal: bytes {addr:#x}+{len} outside the map"));
+        }
+        self.ctx.bind().map_err(|e| e.to_string())?;
+        // SAFETY: [addr, addr + len) lies inside the map (whole pages up to the end of
+        // its last page, which the map covers; checked above), which outlives this
+        // pinner (borrowed for 'm); read-only registration never writes to it.
+        unsafe {
+            sys::cuMemHostRegister_v2(addr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
+        }
+        .result()
+        .map_err(|e| e.to_string())
+    }
+
+    fn unregister(&self, addr: usize) -> std::result::Result<(), String> {
+        self.ctx.bind().map_err(|e| e.to_string())?;
+        // SAFETY: the driver looks `addr` up among its registrations (an unknown one is
+        // an error, not undefined behaviour); `carry_out` gives a registration back
+        // only once the copies that read it have completed.
+        unsafe { sys::cuMemHostUnregister(addr as *mut c_void) }
+            .result()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The copies of one file's windows on the sink's stream, an event after each.
+struct MapWindows<'a, 'p> {
+    sink: &'a CudaSink<'p>,
+    file: usize,
+    ops: &'a [&'a ReadOp],
+    base: u64,
+    reg_starts: Vec<u64>,
+    events: std::collections::VecDeque<WindowEvent>,
+    stats: &'a mut IoStats,
+}
+
+impl regplan::Windows for MapWindows<'_, '_> {
+    fn copy(&mut self, w: usize, reads: std::ops::Range<usize>) -> Result<()> {
+        let scratch = self
+            .sink
+            .staging
+            .slots
+            .first()
+            .and_then(|s| s.scratch.as_ref());
+        let window = self.ops.get(reads).ok_or_else(|| internal("window"))?;
+        let mut bytes = 0;
+        for &op in window {
+            let src = (self.base + op.offset) as *const u8;
+            self.sink
+                .consume(self.file, op, src, scratch, &self.reg_starts)?;
+            self.stats.requests += 1;
+            self.stats.bytes_read += op.required;
+            bytes += op.required;
+        }
+        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| cuda_err("cuEventCreate", e))?;
+        self.events.push_back(WindowEvent {
+            window: w,
+            event,
+            bytes,
+        });
+        // SAFETY: event and stream are live; the event marks this window's copies.
+        unsafe { result::event::record(event, self.sink.staging.stream) }
+            .map_err(|e| cuda_err("cuEventRecord", e))
+    }
+
+    fn wait(&mut self, w: usize) -> Result<u64> {
         let mut bytes = 0;
         while self.events.front().is_some_and(|e| e.window <= w) {
             let Some(e) = self.events.pop_front() else {
                 break;
             };
-            // SAFETY: created and recorded on this stream by `load_registered`.
+            // SAFETY: created and recorded on the stream by `copy`.
             let waited = unsafe { result::event::synchronize(e.event) };
             // SAFETY: destroyed once; nothing waits on it any more.
             let _ = unsafe { result::event::destroy(e.event) };
@@ -823,31 +904,16 @@ impl Registered {
         Ok(bytes)
     }
 
-    /// Gives back registration `r` once window `last_use`, the last to read it, has
-    /// copied; returns the bytes of the windows waited for.
-    fn give_back(&mut self, r: usize, last_use: usize) -> Result<u64> {
-        let bytes = self.wait_window(last_use)?;
-        if let Some(ptr) = self.held.get_mut(r).and_then(Option::take) {
-            // SAFETY: every copy that reads this range was enqueued no later than window
-            // `last_use`, whose event has completed; registered once, given back once.
-            unsafe { sys::cuMemHostUnregister(ptr) }
-                .result()
-                .map_err(|e| cuda_err("cuMemHostUnregister", e))?;
-        }
-        Ok(bytes)
+    fn settle(&mut self) {
+        let _ = self.sink.synchronize();
     }
 }
 
-impl Drop for Registered {
+impl Drop for MapWindows<'_, '_> {
     fn drop(&mut self) {
-        // SAFETY: the stream is live until the sink that owns it drops, after this.
-        let _ = unsafe { result::stream::synchronize(self.stream) };
-        for ptr in self.held.iter_mut().filter_map(Option::take) {
-            // SAFETY: the stream has drained: nothing reads the range any more.
-            let _ = unsafe { sys::cuMemHostUnregister(ptr) };
-        }
+        let _ = self.sink.synchronize();
         for e in self.events.drain(..) {
-            // SAFETY: created in `load_registered`, destroyed once.
+            // SAFETY: created in `copy`, destroyed once, after the stream drained.
             let _ = unsafe { result::event::destroy(e.event) };
         }
     }
@@ -862,30 +928,30 @@ enum Registration {
 
 /// `--io mmap` to a CUDA device: each file is mapped read-only, the driver pins the
 /// page-cache pages of a window of it (`cuMemHostRegister`, read-only) and the copies
-/// (and conversions) read them directly: no CPU copy into a staging buffer. A window
-/// spans about the staging size (`window_bytes`); the next window is registered while
-/// the two before it copy. Which pages to register before each window and when to give
-/// them back is planned by [`regplan::schedule`] (tested without a GPU); here it is
-/// carried out. This process never reads the map, so a file truncated meanwhile makes
-/// registration fail (an error), never SIGBUS; a change during the load is caught by
-/// the size and mtime check at the end of each file, as on the other paths.
+/// (and conversions) read them directly: no CPU copy into a staging buffer. Which
+/// pages to register before each window, when to give them back and how threads
+/// register ahead of the copies is [`regplan`]'s (tested without a GPU); here the
+/// driver does it. This process never reads the map, so a file truncated meanwhile
+/// makes registration fail (an error), never SIGBUS; a change during the load is
+/// caught by the size and mtime check at the end of each file, as on the other paths.
 fn load_registered(
     sink: &CudaSink<'_>,
     plan: &Plan,
-    window_bytes: u64,
+    shape: regplan::RegShape,
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<Registration> {
     let mut stats = IoStats::default();
     let total = plan.required_bytes();
-    let scratch = sink.staging.slots.first().and_then(|s| s.scratch.as_ref());
     let mut done = 0u64;
-    let mut first = true;
-    let report = |done: u64| {
+    let mut copied = |bytes: u64| {
+        done += bytes;
         if let Some(p) = progress {
             p(done, total);
         }
     };
+    let cancelled = || cancel.is_some_and(CancelToken::is_cancelled);
+    let mut first = true;
     for (fi, fp) in plan.files.iter().enumerate() {
         let mut ops: Vec<&ReadOp> = fp.reads.iter().filter(|op| op.required > 0).collect();
         if ops.is_empty() {
@@ -900,93 +966,36 @@ fn load_registered(
         let base = map.as_ptr() as u64;
         let pages_end = (map.len() as u64).next_multiple_of(4096);
         let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
-        let sched = regplan::schedule(&ranges, window_bytes, pages_end);
-        let reg_starts: Vec<u64> = sched.regs.iter().map(|g| base + g.start).collect();
-        let mut held = Registered {
-            stream: sink.staging.stream,
-            held: vec![None; sched.regs.len()],
-            events: Default::default(),
+        let sched = regplan::schedule(&ranges, shape.window_bytes, pages_end);
+        let pinner = MapPinner {
+            ctx: &sink.staging.ctx,
+            start: base as usize,
+            end: (base + pages_end) as usize,
         };
-        let last_use = |r: usize| sched.regs.get(r).map_or(usize::MAX, |g| g.last_use);
-        for (w, step) in sched.steps.iter().enumerate() {
-            if cancel.is_some_and(CancelToken::is_cancelled) {
-                return Err(Error::Cancelled);
-            }
-            for &r in &step.retire {
-                done += held.give_back(r, last_use(r))?;
-                report(done);
-            }
-            if let Some(r) = step.register {
-                let g = sched.regs.get(r).ok_or_else(|| internal("registration"))?;
-                if g.end > pages_end || g.start >= g.end {
-                    return Err(internal("registration outside the map"));
-                }
-                let ptr = (base + g.start) as *mut c_void;
-                let len = (g.end - g.start) as usize;
-                // SAFETY: [start, end) lies inside the live map (whole pages, at most to
-                // the end of its last page, checked above) and no part of it is registered
-                // (the schedule registers each page once); read-only registration never
-                // writes to it.
-                let reg = unsafe {
-                    sys::cuMemHostRegister_v2(ptr, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
-                }
-                .result();
-                if let Err(e) = reg {
-                    if first {
-                        return Ok(Registration::Refused(format!(
-                            "cuMemHostRegister (read-only) of {}: {e}",
-                            fp.path.display()
-                        )));
-                    }
-                    return Err(cuda_err(
-                        format_args!(
-                            "registering bytes {}..{} of {} (read-only)",
-                            g.start,
-                            g.end,
-                            fp.path.display()
-                        ),
-                        e,
-                    ));
-                }
-                first = false;
-                if let Some(slot) = held.held.get_mut(r) {
-                    *slot = Some(ptr);
-                }
-            }
-            let window = ops
-                .get(step.reads.clone())
-                .ok_or_else(|| internal("window"))?;
-            let mut bytes = 0;
-            for &op in window {
-                sink.consume(
-                    fi,
-                    op,
-                    (base + op.offset) as *const u8,
-                    scratch,
-                    &reg_starts,
-                )?;
-                stats.requests += 1;
-                stats.bytes_read += op.required;
-                bytes += op.required;
-            }
-            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                .map_err(|e| cuda_err("cuEventCreate", e))?;
-            held.events.push_back(WindowEvent {
-                window: w,
-                event,
-                bytes,
-            });
-            // SAFETY: event and stream are live; the event marks this window's copies.
-            unsafe { result::event::record(event, sink.staging.stream) }
-                .map_err(|e| cuda_err("cuEventRecord", e))?;
+        let mut windows = MapWindows {
+            sink,
+            file: fi,
+            ops: &ops,
+            base,
+            reg_starts: sched.regs.iter().map(|g| base + g.start).collect(),
+            events: Default::default(),
+            stats: &mut stats,
+        };
+        let outcome = regplan::carry_out(
+            &sched,
+            base as usize,
+            shape,
+            &fp.path,
+            &pinner,
+            &mut windows,
+            &mut first,
+            &cancelled,
+            &mut copied,
+        )?;
+        drop(windows);
+        if let regplan::FileOutcome::Refused(why) = outcome {
+            return Ok(Registration::Refused(why));
         }
-        for &r in &sched.retire_at_end {
-            done += held.give_back(r, last_use(r))?;
-            report(done);
-        }
-        done += held.wait_window(usize::MAX)?;
-        report(done);
-        drop(held);
         drop(map);
         io::close_checked(&fp.path, open)?;
     }
@@ -1020,7 +1029,11 @@ pub(crate) fn load(
     )?;
     let ctx = Arc::clone(&kept.ctx);
     let init = init_start.elapsed();
-    let mut sink = CudaSink::new(plan, kept, planned, per_tensor)?;
+    // The registered path copies from the page cache, not through the slots: it pins
+    // two (one's device scratch serves conversions) and the rest only if it falls back.
+    let registering = choice.engine == io::EngineKind::Mmap;
+    let pin = if registering { 2 } else { planned };
+    let mut sink = CudaSink::new(plan, kept, pin, per_tensor)?;
     let setup = init_start.elapsed();
     let phases = |what: &str, copied: std::time::Duration, synced: std::time::Duration| {
         tracing::debug!(
@@ -1046,11 +1059,11 @@ pub(crate) fn load(
         Ok(tensors)
     };
     let mut path = None;
-    if choice.engine == io::EngineKind::Mmap {
-        let window = (slots.max(1) as u64).saturating_mul(slot_len);
+    if registering {
+        let shape = regplan::RegShape::new((slots.max(1) as u64).saturating_mul(slot_len), depth);
         let why = match registration_refused(&ctx) {
             Some(why) => why,
-            None => match load_registered(&sink, plan, window, cancel, progress)? {
+            None => match load_registered(&sink, plan, shape, cancel, progress)? {
                 Registration::Done(stats) => {
                     let copied = init_start.elapsed();
                     sink.synchronize()?;
@@ -1063,6 +1076,7 @@ pub(crate) fn load(
             },
         };
         tracing::debug!("registered page cache refused ({why}): copying through pinned slots");
+        sink.grow(planned)?;
         path = Some((
             "mmap",
             format!("page-cache registration refused ({why}): copied through pinned slots"),

@@ -11,7 +11,12 @@
 //! any time a few windows' worth of bytes (or a few of the longest reads) is
 //! registered, whatever the file's size.
 
+use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
 
 /// A page-aligned range of a file, registered as one piece.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +57,7 @@ const PAGE: u64 = 4096;
 pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) -> RegSchedule {
     let mut out = RegSchedule::default();
     // Registrations not yet given back, oldest first (indices into out.regs).
-    let mut live: std::collections::VecDeque<usize> = Default::default();
+    let mut live: VecDeque<usize> = Default::default();
     let mut registered_to = 0u64;
     let mut i = 0usize;
     let mut w = 0usize;
@@ -135,6 +140,327 @@ pub(crate) fn split_at_registrations(start: u64, len: u64, reg_starts: &[u64]) -
         pieces.push((at - start, end - at));
     }
     pieces
+}
+
+/// How the registered path goes: the span of each window and how many threads
+/// register (and give back) windows ahead of the copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegShape {
+    pub window_bytes: u64,
+    pub threads: usize,
+}
+
+impl RegShape {
+    /// `depth` registrations in flight (1 to 32) sharing `staging_bytes`: registered
+    /// at once are about `staging_bytes` ahead of the copies plus the three windows
+    /// being copied, however many threads.
+    pub(crate) fn new(staging_bytes: u64, depth: usize) -> RegShape {
+        let threads = depth.clamp(1, 32);
+        RegShape {
+            window_bytes: (staging_bytes / threads as u64).max(1),
+            threads,
+        }
+    }
+}
+
+/// The driver's part: pinning host ranges so the device can copy from them. Called
+/// from several registration threads at once.
+pub(crate) trait Pinner: Sync {
+    /// Registers the `len` bytes at `addr` (read-only).
+    fn register(&self, addr: usize, len: usize) -> std::result::Result<(), String>;
+    /// Gives back the registration that begins at `addr`.
+    fn unregister(&self, addr: usize) -> std::result::Result<(), String>;
+}
+
+/// The copies of one file's windows, enqueued in order on one stream.
+pub(crate) trait Windows {
+    /// Enqueues window `w`: the sorted reads `reads`, each split where a registration
+    /// begins ([`split_at_registrations`]).
+    fn copy(&mut self, w: usize, reads: Range<usize>) -> Result<()>;
+    /// Waits for the copies of window `w` and every earlier one; returns the bytes
+    /// of the windows not waited for before.
+    fn wait(&mut self, w: usize) -> Result<u64>;
+    /// Waits for every copy enqueued, whatever happened before (after an error).
+    fn settle(&mut self);
+}
+
+/// What became of one file on the registered path.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FileOutcome {
+    Copied,
+    /// The driver refused the load's first registration; nothing was copied.
+    Refused(String),
+}
+
+/// Work for the registration threads.
+enum RegJob {
+    Register { r: usize, addr: usize, len: usize },
+    GiveBack { addr: usize },
+}
+
+/// What a registration thread did.
+enum RegDone {
+    Registered {
+        r: usize,
+        result: std::result::Result<(), String>,
+    },
+    GivenBack(std::result::Result<(), String>),
+}
+
+type JobList = (VecDeque<RegJob>, bool);
+
+/// The registration threads' jobs, first in first out. Once closed (the file is done,
+/// or failed), registrations not yet started are dropped, give-backs still done, and
+/// the threads end when it is empty.
+#[derive(Default)]
+struct RegQueue {
+    state: Mutex<JobList>,
+    ready: Condvar,
+}
+
+impl RegQueue {
+    fn lock(&self) -> MutexGuard<'_, JobList> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, job: RegJob) {
+        self.lock().0.push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_all();
+    }
+
+    /// The next job to do; None once closed and empty.
+    fn next(&self) -> Option<RegJob> {
+        let mut s = self.lock();
+        loop {
+            let closed = s.1;
+            match s.0.pop_front() {
+                Some(RegJob::Register { .. }) if closed => {}
+                Some(job) => return Some(job),
+                None if closed => return None,
+                None => s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+/// Closes the queue however the main thread leaves the threads' scope.
+struct CloseOnDrop<'q>(&'q RegQueue);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn registration_thread(pinner: &impl Pinner, queue: &RegQueue, done: &Sender<RegDone>) {
+    while let Some(job) = queue.next() {
+        let msg = match job {
+            RegJob::Register { r, addr, len } => RegDone::Registered {
+                r,
+                result: pinner.register(addr, len),
+            },
+            RegJob::GiveBack { addr } => RegDone::GivenBack(pinner.unregister(addr)),
+        };
+        if done.send(msg).is_err() {
+            break;
+        }
+    }
+}
+
+/// The main thread's view of the registrations of one file.
+struct Registrar<'q> {
+    queue: &'q RegQueue,
+    done: Receiver<RegDone>,
+    /// Per registration: None until its thread reports, then what it reported.
+    state: Vec<Option<std::result::Result<(), String>>>,
+    /// Per registration: its address while registered and not yet handed to a
+    /// thread to give back.
+    held: Vec<Option<usize>>,
+    starts: Vec<usize>,
+    give_back_failed: Option<String>,
+}
+
+impl Registrar<'_> {
+    fn absorb(&mut self, msg: RegDone) {
+        match msg {
+            RegDone::Registered { r, result } => {
+                if result.is_ok() {
+                    if let (Some(h), Some(&a)) = (self.held.get_mut(r), self.starts.get(r)) {
+                        *h = Some(a);
+                    }
+                }
+                if let Some(s) = self.state.get_mut(r) {
+                    *s = Some(result);
+                }
+            }
+            RegDone::GivenBack(Err(e)) => {
+                self.give_back_failed.get_or_insert(e);
+            }
+            RegDone::GivenBack(Ok(())) => {}
+        }
+    }
+
+    /// Waits for registration `r`'s result.
+    fn wait(&mut self, r: usize) -> Result<std::result::Result<(), String>> {
+        loop {
+            match self.state.get(r) {
+                Some(Some(result)) => return Ok(result.clone()),
+                Some(None) => {}
+                None => return Err(internal("registration index")),
+            }
+            let msg = self
+                .done
+                .recv()
+                .map_err(|_| internal("the registration threads stopped"))?;
+            self.absorb(msg);
+        }
+    }
+
+    /// Hands registration `r` to a thread to give back.
+    fn give_back(&mut self, r: usize) {
+        if let Some(addr) = self.held.get_mut(r).and_then(Option::take) {
+            self.queue.push(RegJob::GiveBack { addr });
+        }
+    }
+}
+
+fn internal(what: &str) -> Error {
+    Error::Cuda(format!("internal: {what}"))
+}
+
+/// One file's side of the registered path, carried out for a file mapped at `base`:
+/// `shape.threads` threads register the windows of `sched` up to that many windows
+/// ahead of the copies (pinning is the driver's slow part, and it runs in parallel),
+/// the calling thread enqueues each window's copies once its pages are registered and
+/// hands a registration back to the threads to give back once the copies that read
+/// it are done. `first` is true while no registration of the load has been made; a
+/// refusal then is [`FileOutcome::Refused`], later an error. Whatever happens, every
+/// registration made is given back before this returns, after the copies settle.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn carry_out(
+    sched: &RegSchedule,
+    base: usize,
+    shape: RegShape,
+    path: &std::path::Path,
+    pinner: &impl Pinner,
+    windows: &mut impl Windows,
+    first: &mut bool,
+    cancelled: &dyn Fn() -> bool,
+    copied: &mut dyn FnMut(u64),
+) -> Result<FileOutcome> {
+    let queue = RegQueue::default();
+    let (tx, rx) = channel();
+    let n = sched.regs.len();
+    let mut reg = Registrar {
+        queue: &queue,
+        done: rx,
+        state: vec![None; n],
+        held: vec![None; n],
+        starts: sched
+            .regs
+            .iter()
+            .map(|g| base.saturating_add(g.start as usize))
+            .collect(),
+        give_back_failed: None,
+    };
+    let threads = shape.threads.min(n).max(1);
+    let outcome = std::thread::scope(|scope| {
+        let _close = CloseOnDrop(&queue);
+        for _ in 0..threads {
+            let (q, tx) = (&queue, tx.clone());
+            scope.spawn(move || registration_thread(pinner, q, &tx));
+        }
+        drop(tx);
+        main_thread(
+            sched, shape, path, windows, first, cancelled, copied, &mut reg,
+        )
+    });
+    // The threads have ended: record what they did meanwhile; after an error, wait
+    // for the copies and give back what is still registered.
+    while let Ok(msg) = reg.done.try_recv() {
+        reg.absorb(msg);
+    }
+    if reg.held.iter().any(Option::is_some) {
+        windows.settle();
+        for addr in reg.held.iter_mut().filter_map(Option::take) {
+            if let Err(e) = pinner.unregister(addr) {
+                reg.give_back_failed.get_or_insert(e);
+            }
+        }
+    }
+    let outcome = outcome?;
+    if let Some(e) = reg.give_back_failed {
+        return Err(Error::Cuda(format!(
+            "giving back a registration of {}: {e}",
+            path.display()
+        )));
+    }
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn main_thread(
+    sched: &RegSchedule,
+    shape: RegShape,
+    path: &std::path::Path,
+    windows: &mut impl Windows,
+    first: &mut bool,
+    cancelled: &dyn Fn() -> bool,
+    copied: &mut dyn FnMut(u64),
+    reg: &mut Registrar<'_>,
+) -> Result<FileOutcome> {
+    let last_use = |r: usize| sched.regs.get(r).map_or(usize::MAX, |g| g.last_use);
+    let mut asked = 0;
+    for (w, step) in sched.steps.iter().enumerate() {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        for &r in &step.retire {
+            copied(windows.wait(last_use(r))?);
+            reg.give_back(r);
+        }
+        while asked < sched.steps.len() && asked <= w + shape.threads {
+            if let Some(r) = sched.steps.get(asked).and_then(|s| s.register) {
+                let (Some(g), Some(&addr)) = (sched.regs.get(r), reg.starts.get(r)) else {
+                    return Err(internal("registration index"));
+                };
+                let len = usize::try_from(g.end - g.start)
+                    .map_err(|_| internal("registration length"))?;
+                reg.queue.push(RegJob::Register { r, addr, len });
+            }
+            asked += 1;
+        }
+        if let Some(r) = step.register {
+            if let Err(e) = reg.wait(r)? {
+                if *first {
+                    return Ok(FileOutcome::Refused(format!(
+                        "cuMemHostRegister (read-only) of {}: {e}",
+                        path.display()
+                    )));
+                }
+                let g = sched.regs.get(r).ok_or_else(|| internal("registration"))?;
+                return Err(Error::Cuda(format!(
+                    "registering bytes {}..{} of {} (read-only): {e}",
+                    g.start,
+                    g.end,
+                    path.display()
+                )));
+            }
+            *first = false;
+        }
+        windows.copy(w, step.reads.clone())?;
+    }
+    for &r in &sched.retire_at_end {
+        copied(windows.wait(last_use(r))?);
+        reg.give_back(r);
+    }
+    copied(windows.wait(usize::MAX)?);
+    Ok(FileOutcome::Copied)
 }
 
 #[cfg(test)]
@@ -282,6 +608,335 @@ mod tests {
             }]
         );
         assert_eq!(s.retire_at_end, vec![0]);
+    }
+
+    /// What the fake driver saw.
+    #[derive(Default)]
+    struct Fake {
+        /// Registered ranges: start address -> length.
+        regs: std::collections::BTreeMap<usize, usize>,
+        /// Copies enqueued and not yet complete: (window, address, length).
+        pending: Vec<(usize, usize, usize)>,
+        violations: Vec<String>,
+        registering: usize,
+        most_registering: usize,
+        most_registered_bytes: usize,
+    }
+
+    struct FakePinner<'a> {
+        fake: &'a Mutex<Fake>,
+        fail_register: Option<usize>,
+        fail_give_back: Option<usize>,
+        delay: std::time::Duration,
+    }
+
+    impl Pinner for FakePinner<'_> {
+        fn register(&self, addr: usize, len: usize) -> std::result::Result<(), String> {
+            {
+                let mut f = self.fake.lock().unwrap();
+                f.registering += 1;
+                f.most_registering = f.most_registering.max(f.registering);
+            }
+            std::thread::sleep(self.delay);
+            let mut f = self.fake.lock().unwrap();
+            f.registering -= 1;
+            if self.fail_register == Some(addr) {
+                return Err("CUDA_ERROR_INVALID_VALUE".into());
+            }
+            if f.regs.iter().any(|(&a, &l)| a < addr + len && addr < a + l) {
+                f.violations
+                    .push(format!("{addr:#x}+{len} registered twice"));
+            }
+            f.regs.insert(addr, len);
+            let total = f.regs.values().sum();
+            f.most_registered_bytes = f.most_registered_bytes.max(total);
+            Ok(())
+        }
+
+        fn unregister(&self, addr: usize) -> std::result::Result<(), String> {
+            let mut f = self.fake.lock().unwrap();
+            let Some(len) = f.regs.remove(&addr) else {
+                f.violations
+                    .push(format!("{addr:#x} given back but not registered"));
+                return Err("CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED".into());
+            };
+            let reading: Vec<_> = f
+                .pending
+                .iter()
+                .filter(|&&(_, a, l)| a < addr + len && addr < a + l)
+                .copied()
+                .collect();
+            if !reading.is_empty() {
+                f.violations.push(format!(
+                    "{addr:#x}+{len} given back while copies read it: {reading:?}"
+                ));
+            }
+            if self.fail_give_back == Some(addr) {
+                return Err("CUDA_ERROR_UNKNOWN".into());
+            }
+            Ok(())
+        }
+    }
+
+    /// Copies "enqueued" by `copy` happen at `wait`/`settle`, as a stream would.
+    struct FakeWindows<'a> {
+        fake: &'a Mutex<Fake>,
+        file: &'a [u8],
+        out: Vec<u8>,
+        reads: &'a [(u64, u64)],
+        starts: Vec<u64>,
+        fail_copy: Option<usize>,
+        /// Bytes per window, until waited for.
+        bytes: std::collections::BTreeMap<usize, u64>,
+    }
+
+    impl FakeWindows<'_> {
+        fn complete(&mut self, upto: usize) {
+            let base = self.file.as_ptr() as usize;
+            let mut f = self.fake.lock().unwrap();
+            let (done, left): (Vec<_>, Vec<_>) =
+                f.pending.iter().partition(|&&(w, _, _)| w <= upto);
+            f.pending = left;
+            for (w, a, l) in done {
+                if !f.regs.iter().any(|(&s, &n)| s <= a && a + l <= s + n) {
+                    f.violations
+                        .push(format!("window {w} read {a:#x}+{l} unregistered"));
+                }
+                let at = a - base;
+                self.out[at..at + l].copy_from_slice(&self.file[at..at + l]);
+            }
+        }
+    }
+
+    impl Windows for FakeWindows<'_> {
+        fn copy(&mut self, w: usize, reads: Range<usize>) -> Result<()> {
+            if self.fail_copy == Some(w) {
+                return Err(Error::Cuda("cuMemcpyHtoDAsync: injected".into()));
+            }
+            let base = self.file.as_ptr() as u64;
+            let mut f = self.fake.lock().unwrap();
+            for &(off, len) in &self.reads[reads] {
+                for (at, n) in split_at_registrations(base + off, len, &self.starts) {
+                    let (a, n) = ((base + off + at) as usize, n as usize);
+                    if !f.regs.iter().any(|(&s, &l)| s <= a && a + n <= s + l) {
+                        f.violations
+                            .push(format!("window {w}: copy of {a:#x}+{n} unregistered"));
+                    }
+                    f.pending.push((w, a, n));
+                }
+                *self.bytes.entry(w).or_default() += len;
+            }
+            Ok(())
+        }
+
+        fn wait(&mut self, w: usize) -> Result<u64> {
+            self.complete(w);
+            let later = self.bytes.split_off(&(w.saturating_add(1)));
+            let bytes = std::mem::replace(&mut self.bytes, later);
+            Ok(bytes.values().sum())
+        }
+
+        fn settle(&mut self) {
+            self.complete(usize::MAX);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mishap {
+        None,
+        /// The driver refuses registration k (modulo their count).
+        Register(usize),
+        GiveBack(usize),
+        Copy(usize),
+        /// Cancelled once the main thread has asked this many times.
+        Cancel(usize),
+    }
+
+    /// Carries out the schedule of `reads` with the fake driver and checks what it did.
+    fn carry(
+        reads: &[(u64, u64)],
+        shape: RegShape,
+        mishap: &Mishap,
+        first: bool,
+        delay: std::time::Duration,
+    ) -> (Result<FileOutcome>, Fake) {
+        use rand::{RngCore, SeedableRng};
+        let pages_end = reads
+            .iter()
+            .map(|&(o, l)| o + l)
+            .max()
+            .unwrap_or(0)
+            .next_multiple_of(PAGE);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(pages_end ^ reads.len() as u64);
+        let mut file = vec![0u8; pages_end as usize];
+        rng.fill_bytes(&mut file);
+        let base = file.as_ptr() as usize;
+        let sched = schedule(reads, shape.window_bytes, pages_end);
+        let n = sched.regs.len();
+        let reg_addr = |k: usize| base + sched.regs[k % n].start as usize;
+        let fake = Mutex::new(Fake::default());
+        let pinner = FakePinner {
+            fake: &fake,
+            fail_register: matches!(mishap, Mishap::Register(_)).then(|| match mishap {
+                Mishap::Register(k) => reg_addr(*k),
+                _ => 0,
+            }),
+            fail_give_back: match mishap {
+                Mishap::GiveBack(k) => Some(reg_addr(*k)),
+                _ => None,
+            },
+            delay,
+        };
+        let mut windows = FakeWindows {
+            fake: &fake,
+            file: &file,
+            out: vec![0; file.len()],
+            reads,
+            starts: sched.regs.iter().map(|g| base as u64 + g.start).collect(),
+            fail_copy: match mishap {
+                Mishap::Copy(w) => Some(w % sched.steps.len()),
+                _ => None,
+            },
+            bytes: Default::default(),
+        };
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let cancelled = || {
+            let k = asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            matches!(mishap, Mishap::Cancel(c) if k >= *c)
+        };
+        let mut copied = 0;
+        let mut first_now = first;
+        let out = carry_out(
+            &sched,
+            base,
+            shape,
+            std::path::Path::new("m.safetensors"),
+            &pinner,
+            &mut windows,
+            &mut first_now,
+            &cancelled,
+            &mut |b| copied += b,
+        );
+        let out_bytes = std::mem::take(&mut windows.out);
+        drop(windows);
+        let mut f = fake.into_inner().unwrap();
+        // Whatever happened: nothing left registered, nothing left in flight.
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        assert!(f.regs.is_empty(), "left registered: {:?}", f.regs);
+        assert!(f.pending.is_empty());
+        let longest = reads.iter().map(|r| r.1).max().unwrap_or(0);
+        let bound = (2 * shape.threads as u64 + 6) * (shape.window_bytes.max(longest) + 2 * PAGE);
+        assert!(
+            f.most_registered_bytes as u64 <= bound,
+            "{} bytes registered at once (bound {bound})",
+            f.most_registered_bytes
+        );
+        match (&out, mishap) {
+            (Ok(FileOutcome::Copied), Mishap::None) => {
+                let total: u64 = reads.iter().map(|r| r.1).sum();
+                assert_eq!(copied, total, "progress");
+                for &(o, l) in reads {
+                    let (o, l) = (o as usize, l as usize);
+                    assert!(out_bytes[o..o + l] == file[o..o + l], "read {o}+{l}");
+                }
+                assert!(!first_now);
+            }
+            (Ok(FileOutcome::Refused(why)), Mishap::Register(k)) => {
+                assert!(first && k % n == 0, "refused at {k} (first {first})");
+                assert!(why.contains("m.safetensors") && why.contains("INVALID_VALUE"));
+            }
+            (Err(e), Mishap::Register(k)) => {
+                assert!(!first || k % n != 0, "{e}");
+                assert!(e.to_string().contains("registering bytes"), "{e}");
+            }
+            (Err(e), Mishap::GiveBack(_)) => assert!(e.to_string().contains("giving back"), "{e}"),
+            (Err(e), Mishap::Copy(_)) => assert!(e.to_string().contains("injected"), "{e}"),
+            (Err(Error::Cancelled), Mishap::Cancel(_)) => {}
+            // Cancelled after the last window's check: the file completes.
+            (Ok(FileOutcome::Copied), Mishap::Cancel(c)) => assert!(*c >= sched.steps.len()),
+            (o, m) => panic!("{m:?} gave {o:?}"),
+        }
+        f.violations.clear();
+        (out, f)
+    }
+
+    #[test]
+    fn registration_shape_shares_the_staging() {
+        assert_eq!(
+            RegShape::new(64 << 20, 16),
+            RegShape {
+                window_bytes: 4 << 20,
+                threads: 16
+            }
+        );
+        assert_eq!(RegShape::new(64 << 20, 0).threads, 1);
+        assert_eq!(RegShape::new(64 << 20, 100).threads, 32);
+        assert_eq!(RegShape::new(8, 16).window_bytes, 1);
+    }
+
+    #[test]
+    fn threads_register_ahead_in_parallel() {
+        // 64 windows of one page each; each registration takes 2 ms.
+        let reads: Vec<(u64, u64)> = (0..64).map(|i| (i * PAGE, PAGE)).collect();
+        let shape = RegShape {
+            window_bytes: PAGE,
+            threads: 8,
+        };
+        let delay = std::time::Duration::from_millis(2);
+        let (out, fake) = carry(&reads, shape, &Mishap::None, true, delay);
+        assert_eq!(out.unwrap(), FileOutcome::Copied);
+        assert!(
+            fake.most_registering >= 2,
+            "never two registrations at once ({})",
+            fake.most_registering
+        );
+        let one = RegShape {
+            window_bytes: PAGE,
+            threads: 1,
+        };
+        let (_, fake) = carry(&reads, one, &Mishap::None, true, delay);
+        assert_eq!(fake.most_registering, 1);
+    }
+
+    #[test]
+    fn a_refused_first_registration_is_reported_and_nothing_stays_registered() {
+        let reads: Vec<(u64, u64)> = (0..20).map(|i| (i * 3 * PAGE + 7, 2 * PAGE)).collect();
+        let shape = RegShape {
+            window_bytes: 2 * PAGE,
+            threads: 4,
+        };
+        for first in [true, false] {
+            let (out, _) = carry(
+                &reads,
+                shape,
+                &Mishap::Register(0),
+                first,
+                Default::default(),
+            );
+            assert_eq!(matches!(out, Ok(FileOutcome::Refused(_))), first);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn carried_out_with_threads_every_read_arrives_and_everything_is_given_back(
+            raw in proptest::collection::vec((0u64..400_000, 1u64..60_000), 1..40),
+            window in prop_oneof![Just(1u64), 1u64..50_000, 50_000u64..500_000],
+            threads in 1usize..9,
+            mishap in prop_oneof![
+                4 => Just(Mishap::None),
+                1 => (0usize..50).prop_map(Mishap::Register),
+                1 => (0usize..50).prop_map(Mishap::GiveBack),
+                1 => (0usize..50).prop_map(Mishap::Copy),
+                1 => (0usize..50).prop_map(Mishap::Cancel),
+            ],
+            first in any::<bool>(),
+        ) {
+            let mut reads = raw;
+            reads.sort_unstable();
+            let _checked = carry(&reads, RegShape { window_bytes: window, threads }, &mishap, first, Default::default());
+        }
     }
 
     proptest! {
