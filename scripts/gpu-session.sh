@@ -3,33 +3,37 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--sweep-s 80]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--reg-s 40] [--sweep-s 80]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
 #      conversion kernels against a D2D copy): $OUT/gpu-check.log, .json; correctness
 #      first, ~90 s on an H200 (the cold/warm figures come from 2 and 3);
+#   1b. gpu/regbench.py (what registering the page cache costs the driver, by 1 to 16
+#      threads, and copies from it against pinned memory; ~15 s; into run.log);
 #   2. gpu/sweep.py (warm settings of tensorstream to cuda, staging up front or not,
 #      the in-process steady state, host copy ceiling, phase profile): $OUT/sweep.json;
 #      run when its share and 30 s more are left;
 #   3. gpu/compare.py against the peers with the rest, with the sweep's best warm
 #      settings as ts-best (3 warm and 3 cold runs of the key loaders first, the
 #      others as they fit): $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
-# --check-s 0 or --sweep-s 0 skips that step (a session that only compares the loaders:
-# --check-s 0 --sweep-s 0 --budget-s 540 gives compare.py about 525 s; from run D's
+# --check-s 0, --reg-s 0 or --sweep-s 0 skips that step (a session that only compares the loaders:
+# --check-s 0 --reg-s 0 --sweep-s 0 --budget-s 540 gives compare.py about 525 s; from run D's
 # load times, about 560 s would cover three warm and three cold runs of every loader);
 # and writes everything it prints to $OUT/run.log (seven files in all: the device
 # tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
 BUDGET=540
 CHECK=110
+REG=40
 SWEEP=80
 while [ $# -gt 0 ]; do
     case "$1" in
         --budget-s) BUDGET=$2; shift 2 ;;
         --check-s) CHECK=$2; shift 2 ;;
+        --reg-s) REG=$2; shift 2 ;;
         --sweep-s) SWEEP=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "gpu-session.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +44,7 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 START=$SECONDS
 left() { echo $((BUDGET - (SECONDS - START))); }
-echo "tensorstream GPU session  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s (check ${CHECK}s, sweep ${SWEEP}s, compare the rest)"
+echo "tensorstream GPU session  $(date -u +%Y-%m-%dT%H:%M:%SZ)  budget ${BUDGET}s (check ${CHECK}s, regbench ${REG}s, sweep ${SWEEP}s, compare the rest)"
 
 if [ "$CHECK" -gt 0 ]; then
     echo "== 1. gpu-check.sh --skip-timing --budget-s $CHECK  [t=$((SECONDS - START))s]"
@@ -49,6 +53,14 @@ if [ "$CHECK" -gt 0 ]; then
     sed -n '/== summary ==/,$p' "$OUT/gpu-check.log"
 else
     echo "== 1. gpu-check.sh: skipped (--check-s 0)"
+fi
+
+if [ "$REG" -gt 0 ] && [ "$(left)" -gt $((REG + 60)) ]; then
+    echo "== 1b. regbench.py  [t=$((SECONDS - START))s]"
+    timeout "$REG" python3 "$B/gpu/regbench.py" --size 2G --runs 3
+    echo "   exit $?"
+else
+    echo "== 1b. regbench.py: skipped"
 fi
 
 BEST="--io pread --queue-depth 32 --chunk-size 2M"
