@@ -48,6 +48,9 @@ CONFIGS = [
     ("pread q32 2M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
     ("pread q32 2M 64M wc", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging-wc"]),
     ("pread q32 4M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "4M", "--staging", "64M"]),
+    # More slots than reads in flight: a slot whose copy is still running when a read
+    # completes is not yet free, and the coordinator then waits for the next read.
+    ("pread q16 4M 80M", ["--io", "pread", "--staging", "80M"]),
     # The registered page cache: --queue-depth threads register windows of
     # staging / depth ahead of the copies. q1 64M is the one-thread path runs A-D timed.
     ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1"]),
