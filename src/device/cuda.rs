@@ -38,6 +38,31 @@ fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
     Error::Cuda(format!("{what}: {e}"))
 }
 
+/// Whether the NVIDIA driver library can be loaded (or is loaded already): probed
+/// before the first driver call, so that a machine without it gets an error, not
+/// cudarc's panic. cudarc's own probe exists only with its dynamic loading; a
+/// program that also links candle's CUDA backend turns on cudarc's dynamic linking
+/// instead, where the library is already in the process. Both names are among those
+/// cudarc's loader tries.
+fn driver_library_present() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let Ok(name) = CString::new(*name) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated name; loading the driver library runs only its
+        // initialisers, and the handle is closed right away (the library stays
+        // loaded while cudarc or the program holds it).
+        unsafe {
+            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if handle.is_null() {
+                return false;
+            }
+            libc::dlclose(handle);
+        }
+        true
+    })
+}
+
 /// A retained primary context of one device. Released when the last user drops it.
 #[derive(Debug)]
 pub struct Context {
@@ -56,8 +81,7 @@ impl Context {
     /// Retains the primary context of device `ordinal`, with clear errors when there
     /// is no driver, no device or no such device.
     pub fn new(ordinal: usize) -> Result<Arc<Context>> {
-        // SAFETY: only tries to dlopen the driver library; no symbol is called.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_library_present() {
             return Err(Error::Cuda(
                 "the NVIDIA driver library (libcuda.so) was not found; is a GPU driver installed?"
                     .into(),
