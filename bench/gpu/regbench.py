@@ -10,7 +10,10 @@ For a cached file (written here, --size, default 2G), mapped read-only:
   2. copies from the registered page cache: the whole file registered in 64 MiB
      windows, then cuMemcpyHtoDAsync of each window into one device buffer, timed
      to the stream's end;
-  3. the reference: copies from pinned memory (cuMemAllocHost, 256 MiB, 8 times).
+  3. the reference: copies from pinned memory (cuMemAllocHost, 256 MiB, 8 times);
+  4. pinning 64 MiB of staging three ways: cuMemAllocHost; anonymous memory,
+     populated, then cuMemHostRegister; the same with transparent huge pages
+     (madvise MADV_HUGEPAGE on a 2 MiB-aligned range): seconds to allocate and pin.
 Each figure is the median of --runs runs. Prints a table and one line
 
     REGBENCH {json}
@@ -122,6 +125,49 @@ def write_file(path, size):
             pass
 
 
+def staging_pin(d, runs, n=64 * MIB):
+    """Median seconds to allocate and pin `n` bytes: cuMemAllocHost, or anonymous
+    memory populated and registered (4 KiB pages, or transparent huge pages)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    prot_rw, map_private_anon, madv_hugepage, madv_nohugepage = 3, 0x22, 14, 15
+    huge = 2 * MIB
+
+    def alloc_host():
+        p = ctypes.c_void_p()
+        t = time.perf_counter()
+        d.check(d.cu.cuMemAllocHost_v2(ctypes.byref(p), n), "cuMemAllocHost")
+        t = time.perf_counter() - t
+        d.cu.cuMemFreeHost(p)
+        return t
+
+    def registered(advice):
+        t = time.perf_counter()
+        raw = libc.mmap(None, n + huge, prot_rw, map_private_anon, -1, 0)
+        if raw in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        addr = (raw + huge - 1) & ~(huge - 1)
+        libc.madvise(addr, n, advice)
+        ctypes.memset(addr, 0, n)
+        try:
+            d.check(d.cu.cuMemHostRegister_v2(addr, n, 0), "cuMemHostRegister")
+            t = time.perf_counter() - t
+            d.unregister(addr)
+        finally:
+            libc.munmap(raw, n + huge)
+        return t
+
+    ways = {
+        "cuMemAllocHost": alloc_host,
+        "anonymous + cuMemHostRegister": lambda: registered(madv_nohugepage),
+        "huge pages + cuMemHostRegister": lambda: registered(madv_hugepage),
+    }
+    return {k: statistics.median(f() for _ in range(runs)) for k, f in ways.items()}
+
+
 def timed(fn):
     t = time.perf_counter()
     fn()
@@ -215,6 +261,12 @@ def main():
         print(f"copies failed: {e}")
     finally:
         d.cu.cuMemFree_v2(dptr.value)
+    try:
+        out["staging_pin_s"] = staging_pin(d, a.runs)
+    except (OSError, RuntimeError) as e:
+        out["errors"].append(f"staging: {e}")
+    for k, v in out.get("staging_pin_s", {}).items():
+        print(f"pinning 64 MiB of staging, {k}: {v * 1e3:.1f} ms")
     if "copy_registered_gbps" in out:
         print(f"copy from the registered page cache: {out['copy_registered_gbps']:.2f} GB/s")
     if "copy_pinned_gbps" in out:
