@@ -41,6 +41,7 @@ pub struct Loader {
     host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
     staging_write_combined: bool,
+    staging_huge_pages: bool,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
     /// by clones of this loader.
@@ -81,6 +82,7 @@ impl Loader {
             host_pool: None,
             fail_nth: None,
             staging_write_combined: false,
+            staging_huge_pages: false,
             keep_staging: true,
             #[cfg(feature = "cuda")]
             staging_cache: Default::default(),
@@ -155,6 +157,31 @@ impl Loader {
         self
     }
 
+    /// On CUDA, allocate the staging as ordinary memory on transparent huge pages
+    /// (where the kernel allows them), populate it, and pin it with
+    /// `cuMemHostRegister`, instead of `cuMemHostAlloc`: fewer, larger pages to pin
+    /// and to translate while the CPU copies into them. Excludes
+    /// [`Loader::write_combined_staging`] (a load with both is refused). Off by
+    /// default.
+    pub fn huge_page_staging(mut self, yes: bool) -> Self {
+        self.staging_huge_pages = yes;
+        self
+    }
+
+    /// How a CUDA load allocates its staging.
+    #[cfg(feature = "cuda")]
+    fn staging_kind(&self) -> Result<crate::device::cuda::StagingKind> {
+        use crate::device::cuda::StagingKind;
+        match (self.staging_write_combined, self.staging_huge_pages) {
+            (false, false) => Ok(StagingKind::HostAlloc),
+            (true, false) => Ok(StagingKind::WriteCombined),
+            (false, true) => Ok(StagingKind::HugePages),
+            (true, true) => Err(Error::InvalidArgument(
+                "write-combined and huge-page staging exclude each other".into(),
+            )),
+        }
+    }
+
     /// On CUDA, keep the pinned staging (and with it the device's context) after a
     /// load for the next load with the same device, chunk size and staging size; it is
     /// freed with the last clone of this loader. On by default: a server or framework
@@ -181,7 +208,7 @@ impl Loader {
                     ordinal,
                     self.staging_slots(),
                     self.plan.slot_len(),
-                    self.staging_write_combined,
+                    self.staging_kind()?,
                 )
             }
             #[cfg(not(feature = "cuda"))]
@@ -290,7 +317,7 @@ impl Loader {
                 self.per_tensor,
                 &crate::device::cuda::StagingOptions {
                     cache: self.keep_staging.then_some(&self.staging_cache),
-                    write_combined: self.staging_write_combined,
+                    kind: self.staging_kind()?,
                 },
                 self.cancel.as_ref(),
                 self.progress.as_ref(),

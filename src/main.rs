@@ -133,6 +133,9 @@ struct LoadOpts {
     /// CUDA: allocate the pinned staging write-combined.
     #[arg(long)]
     staging_wc: bool,
+    /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister.
+    #[arg(long, conflicts_with = "staging_wc")]
+    staging_huge: bool,
 }
 
 impl LoadOpts {
@@ -154,6 +157,7 @@ impl LoadOpts {
             l = l.staging_bytes(s);
         }
         l.write_combined_staging(self.staging_wc)
+            .huge_page_staging(self.staging_huge)
     }
 }
 

@@ -509,6 +509,7 @@ fn usage_errors_exit_two() {
         &["load", p, "--queue-depth", "-1"],
         &["bench", "--size", "-5M"],
         &["bench", "--cold", "--warm"],
+        &["load", p, "--staging-wc", "--staging-huge"],
     ];
     for args in cases {
         let o = run(*args);

@@ -251,8 +251,8 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
 
 /// One loader (and its clones) keeps its pinned staging between loads: later loads
 /// reuse it, also after a failed load, from three threads at once (two of them
-/// allocate their own), and after `prepare`; kept or not, write-combined or not (the
-/// second write-combined kept load reuses the first's), over the registered page
+/// allocate their own), and after `prepare`; kept or not, write-combined, on huge
+/// pages or neither (the second kept load of a kind reuses the first's), over the registered page
 /// cache (which pins only two slots), pread and O_DIRECT: each load still equals the
 /// host load.
 #[test]
@@ -303,12 +303,16 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
         "after release_staging"
     );
     let w = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
-    for (keep, wc) in [
-        (false, false),
-        (true, false),
-        (true, true),
-        (true, true),
-        (false, true),
+    // (keep, write-combined, huge pages)
+    for (keep, wc, huge) in [
+        (false, false, false),
+        (true, false, false),
+        (true, true, false),
+        (true, true, false),
+        (false, true, false),
+        (true, false, true),
+        (true, false, true),
+        (false, false, true),
     ] {
         // The registered path pins two slots; the pread load after it grows the kept
         // staging (and its conversion scratch) to the full count.
@@ -318,7 +322,8 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
                 .dtype(Some(Dtype::F16))
                 .io(io)
                 .keep_staging(keep)
-                .write_combined_staging(wc);
+                .write_combined_staging(wc)
+                .huge_page_staging(huge);
             let m = match l.load(&path) {
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
                     eprintln!("skipping {io:?}: {e}");
@@ -330,9 +335,19 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
                 .tensors()
                 .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
                 .collect();
-            assert_eq!(got, w, "keep {keep}, write-combined {wc}, {io:?}");
+            assert_eq!(
+                got, w,
+                "keep {keep}, write-combined {wc}, huge pages {huge}, {io:?}"
+            );
         }
     }
+    let e = l
+        .clone()
+        .write_combined_staging(true)
+        .huge_page_staging(true)
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 }
 
 /// Every F16, BF16 and FP8 code point (and random F32 bits), converted on the GPU to

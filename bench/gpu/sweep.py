@@ -44,6 +44,8 @@ import tsbench as tb  # noqa: E402
 CONFIGS = [
     ("auto", []),
     ("auto --staging-wc", ["--staging-wc"]),
+    # Staging on transparent huge pages, pinned with cuMemHostRegister.
+    ("auto --staging-huge", ["--staging-huge"]),
     ("pread q16", ["--io", "pread"]),
     ("pread q32 2M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
     ("pread q32 2M 64M wc", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging-wc"]),
@@ -182,7 +184,7 @@ def main():
     # and copies, final sync).
     phases = {}
     out["phases"] = phases
-    prof = [(n, g) for n, g in CONFIGS if n in ("auto", "auto --staging-wc") and n not in unsupported]
+    prof = [(n, g) for n, g in CONFIGS if n in ("auto", "auto --staging-wc", "auto --staging-huge") and n not in unsupported]
     if best and best["name"] not in dict(prof):
         prof.append((best["name"], best["args"]))
     for name, args in prof:

@@ -216,8 +216,126 @@ impl Drop for DeviceBuf {
     }
 }
 
+/// How the staging slots' host memory is allocated and pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum StagingKind {
+    /// `cuMemHostAlloc`.
+    #[default]
+    HostAlloc,
+    /// `cuMemHostAlloc`, write-combined.
+    WriteCombined,
+    /// Anonymous memory on transparent huge pages where the kernel allows them,
+    /// populated, then pinned with `cuMemHostRegister`.
+    HugePages,
+}
+
+/// Alignment (and so page size) of huge-page staging.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Pinned host memory of one slot.
+struct HostMem {
+    host: *mut u8,
+    /// For huge-page staging: the whole mapping (its start and length), which `host`
+    /// lies in, aligned.
+    map: Option<(*mut c_void, usize)>,
+}
+
+impl HostMem {
+    /// `len` bytes of pinned host memory of `kind`. The context must be current.
+    fn alloc(len: usize, kind: StagingKind) -> Result<HostMem> {
+        let failed = |e| {
+            cuda_err(
+                format_args!("allocating {len} bytes of pinned host memory ({kind:?})"),
+                e,
+            )
+        };
+        let flags = match kind {
+            StagingKind::HostAlloc => 0,
+            StagingKind::WriteCombined => sys::CU_MEMHOSTALLOC_WRITECOMBINED,
+            StagingKind::HugePages => return HostMem::huge(len),
+        };
+        // SAFETY: a context is current (the caller's contract); the pointer is freed
+        // by `free`.
+        let host = unsafe { result::malloc_host(len, flags) }.map_err(failed)?;
+        Ok(HostMem {
+            host: host.cast(),
+            map: None,
+        })
+    }
+
+    fn huge(len: usize) -> Result<HostMem> {
+        let map_len = len
+            .checked_add(HUGE_PAGE)
+            .ok_or_else(|| internal("staging size"))?;
+        // SAFETY: a new private anonymous mapping: no file, no existing memory touched.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(Error::Cuda(format!(
+                "mapping {len} bytes of huge-page staging: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let skip = (raw as usize).next_multiple_of(HUGE_PAGE) - raw as usize;
+        // SAFETY: skip < HUGE_PAGE, so [host, host + len) lies inside the mapping of
+        // len + HUGE_PAGE bytes; it is writable and nothing else uses it yet. The
+        // advice asks for huge pages (refused where the kernel has them off: the
+        // memory is then in 4 KiB pages, which still works) and keeps a forked child
+        // from sharing the pages the device copies from.
+        let host = unsafe {
+            let host = raw.cast::<u8>().add(skip);
+            libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE);
+            libc::madvise(host.cast(), len, libc::MADV_DONTFORK);
+            std::ptr::write_bytes(host, 0, len);
+            host
+        };
+        // SAFETY: [host, host + len) is mapped, writable and populated; it stays
+        // mapped until `free`, which gives the registration back first.
+        let reg = unsafe { sys::cuMemHostRegister_v2(host.cast(), len, 0) }.result();
+        if let Err(e) = reg {
+            // SAFETY: the mapping made above, not registered, not shared.
+            unsafe { libc::munmap(raw, map_len) };
+            return Err(cuda_err(
+                format_args!("pinning {len} bytes of huge-page staging (cuMemHostRegister)"),
+                e,
+            ));
+        }
+        Ok(HostMem {
+            host,
+            map: Some((raw, map_len)),
+        })
+    }
+
+    /// Frees the memory. The context must be current and no copy may still read it.
+    fn free(self) {
+        // SAFETY: allocated by `alloc`, freed once here (consumed), after the last copy
+        // out of it completed (the caller's contract); a registration is given back
+        // before its mapping goes.
+        unsafe {
+            match self.map {
+                None => {
+                    let _ = result::free_host(self.host.cast());
+                }
+                Some((raw, map_len)) => {
+                    let _ = sys::cuMemHostUnregister(self.host.cast());
+                    libc::munmap(raw, map_len);
+                }
+            }
+        }
+    }
+}
+
 struct Slot {
     host: *mut u8,
+    mem: HostMem,
     len: usize,
     event: sys::CUevent,
     busy: bool,
@@ -226,28 +344,21 @@ struct Slot {
 }
 
 impl Slot {
-    /// `len` bytes of pinned host memory (`cuMemHostAlloc` with `flags`) and the
-    /// event that tells when a copy out of them has finished. The context must be
-    /// current on the calling thread.
-    fn alloc(len: usize, flags: u32) -> Result<Slot> {
-        // SAFETY: a context is current (the caller's contract); the pointer is freed
-        // by `free`.
-        let host = unsafe { result::malloc_host(len, flags) }.map_err(|e| {
-            cuda_err(
-                format_args!("allocating {len} bytes of pinned host memory"),
-                e,
-            )
-        })?;
+    /// `len` bytes of pinned host memory of `kind` and the event that tells when a
+    /// copy out of them has finished. The context must be current on the calling
+    /// thread.
+    fn alloc(len: usize, kind: StagingKind) -> Result<Slot> {
+        let mem = HostMem::alloc(len, kind)?;
         let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
             Ok(ev) => ev,
             Err(e) => {
-                // SAFETY: just allocated above, not yet shared.
-                let _ = unsafe { result::free_host(host) };
+                mem.free();
                 return Err(cuda_err("cuEventCreate", e));
             }
         };
         Ok(Slot {
-            host: host.cast(),
+            host: mem.host,
+            mem,
             len,
             event,
             busy: false,
@@ -258,12 +369,9 @@ impl Slot {
     /// Frees the memory and the event. The context must be current and no copy may
     /// still read the slot (its stream has drained).
     fn free(self) {
-        // SAFETY: allocated in `alloc`, freed once here (the slot is consumed), after
-        // the last copy out of it completed (the caller's contract).
-        unsafe {
-            let _ = result::event::destroy(self.event);
-            let _ = result::free_host(self.host.cast());
-        }
+        // SAFETY: created in `alloc`, destroyed once here (the slot is consumed).
+        let _ = unsafe { result::event::destroy(self.event) };
+        self.mem.free();
     }
 }
 
@@ -277,8 +385,8 @@ pub(crate) struct Staging {
     stream: sys::CUstream,
     slots: Vec<Slot>,
     slot_len: usize,
-    /// `cuMemHostAlloc` flags of the slots.
-    flags: u32,
+    /// How the slots are allocated.
+    kind: StagingKind,
 }
 
 // SAFETY: the slots' pinned memory and events, and the stream, are driver objects that
@@ -292,14 +400,14 @@ impl std::fmt::Debug for Staging {
             .field("device", &self.ctx.ordinal)
             .field("slots", &self.slots.len())
             .field("slot_len", &self.slot_len)
-            .field("flags", &self.flags)
+            .field("kind", &self.kind)
             .finish()
     }
 }
 
 impl Staging {
     /// A stream on `ctx` and no slots yet.
-    fn new(ctx: Arc<Context>, slot_len: usize, flags: u32) -> Result<Staging> {
+    fn new(ctx: Arc<Context>, slot_len: usize, kind: StagingKind) -> Result<Staging> {
         ctx.bind()?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| cuda_err("cuStreamCreate", e))?;
@@ -308,7 +416,7 @@ impl Staging {
             stream,
             slots: Vec::new(),
             slot_len,
-            flags,
+            kind,
         })
     }
 
@@ -316,13 +424,13 @@ impl Staging {
     fn fill(&mut self, count: usize) -> Result<()> {
         self.ctx.bind()?;
         while self.slots.len() < count {
-            self.slots.push(Slot::alloc(self.slot_len, self.flags)?);
+            self.slots.push(Slot::alloc(self.slot_len, self.kind)?);
         }
         Ok(())
     }
 
     /// Staging for up to `count` slots of `slot_len` bytes on device `ordinal`: the
-    /// loader's kept staging when it has that device, slot size and flags and at most
+    /// loader's kept staging when it has that device, slot size and kind and at most
     /// `count` slots (the load pins any more it needs; any other kept staging is
     /// freed), else a new one (without slots yet). True when kept.
     fn reuse_or_new(
@@ -330,20 +438,15 @@ impl Staging {
         ordinal: usize,
         count: usize,
         slot_len: u64,
-        write_combined: bool,
+        kind: StagingKind,
     ) -> Result<(Staging, bool)> {
         let slot_len = crate::device::host::to_usize(slot_len)?;
-        let flags = if write_combined {
-            sys::CU_MEMHOSTALLOC_WRITECOMBINED
-        } else {
-            0
-        };
         let kept = cache.and_then(|c| c.lock().unwrap_or_else(|e| e.into_inner()).take());
         match kept {
             Some(s)
                 if s.ctx.ordinal == ordinal
                     && s.slot_len == slot_len
-                    && s.flags == flags
+                    && s.kind == kind
                     && s.slots.len() <= count =>
             {
                 s.ctx.bind()?;
@@ -351,10 +454,7 @@ impl Staging {
             }
             other => {
                 drop(other);
-                Ok((
-                    Staging::new(Context::new(ordinal)?, slot_len, flags)?,
-                    false,
-                ))
+                Ok((Staging::new(Context::new(ordinal)?, slot_len, kind)?, false))
             }
         }
     }
@@ -394,11 +494,10 @@ pub(crate) fn prepare(
     ordinal: usize,
     slots: usize,
     slot_len: u64,
-    write_combined: bool,
+    kind: StagingKind,
 ) -> Result<()> {
     let count = slots.max(2);
-    let (mut staging, _) =
-        Staging::reuse_or_new(Some(cache), ordinal, count, slot_len, write_combined)?;
+    let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, count, slot_len, kind)?;
     staging.fill(count)?;
     *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(staging);
     Ok(())
@@ -409,8 +508,9 @@ pub(crate) struct StagingOptions<'a> {
     /// The loader's kept staging: reused when it has the load's shape, and the load's
     /// staging kept there afterwards. None: allocated for this load only.
     pub cache: Option<&'a StagingCache>,
-    /// Allocate it write-combined (see [`crate::Loader::write_combined_staging`]).
-    pub write_combined: bool,
+    /// How to allocate it (see [`crate::Loader::write_combined_staging`] and
+    /// [`crate::Loader::huge_page_staging`]).
+    pub kind: StagingKind,
 }
 
 /// Pinned staging, a stream, and the destinations of one load.
@@ -527,7 +627,7 @@ impl<'p> CudaSink<'p> {
             stream: std::mem::replace(&mut st.stream, std::ptr::null_mut()),
             slots: std::mem::take(&mut st.slots),
             slot_len: st.slot_len,
-            flags: st.flags,
+            kind: st.kind,
         }
     }
 
@@ -1044,13 +1144,8 @@ pub(crate) fn load(
 ) -> Result<crate::loader::Loaded> {
     let init_start = std::time::Instant::now();
     let planned = slots.max(2);
-    let (kept, reused) = Staging::reuse_or_new(
-        staging.cache,
-        ordinal,
-        planned,
-        slot_len,
-        staging.write_combined,
-    )?;
+    let (kept, reused) =
+        Staging::reuse_or_new(staging.cache, ordinal, planned, slot_len, staging.kind)?;
     let ctx = Arc::clone(&kept.ctx);
     let init = init_start.elapsed();
     // The registered path copies from the page cache, not through the slots: it pins
