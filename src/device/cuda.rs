@@ -235,9 +235,8 @@ const HUGE_PAGE: usize = 2 << 20;
 /// Pinned host memory of one slot.
 struct HostMem {
     host: *mut u8,
-    /// For huge-page staging: the whole mapping (its start and length), which `host`
-    /// lies in, aligned.
-    map: Option<(*mut c_void, usize)>,
+    /// For huge-page staging: the mapping `host` lies in (aligned to a huge page).
+    map: Option<crate::device::host::Region>,
 }
 
 impl HostMem {
@@ -267,74 +266,56 @@ impl HostMem {
         let map_len = len
             .checked_add(HUGE_PAGE)
             .ok_or_else(|| internal("staging size"))?;
-        // SAFETY: a new private anonymous mapping: no file, no existing memory touched.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(Error::Cuda(format!(
-                "mapping {len} bytes of huge-page staging: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        let skip = (raw as usize).next_multiple_of(HUGE_PAGE) - raw as usize;
+        let region = crate::device::host::Region::for_len(map_len)?;
+        let skip = (region.base() as usize).next_multiple_of(HUGE_PAGE) - region.base() as usize;
         // SAFETY: skip < HUGE_PAGE, so [host, host + len) lies inside the mapping of
         // len + HUGE_PAGE bytes; it is writable and nothing else uses it yet. The
         // advice asks for huge pages (refused where the kernel has them off: the
         // memory is then in 4 KiB pages, which still works) and keeps a forked child
         // from sharing the pages the device copies from.
         let host = unsafe {
-            let host = raw.cast::<u8>().add(skip);
+            let host = region.base().add(skip);
             libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE);
             libc::madvise(host.cast(), len, libc::MADV_DONTFORK);
             std::ptr::write_bytes(host, 0, len);
             host
         };
         // SAFETY: [host, host + len) is mapped, writable and populated; it stays
-        // mapped until `free`, which gives the registration back first.
-        let reg = unsafe { sys::cuMemHostRegister_v2(host.cast(), len, 0) }.result();
-        if let Err(e) = reg {
-            // SAFETY: the mapping made above, not registered, not shared.
-            unsafe { libc::munmap(raw, map_len) };
-            return Err(cuda_err(
-                format_args!("pinning {len} bytes of huge-page staging (cuMemHostRegister)"),
-                e,
-            ));
-        }
+        // mapped until `free`, which gives the registration back first (and a failed
+        // registration leaves nothing to give back).
+        unsafe { sys::cuMemHostRegister_v2(host.cast(), len, 0) }
+            .result()
+            .map_err(|e| {
+                cuda_err(
+                    format_args!("pinning {len} bytes of huge-page staging (cuMemHostRegister)"),
+                    e,
+                )
+            })?;
         Ok(HostMem {
             host,
-            map: Some((raw, map_len)),
+            map: Some(region),
         })
     }
 
     /// Frees the memory. The context must be current and no copy may still read it.
     fn free(self) {
-        // SAFETY: allocated by `alloc`, freed once here (consumed), after the last copy
-        // out of it completed (the caller's contract); a registration is given back
-        // before its mapping goes.
-        unsafe {
-            match self.map {
-                None => {
-                    let _ = result::free_host(self.host.cast());
-                }
-                Some((raw, map_len)) => {
-                    let _ = sys::cuMemHostUnregister(self.host.cast());
-                    libc::munmap(raw, map_len);
-                }
+        match self.map {
+            // SAFETY: allocated by `alloc`, freed once here (consumed), after the last
+            // copy out of it completed (the caller's contract).
+            None => {
+                let _ = unsafe { result::free_host(self.host.cast()) };
+            }
+            Some(region) => {
+                // SAFETY: registered by `huge`, given back once here, after the last
+                // copy out of it; the mapping goes only after (when `region` drops).
+                let _ = unsafe { sys::cuMemHostUnregister(self.host.cast()) };
+                drop(region);
             }
         }
     }
 }
 
 struct Slot {
-    host: *mut u8,
     mem: HostMem,
     len: usize,
     event: sys::CUevent,
@@ -357,7 +338,6 @@ impl Slot {
             }
         };
         Ok(Slot {
-            host: mem.host,
             mem,
             len,
             event,
@@ -659,7 +639,7 @@ impl<'p> CudaSink<'p> {
         self.staging
             .slots
             .iter()
-            .position(|s| s.host == ptr)
+            .position(|s| s.mem.host == ptr)
             .ok_or_else(|| internal("unknown staging slot"))
     }
 
@@ -849,7 +829,7 @@ impl Sink for CudaSink<'_> {
         }
         s.busy = true;
         Ok(Some(Buf {
-            ptr: s.host,
+            ptr: s.mem.host,
             len: s.len,
             fixed: u16::try_from(i).ok(),
             fresh: false,
@@ -860,7 +840,7 @@ impl Sink for CudaSink<'_> {
         let i = self.slot_of(buf.ptr)?;
         let slot = self.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
         let scratch = slot.scratch.as_ref();
-        self.consume(file, op, slot.host, scratch, &[])?;
+        self.consume(file, op, slot.mem.host, scratch, &[])?;
         // SAFETY: event and stream are live until Drop.
         unsafe { result::event::record(slot.event, self.staging.stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))?;
@@ -881,7 +861,11 @@ impl Sink for CudaSink<'_> {
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
-        self.staging.slots.iter().map(|s| (s.host, s.len)).collect()
+        self.staging
+            .slots
+            .iter()
+            .map(|s| (s.mem.host, s.len))
+            .collect()
     }
 }
 

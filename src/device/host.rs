@@ -36,7 +36,7 @@ enum Alloc {
 
 /// A private anonymous mapping, unmapped on drop.
 #[derive(Debug)]
-struct Region {
+pub(crate) struct Region {
     base: NonNull<libc::c_void>,
     len: usize,
 }
@@ -46,7 +46,7 @@ unsafe impl Send for Region {}
 
 impl Region {
     /// A fresh map of at least `len` bytes (whole pages); an error when memory runs out.
-    fn for_len(len: usize) -> Result<Region> {
+    pub(crate) fn for_len(len: usize) -> Result<Region> {
         let oom = || Error::InvalidArgument(format!("out of host memory allocating {len} bytes"));
         let map_len = len
             .checked_next_multiple_of(HostBuf::ALIGN)
@@ -70,6 +70,13 @@ impl Region {
             return None;
         }
         NonNull::new(base).map(|base| Region { base, len })
+    }
+}
+
+impl Region {
+    /// The first byte of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base.as_ptr().cast()
     }
 }
 
