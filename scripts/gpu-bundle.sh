@@ -173,7 +173,7 @@ Run on the GPU machine (device tool 'run'), the whole session in one call
   carry:     ["gpu-bundle"]
   command:   bash gpu-bundle/gpu-session.sh --budget-s 540   (less when less device time is left)
   timeout_s: 600
-  (gpu-check.sh, then sweep.py, then compare.py against the peers; seven files under \$OUT:
+  (gpu-check.sh, then regbench.py, sweep.py, then compare.py against the peers; seven files under \$OUT:
    run.log, gpu-check.log/.json, sweep.json, compare.log, compare-summary.json, gpu-results.jsonl.
    Each also runs alone: bash gpu-bundle/gpu-check.sh [--budget-s N];
    python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT")
