@@ -1012,6 +1012,20 @@ impl regplan::Windows for MapWindows<'_, '_> {
         Ok(bytes)
     }
 
+    fn poll(&mut self, w: usize) -> Result<Option<u64>> {
+        // Copies on one stream complete in order: the last event up to window `w`
+        // tells for all of them.
+        let Some(last) = self.events.iter().take_while(|e| e.window <= w).last() else {
+            return Ok(Some(0));
+        };
+        // SAFETY: created and recorded on the stream by `copy`, not yet destroyed.
+        match unsafe { sys::cuEventQuery(last.event) } {
+            sys::CUresult::CUDA_SUCCESS => self.wait(w).map(Some),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(None),
+            e => Err(cuda_err("cuEventQuery", result::DriverError(e))),
+        }
+    }
+
     fn settle(&mut self) {
         let _ = self.sink.synchronize();
     }

@@ -152,8 +152,8 @@ pub(crate) struct RegShape {
 
 impl RegShape {
     /// `depth` registrations in flight (1 to 32) sharing `staging_bytes`: registered
-    /// at once are about `staging_bytes` ahead of the copies plus the three windows
-    /// being copied, however many threads.
+    /// at once are about `staging_bytes` ahead of the copies, as much again behind
+    /// them while their copies finish, and a few windows more, however many threads.
     pub(crate) fn new(staging_bytes: u64, depth: usize) -> RegShape {
         let threads = depth.clamp(1, 32);
         RegShape {
@@ -180,6 +180,8 @@ pub(crate) trait Windows {
     /// Waits for the copies of window `w` and every earlier one; returns the bytes
     /// of the windows not waited for before.
     fn wait(&mut self, w: usize) -> Result<u64>;
+    /// [`Self::wait`] if the copies of window `w` are done already; None if not.
+    fn poll(&mut self, w: usize) -> Result<Option<u64>>;
     /// Waits for every copy enqueued, whatever happened before (after an error).
     fn settle(&mut self);
 }
@@ -225,6 +227,11 @@ impl RegQueue {
 
     fn push(&self, job: RegJob) {
         self.lock().0.push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn push_front(&self, job: RegJob) {
+        self.lock().0.push_front(job);
         self.ready.notify_one();
     }
 
@@ -321,10 +328,11 @@ impl Registrar<'_> {
         }
     }
 
-    /// Hands registration `r` to a thread to give back.
+    /// Hands registration `r` to a thread to give back, ahead of the registrations
+    /// waiting (what is pinned stays near its bound).
     fn give_back(&mut self, r: usize) {
         if let Some(addr) = self.held.get_mut(r).and_then(Option::take) {
-            self.queue.push(RegJob::GiveBack { addr });
+            self.queue.push_front(RegJob::GiveBack { addr });
         }
     }
 }
@@ -338,7 +346,8 @@ fn internal(what: &str) -> Error {
 /// ahead of the copies (pinning is the driver's slow part, and it runs in parallel),
 /// the calling thread enqueues each window's copies once its pages are registered and
 /// hands a registration back to the threads to give back once the copies that read
-/// it are done. `first` is true while no registration of the load has been made; a
+/// it are done (waiting for them only when `shape.threads` are waiting already, so
+/// that several windows' copies stay queued on the device). `first` is true while no registration of the load has been made; a
 /// refusal then is [`FileOutcome::Refused`], later an error. Whatever happens, every
 /// registration made is given back before this returns, after the copies settle.
 #[allow(clippy::too_many_arguments)]
@@ -416,13 +425,25 @@ fn main_thread(
 ) -> Result<FileOutcome> {
     let last_use = |r: usize| sched.regs.get(r).map_or(usize::MAX, |g| g.last_use);
     let mut asked = 0;
+    // Registrations the schedule retires whose copies may still run: given back once
+    // the device is done with them, waited for only when more than `shape.threads`
+    // are waiting, so that the copies of several windows stay queued on the device.
+    let mut retiring: VecDeque<usize> = VecDeque::new();
     for (w, step) in sched.steps.iter().enumerate() {
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        for &r in &step.retire {
-            copied(windows.wait(last_use(r))?);
+        retiring.extend(&step.retire);
+        while let Some(&r) = retiring.front() {
+            let done = if retiring.len() > shape.threads {
+                Some(windows.wait(last_use(r))?)
+            } else {
+                windows.poll(last_use(r))?
+            };
+            let Some(bytes) = done else { break };
+            copied(bytes);
             reg.give_back(r);
+            retiring.pop_front();
         }
         while asked < sched.steps.len() && asked <= w + shape.threads {
             if let Some(r) = sched.steps.get(asked).and_then(|s| s.register) {
@@ -455,7 +476,10 @@ fn main_thread(
         }
         windows.copy(w, step.reads.clone())?;
     }
-    for &r in &sched.retire_at_end {
+    for r in retiring
+        .into_iter()
+        .chain(sched.retire_at_end.iter().copied())
+    {
         copied(windows.wait(last_use(r))?);
         reg.give_back(r);
     }
@@ -688,6 +712,8 @@ mod tests {
         fail_copy: Option<usize>,
         /// Bytes per window, until waited for.
         bytes: std::collections::BTreeMap<usize, u64>,
+        polls: usize,
+        slow: bool,
     }
 
     impl FakeWindows<'_> {
@@ -736,6 +762,16 @@ mod tests {
             Ok(bytes.values().sum())
         }
 
+        fn poll(&mut self, w: usize) -> Result<Option<u64>> {
+            // A slow device is never done when asked; another is, every other time.
+            self.polls += 1;
+            if !self.slow && self.polls % 2 == 0 {
+                self.wait(w).map(Some)
+            } else {
+                Ok(None)
+            }
+        }
+
         fn settle(&mut self) {
             self.complete(usize::MAX);
         }
@@ -759,6 +795,7 @@ mod tests {
         mishap: &Mishap,
         first: bool,
         delay: std::time::Duration,
+        slow: bool,
     ) -> (Result<FileOutcome>, Fake) {
         use rand::{RngCore, SeedableRng};
         let pages_end = reads
@@ -798,6 +835,8 @@ mod tests {
                 _ => None,
             },
             bytes: Default::default(),
+            polls: 0,
+            slow,
         };
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let cancelled = || {
@@ -825,7 +864,7 @@ mod tests {
         assert!(f.regs.is_empty(), "left registered: {:?}", f.regs);
         assert!(f.pending.is_empty());
         let longest = reads.iter().map(|r| r.1).max().unwrap_or(0);
-        let bound = (2 * shape.threads as u64 + 6) * (shape.window_bytes.max(longest) + 2 * PAGE);
+        let bound = (3 * shape.threads as u64 + 8) * (shape.window_bytes.max(longest) + 2 * PAGE);
         assert!(
             f.most_registered_bytes as u64 <= bound,
             "{} bytes registered at once (bound {bound})",
@@ -883,7 +922,7 @@ mod tests {
             threads: 8,
         };
         let delay = std::time::Duration::from_millis(2);
-        let (out, fake) = carry(&reads, shape, &Mishap::None, true, delay);
+        let (out, fake) = carry(&reads, shape, &Mishap::None, true, delay, false);
         assert_eq!(out.unwrap(), FileOutcome::Copied);
         assert!(
             fake.most_registering >= 2,
@@ -894,8 +933,23 @@ mod tests {
             window_bytes: PAGE,
             threads: 1,
         };
-        let (_, fake) = carry(&reads, one, &Mishap::None, true, delay);
+        let (_, fake) = carry(&reads, one, &Mishap::None, true, delay, false);
         assert_eq!(fake.most_registering, 1);
+    }
+
+    #[test]
+    fn a_slow_device_bounds_what_stays_registered_in_a_long_file() {
+        // 400 windows of one page: without waiting for the device, every page would
+        // stay registered until the end.
+        let reads: Vec<(u64, u64)> = (0..400).map(|i| (i * PAGE, PAGE)).collect();
+        for threads in [1, 2, 5] {
+            let shape = RegShape {
+                window_bytes: PAGE,
+                threads,
+            };
+            let (out, _) = carry(&reads, shape, &Mishap::None, true, Default::default(), true);
+            assert_eq!(out.unwrap(), FileOutcome::Copied);
+        }
     }
 
     #[test]
@@ -912,6 +966,7 @@ mod tests {
                 &Mishap::Register(0),
                 first,
                 Default::default(),
+                false,
             );
             assert_eq!(matches!(out, Ok(FileOutcome::Refused(_))), first);
         }
@@ -932,10 +987,12 @@ mod tests {
                 1 => (0usize..50).prop_map(Mishap::Cancel),
             ],
             first in any::<bool>(),
+            slow in any::<bool>(),
         ) {
             let mut reads = raw;
             reads.sort_unstable();
-            let _checked = carry(&reads, RegShape { window_bytes: window, threads }, &mishap, first, Default::default());
+            let shape = RegShape { window_bytes: window, threads };
+            let _checked = carry(&reads, shape, &mishap, first, Default::default(), slow);
         }
     }
 
