@@ -42,6 +42,7 @@ pub struct Loader {
     fail_nth: Option<u64>,
     staging_write_combined: bool,
     staging_huge_pages: bool,
+    registered_share: f64,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
     /// by clones of this loader.
@@ -83,6 +84,7 @@ impl Loader {
             fail_nth: None,
             staging_write_combined: false,
             staging_huge_pages: false,
+            registered_share: 0.0,
             keep_staging: true,
             #[cfg(feature = "cuda")]
             staging_cache: Default::default(),
@@ -166,6 +168,27 @@ impl Loader {
     pub fn huge_page_staging(mut self, yes: bool) -> Self {
         self.staging_huge_pages = yes;
         self
+    }
+
+    /// On CUDA, when every file is in the page cache, copy this share (0 to 1) of each
+    /// file's bytes (its tail) straight from the page cache, registered with the
+    /// driver by a quarter of [`Loader::queue_depth`]'s threads, while the pinned
+    /// slots take the rest at the same time: the device copies from both. 0 (the
+    /// default) turns it off; where the driver refuses registration, everything goes
+    /// through the slots (and the load's report says so).
+    pub fn registered_share(mut self, share: f64) -> Self {
+        self.registered_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// See [`Loader::registered_share`].
+    #[cfg(feature = "cuda")]
+    pub(crate) fn registered_share_value(&self) -> f64 {
+        self.registered_share
     }
 
     /// How a CUDA load allocates its staging.

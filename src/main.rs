@@ -136,6 +136,10 @@ struct LoadOpts {
     /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister.
     #[arg(long, conflicts_with = "staging_wc")]
     staging_huge: bool,
+    /// CUDA, cached files: copy this share (0 to 1) of each file straight from the
+    /// registered page cache while the pinned slots take the rest.
+    #[arg(long, value_parser = parse_share)]
+    registered_share: Option<f64>,
 }
 
 impl LoadOpts {
@@ -158,6 +162,14 @@ impl LoadOpts {
         }
         l.write_combined_staging(self.staging_wc)
             .huge_page_staging(self.staging_huge)
+            .registered_share(self.registered_share.unwrap_or(0.0))
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a share from 0 to 1")),
     }
 }
 

@@ -177,6 +177,67 @@ fn the_registered_page_cache_path_equals_host_loads() {
     }
 }
 
+/// A cached file split between the registered page cache and the pinned slots
+/// (`registered_share`), both at once: equal to the host load for every share, dtype,
+/// allocation mode and window size; a failed read stops the load with an error and
+/// the loader's next load is right.
+#[test]
+fn a_split_load_equals_host_loads() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 8);
+    std::fs::read(&path).unwrap(); // into the page cache
+    for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        for (chunk, staging, depth) in [(4 << 20, 64 << 20, 16), (64 << 10, 256 << 10, 4)] {
+            for share in [0.2, 0.5, 1.0] {
+                for per_tensor in [false, true] {
+                    let what = format!(
+                        "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
+                         share {share}, per_tensor {per_tensor}"
+                    );
+                    let l = Loader::new()
+                        .device(Device::Cuda(0))
+                        .io(IoBackend::Pread)
+                        .dtype(dtype)
+                        .chunk_size(chunk)
+                        .staging_bytes(staging)
+                        .queue_depth(depth)
+                        .registered_share(share)
+                        .per_tensor_allocations(per_tensor);
+                    let m = l.load(&path).unwrap();
+                    let report = &m.stats().files[0];
+                    eprintln!("{what}: {} ({})", report.io_path, report.reason);
+                    assert!(
+                        report.io_path == "split+registered" || report.reason.contains("refused"),
+                        "{what}: {report:?}"
+                    );
+                    let got: Vec<_> = m
+                        .tensors()
+                        .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
+                        .collect();
+                    assert_eq!(got, want, "{what}");
+                }
+            }
+        }
+    }
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .io(IoBackend::Pread)
+        .dtype(Some(Dtype::F16))
+        .chunk_size(64 << 10)
+        .staging_bytes(256 << 10)
+        .registered_share(0.5);
+    let e = l.clone().fail_nth_read(3).load(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert_eq!(
+        host_bytes(l, &path),
+        host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path)
+    );
+}
+
 #[test]
 fn filters_and_small_staging_on_cuda() {
     if !gpu() {

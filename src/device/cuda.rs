@@ -319,7 +319,6 @@ struct Slot {
     mem: HostMem,
     len: usize,
     event: sys::CUevent,
-    busy: bool,
     /// Device scratch for conversions (allocated only when some tensor converts).
     scratch: Option<DeviceBuf>,
 }
@@ -341,7 +340,6 @@ impl Slot {
             mem,
             len,
             event,
-            busy: false,
             scratch: None,
         })
     }
@@ -498,8 +496,6 @@ struct CudaSink<'p> {
     plan: &'p Plan,
     /// Its slots, stream and context (the stream null once handed back to the loader).
     staging: Staging,
-    /// FIFO of busy slot indices, oldest first.
-    order: std::collections::VecDeque<usize>,
     /// Per file: the raw buffer (or none when per-tensor), the converted area.
     raw: Vec<Option<Arc<DeviceBuf>>>,
     converted: Vec<Option<Arc<DeviceBuf>>>,
@@ -508,6 +504,12 @@ struct CudaSink<'p> {
     module: Option<sys::CUmodule>,
     kernels: BTreeMap<(Dtype, Dtype), sys::CUfunction>,
 }
+
+// SAFETY: shared use of a sink only reads its fields and calls the driver (which is
+// thread-safe) with handles that stay valid for the whole load: the registered share
+// of a split load copies on its own stream from one thread while the slots' side
+// (whose mutable state is in `SlotSink`) copies on the staging's stream from another.
+unsafe impl Sync for CudaSink<'_> {}
 
 /// The device buffers of a load: per file the raw buffer and the converted area, or
 /// per tensor its own allocation.
@@ -561,7 +563,6 @@ impl<'p> CudaSink<'p> {
         let mut sink = CudaSink {
             plan,
             staging,
-            order: Default::default(),
             raw,
             converted,
             own,
@@ -600,7 +601,6 @@ impl<'p> CudaSink<'p> {
         let st = &mut self.staging;
         for s in &mut st.slots {
             s.scratch = None;
-            s.busy = false;
         }
         Staging {
             ctx: Arc::clone(&st.ctx),
@@ -643,8 +643,9 @@ impl<'p> CudaSink<'p> {
             .ok_or_else(|| internal("unknown staging slot"))
     }
 
-    /// Copies `len` bytes of slot memory at `src` to device address `dst`.
-    fn htod(&self, dst: u64, src: *const u8, len: usize) -> Result<()> {
+    /// Copies `len` bytes of pinned or registered memory at `src` to device address
+    /// `dst`, on `stream`.
+    fn htod(&self, stream: sys::CUstream, dst: u64, src: *const u8, len: usize) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -653,7 +654,7 @@ impl<'p> CudaSink<'p> {
         // completes; dst lies inside a live device buffer (callers take it from the
         // plan, whose ranges fit the buffers allocated for it); the stream belongs to
         // the current context. The CPU never reads through src.
-        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, self.staging.stream) }
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, stream) }
             .result()
             .map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
     }
@@ -661,19 +662,35 @@ impl<'p> CudaSink<'p> {
     /// [`Self::htod`], split where a registration begins (`reg_starts`, sorted host
     /// addresses; empty for pinned slots): a copy may not run from one registered
     /// range into the next.
-    fn htod_split(&self, dst: u64, src: *const u8, len: usize, reg_starts: &[u64]) -> Result<()> {
+    fn htod_split(
+        &self,
+        stream: sys::CUstream,
+        dst: u64,
+        src: *const u8,
+        len: usize,
+        reg_starts: &[u64],
+    ) -> Result<()> {
         if reg_starts.is_empty() {
-            return self.htod(dst, src, len);
+            return self.htod(stream, dst, src, len);
         }
         for (at, n) in regplan::split_at_registrations(src as u64, len as u64, reg_starts) {
             // SAFETY: at + n <= len: the pieces cover [src, src + len) exactly.
             let part = unsafe { src.add(at as usize) };
-            self.htod(dst + at, part, n as usize)?;
+            self.htod(stream, dst + at, part, n as usize)?;
         }
         Ok(())
     }
 
-    fn launch(&self, src: Dtype, dst: Dtype, input: u64, output: u64, n: u64) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        stream: sys::CUstream,
+        src: Dtype,
+        dst: Dtype,
+        input: u64,
+        output: u64,
+        n: u64,
+    ) -> Result<()> {
         let func = *self
             .kernels
             .get(&(src, dst))
@@ -697,7 +714,7 @@ impl<'p> CudaSink<'p> {
                 (blocks, 1, 1),
                 (threads as u32, 1, 1),
                 0,
-                self.staging.stream,
+                stream,
                 &mut params,
             )
         }
@@ -714,6 +731,7 @@ impl<'p> CudaSink<'p> {
     /// registered host memory, to their place on the device.
     fn raw_copy(
         &self,
+        stream: sys::CUstream,
         file: usize,
         op: &ReadOp,
         dest: u64,
@@ -725,7 +743,7 @@ impl<'p> CudaSink<'p> {
             if dest + len as u64 > buf.len as u64 {
                 return Err(internal("copy past a device buffer"));
             }
-            return self.htod_split(buf.ptr + dest, src, len, reg_starts);
+            return self.htod_split(stream, buf.ptr + dest, src, len, reg_starts);
         }
         // Per-tensor allocations: copy each tensor's part of this read to its buffer.
         let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
@@ -742,7 +760,7 @@ impl<'p> CudaSink<'p> {
             }
             // SAFETY: s - r0 < required, and `src` holds the read's required bytes.
             let part = unsafe { src.add((s - r0) as usize) };
-            self.htod_split(b.ptr + (s - t0), part, (e - s) as usize, reg_starts)?;
+            self.htod_split(stream, b.ptr + (s - t0), part, (e - s) as usize, reg_starts)?;
         }
         Ok(())
     }
@@ -752,8 +770,10 @@ impl CudaSink<'_> {
     /// Enqueues on the stream what read `op` of file `file` is for, its required
     /// bytes being at `src` in pinned or registered host memory: a copy to the
     /// destination, or a copy to `scratch` and the conversion kernel from there.
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
+        stream: sys::CUstream,
         file: usize,
         op: &ReadOp,
         src: *const u8,
@@ -761,7 +781,7 @@ impl CudaSink<'_> {
         reg_starts: &[u64],
     ) -> Result<()> {
         match op.target {
-            Target::Raw { dest } => self.raw_copy(file, op, dest, src, reg_starts),
+            Target::Raw { dest } => self.raw_copy(stream, file, op, dest, src, reg_starts),
             Target::Convert {
                 tensor,
                 first,
@@ -776,7 +796,13 @@ impl CudaSink<'_> {
                 }
                 // Shift so that the first element sits on a 16-byte boundary.
                 let pad = (16 - skip % 16) % 16;
-                self.htod_split(scratch.ptr + pad, src, op.required as usize, reg_starts)?;
+                self.htod_split(
+                    stream,
+                    scratch.ptr + pad,
+                    src,
+                    op.required as usize,
+                    reg_starts,
+                )?;
                 let out_size = t.dtype.bits() / 8;
                 let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
                     (_, Some(Some(b))) => b.ptr + first * out_size,
@@ -790,44 +816,67 @@ impl CudaSink<'_> {
                     }
                     _ => return Err(internal("place")),
                 };
-                self.launch(t.src_dtype, t.dtype, scratch.ptr + pad + skip, out, count)
+                self.launch(
+                    stream,
+                    t.src_dtype,
+                    t.dtype,
+                    scratch.ptr + pad + skip,
+                    out,
+                    count,
+                )
             }
         }
     }
 }
 
-impl Sink for CudaSink<'_> {
+/// The pinned slots' side of a load, which the I/O engine fills: which slots await
+/// their copies. Holds the sink shared, so that the registered page-cache path can
+/// copy from other threads meanwhile.
+struct SlotSink<'s, 'p> {
+    sink: &'s CudaSink<'p>,
+    busy: Vec<bool>,
+    /// Busy slots whose copies are enqueued, oldest first.
+    order: std::collections::VecDeque<usize>,
+}
+
+impl<'s, 'p> SlotSink<'s, 'p> {
+    fn new(sink: &'s CudaSink<'p>) -> Self {
+        SlotSink {
+            sink,
+            busy: vec![false; sink.staging.slots.len()],
+            order: Default::default(),
+        }
+    }
+}
+
+impl Sink for SlotSink<'_, '_> {
     fn buffer(&mut self, _file: usize, op: &ReadOp) -> Result<Option<Buf>> {
+        let slots = &self.sink.staging.slots;
         // Recycle slots whose copies have finished, oldest first.
         while let Some(&i) = self.order.front() {
-            let Some(s) = self.staging.slots.get(i) else {
+            let Some(s) = slots.get(i) else {
                 break;
             };
-            // SAFETY: the event is live until Drop.
+            // SAFETY: the event is live until the slot is freed, after this load.
             if unsafe { result::event::query(s.event) }.is_ok() {
                 self.order.pop_front();
-                if let Some(s) = self.staging.slots.get_mut(i) {
-                    s.busy = false;
+                if let Some(b) = self.busy.get_mut(i) {
+                    *b = false;
                 }
             } else {
                 break;
             }
         }
-        let Some((i, s)) = self
-            .staging
-            .slots
-            .iter_mut()
-            .enumerate()
-            .find(|(_, s)| !s.busy)
-        else {
+        let Some(i) = self.busy.iter().position(|b| !b) else {
             return Ok(None);
         };
+        let (Some(s), Some(b)) = (slots.get(i), self.busy.get_mut(i)) else {
+            return Err(internal("slot"));
+        };
         if (op.len as usize) > s.len {
-            return Err(Error::Cuda(
-                "internal: read larger than a staging slot".into(),
-            ));
+            return Err(internal("read larger than a staging slot"));
         }
-        s.busy = true;
+        *b = true;
         Ok(Some(Buf {
             ptr: s.mem.host,
             len: s.len,
@@ -837,12 +886,13 @@ impl Sink for CudaSink<'_> {
     }
 
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
-        let i = self.slot_of(buf.ptr)?;
-        let slot = self.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
-        let scratch = slot.scratch.as_ref();
-        self.consume(file, op, slot.mem.host, scratch, &[])?;
-        // SAFETY: event and stream are live until Drop.
-        unsafe { result::event::record(slot.event, self.staging.stream) }
+        let sink = self.sink;
+        let i = sink.slot_of(buf.ptr)?;
+        let slot = sink.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
+        let stream = sink.staging.stream;
+        sink.consume(stream, file, op, slot.mem.host, slot.scratch.as_ref(), &[])?;
+        // SAFETY: event and stream are live until the staging is freed.
+        unsafe { result::event::record(slot.event, stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))?;
         self.order.push_back(i);
         Ok(())
@@ -850,18 +900,21 @@ impl Sink for CudaSink<'_> {
 
     fn wait_for_slot(&mut self) -> Result<()> {
         if let Some(i) = self.order.pop_front() {
-            if let Some(s) = self.staging.slots.get_mut(i) {
-                // SAFETY: the event is live until Drop.
+            if let Some(s) = self.sink.staging.slots.get(i) {
+                // SAFETY: the event is live until the slot is freed, after this load.
                 unsafe { result::event::synchronize(s.event) }
                     .map_err(|e| cuda_err("cuEventSynchronize", e))?;
-                s.busy = false;
+            }
+            if let Some(b) = self.busy.get_mut(i) {
+                *b = false;
             }
         }
         Ok(())
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
-        self.staging
+        self.sink
+            .staging
             .slots
             .iter()
             .map(|s| (s.mem.host, s.len))
@@ -958,6 +1011,8 @@ impl regplan::Pinner for MapPinner<'_> {
 /// The copies of one file's windows on the sink's stream, an event after each.
 struct MapWindows<'a, 'p> {
     sink: &'a CudaSink<'p>,
+    stream: sys::CUstream,
+    scratch: Option<&'a DeviceBuf>,
     file: usize,
     ops: &'a [&'a ReadOp],
     base: u64,
@@ -968,18 +1023,18 @@ struct MapWindows<'a, 'p> {
 
 impl regplan::Windows for MapWindows<'_, '_> {
     fn copy(&mut self, w: usize, reads: std::ops::Range<usize>) -> Result<()> {
-        let scratch = self
-            .sink
-            .staging
-            .slots
-            .first()
-            .and_then(|s| s.scratch.as_ref());
         let window = self.ops.get(reads).ok_or_else(|| internal("window"))?;
         let mut bytes = 0;
         for &op in window {
             let src = (self.base + op.offset) as *const u8;
-            self.sink
-                .consume(self.file, op, src, scratch, &self.reg_starts)?;
+            self.sink.consume(
+                self.stream,
+                self.file,
+                op,
+                src,
+                self.scratch,
+                &self.reg_starts,
+            )?;
             self.stats.requests += 1;
             self.stats.bytes_read += op.required;
             bytes += op.required;
@@ -992,7 +1047,7 @@ impl regplan::Windows for MapWindows<'_, '_> {
             bytes,
         });
         // SAFETY: event and stream are live; the event marks this window's copies.
-        unsafe { result::event::record(event, self.sink.staging.stream) }
+        unsafe { result::event::record(event, self.stream) }
             .map_err(|e| cuda_err("cuEventRecord", e))
     }
 
@@ -1027,13 +1082,14 @@ impl regplan::Windows for MapWindows<'_, '_> {
     }
 
     fn settle(&mut self) {
-        let _ = self.sink.synchronize();
+        // SAFETY: the stream outlives these windows (its owner drops after them).
+        let _ = unsafe { result::stream::synchronize(self.stream) };
     }
 }
 
 impl Drop for MapWindows<'_, '_> {
     fn drop(&mut self) {
-        let _ = self.sink.synchronize();
+        regplan::Windows::settle(self);
         for e in self.events.drain(..) {
             // SAFETY: created in `copy`, destroyed once, after the stream drained.
             let _ = unsafe { result::event::destroy(e.event) };
@@ -1050,29 +1106,28 @@ enum Registration {
 
 /// `--io mmap` to a CUDA device: each file is mapped read-only, the driver pins the
 /// page-cache pages of a window of it (`cuMemHostRegister`, read-only) and the copies
-/// (and conversions) read them directly: no CPU copy into a staging buffer. Which
-/// pages to register before each window, when to give them back and how threads
-/// register ahead of the copies is [`regplan`]'s (tested without a GPU); here the
-/// driver does it. This process never reads the map, so a file truncated meanwhile
-/// makes registration fail (an error), never SIGBUS; a change during the load is
-/// caught by the size and mtime check at the end of each file, as on the other paths.
+/// (and conversions, through `scratch`) read them directly, on `stream`: no CPU copy
+/// into a staging buffer. Which pages to register before each window, when to give
+/// them back and how threads register ahead of the copies is [`regplan`]'s (tested
+/// without a GPU); here the driver does it. This process never reads the map, so a
+/// file truncated meanwhile makes registration fail (an error), never SIGBUS; a
+/// change during the load is caught by the size and mtime check at the end of each
+/// file, as on the other paths. `report` gets the bytes copied so far.
 fn load_registered(
     sink: &CudaSink<'_>,
     plan: &Plan,
     shape: regplan::RegShape,
-    cancel: Option<&CancelToken>,
-    progress: Option<&Progress>,
+    stream: sys::CUstream,
+    scratch: Option<&DeviceBuf>,
+    cancelled: &dyn Fn() -> bool,
+    report: &dyn Fn(u64),
 ) -> Result<Registration> {
     let mut stats = IoStats::default();
-    let total = plan.required_bytes();
     let mut done = 0u64;
     let mut copied = |bytes: u64| {
         done += bytes;
-        if let Some(p) = progress {
-            p(done, total);
-        }
+        report(done);
     };
-    let cancelled = || cancel.is_some_and(CancelToken::is_cancelled);
     let mut first = true;
     for (fi, fp) in plan.files.iter().enumerate() {
         let mut ops: Vec<&ReadOp> = fp.reads.iter().filter(|op| op.required > 0).collect();
@@ -1096,6 +1151,8 @@ fn load_registered(
         };
         let mut windows = MapWindows {
             sink,
+            stream,
+            scratch,
             file: fi,
             ops: &ops,
             base,
@@ -1111,7 +1168,7 @@ fn load_registered(
             &pinner,
             &mut windows,
             &mut first,
-            &cancelled,
+            cancelled,
             &mut copied,
         )?;
         drop(windows);
@@ -1122,6 +1179,163 @@ fn load_registered(
         io::close_checked(&fp.path, open)?;
     }
     Ok(Registration::Done(stats))
+}
+
+/// Runs `plan`'s reads through the pinned slots: the I/O engine fills them, each is
+/// copied (or converted) on the staging's stream.
+#[allow(clippy::too_many_arguments)]
+fn run_slots(
+    loader: &crate::loader::Loader,
+    sink: &CudaSink<'_>,
+    plan: &Plan,
+    choice: &IoChoice,
+    depth: usize,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+) -> Result<IoStats> {
+    let mut slots = SlotSink::new(sink);
+    let fixed = slots.fixed_buffers();
+    let mut engine = loader.engine(io::new_engine(
+        choice.engine,
+        depth.min(sink.staging.slots.len()),
+        &fixed,
+    )?);
+    io::execute(
+        plan,
+        choice,
+        engine.as_mut(),
+        &mut slots,
+        depth,
+        cancel,
+        progress,
+    )
+}
+
+/// A stream of the load's own, waited for and destroyed when dropped.
+struct OwnStream(sys::CUstream);
+
+impl OwnStream {
+    fn new(ctx: &Context) -> Result<OwnStream> {
+        ctx.bind()?;
+        result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map(OwnStream)
+            .map_err(|e| cuda_err("cuStreamCreate", e))
+    }
+}
+
+impl Drop for OwnStream {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once here, after its work drained.
+        unsafe {
+            let _ = result::stream::synchronize(self.0);
+            let _ = result::stream::destroy(self.0);
+        }
+    }
+}
+
+/// A load of cached files split two ways at once ([`regplan::split_plan`]): the
+/// pinned slots copy `slot_plan` on this thread while another copies `reg_plan`
+/// straight from the registered page cache on a stream of its own. Either side's
+/// failure stops the other. Returns the reads' statistics and, when the driver refused
+/// the first registration, why (the registered share then went through the slots).
+#[allow(clippy::too_many_arguments)]
+fn load_split(
+    loader: &crate::loader::Loader,
+    sink: &CudaSink<'_>,
+    reg_plan: &Plan,
+    slot_plan: &Plan,
+    choice: &IoChoice,
+    depth: usize,
+    shape: regplan::RegShape,
+    cancel: Option<&CancelToken>,
+    progress: Option<&Progress>,
+) -> Result<(IoStats, Option<String>)> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let total = reg_plan.required_bytes() + slot_plan.required_bytes();
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let tell = |reg: Option<u64>, slots: Option<u64>| {
+        if let Some(b) = reg {
+            counts.0.store(b, Relaxed);
+        }
+        if let Some(b) = slots {
+            counts.1.store(b, Relaxed);
+        }
+        if let Some(p) = progress {
+            p(counts.0.load(Relaxed) + counts.1.load(Relaxed), total);
+        }
+    };
+    let slot_progress: Option<Progress> = progress.map(|p| {
+        let (p, counts) = (Arc::clone(p), Arc::clone(&counts));
+        Arc::new(move |done: u64, _: u64| {
+            counts.1.store(done, Relaxed);
+            p(counts.0.load(Relaxed) + done, total);
+        }) as Progress
+    });
+    let stop_reg = CancelToken::child(cancel);
+    let stop_slots = CancelToken::child(cancel);
+    let ctx = &sink.staging.ctx;
+    let any_convert = reg_plan.files.iter().any(|f| f.converted_len > 0);
+    let (slots, reg) = std::thread::scope(|scope| {
+        let reg = scope.spawn(|| -> Result<Registration> {
+            ctx.bind()?;
+            // Declared before the stream, so that it is freed after the stream drained.
+            let scratch = if any_convert {
+                Some(DeviceBuf::alloc(ctx, sink.staging.slot_len + SCRATCH_PAD)?)
+            } else {
+                None
+            };
+            let stream = OwnStream::new(ctx)?;
+            let r = load_registered(
+                sink,
+                reg_plan,
+                shape,
+                stream.0,
+                scratch.as_ref(),
+                &|| stop_reg.is_cancelled(),
+                &|b| tell(Some(b), None),
+            );
+            if r.is_err() {
+                stop_slots.cancel();
+            }
+            r
+        });
+        let slots = run_slots(
+            loader,
+            sink,
+            slot_plan,
+            choice,
+            depth,
+            Some(&stop_slots),
+            slot_progress.as_ref(),
+        );
+        if slots.is_err() {
+            stop_reg.cancel();
+        }
+        let reg = reg
+            .join()
+            .unwrap_or_else(|_| Err(internal("the registered side panicked")));
+        (slots, reg)
+    });
+    // A side stopped by the other's failure says Cancelled: report the failure.
+    let (mut stats, reg) = match (slots, reg) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(Error::Cancelled), Err(e)) | (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
+    match reg {
+        Registration::Done(r) => {
+            stats.merge(&r);
+            Ok((stats, None))
+        }
+        Registration::Refused(why) => {
+            tracing::debug!("registered page cache refused ({why}): its share through the slots");
+            // The slots' copies of the first part are done before they are refilled.
+            sink.synchronize()?;
+            let more = run_slots(loader, sink, reg_plan, choice, depth, cancel, None)?;
+            stats.merge(&more);
+            tell(Some(reg_plan.required_bytes()), None);
+            Ok((stats, Some(why)))
+        }
+    }
 }
 
 /// Loads `plan` onto device `ordinal`. Also returns, when the path that ran is not
@@ -1175,22 +1389,40 @@ pub(crate) fn load(
         }
         Ok(tensors)
     };
+    let staging_bytes = (slots.max(1) as u64).saturating_mul(slot_len);
     let mut path = None;
     if registering {
-        let shape = regplan::RegShape::new((slots.max(1) as u64).saturating_mul(slot_len), depth);
+        let shape = regplan::RegShape::new(staging_bytes, depth);
         let why = match registration_refused(&ctx) {
             Some(why) => why,
-            None => match load_registered(&sink, plan, shape, cancel, progress)? {
-                Registration::Done(stats) => {
-                    let copied = init_start.elapsed();
-                    sink.synchronize()?;
-                    phases("registered", copied, init_start.elapsed());
-                    let tensors = finish(sink)?;
-                    let how = "copies straight from the page cache, registered read-only";
-                    return Ok((tensors, stats, Some(("mmap+registered", how.into())), init));
+            None => {
+                let total = plan.required_bytes();
+                let scratch = sink.staging.slots.first().and_then(|s| s.scratch.as_ref());
+                let registered = load_registered(
+                    &sink,
+                    plan,
+                    shape,
+                    sink.staging.stream,
+                    scratch,
+                    &|| cancel.is_some_and(CancelToken::is_cancelled),
+                    &|done| {
+                        if let Some(p) = progress {
+                            p(done, total);
+                        }
+                    },
+                )?;
+                match registered {
+                    Registration::Done(stats) => {
+                        let copied = init_start.elapsed();
+                        sink.synchronize()?;
+                        phases("registered", copied, init_start.elapsed());
+                        let tensors = finish(sink)?;
+                        let how = "copies straight from the page cache, registered read-only";
+                        return Ok((tensors, stats, Some(("mmap+registered", how.into())), init));
+                    }
+                    Registration::Refused(why) => why,
                 }
-                Registration::Refused(why) => why,
-            },
+            }
         };
         tracing::debug!("registered page cache refused ({why}): copying through pinned slots");
         sink.grow(planned)?;
@@ -1199,23 +1431,41 @@ pub(crate) fn load(
             format!("page-cache registration refused ({why}): copied through pinned slots"),
         ));
     }
-    let stats = {
-        let fixed = sink.fixed_buffers();
-        let mut engine = loader.engine(io::new_engine(
-            choice.engine,
-            depth.min(sink.staging.slots.len()),
-            &fixed,
-        )?);
-        io::execute(
-            plan,
-            choice,
-            engine.as_mut(),
-            &mut sink,
-            depth,
-            cancel,
-            progress,
-        )?
-    };
+    // Cached files with a registered share: both paths at once.
+    let share = loader.registered_share_value();
+    if !registering && share > 0.0 && choice.files.iter().all(|m| !m.direct) {
+        let (reg_plan, slot_plan) = regplan::split_plan(plan, share, |_| true);
+        let refused = registration_refused(&ctx);
+        if reg_plan.required_bytes() > 0 && refused.is_none() {
+            let shape = regplan::RegShape::new(staging_bytes, (depth / 4).max(1));
+            let (stats, refused) = load_split(
+                loader, &sink, &reg_plan, &slot_plan, choice, depth, shape, cancel, progress,
+            )?;
+            let copied = init_start.elapsed();
+            sink.synchronize()?;
+            phases("split", copied, init_start.elapsed());
+            let how = match refused {
+                None => format!(
+                    "{:.0}% of the bytes copied straight from the registered page cache \
+                     ({} registering threads), the rest through pinned slots ({})",
+                    share * 100.0,
+                    shape.threads,
+                    choice.path_name(0)
+                ),
+                Some(why) => {
+                    format!("page-cache registration refused ({why}): all through pinned slots")
+                }
+            };
+            return Ok((finish(sink)?, stats, Some(("split+registered", how)), init));
+        }
+        if let Some(why) = refused {
+            path = Some((
+                choice.path_name(0),
+                format!("page-cache registration refused ({why}): all through pinned slots"),
+            ));
+        }
+    }
+    let stats = run_slots(loader, &sink, plan, choice, depth, cancel, progress)?;
     let copied = init_start.elapsed();
     sink.synchronize()?;
     phases(choice.path_name(0), copied, init_start.elapsed());

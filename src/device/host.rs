@@ -75,6 +75,7 @@ impl Region {
 
 impl Region {
     /// The first byte of the mapping.
+    #[cfg(feature = "cuda")]
     pub(crate) fn base(&self) -> *mut u8 {
         self.base.as_ptr().cast()
     }

@@ -142,6 +142,62 @@ pub(crate) fn split_at_registrations(start: u64, len: u64, reg_starts: &[u64]) -
     pieces
 }
 
+/// Splits `plan` for a load that copies part of each cached file straight from the
+/// registered page cache while the pinned slots take the rest: of each file that
+/// `buffered(file)` says is read through the page cache, the reads holding the last
+/// `share` (0 to 1) of its bytes by offset go to the first plan and the others to the
+/// second; a file read otherwise (O_DIRECT) goes whole to the second. Both keep every
+/// file, with its index, tensors and destinations; each read lands in exactly one.
+pub(crate) fn split_plan(
+    plan: &crate::plan::Plan,
+    share: f64,
+    buffered: impl Fn(usize) -> bool,
+) -> (crate::plan::Plan, crate::plan::Plan) {
+    let share = if share.is_nan() {
+        0.0
+    } else {
+        share.clamp(0.0, 1.0)
+    };
+    let mut registered = plan.clone();
+    let mut slots = plan.clone();
+    for (i, (r, s)) in registered
+        .files
+        .iter_mut()
+        .zip(slots.files.iter_mut())
+        .enumerate()
+    {
+        let reads = std::mem::take(&mut s.reads);
+        r.reads.clear();
+        if !buffered(i) {
+            s.reads = reads;
+            continue;
+        }
+        let total: u64 = reads.iter().map(|op| op.required).sum();
+        let want = (total as f64 * share).round() as u64;
+        let mut by_offset: Vec<usize> = (0..reads.len()).collect();
+        by_offset.sort_by_key(|&k| reads.get(k).map_or(0, |op| op.offset));
+        let mut to_registered = vec![false; reads.len()];
+        let mut taken = 0u64;
+        for &k in by_offset.iter().rev() {
+            if taken >= want {
+                break;
+            }
+            if let (Some(op), Some(t)) = (reads.get(k), to_registered.get_mut(k)) {
+                taken += op.required;
+                *t = true;
+            }
+        }
+        for (op, reg) in reads.into_iter().zip(to_registered) {
+            if reg {
+                r.reads.push(op);
+            } else {
+                s.reads.push(op);
+            }
+        }
+    }
+    (registered, slots)
+}
+
 /// How the registered path goes: the span of each window and how many threads
 /// register (and give back) windows ahead of the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -897,6 +953,80 @@ mod tests {
         }
         f.violations.clear();
         (out, f)
+    }
+
+    fn plan_of(files: &[Vec<(u64, u64)>]) -> crate::plan::Plan {
+        use crate::plan::{FilePlan, Plan, ReadOp, Target};
+        Plan {
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, reads)| FilePlan {
+                    shard: i,
+                    path: format!("f{i}").into(),
+                    file_len: reads.iter().map(|r| r.0 + r.1).max().unwrap_or(0),
+                    tensors: Vec::new(),
+                    raw_len: 0,
+                    converted_len: 0,
+                    reads: reads
+                        .iter()
+                        .map(|&(offset, required)| ReadOp {
+                            offset,
+                            len: required,
+                            required,
+                            target: Target::Raw { dest: offset },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_split_gives_each_read_to_one_side_and_the_tail_to_the_registered_one() {
+        // Reads out of offset order, in two buffered files and one O_DIRECT file.
+        let file: Vec<(u64, u64)> = (0..10u64).rev().map(|i| (i * 100, 100)).collect();
+        let plan = plan_of(&[file.clone(), file.clone(), file]);
+        for (share, want) in [
+            (0.0, 0),
+            (0.25, 300),
+            (0.3, 300),
+            (0.5, 500),
+            (1.0, 1000),
+            (f64::NAN, 0),
+            (7.0, 1000),
+        ] {
+            let (reg, slots) = split_plan(&plan, share, |f| f != 1);
+            for (f, ((r, s), whole)) in reg
+                .files
+                .iter()
+                .zip(&slots.files)
+                .zip(&plan.files)
+                .enumerate()
+            {
+                let mut got: Vec<_> = r.reads.iter().chain(&s.reads).map(|op| op.offset).collect();
+                let mut all: Vec<_> = whole.reads.iter().map(|op| op.offset).collect();
+                got.sort_unstable();
+                all.sort_unstable();
+                assert_eq!(got, all, "share {share}, file {f}");
+                let on_reg: u64 = r.reads.iter().map(|op| op.required).sum();
+                if f == 1 {
+                    assert_eq!(on_reg, 0, "O_DIRECT file registered");
+                    continue;
+                }
+                assert_eq!(on_reg, want, "share {share}, file {f}");
+                // The registered side holds the file's tail.
+                let first_reg = r.reads.iter().map(|op| op.offset).min().unwrap_or(u64::MAX);
+                assert!(
+                    s.reads.iter().all(|op| op.offset < first_reg),
+                    "share {share}"
+                );
+            }
+            assert_eq!(
+                reg.required_bytes() + slots.required_bytes(),
+                plan.required_bytes()
+            );
+        }
     }
 
     #[test]

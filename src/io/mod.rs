@@ -123,7 +123,11 @@ impl IoChoice {
 
 /// A shared flag that cancels a load from another thread.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+    /// A child token (see [`CancelToken::child`]) is also cancelled with this.
+    parent: Option<Arc<AtomicBool>>,
+}
 
 impl CancelToken {
     /// A token not yet cancelled.
@@ -132,11 +136,24 @@ impl CancelToken {
     }
     /// Asks every load holding this token to stop; they return [`Error::Cancelled`].
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::Relaxed);
     }
-    /// Whether [`CancelToken::cancel`] was called.
+    /// Whether [`CancelToken::cancel`] was called (on this token or its parent).
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Relaxed))
+    }
+    /// A new token, cancelled by its own `cancel` or by `parent`'s: one part of a
+    /// load stops the others without cancelling the caller's token.
+    #[cfg(any(feature = "cuda", test))]
+    pub(crate) fn child(parent: Option<&CancelToken>) -> CancelToken {
+        CancelToken {
+            flag: Arc::default(),
+            parent: parent.map(|p| Arc::clone(&p.flag)),
+        }
     }
 }
 
@@ -436,6 +453,16 @@ pub struct IoStats {
     pub requests: u64,
     /// Short or interrupted reads that were resubmitted.
     pub resubmitted: u64,
+}
+
+impl IoStats {
+    /// Adds `other`'s counts (another part of the same load).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn merge(&mut self, other: &IoStats) {
+        self.bytes_read += other.bytes_read;
+        self.requests += other.requests;
+        self.resubmitted += other.resubmitted;
+    }
 }
 
 /// A file opened for a load, with the size and mtime it had then.
@@ -759,4 +786,24 @@ pub fn drop_page_cache(path: &Path) -> Result<f64> {
         }
     }
     mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CancelToken;
+
+    #[test]
+    fn a_child_token_stops_with_its_parent_but_not_the_other_way() {
+        let parent = CancelToken::new();
+        let (a, b) = (
+            CancelToken::child(Some(&parent)),
+            CancelToken::child(Some(&parent)),
+        );
+        let orphan = CancelToken::child(None);
+        a.cancel();
+        assert!(a.is_cancelled() && !b.is_cancelled() && !parent.is_cancelled());
+        assert!(!orphan.is_cancelled());
+        parent.cancel();
+        assert!(b.is_cancelled() && parent.is_cancelled() && !orphan.is_cancelled());
+    }
 }
