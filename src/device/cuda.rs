@@ -1253,15 +1253,11 @@ fn load_split(
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let total = reg_plan.required_bytes() + slot_plan.required_bytes();
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let tell = |reg: Option<u64>, slots: Option<u64>| {
-        if let Some(b) = reg {
-            counts.0.store(b, Relaxed);
-        }
-        if let Some(b) = slots {
-            counts.1.store(b, Relaxed);
-        }
+    // Bytes done by the registered side and by the slots, reported as one sum.
+    let tell = |reg: u64| {
+        counts.0.store(reg, Relaxed);
         if let Some(p) = progress {
-            p(counts.0.load(Relaxed) + counts.1.load(Relaxed), total);
+            p(reg + counts.1.load(Relaxed), total);
         }
     };
     let slot_progress: Option<Progress> = progress.map(|p| {
@@ -1292,7 +1288,7 @@ fn load_split(
                 stream.0,
                 scratch.as_ref(),
                 &|| stop_reg.is_cancelled(),
-                &|b| tell(Some(b), None),
+                &tell,
             );
             if r.is_err() {
                 stop_slots.cancel();
@@ -1332,7 +1328,7 @@ fn load_split(
             sink.synchronize()?;
             let more = run_slots(loader, sink, reg_plan, choice, depth, cancel, None)?;
             stats.merge(&more);
-            tell(Some(reg_plan.required_bytes()), None);
+            tell(reg_plan.required_bytes());
             Ok((stats, Some(why)))
         }
     }
