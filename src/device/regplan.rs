@@ -10,6 +10,11 @@
 //! two. What is still registered after the last window is given back at the end; at
 //! any time a few windows' worth of bytes (or a few of the longest reads) is
 //! registered, whatever the file's size.
+//!
+//! [`carry_out`] runs a schedule against a driver ([`Pinner`]) and a stream of copies
+//! ([`Windows`]): threads register windows ahead of the copies and give them back
+//! behind them; tested here with a fake driver. [`split_plan`] divides a load between
+//! the registered page cache and the pinned slots, for split loads.
 
 use std::collections::VecDeque;
 use std::ops::Range;
