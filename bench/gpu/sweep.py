@@ -16,8 +16,8 @@ about 25 s for them):
   - the host's copy ceiling (pread into reused host memory, no device);
   - a `-v` phase profile of auto, auto --staging-wc and the best.
 Writes OUT/sweep.json (after each part, so that a cut-off run keeps what it got).
-A configuration the binary rejects (an older binary without a flag) fails
-alone and is not retried.
+A configuration the binary rejects (an older binary without a flag) or that
+hangs (30 s) fails alone and is not retried.
 
     python3 gpu-bundle/gpu/sweep.py --bin gpu-bundle/bin/tensorstream --out "$OUT" [--size 8G] [--runs 3]
 
@@ -114,9 +114,13 @@ def main():
             if name in unsupported:
                 continue
             cmd = [a.bin, "load", path, "--device", a.device, "--json"] + args
-            r = tb.run_child(cmd, 60)
+            r = tb.run_child(cmd, 30)
             j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
-            if rejected(r):
+            if r.get("timed_out"):
+                # A warm 8 GB load takes about a second: a hang is not retried.
+                unsupported[name] = "timed out after 30 s (not retried)"
+                rec = {"ok": False, "error": unsupported[name]}
+            elif rejected(r):
                 unsupported[name] = " ".join(tb.tail(r["stderr"], 300).split())
                 rec = {"ok": False, "error": "arguments rejected by this binary (not retried): " + unsupported[name]}
             elif not j or tb.gbps_without_init(j) is None:
