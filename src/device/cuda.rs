@@ -1441,18 +1441,22 @@ pub(crate) fn load(
             sink.synchronize()?;
             phases("split", copied, init_start.elapsed());
             let how = match refused {
-                None => format!(
-                    "{:.0}% of the bytes copied straight from the registered page cache \
-                     ({} registering threads), the rest through pinned slots ({})",
-                    share * 100.0,
-                    shape.threads,
-                    choice.path_name(0)
+                None => (
+                    "split+registered",
+                    format!(
+                        "{:.0}% of the bytes copied straight from the registered page cache \
+                         ({} registering threads), the rest through pinned slots ({})",
+                        share * 100.0,
+                        shape.threads,
+                        choice.path_name(0)
+                    ),
                 ),
-                Some(why) => {
-                    format!("page-cache registration refused ({why}): all through pinned slots")
-                }
+                Some(why) => (
+                    choice.path_name(0),
+                    format!("page-cache registration refused ({why}): all through pinned slots"),
+                ),
             };
-            return Ok((finish(sink)?, stats, Some(("split+registered", how)), init));
+            return Ok((finish(sink)?, stats, Some(how), init));
         }
         if let Some(why) = refused {
             path = Some((
