@@ -10,9 +10,10 @@ configurations alternating run by run. After its table it prints one line
 the device-init time left out as compare.py does), which a GPU session passes
 to compare.py as --ts-best-warm. Then, in what is left of --budget-s (it keeps
 about 25 s for them):
-  - the in-process steady state: `tensorstream bench --warm --io auto --runs 5`,
-    loads after the first in one process reusing the Loader's pinned staging
-    and CUDA context, as a server loading model after model sees them;
+  - the in-process steady state: `tensorstream bench --warm --io auto --runs 5`
+    (and the same with the fastest configuration's arguments), loads after the
+    first in one process reusing the Loader's pinned staging and CUDA context, as
+    a server loading model after model sees them;
   - the host's copy ceiling (pread into reused host memory, no device);
   - a `-v` phase profile of auto, auto --staging-wc and the best.
 Writes OUT/sweep.json (after each part, so that a cut-off run keeps what it got).
@@ -153,10 +154,16 @@ def main():
     # per-process figures above, which pay the context and the staging every time.
     auto_row = next((x for x in rows if x["name"] == "auto"), None)
     out["steady_state"] = {}
-    for sname, extra in (("auto", []), ("auto --staging-wc", ["--staging-wc"])):
+    # auto, and the fastest configuration above when it is another (write-combined
+    # staging measured the same as auto here in run D).
+    steady_cfgs = [("auto", [])]
+    if best and best["name"] != "auto":
+        steady_cfgs.append((best["name"], best["args"]))
+    for sname, extra in steady_cfgs:
         if sname in unsupported:
             continue
-        r = tb.run_child([a.bin, "bench", path, "--device", a.device, "--warm", "--io", "auto", "--runs", "5", "--json"]
+        io = [] if "--io" in extra else ["--io", "auto"]
+        r = tb.run_child([a.bin, "bench", path, "--device", a.device, "--warm", "--runs", "5", "--json"] + io
                          + extra, max(15, min(60, left() + 20)))
         j = tb.last_json(r["stdout"]) if r["rc"] == 0 else None
         if j and j.get("runs"):
