@@ -681,7 +681,6 @@ impl<'p> CudaSink<'p> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         stream: sys::CUstream,
@@ -770,7 +769,6 @@ impl CudaSink<'_> {
     /// Enqueues on the stream what read `op` of file `file` is for, its required
     /// bytes being at `src` in pinned or registered host memory: a copy to the
     /// destination, or a copy to `scratch` and the conversion kernel from there.
-    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
         stream: sys::CUstream,
@@ -1183,7 +1181,6 @@ fn load_registered(
 
 /// Runs `plan`'s reads through the pinned slots: the I/O engine fills them, each is
 /// copied (or converted) on the staging's stream.
-#[allow(clippy::too_many_arguments)]
 fn run_slots(
     loader: &crate::loader::Loader,
     sink: &CudaSink<'_>,
