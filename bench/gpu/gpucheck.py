@@ -311,8 +311,8 @@ def fixture_paths(d):
     return out
 
 
-def run_load(bin_, path, device, dtype=None, only=(), io=None, timeout=60, digest=True):
-    cmd = [bin_, "load", path, "--device", device, "--json"]
+def run_load(bin_, path, device, dtype=None, only=(), io=None, timeout=60, digest=True, extra=()):
+    cmd = [bin_, "load", path, "--device", device, "--json"] + list(extra)
     if digest:
         cmd.append("--digest")
     if dtype:
@@ -439,16 +439,28 @@ def cmd_diff(a):
     if cuda_state == "yes":
         base = [p for p in paths if p.endswith("dtypes.safetensors")] or paths[:1]
         ref = run_load(bin_, base[0], "cpu", timeout=a.timeout)
-        for io in ("auto", "direct", "buffered", "pread", "mmap"):
-            r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout)
+        # The file is cached now (the CPU load read it): the split and registered
+        # variants copy from the page cache.
+        variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "mmap")] + [
+            ("mmap q1", "mmap", ["--queue-depth", "1"]),
+            ("auto split", "auto", ["--registered-share", "0.5"]),
+            ("auto huge", "auto", ["--staging-huge"]),
+        ]
+        for label, io, extra in variants:
+            r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout, extra=extra)
+            if r["rc"] == 2 and extra:
+                log("  io %-10s -> not in this binary (usage error): skipped" % label)
+                continue
             same = r["rc"] == 0 and ref["rc"] == 0 and r["stdout"] == ref["stdout"]
-            v = {"io": io, "rc": r["rc"], "ran": r["io"], "identical_to_cpu": same,
+            v = {"io": label, "rc": r["rc"], "ran": r["io"], "identical_to_cpu": same,
                  "error": None if r["rc"] == 0 else tb.tail(r["stderr"], 300)}
             res["io_variants"].append(v)
-            log("  io %-9s -> %-28s cpu/cuda %s%s" % (io, ",".join(r["io"]) or "-", "IDENTICAL" if same else "DIFFERENT",
+            log("  io %-10s -> %-28s cpu/cuda %s%s" % (label, ",".join(r["io"]) or "-", "IDENTICAL" if same else "DIFFERENT",
                                                      "" if r["rc"] == 0 else "  (rc=%s: %s)" % (r["rc"], v["error"])))
             if not same and r["rc"] == 0:
-                failures.append("--io %s: cuda digest differs from cpu" % io)
+                failures.append("--io %s: cuda digest differs from cpu" % label)
+            if r["rc"] != 0 and extra:
+                failures.append("--io %s failed on cuda: %s" % (label, v["error"]))
             if r["rc"] != 0 and io == "auto":
                 failures.append("--io auto failed on cuda: %s" % v["error"])
     res["cuda"] = cuda_state

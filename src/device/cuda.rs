@@ -766,7 +766,7 @@ impl<'p> CudaSink<'p> {
 }
 
 impl CudaSink<'_> {
-    /// Enqueues on the stream what read `op` of file `file` is for, its required
+    /// Enqueues on `stream` what read `op` of file `file` is for, its required
     /// bytes being at `src` in pinned or registered host memory: a copy to the
     /// destination, or a copy to `scratch` and the conversion kernel from there.
     fn consume(
