@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use tensorstream::device::cuda::Context;
-use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader};
+use tensorstream::loader::FileReport;
+use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader, Model};
 
 /// Whether a GPU is usable; prints the reason when not.
 fn gpu() -> bool {
@@ -65,11 +66,26 @@ fn fixture(dir: &Path, seed: u64) -> PathBuf {
     path
 }
 
-fn host_bytes(l: Loader, path: &Path) -> Vec<(String, Dtype, Vec<u8>)> {
-    let m = l.load(path).unwrap();
+type HostTensors = Vec<(String, Dtype, Vec<u8>)>;
+
+/// Every tensor of `m`, copied to the host, with its name and dtype.
+fn on_host(m: &Model) -> HostTensors {
     m.tensors()
         .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
         .collect()
+}
+
+fn host_bytes(l: Loader, path: &Path) -> HostTensors {
+    on_host(&l.load(path).unwrap())
+}
+
+/// Loads `path` with `l` and says which path read it: the tensors on the host, and
+/// the first file's report.
+fn loaded_via(l: Loader, path: &Path, what: &str) -> (HostTensors, FileReport) {
+    let m = l.load(path).unwrap();
+    let report = m.stats().files[0].clone();
+    eprintln!("{what}: {} ({})", report.io_path, report.reason);
+    (on_host(&m), report)
 }
 
 #[test]
@@ -156,18 +172,12 @@ fn the_registered_page_cache_path_equals_host_loads() {
                     .staging_bytes(staging)
                     .queue_depth(depth)
                     .per_tensor_allocations(per_tensor);
-                let m = l.load(&path).unwrap();
-                let report = &m.stats().files[0];
-                eprintln!("{what}: {} ({})", report.io_path, report.reason);
+                let (got, report) = loaded_via(l, &path, &what);
                 assert!(
                     report.io_path == "mmap+registered"
                         || (report.io_path == "mmap" && report.reason.contains("refused")),
                     "{what}: {report:?}"
                 );
-                let got: Vec<_> = m
-                    .tensors()
-                    .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
-                    .collect();
                 assert_eq!(got.len(), want.len(), "{what}");
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g, w, "{} differs ({what})", w.0);
@@ -207,17 +217,11 @@ fn a_split_load_equals_host_loads() {
                         .queue_depth(depth)
                         .registered_share(share)
                         .per_tensor_allocations(per_tensor);
-                    let m = l.load(&path).unwrap();
-                    let report = &m.stats().files[0];
-                    eprintln!("{what}: {} ({})", report.io_path, report.reason);
+                    let (got, report) = loaded_via(l, &path, &what);
                     assert!(
                         report.io_path == "split+registered" || report.reason.contains("refused"),
                         "{what}: {report:?}"
                     );
-                    let got: Vec<_> = m
-                        .tensors()
-                        .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
-                        .collect();
                     assert_eq!(got, want, "{what}");
                 }
             }
@@ -392,12 +396,9 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
                 }
                 r => r.unwrap(),
             };
-            let got: Vec<_> = m
-                .tensors()
-                .map(|t| (t.name.clone(), t.dtype, t.to_host().unwrap()))
-                .collect();
             assert_eq!(
-                got, w,
+                on_host(&m),
+                w,
                 "keep {keep}, write-combined {wc}, huge pages {huge}, {io:?}"
             );
         }

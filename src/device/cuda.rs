@@ -1359,7 +1359,16 @@ pub(crate) fn load(
     let pin = if registering { 2 } else { planned };
     let mut sink = CudaSink::new(plan, kept, pin, per_tensor)?;
     let setup = init_start.elapsed();
-    let phases = |what: &str, copied: std::time::Duration, synced: std::time::Duration| {
+    // Once everything is enqueued: waits for the stream, logs the phases, and returns
+    // the tensors and the staging (to the loader, which keeps it).
+    let complete = |sink: CudaSink<'_>,
+                    what: &str,
+                    stats: IoStats,
+                    path: Option<(&'static str, String)>|
+     -> Result<crate::loader::Loaded> {
+        let copied = init_start.elapsed();
+        sink.synchronize()?;
+        let synced = init_start.elapsed();
         tracing::debug!(
             "cuda load phases ({what}): context {:.3} s, staging and device allocations {:.3} s{}, \
              reads and copies enqueued {:.3} s, final synchronize {:.3} s",
@@ -1373,15 +1382,14 @@ pub(crate) fn load(
             (copied.saturating_sub(setup)).as_secs_f64(),
             (synced.saturating_sub(copied)).as_secs_f64()
         );
-    };
-    // The tensors, once the stream has drained; the staging goes back to the loader.
-    let finish = |sink: CudaSink<'_>| -> Result<BTreeMap<String, Tensor>> {
         let tensors = tensors_of(plan, &sink)?;
         if let Some(cache) = staging.cache {
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.hand_back());
         }
-        Ok(tensors)
+        Ok((tensors, stats, path, init))
     };
+    let all_slots =
+        |why: &str| format!("page-cache registration refused ({why}): all through pinned slots");
     let staging_bytes = (slots.max(1) as u64).saturating_mul(slot_len);
     let mut path = None;
     if registering {
@@ -1406,12 +1414,13 @@ pub(crate) fn load(
                 )?;
                 match registered {
                     Registration::Done(stats) => {
-                        let copied = init_start.elapsed();
-                        sink.synchronize()?;
-                        phases("registered", copied, init_start.elapsed());
-                        let tensors = finish(sink)?;
                         let how = "copies straight from the page cache, registered read-only";
-                        return Ok((tensors, stats, Some(("mmap+registered", how.into())), init));
+                        return complete(
+                            sink,
+                            "registered",
+                            stats,
+                            Some(("mmap+registered", how.into())),
+                        );
                     }
                     Registration::Refused(why) => why,
                 }
@@ -1419,54 +1428,42 @@ pub(crate) fn load(
         };
         tracing::debug!("registered page cache refused ({why}): copying through pinned slots");
         sink.grow(planned)?;
-        path = Some((
-            "mmap",
-            format!("page-cache registration refused ({why}): copied through pinned slots"),
-        ));
+        path = Some(("mmap", all_slots(&why)));
     }
     // Cached files with a registered share: both paths at once.
     let share = loader.registered_share_value();
     if !registering && share > 0.0 && choice.files.iter().all(|m| !m.direct) {
-        let (reg_plan, slot_plan) = regplan::split_plan(plan, share, |_| true);
-        let refused = registration_refused(&ctx);
-        if reg_plan.required_bytes() > 0 && refused.is_none() {
-            let shape = regplan::RegShape::new(staging_bytes, (depth / 4).max(1));
-            let (stats, refused) = load_split(
-                loader, &sink, &reg_plan, &slot_plan, choice, depth, shape, cancel, progress,
-            )?;
-            let copied = init_start.elapsed();
-            sink.synchronize()?;
-            phases("split", copied, init_start.elapsed());
-            let how = match refused {
-                None => (
-                    "split+registered",
-                    format!(
-                        "{:.0}% of the bytes copied straight from the registered page cache \
-                         ({} registering threads), the rest through pinned slots ({})",
-                        share * 100.0,
-                        shape.threads,
-                        choice.path_name(0)
-                    ),
-                ),
-                Some(why) => (
-                    choice.path_name(0),
-                    format!("page-cache registration refused ({why}): all through pinned slots"),
-                ),
-            };
-            return Ok((finish(sink)?, stats, Some(how), init));
-        }
-        if let Some(why) = refused {
-            path = Some((
-                choice.path_name(0),
-                format!("page-cache registration refused ({why}): all through pinned slots"),
-            ));
+        match registration_refused(&ctx) {
+            Some(why) => path = Some((choice.path_name(0), all_slots(&why))),
+            None => {
+                let (reg_plan, slot_plan) = regplan::split_plan(plan, share, |_| true);
+                if reg_plan.required_bytes() > 0 {
+                    let shape = regplan::RegShape::new(staging_bytes, (depth / 4).max(1));
+                    let (stats, refused) = load_split(
+                        loader, &sink, &reg_plan, &slot_plan, choice, depth, shape, cancel,
+                        progress,
+                    )?;
+                    let how = match refused {
+                        None => (
+                            "split+registered",
+                            format!(
+                                "{:.0}% of the bytes copied straight from the registered page \
+                                 cache ({} registering threads), the rest through pinned slots \
+                                 ({})",
+                                share * 100.0,
+                                shape.threads,
+                                choice.path_name(0)
+                            ),
+                        ),
+                        Some(why) => (choice.path_name(0), all_slots(&why)),
+                    };
+                    return complete(sink, "split", stats, Some(how));
+                }
+            }
         }
     }
     let stats = run_slots(loader, &sink, plan, choice, depth, cancel, progress)?;
-    let copied = init_start.elapsed();
-    sink.synchronize()?;
-    phases(choice.path_name(0), copied, init_start.elapsed());
-    Ok((finish(sink)?, stats, path, init))
+    complete(sink, choice.path_name(0), stats, path)
 }
 
 /// The loaded tensors, as views of the sink's device buffers.
