@@ -1,7 +1,12 @@
 //! The CUDA path against the host path, byte for byte. Runs on a machine with a GPU
-//! (the GPU check script runs this binary there); elsewhere each test prints why it
-//! skipped and passes.
+//! (the GPU check script runs this binary there). Elsewhere
+//! `every_test_here_passes_on_the_fake_driver` runs them all again in a child
+//! process under the fake driver of tests/fake_cuda, which carries the driver calls
+//! out on host memory and checks their order, bounds and clean-up; the tests
+//! themselves, run without any driver, print why they skip and pass.
 #![cfg(feature = "cuda")]
+
+mod fake_cuda;
 
 use std::path::{Path, PathBuf};
 
@@ -476,4 +481,56 @@ fn every_code_point_converts_on_the_gpu_as_on_the_host() {
             }
         }
     }
+}
+
+/// Without a GPU: every other test of this file, in a child process under the fake
+/// driver, with each queued copy and kernel delayed so that a staging slot reused,
+/// a registration given back or a buffer freed before the work reading it ran
+/// would be caught. The fake's report must show the work really ran there (copies
+/// from pinned slots and registered page cache, kernels, two streams busy at once
+/// in split loads), no violation, and nothing left allocated at exit.
+#[test]
+fn every_test_here_passes_on_the_fake_driver() {
+    if fake_cuda::active() {
+        return;
+    }
+    if Context::new(0).is_ok() {
+        eprintln!("skipping: a real GPU is present; the tests run on it directly");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report = dir.path().join("report.txt");
+    let out = fake_cuda::command(std::env::current_exe().unwrap(), &report)
+        .env("FAKE_CUDA_DELAY_US", "50")
+        .args([
+            "--skip",
+            "every_test_here_passes_on_the_fake_driver",
+            "--skip",
+            "without_a_gpu_the_error_is_clear_and_not_a_panic",
+            "--test-threads",
+            "2",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "under the fake driver:\n{text}");
+    assert!(
+        !text.contains("skipping: no usable CUDA device"),
+        "a test did not find the fake driver:\n{text}"
+    );
+    let r = fake_cuda::Report::read(&report);
+    r.assert_clean("the CUDA tests");
+    for key in ["htod_pinned", "launches", "registrations", "dtoh"] {
+        assert!(r.get(key) > 0, "no {key} under the fake driver: {r:?}");
+    }
+    assert!(r.get("max_queued") > 1, "copies never queued up: {r:?}");
+    assert!(
+        r.get("max_busy_streams") >= 2,
+        "no two streams at once: {r:?}"
+    );
 }

@@ -34,8 +34,16 @@ fn internal(what: &str) -> Error {
     Error::Cuda(format!("internal: {what}"))
 }
 
+/// `what` failed with driver error `e`, in words: the error's name and the
+/// driver's description of it.
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
-    Error::Cuda(format!("{what}: {e}"))
+    let name = e.error_name().map(|n| n.to_string_lossy().into_owned());
+    let text = e.error_string().map(|n| n.to_string_lossy().into_owned());
+    Error::Cuda(match (name, text) {
+        (Ok(name), Ok(text)) if text != name => format!("{what}: {name} ({text})"),
+        (Ok(name), _) => format!("{what}: {name}"),
+        _ => format!("{what}: CUDA error {}", e.0 as i32),
+    })
 }
 
 /// Whether the NVIDIA driver library can be loaded (or is loaded already): probed
@@ -147,8 +155,14 @@ impl DeviceBuf {
         } else {
             // SAFETY: the context is current; len > 0.
             unsafe { result::malloc_sync(len) }.map_err(|e| {
+                let room = match (e.0, result::mem_get_info()) {
+                    (sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY, Ok((free, total))) => {
+                        format!(" ({free} of {total} bytes free)")
+                    }
+                    _ => String::new(),
+                };
                 cuda_err(
-                    format_args!("allocating {len} bytes on cuda:{}", ctx.ordinal),
+                    format_args!("allocating {len} bytes on cuda:{}{room}", ctx.ordinal),
                     e,
                 )
             })?
@@ -521,6 +535,14 @@ type DeviceBuffers = (
 
 fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<DeviceBuffers> {
     let (mut raw, mut converted, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    // A failed allocation names the file (and the tensor, one per tensor).
+    let for_file = |f: &crate::plan::FilePlan, tensor: Option<&str>, e: Error| match e {
+        Error::Cuda(msg) => Error::Cuda(match tensor {
+            Some(t) => format!("{}: tensor '{t}': {msg}", f.path.display()),
+            None => format!("{}: {msg}", f.path.display()),
+        }),
+        e => e,
+    };
     for f in &plan.files {
         if per_tensor {
             raw.push(None);
@@ -528,15 +550,21 @@ fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<D
             let bufs = f
                 .tensors
                 .iter()
-                .map(|t| DeviceBuf::alloc(ctx, t.len as usize).map(|b| Some(Arc::new(b))))
+                .map(|t| {
+                    DeviceBuf::alloc(ctx, t.len as usize)
+                        .map(|b| Some(Arc::new(b)))
+                        .map_err(|e| for_file(f, Some(&t.name), e))
+                })
                 .collect::<Result<Vec<_>>>()?;
             own.push(bufs);
         } else {
-            raw.push(Some(Arc::new(DeviceBuf::alloc(ctx, f.raw_len as usize)?)));
-            converted.push(Some(Arc::new(DeviceBuf::alloc(
-                ctx,
-                f.converted_len as usize,
-            )?)));
+            let alloc = |len: u64| {
+                DeviceBuf::alloc(ctx, len as usize)
+                    .map(|b| Some(Arc::new(b)))
+                    .map_err(|e| for_file(f, None, e))
+            };
+            raw.push(alloc(f.raw_len)?);
+            converted.push(alloc(f.converted_len)?);
             own.push(Vec::new());
         }
     }
@@ -722,8 +750,12 @@ impl<'p> CudaSink<'p> {
 
     fn synchronize(&self) -> Result<()> {
         // SAFETY: the stream is live until Drop.
-        unsafe { result::stream::synchronize(self.staging.stream) }
-            .map_err(|e| cuda_err("cuStreamSynchronize", e))
+        unsafe { result::stream::synchronize(self.staging.stream) }.map_err(|e| {
+            cuda_err(
+                "waiting for the copies to the device (cuStreamSynchronize)",
+                e,
+            )
+        })
     }
 
     /// Copies the required bytes of raw read `op`, found at `src` in pinned or
@@ -769,7 +801,45 @@ impl CudaSink<'_> {
     /// Enqueues on `stream` what read `op` of file `file` is for, its required
     /// bytes being at `src` in pinned or registered host memory: a copy to the
     /// destination, or a copy to `scratch` and the conversion kernel from there.
+    /// A driver error names the file, the bytes and the tensor(s) concerned.
     fn consume(
+        &self,
+        stream: sys::CUstream,
+        file: usize,
+        op: &ReadOp,
+        src: *const u8,
+        scratch: Option<&DeviceBuf>,
+        reg_starts: &[u64],
+    ) -> Result<()> {
+        self.enqueue_read(stream, file, op, src, scratch, reg_starts)
+            .map_err(|e| match e {
+                Error::Cuda(msg) if !msg.starts_with("internal:") => {
+                    Error::Cuda(self.where_read(file, op, &msg))
+                }
+                e => e,
+            })
+    }
+
+    /// `msg`, prefixed with the file, byte range and tensor(s) of read `op`.
+    fn where_read(&self, file: usize, op: &ReadOp, msg: &str) -> String {
+        let Some(fp) = self.plan.files.get(file) else {
+            return msg.to_string();
+        };
+        let (r0, r1) = (op.offset, op.offset + op.required);
+        let mut names = fp
+            .tensors
+            .iter()
+            .filter(|t| t.file_offset < r1 && r0 < t.file_offset + t.src_len)
+            .map(|t| t.name.as_str());
+        let tensors = match (names.next(), names.count()) {
+            (None, _) => String::new(),
+            (Some(n), 0) => format!(", tensor '{n}'"),
+            (Some(n), more) => format!(", tensor '{n}' and {more} more"),
+        };
+        format!("{}: bytes {r0}..{r1}{tensors}: {msg}", fp.path.display())
+    }
+
+    fn enqueue_read(
         &self,
         stream: sys::CUstream,
         file: usize,
@@ -900,8 +970,9 @@ impl Sink for SlotSink<'_, '_> {
         if let Some(i) = self.order.pop_front() {
             if let Some(s) = self.sink.staging.slots.get(i) {
                 // SAFETY: the event is live until the slot is freed, after this load.
-                unsafe { result::event::synchronize(s.event) }
-                    .map_err(|e| cuda_err("cuEventSynchronize", e))?;
+                unsafe { result::event::synchronize(s.event) }.map_err(|e| {
+                    cuda_err("waiting for a staging slot's copy (cuEventSynchronize)", e)
+                })?;
             }
             if let Some(b) = self.busy.get_mut(i) {
                 *b = false;
@@ -1432,9 +1503,16 @@ pub(crate) fn load(
     }
     // Cached files with a registered share: both paths at once.
     let share = loader.registered_share_value();
-    if !registering && share > 0.0 && choice.files.iter().all(|m| !m.direct) {
+    let cached = choice.files.iter().all(|m| !m.direct);
+    if !registering && share > 0.0 && !cached {
+        tracing::debug!("registered share not used: not every file is in the page cache");
+    }
+    if !registering && share > 0.0 && cached {
         match registration_refused(&ctx) {
-            Some(why) => path = Some((choice.path_name(0), all_slots(&why))),
+            Some(why) => {
+                tracing::debug!("registered page cache refused ({why}): all through pinned slots");
+                path = Some((choice.path_name(0), all_slots(&why)));
+            }
             None => {
                 let (reg_plan, slot_plan) = regplan::split_plan(plan, share, |_| true);
                 if reg_plan.required_bytes() > 0 {
@@ -1448,10 +1526,11 @@ pub(crate) fn load(
                             "split+registered",
                             format!(
                                 "{:.0}% of the bytes copied straight from the registered page \
-                                 cache ({} registering threads), the rest through pinned slots \
-                                 ({})",
+                                 cache ({} registering thread{}), the rest through pinned \
+                                 slots ({})",
                                 share * 100.0,
                                 shape.threads,
+                                if shape.threads == 1 { "" } else { "s" },
                                 choice.path_name(0)
                             ),
                         ),

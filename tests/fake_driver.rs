@@ -1,0 +1,305 @@
+//! The command line's CUDA path on a machine without a GPU, under the fake driver
+//! of tests/fake_cuda: `load --device cuda --digest` must print what the CPU path
+//! prints for every I/O path, staging kind and conversion, with copies and kernels
+//! delayed so that early reuse or early release of memory would be caught; a
+//! driver call failing anywhere must end in exit 1 with a message naming what
+//! failed, never a panic, with every allocation, registration, stream and event
+//! given back.
+#![cfg(feature = "cuda")]
+
+mod common;
+mod fake_cuda;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::Spec;
+use tensorstream::Dtype;
+
+/// Two shards and an index: every float dtype the kernels take, integers and bools,
+/// tensors larger than a chunk and an odd-sized one, random bytes.
+fn checkpoint(dir: &Path) -> PathBuf {
+    let mut rng = common::rng(41);
+    let shards: [Vec<(&str, Dtype, Vec<u64>)>; 2] = [
+        vec![
+            ("embed.bf16", Dtype::BF16, vec![2048, 1536]),
+            ("norm.f32", Dtype::F32, vec![4097]),
+            ("proj.f16", Dtype::F16, vec![513, 1031]),
+            ("ids.i32", Dtype::I32, vec![77]),
+        ],
+        vec![
+            ("experts.e4m3", Dtype::F8_E4M3, vec![3000, 1001]),
+            ("scale.e5m2", Dtype::F8_E5M2, vec![9, 7]),
+            ("mask.bool", Dtype::BOOL, vec![33]),
+            ("head.bf16", Dtype::BF16, vec![1000, 2049]),
+        ],
+    ];
+    let mut map = Vec::new();
+    for (i, tensors) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let specs: Vec<Spec> = tensors
+            .iter()
+            .map(|(n, d, s)| Spec::random(*n, *d, s, &mut rng))
+            .collect();
+        common::write_file_ref(&dir.join(&file), &specs, None);
+        map.extend(tensors.iter().map(|(n, ..)| (n.to_string(), file.clone())));
+    }
+    common::write_index(dir, map.iter().map(|(t, f)| (t.as_str(), f.as_str())))
+}
+
+/// Environment variables for the fake driver.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// The CLI under the fake driver, with `env` on top; its output and report.
+fn under_fake(args: &[&str], env: Env) -> (Output, fake_cuda::Report) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let report = dir.path().join("report.txt");
+    let mut c = fake_cuda::command(env!("CARGO_BIN_EXE_tensorstream"), &report);
+    c.args(args).env_remove("TENSORSTREAM_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run tensorstream");
+    (out, fake_cuda::Report::read(&report))
+}
+
+fn cpu_digests(index: &Path, dtype: Option<&str>) -> String {
+    let mut args = vec!["load", index.to_str().unwrap(), "--digest"];
+    if let Some(d) = dtype {
+        args.extend(["--dtype", d]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn dtype_of(extra: &[&str]) -> Option<&'static str> {
+    let i = extra.iter().position(|a| *a == "--dtype")?;
+    ["F32", "F16", "BF16"]
+        .into_iter()
+        .find(|d| extra.get(i + 1) == Some(d))
+}
+
+#[test]
+fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let configs: [&[&str]; 15] = [
+        &[],
+        &["--io", "pread"],
+        &["--io", "buffered"],
+        &["--io", "direct"],
+        &["--io", "mmap"],
+        &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
+        &["--io", "mmap", "--queue-depth", "8", "--staging", "2M"],
+        &[
+            "--registered-share",
+            "0.5",
+            "--staging",
+            "2M",
+            "--chunk-size",
+            "256K",
+        ],
+        &["--registered-share", "1"],
+        &["--staging-huge"],
+        &["--staging-wc", "--staging", "1M", "--chunk-size", "128K"],
+        &["--dtype", "F32"],
+        &["--dtype", "F16", "--staging", "1M", "--chunk-size", "64K"],
+        &["--dtype", "BF16", "--io", "mmap", "--staging", "1M"],
+        &[
+            "--dtype",
+            "F32",
+            "--registered-share",
+            "0.4",
+            "--staging",
+            "2M",
+        ],
+    ];
+    let mut want = std::collections::HashMap::new();
+    for extra in configs {
+        let dtype = dtype_of(extra);
+        let want = want
+            .entry(dtype)
+            .or_insert_with(|| cpu_digests(&index, dtype));
+        let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
+        args.extend_from_slice(extra);
+        let (out, report) = under_fake(&args, &[("FAKE_CUDA_DELAY_US", "100")]);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            *want,
+            "{extra:?}: digests differ from the CPU path"
+        );
+        report.assert_clean(&format!("{extra:?}"));
+        assert_eq!(report.get("htod_pageable"), 0, "{extra:?}: a pageable copy");
+        assert!(report.get("htod_pinned") > 0, "{extra:?}: {report:?}");
+        let mmap = extra.contains(&"mmap") || extra.contains(&"--registered-share");
+        assert_eq!(
+            report.get("registrations") > 0,
+            mmap || extra.contains(&"--staging-huge")
+        );
+        assert_eq!(report.get("launches") > 0, dtype.is_some(), "{extra:?}");
+        if extra.contains(&"0.5") {
+            assert_eq!(report.get("max_busy_streams"), 2, "{extra:?}: {report:?}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behind() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    // (driver call:n-th, extra arguments, words the message must hold)
+    let cases: [(&str, &[&str], &str); 17] = [
+        ("cuInit:1", &[], "cuInit"),
+        (
+            "cuDevicePrimaryCtxRetain:1",
+            &[],
+            "cuDevicePrimaryCtxRetain",
+        ),
+        (
+            "cuMemAlloc_v2:1",
+            &[],
+            "model-00001-of-00002.safetensors: allocating",
+        ),
+        (
+            "cuMemAlloc_v2:2",
+            &[],
+            "model-00002-of-00002.safetensors: allocating",
+        ),
+        ("cuMemHostAlloc:2", &[], "pinned host memory"),
+        ("cuStreamCreate:1", &[], "cuStreamCreate"),
+        ("cuEventCreate:3", &[], "cuEventCreate"),
+        ("cuMemcpyHtoDAsync_v2:4", &[], "safetensors: bytes"),
+        ("cuEventRecord:3", &[], "cuEventRecord"),
+        (
+            "cuEventSynchronize:1",
+            &["--staging", "1M", "--chunk-size", "256K"],
+            "staging slot",
+        ),
+        ("cuStreamSynchronize:1", &[], "waiting for the copies"),
+        (
+            "cuModuleLoadData:1",
+            &["--dtype", "F32"],
+            "conversion kernels",
+        ),
+        ("cuLaunchKernel:3", &["--dtype", "F16"], "launching convert"),
+        (
+            "cuMemHostRegister_v2:3",
+            &["--io", "mmap", "--staging", "1M"],
+            "registering bytes",
+        ),
+        (
+            "cuMemHostRegister_v2:1",
+            &["--staging-huge"],
+            "huge-page staging",
+        ),
+        (
+            "cuMemcpyHtoDAsync_v2:3",
+            &["--registered-share", "0.5", "--staging", "2M"],
+            "safetensors: bytes",
+        ),
+        ("cuMemcpyDtoH_v2:2", &[], "copying a tensor back"),
+    ];
+    for (fail, extra, words) in cases {
+        let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
+        args.extend_from_slice(extra);
+        let (out, report) = under_fake(&args, &[("FAKE_CUDA_FAIL", fail)]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{fail} {extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{fail} {extra:?}: {err}");
+        assert!(
+            err.starts_with("error: CUDA: ") && err.contains(words),
+            "{fail} {extra:?}: the message should name {words:?}: {err}"
+        );
+        report.assert_clean(&format!("{fail} {extra:?}"));
+    }
+}
+
+#[test]
+fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let want = cpu_digests(&index, None);
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("FAKE_CUDA_NO_REGISTER", "1", &["--io", "mmap"]),
+        (
+            "FAKE_CUDA_FAIL",
+            "cuMemHostRegister_v2:1",
+            &["--io", "mmap"],
+        ),
+        ("FAKE_CUDA_NO_REGISTER", "1", &["--registered-share", "0.5"]),
+    ];
+    for (key, value, extra) in cases {
+        let mut args = vec!["load", idx, "--device", "cuda", "--digest", "-v"];
+        args.extend_from_slice(extra);
+        let (out, report) = under_fake(&args, &[(key, value)]);
+        assert!(out.status.success(), "{key}={value}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{key}={value}");
+        assert!(
+            stderr(&out).contains("refused"),
+            "{key}={value}: {}",
+            stderr(&out)
+        );
+        report.assert_clean(&format!("{key}={value} {extra:?}"));
+        assert_eq!(report.get("live_registrations"), 0);
+    }
+}
+
+#[test]
+fn no_device_no_such_device_and_too_little_memory_are_clear_errors() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let cases: [(&[&str], Env, &str); 3] = [
+        (
+            &["--device", "cuda"],
+            &[("FAKE_CUDA_DEVICES", "0")],
+            "CUDA_ERROR_NO_DEVICE",
+        ),
+        (&["--device", "cuda:2"], &[], "device cuda:2 does not exist"),
+        (
+            &["--device", "cuda"],
+            &[("FAKE_CUDA_MEM", "10000000")],
+            "allocating",
+        ),
+    ];
+    for (args, env, words) in cases {
+        let mut all = vec!["load", idx];
+        all.extend_from_slice(args);
+        let (out, report) = under_fake(&all, env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {err}");
+        assert!(
+            err.contains(words) && !err.contains("panicked"),
+            "{env:?}: {err}"
+        );
+        report.assert_clean(&format!("{env:?}"));
+    }
+    // Out of memory names the file and says how much was free.
+    let (out, _) = under_fake(
+        &["load", idx, "--device", "cuda"],
+        &[("FAKE_CUDA_MEM", "10000000")],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("model-00002-of-00002.safetensors")
+            && err.contains("bytes free")
+            && err.contains("CUDA_ERROR_OUT_OF_MEMORY"),
+        "{err}"
+    );
+}
