@@ -588,6 +588,8 @@ CUresult cuMemHostAlloc(void** out, size_t len, unsigned flags) {
     return SUCCESS;
 }
 
+CUresult cuMemAllocHost_v2(void** out, size_t len) { return cuMemHostAlloc(out, len, 0); }
+
 CUresult cuMemFreeHost(void* p) {
     ENTER("cuMemFreeHost", UNKNOWN);
     NEED_CONTEXT();
