@@ -535,12 +535,63 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
     }
 }
 
+/// Two devices at once, as a tensor-parallel server loads its ranks: a thread per
+/// device, each loading twice with a clone of one loader (whose kept staging the
+/// clones share, so it passes from one device to the other), through the slots,
+/// the registered page cache and a split load, with a conversion: every tensor is
+/// on its thread's device and equals the host load. Needs two devices (the fake
+/// driver provides them).
+#[test]
+fn two_devices_load_at_once_from_two_threads() {
+    if !gpu() {
+        return;
+    }
+    if let Err(e) = Context::new(1) {
+        eprintln!("not run: needs a second CUDA device ({e})");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 10);
+    std::fs::read(&path).unwrap(); // into the page cache
+    let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+    let shared = Loader::new()
+        .keep_staging(true)
+        .dtype(Some(Dtype::F16))
+        .chunk_size(256 << 10)
+        .staging_bytes(2 << 20);
+    for (io, share) in [
+        (IoBackend::Pread, 0.0),
+        (IoBackend::Mmap, 0.0),
+        (IoBackend::Pread, 0.5),
+    ] {
+        std::thread::scope(|scope| {
+            for d in [0, 1] {
+                let l = shared
+                    .clone()
+                    .device(Device::Cuda(d))
+                    .io(io)
+                    .registered_share(share);
+                let (path, want) = (&path, &want);
+                scope.spawn(move || {
+                    for round in 0..2 {
+                        let m = l.load(path).unwrap();
+                        assert!(m.tensors().all(|t| t.device() == Device::Cuda(d)));
+                        assert_eq!(on_host(&m), *want, "cuda:{d} {io:?} {share} round {round}");
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// Without a GPU: every other test of this file, in a child process under the fake
 /// driver, with each queued copy and kernel delayed so that a staging slot reused,
 /// a registration given back or a buffer freed before the work reading it ran
 /// would be caught. The fake's report must show the work really ran there (copies
 /// from pinned slots and registered page cache, kernels, two streams busy at once
-/// in split loads), no violation, and nothing left allocated at exit.
+/// in split loads), no violation, and nothing left allocated at exit. The fake has
+/// two devices, and checks that work is queued only in the current device's
+/// context.
 #[test]
 fn every_test_here_passes_on_the_fake_driver() {
     if fake_cuda::active() {
@@ -554,6 +605,7 @@ fn every_test_here_passes_on_the_fake_driver() {
     let report = dir.path().join("report.txt");
     let out = fake_cuda::command(std::env::current_exe().unwrap(), &report)
         .env("FAKE_CUDA_DELAY_US", "50")
+        .env("FAKE_CUDA_DEVICES", "2")
         .args([
             "--skip",
             "every_test_here_passes_on_the_fake_driver",
@@ -572,8 +624,8 @@ fn every_test_here_passes_on_the_fake_driver() {
     );
     assert!(out.status.success(), "under the fake driver:\n{text}");
     assert!(
-        !text.contains("skipping: no usable CUDA device"),
-        "a test did not find the fake driver:\n{text}"
+        !text.contains("skipping: no usable CUDA device") && !text.contains("not run:"),
+        "a test did not run under the fake driver:\n{text}"
     );
     let r = fake_cuda::Report::read(&report);
     r.assert_clean("the CUDA tests");

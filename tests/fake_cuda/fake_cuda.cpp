@@ -115,7 +115,13 @@ const Kernel KERNELS[] = {
 #undef TS_FAKE_KERNEL
 };
 
+struct Context {
+    int device;
+    int refs = 0;
+};
+
 struct Event {
+    Context* ctx = nullptr;
     uint64_t recorded = 0;  // generation of the latest record
     uint64_t done = 0;      // generation of the latest record that completed
     bool live = true;
@@ -139,6 +145,7 @@ struct Op {
 };
 
 struct Stream {
+    Context* ctx = nullptr;
     std::deque<Op> queue;  // the front is the operation running, if `busy`
     bool busy = false;
     bool blocking = false;  // created without CU_STREAM_NON_BLOCKING
@@ -150,9 +157,16 @@ struct HostRange {
     bool registered;  // cuMemHostRegister, else cuMemHostAlloc
 };
 
-struct Context {
-    int device;
-    int refs = 0;
+struct DeviceAlloc {
+    size_t len;
+    Context* ctx;
+};
+
+// A kernel as cuModuleGetFunction hands it out: of one module, in one context.
+struct Function {
+    const Kernel* k;
+    uintptr_t module;
+    Context* ctx;
 };
 
 struct State {
@@ -167,14 +181,15 @@ struct State {
     std::map<std::string, std::pair<uint64_t, CUresult>> fail_at;  // name -> (n, code)
     std::map<std::string, uint64_t> calls;
     std::vector<Context*> contexts;
-    std::map<uintptr_t, size_t> device_allocs;
+    std::map<uintptr_t, DeviceAlloc> device_allocs;
     size_t device_bytes = 0;
     std::map<uintptr_t, HostRange> host;  // pinned host ranges by base address
     size_t registered_bytes = 0, max_registered_bytes = 0;
     std::set<Stream*> streams;  // live (not destroyed) streams
     std::set<Stream*> running;  // streams whose worker still runs (destroyed ones drain)
     std::set<Event*> events;    // live events
-    std::set<uintptr_t> modules;
+    std::map<uintptr_t, Context*> modules;
+    std::vector<Function*> functions;
     CUresult sticky = SUCCESS;
     uint64_t violations = 0;
     uint64_t htod_pinned = 0, htod_pageable = 0, htod_bytes = 0, dtoh = 0, launches = 0,
@@ -218,12 +233,13 @@ void violate(const char* fmt, ...) {
 }
 
 // The live device allocation holding [p, p + len), if any. Lock held.
-bool in_device(uintptr_t p, size_t len) {
+const DeviceAlloc* in_device(uintptr_t p, size_t len) {
     State& s = S();
     auto it = s.device_allocs.upper_bound(p);
-    if (it == s.device_allocs.begin()) return false;
+    if (it == s.device_allocs.begin()) return nullptr;
     --it;
-    return p >= it->first && p + len >= p && p + len <= it->first + it->second;
+    if (p >= it->first && p + len >= p && p + len <= it->first + it->second.len) return &it->second;
+    return nullptr;
 }
 
 // The pinned host range holding [p, p + len), if any. Lock held.
@@ -385,6 +401,21 @@ CUresult enqueue(std::unique_lock<std::mutex>& lock, void* h, Op op) {
     return SUCCESS;
 }
 
+// A stream work is queued on belongs to the current context (the null stream
+// always does). Lock held.
+CUresult check_stream(void* h, const char* what) {
+    State& s = S();
+    if (h == nullptr) return SUCCESS;
+    Stream* st = as_stream(h);
+    if (!s.streams.count(st)) return INVALID_HANDLE;
+    if (st->ctx != t_ctx) {
+        violate("%s queued on a stream of cuda:%d with cuda:%d's context current", what,
+                st->ctx->device, t_ctx->device);
+        return INVALID_HANDLE;
+    }
+    return SUCCESS;
+}
+
 void configure() {
     State& s = S();
     if (const char* v = std::getenv("FAKE_CUDA_DEVICES")) s.devices = std::atoi(v);
@@ -532,7 +563,15 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
         violate("cuDevicePrimaryCtxRelease on device %d without a matching retain", dev);
         return INVALID_CONTEXT;
     }
-    s.contexts[dev]->refs--;
+    if (--s.contexts[dev]->refs == 0) {
+        size_t left = 0;
+        for (auto& [p, a] : s.device_allocs) left += a.ctx == s.contexts[dev];
+        for (Stream* st : s.streams) left += st->ctx == s.contexts[dev];
+        if (left)
+            violate("the last reference to cuda:%d's context released with %zu allocations or "
+                    "streams still live",
+                    dev, left);
+    }
     return SUCCESS;
 }
 
@@ -557,7 +596,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t len) {
     void* p = std::malloc(len);
     if (!p) return OUT_OF_MEMORY;
     std::memset(p, 0xCD, len);  // not zeros: unwritten bytes must not pass for loaded ones
-    s.device_allocs[(uintptr_t)p] = len;
+    s.device_allocs[(uintptr_t)p] = DeviceAlloc{len, t_ctx};
     s.device_bytes += len;
     *dptr = (uintptr_t)p;
     return SUCCESS;
@@ -568,9 +607,9 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     NEED_CONTEXT();
     auto it = s.device_allocs.find(p);
     if (it == s.device_allocs.end()) return INVALID_VALUE;
-    if (const char* who = queued_use(p, it->second))
-        violate("cuMemFree of %zu device bytes that %s still uses", it->second, who);
-    s.device_bytes -= it->second;
+    if (const char* who = queued_use(p, it->second.len))
+        violate("cuMemFree of %zu device bytes that %s still uses", it->second.len, who);
+    s.device_bytes -= it->second.len;
     s.device_allocs.erase(it);
     std::free((void*)p);
     return SUCCESS;
@@ -638,6 +677,7 @@ CUresult cuStreamCreate(void** out, unsigned flags) {
     NEED_CONTEXT();
     if (flags & ~1u) return INVALID_VALUE;
     Stream* st = new Stream;
+    st->ctx = t_ctx;
     st->blocking = (flags & 1u) == 0;
     s.streams.insert(st);
     s.running.insert(st);
@@ -678,6 +718,7 @@ CUresult cuEventCreate(void** out, unsigned flags) {
     NEED_CONTEXT();
     if (flags & ~15u) return INVALID_VALUE;
     Event* e = new Event;
+    e->ctx = t_ctx;
     s.events.insert(e);
     *out = e;
     return SUCCESS;
@@ -696,6 +737,11 @@ CUresult cuEventRecord(void* h, void* stream) {
     ENTER("cuEventRecord", UNKNOWN);
     Event* e = static_cast<Event*>(h);
     if (!s.events.count(e)) return INVALID_HANDLE;
+    if (stream != nullptr && s.streams.count(as_stream(stream)) && as_stream(stream)->ctx != e->ctx) {
+        violate("an event of cuda:%d recorded on a stream of cuda:%d", e->ctx->device,
+                as_stream(stream)->ctx->device);
+        return INVALID_HANDLE;
+    }
     Op op{OpKind::Record};
     op.ev = e;
     op.gen = ++e->recorded;
@@ -736,10 +782,17 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
     ENTER("cuMemcpyHtoDAsync_v2", ILLEGAL_ADDRESS);
     NEED_CONTEXT();
     if (len == 0) return SUCCESS;
-    if (!in_device(dst, len)) {
+    const DeviceAlloc* to = in_device(dst, len);
+    if (!to) {
         violate("a host-to-device copy of %zu bytes to %#llx is outside every device allocation",
                 len, (unsigned long long)dst);
         return ILLEGAL_ADDRESS;
+    }
+    if (CUresult e = check_stream(stream, "a host-to-device copy")) return e;
+    if (to->ctx != t_ctx) {
+        violate("a host-to-device copy into cuda:%d's memory queued with cuda:%d's context current",
+                to->ctx->device, t_ctx->device);
+        return INVALID_CONTEXT;
     }
     Op op{OpKind::Copy};
     op.src = static_cast<const unsigned char*>(src);
@@ -797,8 +850,8 @@ CUresult cuModuleLoadData(void** module, const void* image) {
         std::string entry = std::string(".entry ") + k.name + "(";
         if (std::strstr(text, entry.c_str()) == nullptr) return INVALID_IMAGE;
     }
-    uintptr_t m = 0x1000 + s.modules.size() + s.calls["cuModuleLoadData"] * 16;
-    s.modules.insert(m);
+    uintptr_t m = 0x1000 + s.calls["cuModuleLoadData"] * 16;
+    s.modules[m] = t_ctx;
     *module = (void*)m;
     return SUCCESS;
 }
@@ -806,16 +859,21 @@ CUresult cuModuleLoadData(void** module, const void* image) {
 CUresult cuModuleUnload(void* module) {
     ENTER("cuModuleUnload", UNKNOWN);
     if (!s.modules.erase((uintptr_t)module)) return INVALID_HANDLE;
+    for (Function* f : s.functions)
+        if (f->module == (uintptr_t)module) f->module = 0;  // handles of an unloaded module
     return SUCCESS;
 }
 
 CUresult cuModuleGetFunction(void** fn, void* module, const char* name) {
     ENTER("cuModuleGetFunction", NOT_FOUND);
     NEED_CONTEXT();
-    if (!s.modules.count((uintptr_t)module)) return INVALID_HANDLE;
+    auto m = s.modules.find((uintptr_t)module);
+    if (m == s.modules.end()) return INVALID_HANDLE;
     for (const Kernel& k : KERNELS) {
         if (std::strcmp(k.name, name) == 0) {
-            *fn = (void*)&k;
+            Function* f = new Function{&k, m->first, m->second};
+            s.functions.push_back(f);
+            *fn = f;
             return SUCCESS;
         }
     }
@@ -827,10 +885,16 @@ CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigne
                         void** extra) {
     ENTER("cuLaunchKernel", LAUNCH_FAILED);
     NEED_CONTEXT();
-    const Kernel* k = nullptr;
-    for (const Kernel& c : KERNELS)
-        if (&c == fn) k = &c;
-    if (k == nullptr) return INVALID_HANDLE;
+    const Function* f = nullptr;
+    for (const Function* c : s.functions)
+        if (c == fn) f = c;
+    if (f == nullptr || f->module == 0) return INVALID_HANDLE;
+    const Kernel* k = f->k;
+    if (f->ctx != t_ctx) {
+        violate("%s launched with another device's context current", k->name);
+        return INVALID_HANDLE;
+    }
+    if (CUresult e = check_stream(stream, k->name)) return e;
     if (params == nullptr || extra != nullptr || gx == 0 || gy != 1 || gz != 1 || bx == 0 ||
         bx > 1024 || by != 1 || bz != 1 || gx > 0x7FFFFFFFu || shared > 48 * 1024)
         return INVALID_VALUE;
@@ -841,9 +905,14 @@ CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigne
     std::memcpy(&op.n, params[2], sizeof op.n);
     op.threads = (unsigned long long)gx * bx;
     const size_t in = op.n * k->src_size, out = op.n * k->dst_size;
-    if (!(in_device((uintptr_t)op.src, in) || in_pinned((uintptr_t)op.src, in)) ||
-        !in_device(op.dst, out)) {
+    const DeviceAlloc* from = in_device((uintptr_t)op.src, in);
+    const DeviceAlloc* to = in_device(op.dst, out);
+    if (!(from || in_pinned((uintptr_t)op.src, in)) || !to) {
         violate("%s over %llu elements reads or writes outside device memory", k->name, op.n);
+        return ILLEGAL_ADDRESS;
+    }
+    if ((from && from->ctx != t_ctx) || to->ctx != t_ctx) {
+        violate("%s on cuda:%d touches another device's memory", k->name, t_ctx->device);
         return ILLEGAL_ADDRESS;
     }
     if (overlaps((uintptr_t)op.src, in, op.dst, out)) {
