@@ -303,3 +303,52 @@ fn no_device_no_such_device_and_too_little_memory_are_clear_errors() {
         "{err}"
     );
 }
+
+/// A device fault in queued work (a copy or a kernel failing after the call that
+/// queued it returned, as an Xid does): on every path the load ends in exit 1 with
+/// a message that says the device faulted, hands back no tensor, and neither hangs
+/// nor panics.
+#[test]
+fn a_device_fault_in_queued_work_is_exit_1_on_every_path() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let paths: [&[&str]; 6] = [
+        &["--staging", "1M", "--chunk-size", "256K"],
+        &["--io", "mmap", "--staging", "1M"],
+        &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
+        &[
+            "--registered-share",
+            "0.5",
+            "--staging",
+            "1M",
+            "--chunk-size",
+            "256K",
+        ],
+        &["--dtype", "F16", "--staging", "1M", "--chunk-size", "256K"],
+        &["--staging-huge", "--staging", "1M", "--chunk-size", "256K"],
+    ];
+    for extra in paths {
+        for n in ["1", "3"] {
+            let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
+            args.extend_from_slice(extra);
+            let (out, report) = under_fake(
+                &args,
+                &[("FAKE_CUDA_ASYNC_FAULT", n), ("FAKE_CUDA_DELAY_US", "200")],
+            );
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{extra:?} fault {n}: {err}");
+            assert!(
+                out.stdout.is_empty(),
+                "{extra:?} fault {n}: tensors printed"
+            );
+            assert!(
+                err.contains("error: CUDA: ")
+                    && err.contains("device fault")
+                    && !err.contains("panicked"),
+                "{extra:?} fault {n}: {err}"
+            );
+            assert_eq!(report.get("violations"), 0, "{extra:?} fault {n}");
+        }
+    }
+}

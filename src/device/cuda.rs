@@ -37,12 +37,34 @@ fn internal(what: &str) -> Error {
 /// `what` failed with driver error `e`, in words: the error's name and the
 /// driver's description of it.
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
+    use sys::CUresult as R;
     let name = e.error_name().map(|n| n.to_string_lossy().into_owned());
     let text = e.error_string().map(|n| n.to_string_lossy().into_owned());
-    Error::Cuda(match (name, text) {
+    let msg = match (name, text) {
         (Ok(name), Ok(text)) if text != name => format!("{what}: {name} ({text})"),
         (Ok(name), _) => format!("{what}: {name}"),
         _ => format!("{what}: CUDA error {}", e.0 as i32),
+    };
+    // Faults in queued work surface at whichever call comes next, and leave the
+    // context unusable.
+    let sticky = matches!(
+        e.0,
+        R::CUDA_ERROR_ILLEGAL_ADDRESS
+            | R::CUDA_ERROR_LAUNCH_FAILED
+            | R::CUDA_ERROR_ECC_UNCORRECTABLE
+            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | R::CUDA_ERROR_MISALIGNED_ADDRESS
+            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | R::CUDA_ERROR_INVALID_PC
+    );
+    Error::Cuda(if sticky {
+        format!(
+            "{msg}; a device fault, possibly in a copy or kernel queued earlier: this \
+             process cannot use the device again"
+        )
+    } else {
+        msg
     })
 }
 

@@ -24,7 +24,10 @@
 //   - the conversion kernels of kernels/convert.cu, compiled here for the host and
 //     run over the launch's whole grid, one simulated thread after another;
 //   - FAKE_CUDA_FAIL=name:n[:code],... makes the n-th call of driver function
-//     `name` fail (with `code`, else a likely error for that call).
+//     `name` fail (with `code`, else a likely error for that call);
+//   - FAKE_CUDA_ASYNC_FAULT=n: the n-th queued copy or kernel faults while it runs,
+//     after the call that queued it returned: from then on every call fails with
+//     CUDA_ERROR_ILLEGAL_ADDRESS, as after a real device fault.
 //
 // What it checks (each failure is a "violation": printed to stderr with the
 // prefix "fake-cuda: VIOLATION:", counted, and from then on every call returns
@@ -177,6 +180,7 @@ struct State {
     size_t device_mem = size_t(4) << 30;
     bool no_register = false;
     unsigned delay_us = 0;
+    uint64_t fault_at = 0, ran = 0;  // FAKE_CUDA_ASYNC_FAULT; queued copies and kernels run
     std::string report;
     std::map<std::string, std::pair<uint64_t, CUresult>> fail_at;  // name -> (n, code)
     std::map<std::string, uint64_t> calls;
@@ -331,7 +335,13 @@ void worker(Stream* st) {
             lock.unlock();
             if (s.delay_us) std::this_thread::sleep_for(std::chrono::microseconds(s.delay_us));
             lock.lock();
-            if (op.kind == OpKind::Copy) {
+            if (++s.ran == s.fault_at) {
+                // A device fault while the work runs (as an Xid): the context is lost.
+                std::fprintf(stderr, "fake-cuda: injected device fault in queued work #%llu\n",
+                             (unsigned long long)s.ran);
+                s.sticky = ILLEGAL_ADDRESS;
+                s.cv.notify_all();
+            } else if (op.kind == OpKind::Copy) {
                 if (!in_pinned((uintptr_t)op.src, op.len)) {
                     violate("a queued copy of %zu bytes from %p ran after its pinned source was "
                             "unregistered or freed",
@@ -423,6 +433,7 @@ void configure() {
     if (const char* v = std::getenv("FAKE_CUDA_NO_REGISTER")) s.no_register = std::atoi(v) != 0;
     if (const char* v = std::getenv("FAKE_CUDA_DELAY_US")) s.delay_us = std::atoi(v);
     if (const char* v = std::getenv("FAKE_CUDA_REPORT")) s.report = v;
+    if (const char* v = std::getenv("FAKE_CUDA_ASYNC_FAULT")) s.fault_at = std::strtoull(v, nullptr, 10);
     if (const char* v = std::getenv("FAKE_CUDA_FAIL")) {
         std::string all = v;
         size_t at = 0;
@@ -567,7 +578,9 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
         size_t left = 0;
         for (auto& [p, a] : s.device_allocs) left += a.ctx == s.contexts[dev];
         for (Stream* st : s.streams) left += st->ctx == s.contexts[dev];
-        if (left)
+        if (left && s.sticky != SUCCESS)
+            std::fprintf(stderr, "fake-cuda: a faulted context released: its memory goes with it\n");
+        else if (left)
             violate("the last reference to cuda:%d's context released with %zu allocations or "
                     "streams still live",
                     dev, left);
