@@ -37,7 +37,8 @@
 //   - pinned host memory a queued copy reads is not changed, unregistered or freed
 //     before the copy runs (the bytes are hashed when the copy is queued and again
 //     when it runs);
-//   - device memory a queued copy or kernel uses is not freed before it runs.
+//   - device memory a queued copy or kernel uses is not freed before it runs;
+//   - no two streams' unfinished work uses the same device memory, one writing it.
 // FAKE_CUDA_REPORT=path: at exit, key=value lines: violations, counts of calls and
 // bytes, the most work queued and the most streams busy at once, and what is still
 // allocated (device memory, pinned memory, registrations, streams, events, modules,
@@ -383,6 +384,45 @@ void worker(Stream* st) {
 
 Stream* as_stream(void* h) { return static_cast<Stream*>(h); }
 
+struct Access {
+    uintptr_t p;
+    size_t len;
+    bool write;
+};
+
+// The device memory `op` reads and writes. Lock held.
+std::vector<Access> accesses(const Op& op) {
+    std::vector<Access> v;
+    if (op.kind == OpKind::Copy) v.push_back({op.dst, op.len, true});
+    if (op.kind == OpKind::Launch) {
+        const size_t in = op.n * op.k->src_size;
+        if (in_device((uintptr_t)op.src, in)) v.push_back({(uintptr_t)op.src, in, false});
+        v.push_back({op.dst, op.n * op.k->dst_size, true});
+    }
+    return v;
+}
+
+// What is wrong if `op`, queued on `st`, races unfinished work on another stream
+// over device memory (nothing else orders streams here: a queued event wait on any
+// stream turns the check off). Lock held.
+const char* races(Stream* st, const Op& op) {
+    State& s = S();
+    const std::vector<Access> mine = accesses(op);
+    if (mine.empty()) return nullptr;
+    for (Stream* other : s.running)
+        for (const Op& o : other->queue)
+            if (o.kind == OpKind::Wait) return nullptr;
+    for (Stream* other : s.running) {
+        if (other == st) continue;
+        for (const Op& o : other->queue)
+            for (const Access& a : accesses(o))
+                for (const Access& b : mine)
+                    if ((a.write || b.write) && overlaps(a.p, a.len, b.p, b.len))
+                        return op.kind == OpKind::Copy ? "a host-to-device copy" : op.k->name;
+    }
+    return nullptr;
+}
+
 // Queues `op` on `h` (lock held). The null stream is the legacy default stream: its
 // work runs at once, after the blocking streams' work.
 CUresult enqueue(std::unique_lock<std::mutex>& lock, void* h, Op op) {
@@ -405,6 +445,12 @@ CUresult enqueue(std::unique_lock<std::mutex>& lock, void* h, Op op) {
     }
     Stream* st = as_stream(h);
     if (!s.streams.count(st)) return INVALID_HANDLE;
+    if (const char* what = races(st, op)) {
+        violate("%s: device memory it uses is used by unfinished work on another stream, one of "
+                "them writing, with nothing ordering the two",
+                what);
+        return ILLEGAL_ADDRESS;
+    }
     st->queue.push_back(op);
     if (st->queue.size() > s.max_queued) s.max_queued = st->queue.size();
     s.cv.notify_all();
