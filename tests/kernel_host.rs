@@ -8,6 +8,8 @@
 //!
 //! A missing compiler fails these tests with a message saying so: CI has one.
 
+mod cxx;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -58,43 +60,13 @@ fn driver() -> &'static Path {
 }
 
 fn build_driver() -> Result<PathBuf, String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_host");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // Built under a name of its own, then renamed over the shared one, so that
-    // concurrent test runs never execute a half-written file.
-    let building = dir.join(format!("host_driver-{}", std::process::id()));
-    let exe = dir.join("host_driver");
-    let source = repo().join("kernels/host_driver.cpp");
-    let output = Command::new(&cxx)
-        .args([
-            "-std=c++17",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-fno-strict-aliasing",
-        ])
-        .arg(&source)
-        .arg("-o")
-        .arg(&building)
-        .output()
-        .map_err(|e| {
-            format!(
-                "kernel_host tests need a C++17 compiler to build {}: running `{cxx}` failed: {e} \
-                 (install g++ or set CXX)",
-                source.display()
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "`{cxx}` failed to build {}:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    std::fs::rename(&building, &exe).map_err(|e| format!("renaming to {}: {e}", exe.display()))?;
-    Ok(exe)
+    cxx::build(
+        "kernels/host_driver.cpp",
+        "kernel_host",
+        "host_driver",
+        &[],
+        "kernel_host tests",
+    )
 }
 
 /// Runs `kernel` in the host driver over `input` and returns the output bytes and

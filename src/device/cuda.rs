@@ -833,13 +833,60 @@ impl CudaSink<'_> {
         scratch: Option<&DeviceBuf>,
         reg_starts: &[u64],
     ) -> Result<()> {
-        self.enqueue_read(stream, file, op, src, scratch, reg_starts)
-            .map_err(|e| match e {
-                Error::Cuda(msg) if !msg.starts_with("internal:") => {
-                    Error::Cuda(self.where_read(file, op, &msg))
+        let enqueue = || -> Result<()> {
+            match op.target {
+                Target::Raw { dest } => self.raw_copy(stream, file, op, dest, src, reg_starts),
+                Target::Convert {
+                    tensor,
+                    first,
+                    count,
+                    skip,
+                } => {
+                    let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
+                    let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
+                    let scratch = scratch.ok_or_else(|| internal("scratch"))?;
+                    if op.required as usize + SCRATCH_PAD > scratch.len {
+                        return Err(internal("read larger than the scratch buffer"));
+                    }
+                    // Shift so that the first element sits on a 16-byte boundary.
+                    let pad = (16 - skip % 16) % 16;
+                    self.htod_split(
+                        stream,
+                        scratch.ptr + pad,
+                        src,
+                        op.required as usize,
+                        reg_starts,
+                    )?;
+                    let out_size = t.dtype.bits() / 8;
+                    let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
+                        (_, Some(Some(b))) => b.ptr + first * out_size,
+                        (Place::Converted(base), _) => {
+                            let c = self
+                                .converted
+                                .get(file)
+                                .and_then(Option::as_ref)
+                                .ok_or_else(|| internal("converted area"))?;
+                            c.ptr + base + first * out_size
+                        }
+                        _ => return Err(internal("place")),
+                    };
+                    self.launch(
+                        stream,
+                        t.src_dtype,
+                        t.dtype,
+                        scratch.ptr + pad + skip,
+                        out,
+                        count,
+                    )
                 }
-                e => e,
-            })
+            }
+        };
+        enqueue().map_err(|e| match e {
+            Error::Cuda(msg) if !msg.starts_with("internal:") => {
+                Error::Cuda(self.where_read(file, op, &msg))
+            }
+            e => e,
+        })
     }
 
     /// `msg`, prefixed with the file, byte range and tensor(s) of read `op`.
@@ -859,63 +906,6 @@ impl CudaSink<'_> {
             (Some(n), more) => format!(", tensor '{n}' and {more} more"),
         };
         format!("{}: bytes {r0}..{r1}{tensors}: {msg}", fp.path.display())
-    }
-
-    fn enqueue_read(
-        &self,
-        stream: sys::CUstream,
-        file: usize,
-        op: &ReadOp,
-        src: *const u8,
-        scratch: Option<&DeviceBuf>,
-        reg_starts: &[u64],
-    ) -> Result<()> {
-        match op.target {
-            Target::Raw { dest } => self.raw_copy(stream, file, op, dest, src, reg_starts),
-            Target::Convert {
-                tensor,
-                first,
-                count,
-                skip,
-            } => {
-                let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
-                let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
-                let scratch = scratch.ok_or_else(|| internal("scratch"))?;
-                if op.required as usize + SCRATCH_PAD > scratch.len {
-                    return Err(internal("read larger than the scratch buffer"));
-                }
-                // Shift so that the first element sits on a 16-byte boundary.
-                let pad = (16 - skip % 16) % 16;
-                self.htod_split(
-                    stream,
-                    scratch.ptr + pad,
-                    src,
-                    op.required as usize,
-                    reg_starts,
-                )?;
-                let out_size = t.dtype.bits() / 8;
-                let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
-                    (_, Some(Some(b))) => b.ptr + first * out_size,
-                    (Place::Converted(base), _) => {
-                        let c = self
-                            .converted
-                            .get(file)
-                            .and_then(Option::as_ref)
-                            .ok_or_else(|| internal("converted area"))?;
-                        c.ptr + base + first * out_size
-                    }
-                    _ => return Err(internal("place")),
-                };
-                self.launch(
-                    stream,
-                    t.src_dtype,
-                    t.dtype,
-                    scratch.ptr + pad + skip,
-                    out,
-                    count,
-                )
-            }
-        }
     }
 }
 

@@ -3,6 +3,9 @@
 //! report read back. See the C++ file for what it models and checks.
 #![allow(dead_code)]
 
+#[path = "../cxx/mod.rs"]
+mod cxx;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,57 +30,19 @@ pub fn library_dir() -> &'static Path {
 }
 
 fn build() -> Result<PathBuf, String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake_cuda");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/fake_cuda.cpp");
-    // Built under a name of its own, then renamed over the shared one, so that
-    // concurrent test runs never load a half-written library.
-    let building = dir.join(format!("libcuda-{}.so", std::process::id()));
-    let output = Command::new(&cxx)
-        .args([
-            "-std=c++17",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-fno-strict-aliasing",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-        ])
-        .arg(&source)
-        .arg("-o")
-        .arg(&building)
-        .output()
-        .map_err(|e| {
-            format!(
-                "the fake-driver tests need a C++17 compiler to build {}: running `{cxx}` \
-                 failed: {e} (install g++ or set CXX)",
-                source.display()
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "`{cxx}` failed to build {}:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    for name in ["libcuda.so.1", "libcuda.so"] {
-        std::fs::copy(
-            &building,
-            dir.join(format!("{name}.new-{}", std::process::id())),
-        )
-        .and_then(|_| {
-            std::fs::rename(
-                dir.join(format!("{name}.new-{}", std::process::id())),
-                dir.join(name),
-            )
-        })
-        .map_err(|e| format!("installing {name} in {}: {e}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&building);
+    let lib = cxx::build(
+        "tests/fake_cuda/fake_cuda.cpp",
+        "fake_cuda",
+        "libcuda.so.1",
+        &["-shared", "-fPIC", "-pthread"],
+        "the fake-driver tests",
+    )?;
+    // cudarc looks for libcuda.so first.
+    let dir = lib.parent().ok_or("no directory")?.to_path_buf();
+    let alias = dir.join(format!("libcuda.so.new-{}", std::process::id()));
+    std::fs::copy(&lib, &alias)
+        .and_then(|_| std::fs::rename(&alias, dir.join("libcuda.so")))
+        .map_err(|e| format!("installing libcuda.so in {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
