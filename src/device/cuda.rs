@@ -34,16 +34,21 @@ fn internal(what: &str) -> Error {
     Error::Cuda(format!("internal: {what}"))
 }
 
-/// `what` failed with driver error `e`, in words: the error's name and the
-/// driver's description of it.
+/// `what` failed with driver error `e`.
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
+    Error::Cuda(format!("{what}: {}", words(e)))
+}
+
+/// Driver error `e` in words: its name and the driver's description of it, and for
+/// a device fault, what that means.
+fn words(e: result::DriverError) -> String {
     use sys::CUresult as R;
     let name = e.error_name().map(|n| n.to_string_lossy().into_owned());
     let text = e.error_string().map(|n| n.to_string_lossy().into_owned());
     let msg = match (name, text) {
-        (Ok(name), Ok(text)) if text != name => format!("{what}: {name} ({text})"),
-        (Ok(name), _) => format!("{what}: {name}"),
-        _ => format!("{what}: CUDA error {}", e.0 as i32),
+        (Ok(name), Ok(text)) if text != name => format!("{name} ({text})"),
+        (Ok(name), _) => name,
+        _ => format!("CUDA error {}", e.0 as i32),
     };
     // Faults in queued work surface at whichever call comes next, and leave the
     // context unusable.
@@ -58,14 +63,14 @@ fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
             | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
             | R::CUDA_ERROR_INVALID_PC
     );
-    Error::Cuda(if sticky {
+    if sticky {
         format!(
             "{msg}; a device fault, possibly in a copy or kernel queued earlier: this \
              process cannot use the device again"
         )
     } else {
         msg
-    })
+    }
 }
 
 /// Whether the NVIDIA driver library can be loaded (or is loaded already): probed
@@ -150,7 +155,7 @@ impl Drop for Context {
     fn drop(&mut self) {
         // SAFETY: retained once in `new`, released once here.
         if let Err(e) = unsafe { result::primary_ctx::release(self.dev) } {
-            tracing::warn!("cuDevicePrimaryCtxRelease: {e}");
+            tracing::warn!("cuDevicePrimaryCtxRelease: {}", words(e));
         }
     }
 }
@@ -246,7 +251,7 @@ impl Drop for DeviceBuf {
             // SAFETY: allocated in `alloc`, freed once; no copy into it is pending
             // (loads synchronise their stream before handing buffers out or failing).
             if let Err(e) = unsafe { result::free_sync(self.ptr) } {
-                tracing::warn!("cuMemFree: {e}");
+                tracing::warn!("cuMemFree: {}", words(e));
             }
         }
     }
@@ -1041,7 +1046,7 @@ fn registration_refused(ctx: &Context) -> Option<String> {
                     "the device does not support {what} (attribute {v})"
                 ))
             }
-            Err(e) => return Some(format!("asking the device about {what}: {e}")),
+            Err(e) => return Some(format!("asking the device about {what}: {}", words(e))),
         }
     }
     None
@@ -1075,7 +1080,7 @@ impl regplan::Pinner for MapPinner<'_> {
             sys::cuMemHostRegister_v2(addr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
         }
         .result()
-        .map_err(|e| e.to_string())
+        .map_err(words)
     }
 
     fn unregister(&self, addr: usize) -> std::result::Result<(), String> {
@@ -1085,7 +1090,7 @@ impl regplan::Pinner for MapPinner<'_> {
         // only once the copies that read it have completed.
         unsafe { sys::cuMemHostUnregister(addr as *mut c_void) }
             .result()
-            .map_err(|e| e.to_string())
+            .map_err(words)
     }
 }
 

@@ -277,6 +277,26 @@ const char* queued_use(uintptr_t p, size_t len) {
     return nullptr;
 }
 
+// Whether [lo, hi) is mapped, and writable throughout unless `read_only` (the
+// driver refuses a registration without CU_MEMHOSTREGISTER_READ_ONLY of memory it
+// cannot write).
+bool mapped(uintptr_t lo, uintptr_t hi, bool read_only) {
+    std::FILE* f = std::fopen("/proc/self/maps", "r");
+    if (!f) return true;  // cannot tell: allow
+    char line[512];
+    uintptr_t at = lo;
+    while (at < hi && std::fgets(line, sizeof line, f)) {
+        unsigned long a = 0, b = 0;
+        char perms[8] = {0};
+        if (std::sscanf(line, "%lx-%lx %7s", &a, &b, perms) != 3) continue;
+        if (b <= at || a > at) continue;
+        if (!read_only && perms[1] != 'w') break;
+        at = b;
+    }
+    std::fclose(f);
+    return at >= hi;
+}
+
 // Counts the call and says whether it is to fail, and how. Lock held.
 CUresult injected(const char* name, CUresult likely) {
     State& s = S();
@@ -707,6 +727,7 @@ CUresult cuMemHostRegister_v2(void* p, size_t len, unsigned flags) {
     if (p == nullptr || len == 0 || (flags & ~15u)) return INVALID_VALUE;
     const uintptr_t lo = (uintptr_t)p & ~(PAGE - 1);
     const uintptr_t hi = ((uintptr_t)p + len + PAGE - 1) & ~(PAGE - 1);
+    if (!mapped(lo, hi, flags & 8u)) return INVALID_VALUE;
     for (auto& [base, r] : s.host) {
         const uintptr_t blo = base & ~(PAGE - 1);
         const uintptr_t bhi = (base + r.len + PAGE - 1) & ~(PAGE - 1);
