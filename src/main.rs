@@ -532,9 +532,9 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                 })?;
             let spec = SynthSpec::for_size(a.size);
             eprintln!(
-                "writing a synthetic Llama-layout BF16 checkpoint ({} layers, ~{:.2} GB) to {}",
+                "writing a synthetic Llama-layout BF16 checkpoint ({} layers, {:.2} GB) to {}",
                 spec.layers,
-                a.size as f64 / 1e9,
+                spec.bytes() as f64 / 1e9,
                 tmp.path().display()
             );
             let t = Instant::now();

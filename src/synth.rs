@@ -25,18 +25,34 @@ pub struct SynthSpec {
 
 impl SynthSpec {
     /// A TinyLlama-like model with as many layers as fit in about `bytes` of BF16.
+    /// Below the size of TinyLlama's embeddings and one layer (about 365 MB), every
+    /// dimension is halved until one layer fits (down to a hidden size of 64).
     pub fn for_size(bytes: u64) -> SynthSpec {
-        let (hidden, intermediate, vocab) = (2048u64, 5632u64, 32000u64);
-        let layer = 2 * (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden);
-        let fixed = 2 * (2 * vocab * hidden + hidden);
-        let layers = (bytes.saturating_sub(fixed) / layer).max(1);
-        SynthSpec {
-            hidden,
-            intermediate,
-            vocab,
-            layers,
+        let mut spec = SynthSpec {
+            hidden: 2048,
+            intermediate: 5632,
+            vocab: 32000,
+            layers: 1,
             dtype: Dtype::BF16,
+        };
+        while spec.hidden > 64 && spec.bytes() > bytes {
+            spec.hidden /= 2;
+            spec.intermediate /= 2;
+            spec.vocab /= 2;
         }
+        let one = spec.bytes();
+        spec.layers = 2;
+        let layer = spec.bytes() - one;
+        spec.layers = 1 + bytes.saturating_sub(one) / layer;
+        spec
+    }
+
+    /// Bytes of tensor data (2 per element, both dtypes being 16-bit).
+    pub fn bytes(&self) -> u64 {
+        self.tensors()
+            .iter()
+            .map(|(_, s)| 2 * s.iter().product::<u64>())
+            .sum()
     }
 
     /// (name, shape) of every tensor, in file order.
@@ -165,4 +181,35 @@ fn write_file(
     }
     w.flush().map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SynthSpec;
+
+    #[test]
+    fn for_size_stays_within_the_size_asked_for() {
+        for bytes in [
+            1 << 20,
+            8 << 20,
+            24 << 20,
+            100 << 20,
+            400 << 20,
+            1 << 30,
+            8 << 30,
+        ] {
+            let spec = SynthSpec::for_size(bytes);
+            let got = spec.bytes();
+            assert!(got <= bytes, "{bytes}: {got} bytes ({spec:?})");
+            assert!(got * 2 > bytes, "{bytes}: only {got} bytes ({spec:?})");
+        }
+        let big = SynthSpec::for_size(8 << 30);
+        assert_eq!(
+            (big.hidden, big.intermediate, big.vocab),
+            (2048, 5632, 32000)
+        );
+        // The smallest geometry: one layer, whatever is asked.
+        assert_eq!(SynthSpec::for_size(0).layers, 1);
+        assert_eq!(SynthSpec::for_size(0).hidden, 64);
+    }
 }

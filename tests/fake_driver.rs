@@ -352,3 +352,26 @@ fn a_device_fault_in_queued_work_is_exit_1_on_every_path() {
         }
     }
 }
+
+/// `bench --device cuda` (the README's main job, on a GPU) runs every backend warm
+/// and cold under the fake driver and leaves nothing behind.
+#[test]
+fn bench_to_cuda_runs_every_backend() {
+    let (out, report) = under_fake(
+        &[
+            "bench", "--device", "cuda", "--size", "24M", "--runs", "1", "--json",
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for io in ["direct", "buffered", "pread", "mmap"] {
+        assert!(text.contains(io), "no {io} in {text}");
+    }
+    report.assert_clean("bench");
+    assert!(
+        report.get("htod_pinned") > 0 && report.get("registrations") > 0,
+        "{report:?}"
+    );
+}
