@@ -56,7 +56,8 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>, report: &Path) -> Command {
         .env_remove("FAKE_CUDA_DELAY_US")
         .env_remove("FAKE_CUDA_MEM")
         .env_remove("FAKE_CUDA_DEVICES")
-        .env_remove("FAKE_CUDA_NO_REGISTER");
+        .env_remove("FAKE_CUDA_NO_REGISTER")
+        .env_remove("FAKE_CUDA_ASYNC_FAULT");
     c
 }
 
