@@ -60,6 +60,12 @@ fn under_fake(args: &[&str], env: Env) -> (Output, fake_cuda::Report) {
         c.env(k, v);
     }
     let out = c.output().expect("run tensorstream");
+    assert!(
+        out.status.code().is_some(),
+        "{args:?} {env:?}: killed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out, fake_cuda::Report::read(&report))
 }
 

@@ -237,6 +237,14 @@ void violate(const char* fmt, ...) {
     s.cv.notify_all();
 }
 
+// The call's result once any fault has stopped the device: SUCCESS, or the fault
+// once no stream is in the middle of an operation. Lock held.
+CUresult settled(std::unique_lock<std::mutex>& lock) {
+    State& s = S();
+    if (s.sticky != SUCCESS) s.cv.wait(lock, [&] { return s.busy_streams == 0; });
+    return s.sticky;
+}
+
 // The live device allocation holding [p, p + len), if any. Lock held.
 const DeviceAlloc* in_device(uintptr_t p, size_t len) {
     State& s = S();
@@ -306,10 +314,15 @@ CUresult injected(const char* name, CUresult likely) {
     return SUCCESS;
 }
 
-#define ENTER(NAME, LIKELY)                          \
-    State& s = S();                                  \
-    std::unique_lock<std::mutex> lock(s.mu);         \
-    if (s.sticky != SUCCESS) return s.sticky;        \
+// After a fault the device stops: a call reports the error once no stream is in
+// the middle of an operation (none touches memory any more).
+#define ENTER(NAME, LIKELY)                                                \
+    State& s = S();                                                        \
+    std::unique_lock<std::mutex> lock(s.mu);                               \
+    if (s.sticky != SUCCESS) {                                             \
+        s.cv.wait(lock, [&] { return s.busy_streams == 0; });              \
+        return s.sticky;                                                   \
+    }                                                                      \
     if (CUresult f_ = injected(NAME, LIKELY)) return f_
 
 #define NEED_CONTEXT()                                                   \
@@ -356,7 +369,9 @@ void worker(Stream* st) {
             lock.unlock();
             if (s.delay_us) std::this_thread::sleep_for(std::chrono::microseconds(s.delay_us));
             lock.lock();
-            if (++s.ran == s.fault_at) {
+            if (s.sticky != SUCCESS) {
+                // The device stopped while this one waited its turn.
+            } else if (++s.ran == s.fault_at) {
                 // A device fault while the work runs (as an Xid): the context is lost.
                 std::fprintf(stderr, "fake-cuda: injected device fault in queued work #%llu\n",
                              (unsigned long long)s.ran);
@@ -461,7 +476,7 @@ CUresult enqueue(std::unique_lock<std::mutex>& lock, void* h, Op op) {
         } else if (op.kind == OpKind::Record) {
             if (op.ev->done < op.gen) op.ev->done = op.gen;
         }
-        return s.sticky;
+        return settled(lock);
     }
     Stream* st = as_stream(h);
     if (!s.streams.count(st)) return INVALID_HANDLE;
@@ -774,12 +789,12 @@ CUresult cuStreamSynchronize(void* h) {
                 if (st->blocking && !st->queue.empty()) return false;
             return true;
         });
-        return s.sticky;
+        return settled(lock);
     }
     Stream* st = as_stream(h);
     if (!s.streams.count(st)) return INVALID_HANDLE;
     s.cv.wait(lock, [&] { return st->queue.empty() || s.sticky != SUCCESS; });
-    return s.sticky;
+    return settled(lock);
 }
 
 CUresult cuStreamDestroy_v2(void* h) {
@@ -841,7 +856,7 @@ CUresult cuEventSynchronize(void* h) {
     if (!s.events.count(e)) return INVALID_HANDLE;
     const uint64_t gen = e->recorded;
     s.cv.wait(lock, [&] { return e->done >= gen || s.sticky != SUCCESS; });
-    return s.sticky;
+    return settled(lock);
 }
 
 CUresult cuStreamWaitEvent(void* stream, void* h, unsigned flags) {
@@ -853,7 +868,7 @@ CUresult cuStreamWaitEvent(void* stream, void* h, unsigned flags) {
     op.gen = e->recorded;
     if (stream == nullptr) {
         s.cv.wait(lock, [&] { return e->done >= op.gen || s.sticky != SUCCESS; });
-        return s.sticky;
+        return settled(lock);
     }
     return enqueue(lock, stream, op);
 }
@@ -884,7 +899,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
         lock.unlock();
         op.hash = hash_bytes(op.src, len);
         lock.lock();
-        if (s.sticky != SUCCESS) return s.sticky;
+        if (s.sticky != SUCCESS) return settled(lock);
         return enqueue(lock, stream, op);
     }
     // Pageable (or the legacy stream): after the stream's earlier work, at once.
@@ -893,7 +908,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
         Stream* st = as_stream(stream);
         if (!s.streams.count(st)) return INVALID_HANDLE;
         s.cv.wait(lock, [&] { return st->queue.empty() || s.sticky != SUCCESS; });
-        if (s.sticky != SUCCESS) return s.sticky;
+        if (s.sticky != SUCCESS) return settled(lock);
     }
     std::memcpy((void*)dst, src, len);
     return SUCCESS;
@@ -914,7 +929,7 @@ CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t len) {
             if (st->blocking && !st->queue.empty()) return false;
         return true;
     });
-    if (s.sticky != SUCCESS) return s.sticky;
+    if (s.sticky != SUCCESS) return settled(lock);
     s.dtoh++;
     std::memcpy(dst, (const void*)src, len);
     return SUCCESS;
