@@ -1,6 +1,6 @@
 // A stand-in for the NVIDIA driver library (libcuda.so.1) for machines without a
 // GPU: the CUDA driver calls tensorstream makes, carried out on host memory, with
-// the checks a real GPU would not make loudly. tests/support/fake_cuda.rs builds it
+// the checks a real GPU would not make loudly. tests/fake_cuda/mod.rs builds it
 // with g++ and runs the CUDA tests and the command line against it (through
 // LD_LIBRARY_PATH), so CI exercises the CUDA path's ordering, bounds and clean-up
 // without a GPU. It is a test double: it says nothing about speed, and the GPU check
@@ -19,15 +19,17 @@
 //     cuMemHostRegister) run on the stream; from pageable memory they run at once,
 //     after the stream's earlier work, as the driver does;
 //   - cuMemHostRegister at page granularity: an overlap with a registered range is
-//     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED; FAKE_CUDA_NO_REGISTER=1 makes the
-//     device report no support and refuse;
+//     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, memory that is not writable needs
+//     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_NO_REGISTER=1 makes the device report
+//     no support and refuse;
 //   - the conversion kernels of kernels/convert.cu, compiled here for the host and
 //     run over the launch's whole grid, one simulated thread after another;
 //   - FAKE_CUDA_FAIL=name:n[:code],... makes the n-th call of driver function
 //     `name` fail (with `code`, else a likely error for that call);
 //   - FAKE_CUDA_ASYNC_FAULT=n: the n-th queued copy or kernel faults while it runs,
 //     after the call that queued it returned: from then on every call fails with
-//     CUDA_ERROR_ILLEGAL_ADDRESS, as after a real device fault.
+//     CUDA_ERROR_ILLEGAL_ADDRESS, as after a real device fault (reported once no
+//     stream is in the middle of an operation: a faulted device stops).
 //
 // What it checks (each failure is a "violation": printed to stderr with the
 // prefix "fake-cuda: VIOLATION:", counted, and from then on every call returns
@@ -38,7 +40,10 @@
 //     before the copy runs (the bytes are hashed when the copy is queued and again
 //     when it runs);
 //   - device memory a queued copy or kernel uses is not freed before it runs;
-//   - no two streams' unfinished work uses the same device memory, one writing it.
+//   - no two streams' unfinished work uses the same device memory, one writing it;
+//   - work goes only to streams, events, modules and memory of the context
+//     current on the calling thread, and no context is released for the last
+//     time while its memory or streams are still live.
 // FAKE_CUDA_REPORT=path: at exit, key=value lines: violations, counts of calls and
 // bytes, the most work queued and the most streams busy at once, and what is still
 // allocated (device memory, pinned memory, registrations, streams, events, modules,
