@@ -85,10 +85,7 @@ impl SynthSpec {
 /// `model.safetensors.index.json` when `shards > 1`); returns the path to load.
 pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) -> Result<PathBuf> {
     let tensors = spec.tensors();
-    let total: u64 = tensors
-        .iter()
-        .map(|(_, s)| 2 * s.iter().product::<u64>())
-        .sum();
+    let total = spec.bytes();
     let shards = shards.max(1);
     let per_shard = total.div_ceil(shards as u64);
     let mut groups: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new()];

@@ -34,6 +34,15 @@ fn internal(what: &str) -> Error {
     Error::Cuda(format!("internal: {what}"))
 }
 
+/// Driver error `e` (not an internal one) with `place` (a file, and where in it)
+/// in front; any other error as it is.
+fn located(e: Error, place: impl std::fmt::Display) -> Error {
+    match e {
+        Error::Cuda(msg) if !msg.starts_with("internal:") => Error::Cuda(format!("{place}: {msg}")),
+        e => e,
+    }
+}
+
 /// `what` failed with driver error `e`.
 fn cuda_err(what: impl std::fmt::Display, e: result::DriverError) -> Error {
     Error::Cuda(format!("{what}: {}", words(e)))
@@ -563,13 +572,6 @@ type DeviceBuffers = (
 fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<DeviceBuffers> {
     let (mut raw, mut converted, mut own) = (Vec::new(), Vec::new(), Vec::new());
     // A failed allocation names the file (and the tensor, one per tensor).
-    let for_file = |f: &crate::plan::FilePlan, tensor: Option<&str>, e: Error| match e {
-        Error::Cuda(msg) => Error::Cuda(match tensor {
-            Some(t) => format!("{}: tensor '{t}': {msg}", f.path.display()),
-            None => format!("{}: {msg}", f.path.display()),
-        }),
-        e => e,
-    };
     for f in &plan.files {
         if per_tensor {
             raw.push(None);
@@ -580,7 +582,9 @@ fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<D
                 .map(|t| {
                     DeviceBuf::alloc(ctx, t.len as usize)
                         .map(|b| Some(Arc::new(b)))
-                        .map_err(|e| for_file(f, Some(&t.name), e))
+                        .map_err(|e| {
+                            located(e, format_args!("{}: tensor '{}'", f.path.display(), t.name))
+                        })
                 })
                 .collect::<Result<Vec<_>>>()?;
             own.push(bufs);
@@ -588,7 +592,7 @@ fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<D
             let alloc = |len: u64| {
                 DeviceBuf::alloc(ctx, len as usize)
                     .map(|b| Some(Arc::new(b)))
-                    .map_err(|e| for_file(f, None, e))
+                    .map_err(|e| located(e, f.path.display()))
             };
             raw.push(alloc(f.raw_len)?);
             converted.push(alloc(f.converted_len)?);
@@ -886,19 +890,15 @@ impl CudaSink<'_> {
                 }
             }
         };
-        enqueue().map_err(|e| match e {
-            Error::Cuda(msg) if !msg.starts_with("internal:") => {
-                Error::Cuda(self.where_read(file, op, &msg))
-            }
-            e => e,
+        enqueue().map_err(|e| match self.where_read(file, op) {
+            Some(place) => located(e, place),
+            None => e,
         })
     }
 
-    /// `msg`, prefixed with the file, byte range and tensor(s) of read `op`.
-    fn where_read(&self, file: usize, op: &ReadOp, msg: &str) -> String {
-        let Some(fp) = self.plan.files.get(file) else {
-            return msg.to_string();
-        };
+    /// The file, byte range and tensor(s) of read `op`.
+    fn where_read(&self, file: usize, op: &ReadOp) -> Option<String> {
+        let fp = self.plan.files.get(file)?;
         let (r0, r1) = (op.offset, op.offset + op.required);
         let mut names = fp
             .tensors
@@ -910,7 +910,7 @@ impl CudaSink<'_> {
             (Some(n), 0) => format!(", tensor '{n}'"),
             (Some(n), more) => format!(", tensor '{n}' and {more} more"),
         };
-        format!("{}: bytes {r0}..{r1}{tensors}: {msg}", fp.path.display())
+        Some(format!("{}: bytes {r0}..{r1}{tensors}", fp.path.display()))
     }
 }
 
