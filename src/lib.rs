@@ -62,4 +62,4 @@ pub use dtype::Dtype;
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, TensorInfo};
 pub use io::{CancelToken, IoBackend};
-pub use loader::{LoadStats, Loader, Model, Storage, Tensor};
+pub use loader::{LoadStats, Loader, Model, Split, Storage, Tensor};

@@ -26,6 +26,26 @@ pub(crate) type Loaded = (
     Duration,
 );
 
+/// How a CUDA load of files that are all in the page cache divides their bytes
+/// between the pinned staging slots (which the CPU fills from the page cache) and the
+/// page cache itself, registered with the driver so that the device copies from it
+/// with no CPU copy ([`Loader::split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum Split {
+    /// Everything through the pinned slots.
+    #[default]
+    Off,
+    /// This share (0 to 1) of each file's bytes, its tail, from the registered page
+    /// cache; the rest through the slots.
+    Share(f64),
+    /// Each read to the side that reaches it first: the slots go forwards from the
+    /// first file's start, the registered page cache backwards from the last file's
+    /// end, until they meet. The division follows the two sides' speeds on the
+    /// machine at hand; the load's report gives the share that came of it.
+    Balanced,
+}
+
 /// Builds and runs loads. Cheap to clone; one `Loader` may run many loads, also from
 /// several threads at once (`Loader` is `Send + Sync`).
 #[derive(Clone)]
@@ -42,7 +62,7 @@ pub struct Loader {
     fail_nth: Option<u64>,
     staging_write_combined: bool,
     staging_huge_pages: bool,
-    registered_share: f64,
+    split: Split,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
     /// by clones of this loader.
@@ -84,7 +104,7 @@ impl Loader {
             fail_nth: None,
             staging_write_combined: false,
             staging_huge_pages: false,
-            registered_share: 0.0,
+            split: Split::Off,
             keep_staging: true,
             #[cfg(feature = "cuda")]
             staging_cache: Default::default(),
@@ -170,25 +190,30 @@ impl Loader {
         self
     }
 
-    /// On CUDA, when every file is in the page cache, copy this share (0 to 1) of each
-    /// file's bytes (its tail) straight from the page cache, registered with the
-    /// driver by a quarter of [`Loader::queue_depth`]'s threads, while the pinned
-    /// slots take the rest at the same time: the device copies from both. 0 (the
-    /// default) turns it off; where the driver refuses registration, everything goes
-    /// through the slots (and the load's report says so).
-    pub fn registered_share(mut self, share: f64) -> Self {
-        self.registered_share = if share.is_nan() {
-            0.0
-        } else {
-            share.clamp(0.0, 1.0)
+    /// On CUDA, when every file is in the page cache, how to divide the load between
+    /// the pinned slots and the page cache itself, registered with the driver by a
+    /// quarter of [`Loader::queue_depth`]'s threads, so that the device copies from
+    /// both at once (see [`Split`]). By default, [`Split::Off`]: everything through the
+    /// slots. Where the driver refuses registration, everything goes through the slots
+    /// (and the load's report says so).
+    pub fn split(mut self, split: Split) -> Self {
+        self.split = match split {
+            Split::Share(s) if s.is_nan() || s <= 0.0 => Split::Off,
+            Split::Share(s) => Split::Share(s.min(1.0)),
+            other => other,
         };
         self
     }
 
-    /// See [`Loader::registered_share`].
+    /// Shorthand for [`Loader::split`] with [`Split::Share`] (0 for [`Split::Off`]).
+    pub fn registered_share(self, share: f64) -> Self {
+        self.split(Split::Share(share))
+    }
+
+    /// See [`Loader::split`].
     #[cfg(feature = "cuda")]
-    pub(crate) fn registered_share_value(&self) -> f64 {
-        self.registered_share
+    pub(crate) fn split_value(&self) -> Split {
+        self.split
     }
 
     /// How a CUDA load allocates its staging.

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tensorstream::checkpoint::dtype_totals;
 use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{
-    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader,
+    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, Split,
 };
 
 #[derive(Parser)]
@@ -137,9 +137,10 @@ struct LoadOpts {
     #[arg(long, conflicts_with = "staging_wc")]
     staging_huge: bool,
     /// CUDA, cached files: copy this share (0 to 1) of each file straight from the
-    /// registered page cache while the pinned slots take the rest.
+    /// registered page cache while the pinned slots take the rest; `balanced`: each
+    /// read to whichever of the two reaches it first.
     #[arg(long, value_parser = parse_share)]
-    registered_share: Option<f64>,
+    registered_share: Option<Split>,
 }
 
 impl LoadOpts {
@@ -162,14 +163,17 @@ impl LoadOpts {
         }
         l.write_combined_staging(self.staging_wc)
             .huge_page_staging(self.staging_huge)
-            .registered_share(self.registered_share.unwrap_or(0.0))
+            .split(self.registered_share.unwrap_or_default())
     }
 }
 
-fn parse_share(s: &str) -> Result<f64, String> {
+fn parse_share(s: &str) -> Result<Split, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not a share from 0 to 1")),
+        _ if s == "balanced" => Ok(Split::Balanced),
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(Split::Share(v)),
+        _ => Err(format!(
+            "'{s}' is neither a share from 0 to 1 nor 'balanced'"
+        )),
     }
 }
 

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use tensorstream::device::cuda::Context;
 use tensorstream::loader::FileReport;
-use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader, Model};
+use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader, Model, Split};
 
 /// Whether a GPU is usable; prints the reason when not.
 fn gpu() -> bool {
@@ -28,6 +28,20 @@ fn gpu() -> bool {
 }
 
 fn fixture(dir: &Path, seed: u64) -> PathBuf {
+    fixture_file(dir, seed, "cuda-fixture.safetensors", "")
+}
+
+/// `shards` files of the fixture (tensor names prefixed with the shard) in `dir`, a
+/// sharded checkpoint.
+fn sharded_fixture(dir: &Path, seed: u64, shards: u64) -> PathBuf {
+    for s in 0..shards {
+        let name = format!("model-{:05}-of-{shards:05}.safetensors", s + 1);
+        fixture_file(dir, seed + s, &name, &format!("s{s}."));
+    }
+    dir.to_path_buf()
+}
+
+fn fixture_file(dir: &Path, seed: u64, file: &str, prefix: &str) -> PathBuf {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let specs: Vec<(String, safetensors::Dtype, Vec<usize>)> = vec![
         ("a.f32".into(), safetensors::Dtype::F32, vec![257, 33]),
@@ -64,9 +78,14 @@ fn fixture(dir: &Path, seed: u64) -> PathBuf {
     let views: Vec<(String, TensorView<'_>)> = specs
         .iter()
         .zip(&data)
-        .map(|((n, d, s), v)| (n.clone(), TensorView::new(*d, s.clone(), v).unwrap()))
+        .map(|((n, d, s), v)| {
+            (
+                format!("{prefix}{n}"),
+                TensorView::new(*d, s.clone(), v).unwrap(),
+            )
+        })
         .collect();
-    let path = dir.join("cuda-fixture.safetensors");
+    let path = dir.join(file);
     safetensors::serialize_to_file(views, None, &path).unwrap();
     path
 }
@@ -193,7 +212,7 @@ fn the_registered_page_cache_path_equals_host_loads() {
 }
 
 /// A cached file split between the registered page cache and the pinned slots
-/// (`registered_share`), both at once: equal to the host load for every share, dtype,
+/// (`Loader::split`), both at once: equal to the host load for every share, dtype,
 /// allocation mode and window size; a failed read stops the load with an error and
 /// the loader's next load is right.
 #[test]
@@ -207,11 +226,16 @@ fn a_split_load_equals_host_loads() {
     for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
         let want = host_bytes(Loader::new().dtype(dtype), &path);
         for (chunk, staging, depth) in [(4 << 20, 64 << 20, 16), (64 << 10, 256 << 10, 4)] {
-            for share in [0.2, 0.5, 1.0] {
+            for share in [
+                Split::Share(0.2),
+                Split::Share(0.5),
+                Split::Share(1.0),
+                Split::Balanced,
+            ] {
                 for per_tensor in [false, true] {
                     let what = format!(
                         "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
-                         share {share}, per_tensor {per_tensor}"
+                         share {share:?}, per_tensor {per_tensor}"
                     );
                     let l = Loader::new()
                         .device(Device::Cuda(0))
@@ -220,7 +244,7 @@ fn a_split_load_equals_host_loads() {
                         .chunk_size(chunk)
                         .staging_bytes(staging)
                         .queue_depth(depth)
-                        .registered_share(share)
+                        .split(share)
                         .per_tensor_allocations(per_tensor);
                     let (got, report) = loaded_via(l, &path, &what);
                     assert!(
@@ -237,14 +261,66 @@ fn a_split_load_equals_host_loads() {
         .io(IoBackend::Pread)
         .dtype(Some(Dtype::F16))
         .chunk_size(64 << 10)
-        .staging_bytes(256 << 10)
-        .registered_share(0.5);
-    let e = l.clone().fail_nth_read(3).load(&path).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
-    assert_eq!(
-        host_bytes(l, &path),
-        host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path)
-    );
+        .staging_bytes(256 << 10);
+    for split in [Split::Share(0.5), Split::Balanced] {
+        let l = l.clone().split(split);
+        let e = l.clone().fail_nth_read(3).load(&path).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io, "{split:?}: {e}");
+        assert_eq!(
+            host_bytes(l, &path),
+            host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path)
+        );
+    }
+}
+
+/// A balanced split of a sharded checkpoint: the slots go forwards from the first
+/// shard while the registered page cache goes backwards from the last, each read to
+/// the side that claims it first. Equal to the host load for conversions, window
+/// sizes and allocation modes, with both sides copying something; the report gives
+/// the share.
+#[test]
+fn a_balanced_split_of_shards_equals_host_loads() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = sharded_fixture(dir.path(), 20, 3);
+    for f in std::fs::read_dir(&path).unwrap() {
+        std::fs::read(f.unwrap().path()).unwrap(); // into the page cache
+    }
+    for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        for (chunk, staging, depth) in [
+            (4 << 20, 64 << 20, 16),
+            (64 << 10, 256 << 10, 4),
+            (64 << 10, 1 << 20, 32),
+        ] {
+            for per_tensor in [false, true] {
+                let what = format!(
+                    "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
+                     per_tensor {per_tensor}"
+                );
+                let l = Loader::new()
+                    .device(Device::Cuda(0))
+                    .io(IoBackend::Pread)
+                    .dtype(dtype)
+                    .chunk_size(chunk)
+                    .staging_bytes(staging)
+                    .queue_depth(depth)
+                    .split(Split::Balanced)
+                    .per_tensor_allocations(per_tensor);
+                let (got, report) = loaded_via(l, &path, &what);
+                assert_eq!(got, want, "{what}");
+                if report.reason.contains("refused") {
+                    continue;
+                }
+                assert_eq!(report.io_path, "split+registered", "{what}: {report:?}");
+                assert!(report.reason.contains("balanced"), "{what}: {report:?}");
+                let share: f64 = report.reason.split('%').next().unwrap().parse().unwrap();
+                assert!(share > 0.0 && share < 100.0, "{what}: {report:?}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -497,11 +573,12 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
     let path = fixture(dir.path(), 9);
     std::fs::read(&path).unwrap(); // into the page cache
     let want = host_bytes(Loader::new().dtype(Some(Dtype::BF16)), &path);
-    let paths: [(&str, IoBackend, usize, f64); 4] = [
-        ("slots", IoBackend::Pread, 4, 0.0),
-        ("registered, 1 thread", IoBackend::Mmap, 1, 0.0),
-        ("registered, 4 threads", IoBackend::Mmap, 4, 0.0),
-        ("split", IoBackend::Pread, 8, 0.5),
+    let paths: [(&str, IoBackend, usize, Split); 5] = [
+        ("slots", IoBackend::Pread, 4, Split::Off),
+        ("registered, 1 thread", IoBackend::Mmap, 1, Split::Off),
+        ("registered, 4 threads", IoBackend::Mmap, 4, Split::Off),
+        ("split", IoBackend::Pread, 8, Split::Share(0.5)),
+        ("balanced split", IoBackend::Pread, 8, Split::Balanced),
     ];
     for (what, io, depth, share) in paths {
         for per_tensor in [false, true] {
@@ -512,7 +589,7 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
                 .chunk_size(64 << 10)
                 .staging_bytes(256 << 10)
                 .queue_depth(depth)
-                .registered_share(share)
+                .split(share)
                 .per_tensor_allocations(per_tensor);
             let token = tensorstream::CancelToken::new();
             let t2 = token.clone();
@@ -615,23 +692,24 @@ fn two_devices_load_at_once_from_two_threads() {
         .chunk_size(256 << 10)
         .staging_bytes(2 << 20);
     for (io, share) in [
-        (IoBackend::Pread, 0.0),
-        (IoBackend::Mmap, 0.0),
-        (IoBackend::Pread, 0.5),
+        (IoBackend::Pread, Split::Off),
+        (IoBackend::Mmap, Split::Off),
+        (IoBackend::Pread, Split::Share(0.5)),
+        (IoBackend::Pread, Split::Balanced),
     ] {
         std::thread::scope(|scope| {
             for d in [0, 1] {
-                let l = shared
-                    .clone()
-                    .device(Device::Cuda(d))
-                    .io(io)
-                    .registered_share(share);
+                let l = shared.clone().device(Device::Cuda(d)).io(io).split(share);
                 let (path, want) = (&path, &want);
                 scope.spawn(move || {
                     for round in 0..2 {
                         let m = l.load(path).unwrap();
                         assert!(m.tensors().all(|t| t.device() == Device::Cuda(d)));
-                        assert_eq!(on_host(&m), *want, "cuda:{d} {io:?} {share} round {round}");
+                        assert_eq!(
+                            on_host(&m),
+                            *want,
+                            "cuda:{d} {io:?} {share:?} round {round}"
+                        );
                     }
                 });
             }

@@ -102,7 +102,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
-    let configs: [&[&str]; 15] = [
+    let configs: [&[&str]; 17] = [
         &[],
         &["--io", "pread"],
         &["--io", "buffered"],
@@ -119,6 +119,24 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
             "256K",
         ],
         &["--registered-share", "1"],
+        &[
+            "--registered-share",
+            "balanced",
+            "--staging",
+            "2M",
+            "--chunk-size",
+            "128K",
+        ],
+        &[
+            "--registered-share",
+            "balanced",
+            "--dtype",
+            "BF16",
+            "--staging",
+            "1M",
+            "--chunk-size",
+            "128K",
+        ],
         &["--staging-huge"],
         &["--staging-wc", "--staging", "1M", "--chunk-size", "128K"],
         &["--dtype", "F32"],
@@ -157,7 +175,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
             mmap || extra.contains(&"--staging-huge")
         );
         assert_eq!(report.get("launches") > 0, dtype.is_some(), "{extra:?}");
-        if extra.contains(&"0.5") {
+        if extra.contains(&"0.5") || extra.contains(&"balanced") {
             assert_eq!(report.get("max_busy_streams"), 2, "{extra:?}: {report:?}");
         }
     }
@@ -169,7 +187,7 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
     // (driver call:n-th, extra arguments, words the message must hold)
-    let cases: [(&str, &[&str], &str); 17] = [
+    let cases: [(&str, &[&str], &str); 19] = [
         ("cuInit:1", &[], "cuInit"),
         (
             "cuDevicePrimaryCtxRetain:1",
@@ -218,6 +236,25 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             &["--registered-share", "0.5", "--staging", "2M"],
             "safetensors: bytes",
         ),
+        (
+            "cuMemcpyHtoDAsync_v2:3",
+            &["--registered-share", "balanced", "--staging", "2M"],
+            "safetensors: bytes",
+        ),
+        // Five windows register at once at the start, in any order, and a refusal of
+        // the first is a fallback to the slots, not an error: the sixth is later.
+        (
+            "cuMemHostRegister_v2:6",
+            &[
+                "--registered-share",
+                "balanced",
+                "--staging",
+                "1M",
+                "--chunk-size",
+                "128K",
+            ],
+            "registering bytes",
+        ),
         ("cuMemcpyDtoH_v2:2", &[], "copying a tensor back"),
     ];
     for (fail, extra, words) in cases {
@@ -241,7 +278,7 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
     let want = cpu_digests(&index, None);
-    let cases: [(&str, &str, &[&str]); 3] = [
+    let cases: [(&str, &str, &[&str]); 5] = [
         ("FAKE_CUDA_NO_REGISTER", "1", &["--io", "mmap"]),
         (
             "FAKE_CUDA_FAIL",
@@ -249,6 +286,16 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
             &["--io", "mmap"],
         ),
         ("FAKE_CUDA_NO_REGISTER", "1", &["--registered-share", "0.5"]),
+        (
+            "FAKE_CUDA_NO_REGISTER",
+            "1",
+            &["--registered-share", "balanced"],
+        ),
+        (
+            "FAKE_CUDA_FAIL",
+            "cuMemHostRegister_v2:1",
+            &["--registered-share", "balanced", "--staging", "1M"],
+        ),
     ];
     for (key, value, extra) in cases {
         let mut args = vec!["load", idx, "--device", "cuda", "--digest", "-v"];
@@ -319,8 +366,16 @@ fn a_device_fault_in_queued_work_is_exit_1_on_every_path() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
-    let paths: [&[&str]; 6] = [
+    let paths: [&[&str]; 7] = [
         &["--staging", "1M", "--chunk-size", "256K"],
+        &[
+            "--registered-share",
+            "balanced",
+            "--staging",
+            "1M",
+            "--chunk-size",
+            "256K",
+        ],
         &["--io", "mmap", "--staging", "1M"],
         &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
         &[

@@ -444,6 +444,7 @@ def cmd_diff(a):
         variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "mmap")] + [
             ("mmap q1", "mmap", ["--queue-depth", "1"]),
             ("auto split", "auto", ["--registered-share", "0.5"]),
+            ("auto balanced", "auto", ["--registered-share", "balanced"]),
             ("auto huge", "auto", ["--staging-huge"]),
         ]
         for label, io, extra in variants:

@@ -57,6 +57,11 @@ CONFIGS = [
     # (4 registering threads), the rest through the pinned slots, both at once.
     ("auto split 25%", ["--registered-share", "0.25"]),
     ("auto split 40%", ["--registered-share", "0.4"]),
+    # Balanced: each read to whichever side reaches it first (the slots forwards from
+    # the first shard, the registered page cache backwards from the last); the share
+    # that came of it is in the load's report.
+    ("auto split balanced", ["--registered-share", "balanced"]),
+    ("auto split balanced q32", ["--registered-share", "balanced", "--queue-depth", "32"]),
     # The registered page cache alone: --queue-depth threads register windows of
     # staging / depth ahead of the copies. q1 64M is the one-thread path runs A-D timed.
     ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1"]),
@@ -130,19 +135,29 @@ def main():
                 rec = {"ok": True, "seconds": j["seconds"], "init_s": j.get("device_init_seconds") or 0.0,
                        "gbps": tb.gbps_without_init(j),
                        "gbps_with_init": j["gbps"], "io": sorted({f["io"] for f in j.get("files", [])}), "wall_s": r["wall_s"]}
+                # Split loads: the share the registered page cache took (balanced: what
+                # came of the two sides' speeds), from the files' report.
+                shares = [re.match(r"(\d+)% of the bytes copied straight", f.get("reason") or "") for f in j.get("files", [])]
+                if any(shares):
+                    rec["registered_pct"] = int(next(m for m in shares if m).group(1))
             results[name].append(rec)
-            print("  run %d %-22s %s" % (run, name, ("%.2f GB/s (%.2f with init %.3f s) via %s" % (
-                rec["gbps"], rec["gbps_with_init"], rec["init_s"], ",".join(rec["io"]))) if rec["ok"] else "FAILED " + rec["error"]), flush=True)
+            print("  run %d %-22s %s" % (run, name, ("%.2f GB/s (%.2f with init %.3f s) via %s%s" % (
+                rec["gbps"], rec["gbps_with_init"], rec["init_s"], ",".join(rec["io"]),
+                " (%d%% registered)" % rec["registered_pct"] if "registered_pct" in rec else "")) if rec["ok"] else "FAILED " + rec["error"]), flush=True)
     rows = []
     for name, args in CONFIGS:
         g = [x["gbps"] for x in results[name] if x.get("ok")]
         if g:
             rows.append({"name": name, "args": args, "median_gbps": statistics.median(g), "runs": len(g),
                          "median_init_s": statistics.median(x["init_s"] for x in results[name] if x.get("ok"))})
+            pct = [x["registered_pct"] for x in results[name] if x.get("ok") and "registered_pct" in x]
+            if pct:
+                rows[-1]["median_registered_pct"] = statistics.median(pct)
     rows.sort(key=lambda r: -r["median_gbps"])
     print("\nconfiguration            median GB/s (device init left out)  runs")
     for r in rows:
-        print("  %-22s %8.2f   init %.3f s   %d" % (r["name"], r["median_gbps"], r["median_init_s"], r["runs"]))
+        print("  %-22s %8.2f   init %.3f s   %d%s" % (r["name"], r["median_gbps"], r["median_init_s"], r["runs"],
+              "   %.0f%% registered" % r["median_registered_pct"] if "median_registered_pct" in r else ""))
     if unsupported:
         print("  not measured, arguments rejected by this binary: %s" % ", ".join(sorted(unsupported)))
     best = next((r for r in rows if r["args"]), None)

@@ -19,7 +19,7 @@ use crate::device::regplan;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
-use crate::loader::Tensor;
+use crate::loader::{Split, Tensor};
 use crate::plan::{Place, Plan, ReadOp, Target};
 
 /// The conversion kernels, as PTX for the oldest supported driver.
@@ -919,15 +919,18 @@ impl CudaSink<'_> {
 /// copy from other threads meanwhile.
 struct SlotSink<'s, 'p> {
     sink: &'s CudaSink<'p>,
+    /// In a balanced split, who has which read.
+    claims: Option<&'s regplan::Claims>,
     busy: Vec<bool>,
     /// Busy slots whose copies are enqueued, oldest first.
     order: std::collections::VecDeque<usize>,
 }
 
 impl<'s, 'p> SlotSink<'s, 'p> {
-    fn new(sink: &'s CudaSink<'p>) -> Self {
+    fn new(sink: &'s CudaSink<'p>, claims: Option<&'s regplan::Claims>) -> Self {
         SlotSink {
             sink,
+            claims,
             busy: vec![false; sink.staging.slots.len()],
             order: Default::default(),
         }
@@ -1005,6 +1008,10 @@ impl Sink for SlotSink<'_, '_> {
             .iter()
             .map(|s| (s.mem.host, s.len))
             .collect()
+    }
+
+    fn wants(&mut self, file: usize, read: usize) -> bool {
+        self.claims.is_none_or(|c| c.for_slots(file, read))
     }
 }
 
@@ -1101,6 +1108,11 @@ struct MapWindows<'a, 'p> {
     scratch: Option<&'a DeviceBuf>,
     file: usize,
     ops: &'a [&'a ReadOp],
+    /// Each op's index among its file's reads, and whether this side claimed it (in a
+    /// balanced split: `claims`).
+    ids: &'a [usize],
+    taken: Vec<bool>,
+    claims: Option<&'a regplan::Claims>,
     base: u64,
     reg_starts: Vec<u64>,
     events: std::collections::VecDeque<WindowEvent>,
@@ -1109,9 +1121,15 @@ struct MapWindows<'a, 'p> {
 
 impl regplan::Windows for MapWindows<'_, '_> {
     fn copy(&mut self, w: usize, reads: std::ops::Range<usize>) -> Result<()> {
-        let window = self.ops.get(reads).ok_or_else(|| internal("window"))?;
+        let window = self
+            .ops
+            .get(reads.clone())
+            .ok_or_else(|| internal("window"))?;
         let mut bytes = 0;
-        for &op in window {
+        for (k, &op) in reads.zip(window) {
+            if self.claims.is_some() && !self.taken.get(k).copied().unwrap_or(false) {
+                continue;
+            }
             let src = (self.base + op.offset) as *const u8;
             self.sink.consume(
                 self.stream,
@@ -1171,6 +1189,29 @@ impl regplan::Windows for MapWindows<'_, '_> {
         // SAFETY: the stream outlives these windows (its owner drops after them).
         let _ = unsafe { result::stream::synchronize(self.stream) };
     }
+
+    fn claim(&mut self, _w: usize, reads: std::ops::Range<usize>) -> regplan::Claimed {
+        let Some(claims) = self.claims else {
+            return regplan::Claimed::All;
+        };
+        let (mut got, mut missed) = (false, false);
+        for k in reads {
+            let mine = self
+                .ids
+                .get(k)
+                .is_some_and(|&id| claims.for_registered(self.file, id));
+            if let Some(t) = self.taken.get_mut(k) {
+                *t = mine;
+            }
+            got |= mine;
+            missed |= !mine;
+        }
+        match (got, missed) {
+            (_, false) => regplan::Claimed::All,
+            (true, true) => regplan::Claimed::Last,
+            (false, true) => regplan::Claimed::Nothing,
+        }
+    }
 }
 
 impl Drop for MapWindows<'_, '_> {
@@ -1199,12 +1240,18 @@ enum Registration {
 /// file truncated meanwhile makes registration fail (an error), never SIGBUS; a
 /// change during the load is caught by the size and mtime check at the end of each
 /// file, as on the other paths. `report` gets the bytes copied so far.
+///
+/// With `claims` (a balanced split), the files go last first and each from its end
+/// backwards, every window's reads claimed before its pages are registered, until the
+/// pinned slots (going forwards) are met.
+#[allow(clippy::too_many_arguments)]
 fn load_registered(
     sink: &CudaSink<'_>,
     plan: &Plan,
     shape: regplan::RegShape,
     stream: sys::CUstream,
     scratch: Option<&DeviceBuf>,
+    claims: Option<&regplan::Claims>,
     cancelled: &dyn Fn() -> bool,
     report: &dyn Fn(u64),
 ) -> Result<Registration> {
@@ -1215,12 +1262,29 @@ fn load_registered(
         report(done);
     };
     let mut first = true;
-    for (fi, fp) in plan.files.iter().enumerate() {
-        let mut ops: Vec<&ReadOp> = fp.reads.iter().filter(|op| op.required > 0).collect();
+    let backwards = claims.is_some();
+    let order: Vec<usize> = if backwards {
+        (0..plan.files.len()).rev().collect()
+    } else {
+        (0..plan.files.len()).collect()
+    };
+    for fi in order {
+        let fp = plan.files.get(fi).ok_or_else(|| internal("file"))?;
+        let mut ops: Vec<(usize, &ReadOp)> = fp
+            .reads
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| op.required > 0)
+            .collect();
         if ops.is_empty() {
             continue;
         }
-        ops.sort_by_key(|op| op.offset);
+        if backwards {
+            ops.sort_by_key(|(_, op)| std::cmp::Reverse((op.offset + op.required, op.offset)));
+        } else {
+            ops.sort_by_key(|(_, op)| op.offset);
+        }
+        let (ids, ops): (Vec<usize>, Vec<&ReadOp>) = ops.into_iter().unzip();
         let open = io::open_checked(&fp.path, false, fp.file_len)?;
         // SAFETY: a read-only shared map that this process never reads through: only
         // the driver pins its pages and the copy engine reads them (see above).
@@ -1229,7 +1293,13 @@ fn load_registered(
         let base = map.as_ptr() as u64;
         let pages_end = (map.len() as u64).next_multiple_of(4096);
         let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
-        let sched = regplan::schedule(&ranges, shape.window_bytes, pages_end);
+        let sched = if backwards {
+            regplan::schedule_backwards(&ranges, shape.window_bytes, pages_end)
+        } else {
+            regplan::schedule(&ranges, shape.window_bytes, pages_end)
+        };
+        let mut reg_starts: Vec<u64> = sched.regs.iter().map(|g| base + g.start).collect();
+        reg_starts.sort_unstable();
         let pinner = MapPinner {
             ctx: &sink.staging.ctx,
             start: base as usize,
@@ -1241,8 +1311,11 @@ fn load_registered(
             scratch,
             file: fi,
             ops: &ops,
+            ids: &ids,
+            taken: vec![false; ops.len()],
+            claims,
             base,
-            reg_starts: sched.regs.iter().map(|g| base + g.start).collect(),
+            reg_starts,
             events: Default::default(),
             stats: &mut stats,
         };
@@ -1258,27 +1331,34 @@ fn load_registered(
             &mut copied,
         )?;
         drop(windows);
-        if let regplan::FileOutcome::Refused(why) = outcome {
-            return Ok(Registration::Refused(why));
-        }
+        let met = match outcome {
+            regplan::FileOutcome::Refused(why) => return Ok(Registration::Refused(why)),
+            regplan::FileOutcome::Met => true,
+            regplan::FileOutcome::Copied => false,
+        };
         drop(map);
         io::close_checked(&fp.path, open)?;
+        if met {
+            break;
+        }
     }
     Ok(Registration::Done(stats))
 }
 
 /// Runs `plan`'s reads through the pinned slots: the I/O engine fills them, each is
 /// copied (or converted) on the staging's stream.
+#[allow(clippy::too_many_arguments)]
 fn run_slots(
     loader: &crate::loader::Loader,
     sink: &CudaSink<'_>,
     plan: &Plan,
+    claims: Option<&regplan::Claims>,
     choice: &IoChoice,
     depth: usize,
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<IoStats> {
-    let mut slots = SlotSink::new(sink);
+    let mut slots = SlotSink::new(sink, claims);
     let fixed = slots.fixed_buffers();
     let mut engine = loader.engine(io::new_engine(
         choice.engine,
@@ -1318,25 +1398,52 @@ impl Drop for OwnStream {
     }
 }
 
-/// A load of cached files split two ways at once ([`regplan::split_plan`]): the
-/// pinned slots copy `slot_plan` on this thread while another copies `reg_plan`
-/// straight from the registered page cache on a stream of its own. Either side's
-/// failure stops the other. Returns the reads' statistics and, when the driver refused
-/// the first registration, why (the registered share then went through the slots).
+/// How a split load divides its reads.
+enum Division<'a> {
+    /// Fixed parts ([`regplan::split_plan`]): the registered side's and the slots'.
+    Fixed {
+        registered: &'a Plan,
+        slots: &'a Plan,
+    },
+    /// The whole plan, each read to the side that claims it first
+    /// ([`regplan::Claims`]).
+    Balanced(&'a Plan),
+}
+
+/// What a split load did: the reads' statistics, the bytes the registered side
+/// copied, and, when the driver refused the first registration, why (the registered
+/// side's reads then went through the slots).
+struct SplitDone {
+    stats: IoStats,
+    registered_bytes: u64,
+    refused: Option<String>,
+}
+
+/// A load of cached files split two ways at once: the pinned slots copy their reads
+/// on this thread while another copies the registered side's straight from the
+/// registered page cache on a stream of its own. Either side's failure stops the other.
 #[allow(clippy::too_many_arguments)]
 fn load_split(
     loader: &crate::loader::Loader,
     sink: &CudaSink<'_>,
-    reg_plan: &Plan,
-    slot_plan: &Plan,
+    division: Division<'_>,
     choice: &IoChoice,
     depth: usize,
     shape: regplan::RegShape,
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
-) -> Result<(IoStats, Option<String>)> {
+) -> Result<SplitDone> {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let total = reg_plan.required_bytes() + slot_plan.required_bytes();
+    let (reg_plan, slot_plan, claims) = match division {
+        Division::Fixed { registered, slots } => (registered, slots, None),
+        Division::Balanced(plan) => (plan, plan, Some(regplan::Claims::new(plan))),
+    };
+    let claims = claims.as_ref();
+    let total = if claims.is_some() {
+        reg_plan.required_bytes()
+    } else {
+        reg_plan.required_bytes() + slot_plan.required_bytes()
+    };
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     // Bytes done by the registered side and by the slots, reported as one sum.
     let tell = |reg: u64| {
@@ -1372,6 +1479,7 @@ fn load_split(
                 shape,
                 stream.0,
                 scratch.as_ref(),
+                claims,
                 &|| stop_reg.is_cancelled(),
                 &tell,
             );
@@ -1384,6 +1492,7 @@ fn load_split(
             loader,
             sink,
             slot_plan,
+            claims,
             choice,
             depth,
             Some(&stop_slots),
@@ -1405,16 +1514,27 @@ fn load_split(
     match reg {
         Registration::Done(r) => {
             stats.merge(&r);
-            Ok((stats, None))
+            Ok(SplitDone {
+                stats,
+                registered_bytes: r.bytes_read,
+                refused: None,
+            })
         }
         Registration::Refused(why) => {
             tracing::debug!("registered page cache refused ({why}): its share through the slots");
+            // What the registered side had: all its part, or the reads it claimed.
+            let rest = claims.map(|c| c.registered_part(reg_plan));
+            let rest = rest.as_ref().unwrap_or(reg_plan);
             // The slots' copies of the first part are done before they are refilled.
             sink.synchronize()?;
-            let more = run_slots(loader, sink, reg_plan, choice, depth, cancel, None)?;
+            let more = run_slots(loader, sink, rest, None, choice, depth, cancel, None)?;
             stats.merge(&more);
-            tell(reg_plan.required_bytes());
-            Ok((stats, Some(why)))
+            tell(rest.required_bytes());
+            Ok(SplitDone {
+                stats,
+                registered_bytes: 0,
+                refused: Some(why),
+            })
         }
     }
 }
@@ -1493,6 +1613,7 @@ pub(crate) fn load(
                     shape,
                     sink.staging.stream,
                     scratch,
+                    None,
                     &|| cancel.is_some_and(CancelToken::is_cancelled),
                     &|done| {
                         if let Some(p) = progress {
@@ -1519,46 +1640,61 @@ pub(crate) fn load(
         path = Some(("mmap", all_slots(&why)));
     }
     // Cached files with a registered share: both paths at once.
-    let share = loader.registered_share_value();
+    let split = loader.split_value();
     let cached = choice.files.iter().all(|m| !m.direct);
-    if !registering && share > 0.0 && !cached {
+    if !registering && split != Split::Off && !cached {
         tracing::debug!("registered share not used: not every file is in the page cache");
     }
-    if !registering && share > 0.0 && cached {
+    if !registering && split != Split::Off && cached {
         match registration_refused(&ctx) {
             Some(why) => {
                 tracing::debug!("registered page cache refused ({why}): all through pinned slots");
                 path = Some((choice.path_name(0), all_slots(&why)));
             }
             None => {
-                let (reg_plan, slot_plan) = regplan::split_plan(plan, share, |_| true);
-                if reg_plan.required_bytes() > 0 {
+                let parts;
+                let division = match split {
+                    Split::Share(share) => {
+                        parts = regplan::split_plan(plan, share, |_| true);
+                        (parts.0.required_bytes() > 0).then_some(Division::Fixed {
+                            registered: &parts.0,
+                            slots: &parts.1,
+                        })
+                    }
+                    _ => Some(Division::Balanced(plan)),
+                };
+                if let Some(division) = division {
                     let shape = regplan::RegShape::new(staging_bytes, (depth / 4).max(1));
-                    let (stats, refused) = load_split(
-                        loader, &sink, &reg_plan, &slot_plan, choice, depth, shape, cancel,
-                        progress,
+                    let done = load_split(
+                        loader, &sink, division, choice, depth, shape, cancel, progress,
                     )?;
-                    let how = match refused {
+                    let how = match done.refused {
                         None => (
                             "split+registered",
                             format!(
                                 "{:.0}% of the bytes copied straight from the registered page \
-                                 cache ({} registering thread{}), the rest through pinned \
+                                 cache ({} registering thread{}{}), the rest through pinned \
                                  slots ({})",
-                                share * 100.0,
+                                done.registered_bytes as f64 * 100.0
+                                    / plan.required_bytes().max(1) as f64,
                                 shape.threads,
                                 if shape.threads == 1 { "" } else { "s" },
+                                if split == Split::Balanced {
+                                    ", balanced: each read to the side that reached it first"
+                                } else {
+                                    ""
+                                },
                                 choice.path_name(0)
                             ),
                         ),
                         Some(why) => (choice.path_name(0), all_slots(&why)),
                     };
-                    return complete(sink, "split", stats, Some(how));
+                    return complete(sink, "split", done.stats, Some(how));
                 }
             }
         }
     }
-    let stats = run_slots(loader, &sink, plan, choice, depth, cancel, progress)?;
+    let stats = run_slots(loader, &sink, plan, None, choice, depth, cancel, progress)?;
     complete(sink, choice.path_name(0), stats, path)
 }
 

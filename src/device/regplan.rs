@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -124,6 +125,27 @@ pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) 
     out
 }
 
+/// [`schedule`] for a file read from its end backwards: `reads` sorted by end,
+/// descending (length > 0). Each window holds the reads just below the previous one's,
+/// and registers the pages below what is registered already; the schedule is that of
+/// the file mirrored (offset `o` as `pages_end - o`), with `regs` in the file's own
+/// offsets. `pages_end` is a multiple of 4096 at or past every read's end.
+pub(crate) fn schedule_backwards(
+    reads: &[(u64, u64)],
+    window_bytes: u64,
+    pages_end: u64,
+) -> RegSchedule {
+    let mirrored: Vec<(u64, u64)> = reads
+        .iter()
+        .map(|&(off, len)| (pages_end.saturating_sub(off.saturating_add(len)), len))
+        .collect();
+    let mut s = schedule(&mirrored, window_bytes, pages_end);
+    for g in &mut s.regs {
+        (g.start, g.end) = (pages_end - g.end, pages_end - g.start);
+    }
+    s
+}
+
 /// Splits the host range `[start, start + len)` where a registration begins: the driver
 /// treats each registration as an allocation of its own and refuses a copy whose source
 /// runs from one into the next (`CUDA_ERROR_INVALID_VALUE`), even when both are
@@ -203,6 +225,73 @@ pub(crate) fn split_plan(
     (registered, slots)
 }
 
+/// Who has each read of a balanced split load. The pinned slots take reads in the
+/// plan's order, from the first file's start; the registered page cache takes them
+/// window by window from the last file's end backwards; each claims a read before it
+/// starts on it, so every read goes to exactly one side and the two meet wherever
+/// their speeds bring them, with no share to guess.
+pub(crate) struct Claims {
+    files: Vec<Vec<AtomicU8>>,
+}
+
+const FREE: u8 = 0;
+const SLOTS: u8 = 1;
+const REGISTERED: u8 = 2;
+
+impl Claims {
+    /// Every read of `plan` free.
+    pub(crate) fn new(plan: &crate::plan::Plan) -> Claims {
+        Claims {
+            files: plan
+                .files
+                .iter()
+                .map(|f| f.reads.iter().map(|_| AtomicU8::new(FREE)).collect())
+                .collect(),
+        }
+    }
+
+    fn claim(&self, file: usize, read: usize, side: u8) -> bool {
+        match self.files.get(file).and_then(|f| f.get(read)) {
+            Some(c) => match c.compare_exchange(FREE, side, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => true,
+                Err(had) => had == side,
+            },
+            // Not in the plan: only the slots, which do what they are given.
+            None => side == SLOTS,
+        }
+    }
+
+    /// Claims read `read` of file `file` for the pinned slots: true when it is theirs
+    /// (now or before), false when the registered side has it.
+    pub(crate) fn for_slots(&self, file: usize, read: usize) -> bool {
+        self.claim(file, read, SLOTS)
+    }
+
+    /// Claims read `read` of file `file` for the registered page cache.
+    pub(crate) fn for_registered(&self, file: usize, read: usize) -> bool {
+        self.claim(file, read, REGISTERED)
+    }
+
+    /// `plan` with only the reads the registered side claimed (what the slots must do
+    /// after all when the driver refused its first registration).
+    pub(crate) fn registered_part(&self, plan: &crate::plan::Plan) -> crate::plan::Plan {
+        let mut part = plan.clone();
+        for (f, fp) in part.files.iter_mut().enumerate() {
+            let mut k = 0;
+            fp.reads.retain(|_| {
+                let keep = self
+                    .files
+                    .get(f)
+                    .and_then(|c| c.get(k))
+                    .is_some_and(|c| c.load(Ordering::Acquire) == REGISTERED);
+                k += 1;
+                keep
+            });
+        }
+        part
+    }
+}
+
 /// How the registered path goes: the span of each window and how many threads
 /// register (and give back) windows ahead of the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,12 +334,31 @@ pub(crate) trait Windows {
     fn poll(&mut self, w: usize) -> Result<Option<u64>>;
     /// Waits for every copy enqueued, whatever happened before (after an error).
     fn settle(&mut self);
+    /// Claims window `w`'s reads for this side, just before they are copied. In a
+    /// balanced split the pinned slots may have taken some already, and then this
+    /// side stops after this window. By default every read is this side's.
+    fn claim(&mut self, _w: usize, _reads: Range<usize>) -> Claimed {
+        Claimed::All
+    }
+}
+
+/// How much of a window [`Windows::claim`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    All,
+    /// Some of its reads: it is this side's last window.
+    Last,
+    /// None: this side stops before it.
+    Nothing,
 }
 
 /// What became of one file on the registered path.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FileOutcome {
     Copied,
+    /// Copied up to where the other side of a balanced split had reached: this side
+    /// has nothing more to do in this file or any other.
+    Met,
     /// The driver refused the load's first registration; nothing was copied.
     Refused(String),
 }
@@ -535,7 +643,26 @@ fn main_thread(
             }
             *first = false;
         }
-        windows.copy(w, step.reads.clone())?;
+        // Claimed as late as possible, once its pages are registered: the other side of
+        // a balanced split may take reads up to here, and they meet within a window.
+        let claimed = windows.claim(w, step.reads.clone());
+        if claimed != Claimed::Nothing {
+            windows.copy(w, step.reads.clone())?;
+        }
+        if claimed != Claimed::All {
+            // Met: the rest is the other side's. Once the registrations asked ahead
+            // have been made and the copies are done, everything goes back.
+            for ahead in w + 1..asked {
+                if let Some(r) = sched.steps.get(ahead).and_then(|s| s.register) {
+                    let _ = reg.wait(r)?;
+                }
+            }
+            copied(windows.wait(usize::MAX)?);
+            for r in 0..sched.regs.len() {
+                reg.give_back(r);
+            }
+            return Ok(FileOutcome::Met);
+        }
     }
     for r in retiring
         .into_iter()
@@ -555,7 +682,17 @@ mod tests {
 
     /// Checks the schedule's promises for `reads`.
     fn check(reads: &[(u64, u64)], window: u64, pages_end: u64) {
-        let s = schedule(reads, window, pages_end);
+        check_schedule(
+            reads,
+            &schedule(reads, window, pages_end),
+            window,
+            pages_end,
+        );
+    }
+
+    /// Checks the promises of `s`, a schedule of `reads` (in the order its windows
+    /// take them) in a file whose last page ends at `pages_end`.
+    fn check_schedule(reads: &[(u64, u64)], s: &RegSchedule, window: u64, pages_end: u64) {
         // Windows cover the reads in order, once each.
         let mut next = 0;
         for st in &s.steps {
@@ -564,14 +701,16 @@ mod tests {
             next = st.reads.end;
         }
         assert_eq!(next, reads.len());
-        // Registrations: page-aligned, inside the file's pages, disjoint, in order.
-        for (k, r) in s.regs.iter().enumerate() {
+        // Registrations: page-aligned, inside the file's pages, disjoint.
+        let mut by_start = s.regs.clone();
+        by_start.sort_by_key(|r| r.start);
+        for (k, r) in by_start.iter().enumerate() {
             assert!(
                 r.start % PAGE == 0 && r.start < r.end && r.end <= pages_end,
                 "{r:?}"
             );
             assert!(r.end % PAGE == 0 || r.end == pages_end);
-            if let Some(prev) = k.checked_sub(1).and_then(|p| s.regs.get(p)) {
+            if let Some(prev) = k.checked_sub(1).and_then(|p| by_start.get(p)) {
                 assert!(prev.end <= r.start, "{prev:?} overlaps {r:?}");
             }
         }
@@ -614,7 +753,7 @@ mod tests {
         }
         // Each read, split where registrations begin, gives pieces that lie inside one
         // registration each and cover the read exactly.
-        let starts: Vec<u64> = s.regs.iter().map(|r| r.start).collect();
+        let starts: Vec<u64> = by_start.iter().map(|r| r.start).collect();
         for &(off, len) in reads {
             let pieces = split_at_registrations(off, len, &starts);
             let mut at = 0;
@@ -775,6 +914,10 @@ mod tests {
         bytes: std::collections::BTreeMap<usize, u64>,
         polls: usize,
         slow: bool,
+        /// A balanced split's claims, with each read's index among the file's reads;
+        /// which reads this side claimed.
+        claims: Option<(&'a Claims, Vec<usize>)>,
+        taken: Vec<bool>,
     }
 
     impl FakeWindows<'_> {
@@ -802,7 +945,10 @@ mod tests {
             }
             let base = self.file.as_ptr() as u64;
             let mut f = self.fake.lock().unwrap();
-            for &(off, len) in &self.reads[reads] {
+            for (k, &(off, len)) in reads.clone().zip(&self.reads[reads]) {
+                if self.claims.is_some() && !self.taken[k] {
+                    continue;
+                }
                 for (at, n) in split_at_registrations(base + off, len, &self.starts) {
                     let (a, n) = ((base + off + at) as usize, n as usize);
                     if !f.regs.iter().any(|(&s, &l)| s <= a && a + n <= s + l) {
@@ -835,6 +981,23 @@ mod tests {
 
         fn settle(&mut self) {
             self.complete(usize::MAX);
+        }
+
+        fn claim(&mut self, _w: usize, reads: Range<usize>) -> Claimed {
+            let Some((claims, ids)) = &self.claims else {
+                return Claimed::All;
+            };
+            let (mut got, mut missed) = (false, false);
+            for k in reads {
+                self.taken[k] = claims.for_registered(0, ids[k]);
+                got |= self.taken[k];
+                missed |= !self.taken[k];
+            }
+            match (got, missed) {
+                (_, false) => Claimed::All,
+                (true, true) => Claimed::Last,
+                (false, true) => Claimed::Nothing,
+            }
         }
     }
 
@@ -898,6 +1061,8 @@ mod tests {
             bytes: Default::default(),
             polls: 0,
             slow,
+            claims: None,
+            taken: Vec::new(),
         };
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let cancelled = || {
@@ -958,6 +1123,142 @@ mod tests {
         }
         f.violations.clear();
         (out, f)
+    }
+
+    /// A balanced split's registered side going backwards through one file, `reads`
+    /// sorted by offset: the slots have claimed the first `prefix` reads already and,
+    /// when `racing`, claim the rest forwards on another thread meanwhile. Every read
+    /// ends up with exactly one side; the registered side copies exactly its own,
+    /// byte for byte, stops where it meets the slots and gives everything back.
+    fn carry_backwards(reads: &[(u64, u64)], shape: RegShape, prefix: usize, racing: bool) {
+        use rand::{RngCore, SeedableRng};
+        let n = reads.len();
+        let pages_end = reads
+            .iter()
+            .map(|&(o, l)| o + l)
+            .max()
+            .unwrap_or(0)
+            .next_multiple_of(PAGE);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(pages_end ^ n as u64);
+        let mut file = vec![0u8; pages_end as usize];
+        rng.fill_bytes(&mut file);
+        let base = file.as_ptr() as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&k| std::cmp::Reverse((reads[k].0 + reads[k].1, reads[k].0)));
+        let back: Vec<(u64, u64)> = order.iter().map(|&k| reads[k]).collect();
+        let sched = schedule_backwards(&back, shape.window_bytes, pages_end);
+        check_schedule(&back, &sched, shape.window_bytes, pages_end);
+        let claims = Claims {
+            files: vec![(0..n).map(|_| AtomicU8::new(FREE)).collect()],
+        };
+        for k in 0..prefix.min(n) {
+            assert!(claims.for_slots(0, k));
+        }
+        let fake = Mutex::new(Fake::default());
+        let pinner = FakePinner {
+            fake: &fake,
+            fail_register: None,
+            fail_give_back: None,
+            delay: std::time::Duration::from_micros(50),
+        };
+        let mut starts: Vec<u64> = sched.regs.iter().map(|g| base as u64 + g.start).collect();
+        starts.sort_unstable();
+        let mut windows = FakeWindows {
+            fake: &fake,
+            file: &file,
+            out: vec![0; file.len()],
+            reads: &back,
+            starts,
+            fail_copy: None,
+            bytes: Default::default(),
+            polls: 0,
+            slow: false,
+            claims: Some((&claims, order.clone())),
+            taken: vec![false; n],
+        };
+        let mut copied = 0;
+        let out = std::thread::scope(|scope| {
+            if racing {
+                scope.spawn(|| {
+                    for k in 0..n {
+                        claims.for_slots(0, k);
+                        std::thread::sleep(std::time::Duration::from_micros(30));
+                    }
+                });
+            }
+            carry_out(
+                &sched,
+                base,
+                shape,
+                std::path::Path::new("m.safetensors"),
+                &pinner,
+                &mut windows,
+                &mut true,
+                &|| false,
+                &mut |b| copied += b,
+            )
+        });
+        let out_bytes = std::mem::take(&mut windows.out);
+        drop(windows);
+        let f = fake.into_inner().unwrap();
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        assert!(f.regs.is_empty(), "left registered: {:?}", f.regs);
+        assert!(f.pending.is_empty());
+        let owner: Vec<u8> = claims.files[0]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let mine: Vec<usize> = (0..n).filter(|&k| owner[k] == REGISTERED).collect();
+        assert!(owner[..prefix.min(n)].iter().all(|&o| o == SLOTS));
+        if racing {
+            assert!(
+                owner.iter().all(|&o| o != FREE),
+                "a read nobody took: {owner:?}"
+            );
+        }
+        let met = owner.contains(&SLOTS);
+        assert_eq!(
+            out.unwrap(),
+            if met {
+                FileOutcome::Met
+            } else {
+                FileOutcome::Copied
+            },
+            "{owner:?}"
+        );
+        assert_eq!(
+            copied,
+            mine.iter().map(|&k| reads[k].1).sum::<u64>(),
+            "progress"
+        );
+        for &k in &mine {
+            let (o, l) = (reads[k].0 as usize, reads[k].1 as usize);
+            assert!(out_bytes[o..o + l] == file[o..o + l], "read {o}+{l}");
+        }
+        // The registered side took the file's end: in its order (by end, descending),
+        // every read before the first one the slots had is its own.
+        let met_at = order.iter().position(|&k| owner[k] == SLOTS).unwrap_or(n);
+        assert!(
+            order[..met_at].iter().all(|&k| owner[k] == REGISTERED),
+            "{owner:?} in order {order:?}"
+        );
+    }
+
+    #[test]
+    fn a_balanced_split_meets_the_slots_where_they_stopped() {
+        let reads: Vec<(u64, u64)> = (0..40)
+            .map(|i| (i * 3 * PAGE + 100, 2 * PAGE + 7))
+            .collect();
+        for threads in [1, 3, 8] {
+            let shape = RegShape {
+                window_bytes: 5 * PAGE,
+                threads,
+            };
+            for prefix in [0, 1, 17, 39, 40] {
+                carry_backwards(&reads, shape, prefix, false);
+            }
+            carry_backwards(&reads, shape, 0, true);
+        }
     }
 
     fn plan_of(files: &[Vec<(u64, u64)>]) -> crate::plan::Plan {
@@ -1142,6 +1443,28 @@ mod tests {
             reads.sort_unstable();
             let end = reads.iter().map(|&(o, l)| o + l).max().unwrap_or(0);
             check(&reads, window, end.next_multiple_of(PAGE));
+            // The same reads from the file's end backwards.
+            reads.sort_unstable_by_key(|&(o, l)| std::cmp::Reverse((o + l, o)));
+            let pages_end = end.next_multiple_of(PAGE);
+            let back = schedule_backwards(&reads, window, pages_end);
+            check_schedule(&reads, &back, window, pages_end);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn a_balanced_split_gives_each_read_to_one_side(
+            raw in proptest::collection::vec((0u64..400_000, 1u64..60_000), 1..40),
+            window in prop_oneof![Just(1u64), 1u64..50_000, 50_000u64..500_000],
+            threads in 1usize..9,
+            prefix in 0usize..45,
+            racing in any::<bool>(),
+        ) {
+            let mut reads = raw;
+            reads.sort_unstable();
+            let shape = RegShape { window_bytes: window, threads };
+            carry_backwards(&reads, shape, prefix, racing);
         }
     }
 }

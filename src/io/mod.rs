@@ -190,6 +190,12 @@ pub(crate) trait Sink {
     fn destination(&mut self, _file: usize, _op: &ReadOp) -> Option<(*mut u8, usize)> {
         None
     }
+    /// Whether this load does read `read` of file `file` now; a load that shares its
+    /// reads with another path (a balanced split to a CUDA device) leaves the ones the
+    /// other path claimed. By default every read.
+    fn wants(&mut self, _file: usize, _read: usize) -> bool {
+        true
+    }
 }
 
 /// One read handed to an engine.
@@ -569,6 +575,15 @@ fn run(
         while inflight.len() < depth {
             let Some(&(f, r)) = jobs.get(next) else { break };
             let (fp, op) = job(plan, f, r)?;
+            if !sink.wants(f, r) {
+                // Another path has this read: done here, as far as the file goes.
+                next += 1;
+                if let Some(p) = &prefaulter {
+                    p.advance(next);
+                }
+                read_done(&mut remaining, &mut open, engine, f, &fp.path)?;
+                continue;
+            }
             let slot = open.get_mut(f).ok_or_else(|| internal("file index"))?;
             if slot.is_none() {
                 let direct = choice.files.get(f).is_some_and(|m| m.direct);
@@ -652,14 +667,7 @@ fn run(
                         if let Some(p) = progress {
                             p(bytes_done, total);
                         }
-                        let rem = remaining.get_mut(j.file).ok_or_else(|| internal("file"))?;
-                        *rem -= 1;
-                        if *rem == 0 {
-                            if let Some(o) = open.get_mut(j.file).and_then(Option::take) {
-                                engine.file_closed(o.file.as_raw_fd());
-                                close_checked(&fp.path, o)?;
-                            }
-                        }
+                        read_done(&mut remaining, &mut open, engine, j.file, &fp.path)?;
                         continue;
                     }
                 }
@@ -695,6 +703,26 @@ fn run(
             inflight.insert(d.id, j);
         }
     }
+}
+
+/// Counts one more read of file `f` done (or left to another path); after its last,
+/// closes the file, checking that it did not change meanwhile.
+fn read_done(
+    remaining: &mut [usize],
+    open: &mut [Option<OpenFile>],
+    engine: &mut dyn Engine,
+    f: usize,
+    path: &Path,
+) -> Result<()> {
+    let rem = remaining.get_mut(f).ok_or_else(|| internal("file"))?;
+    *rem -= 1;
+    if *rem == 0 {
+        if let Some(o) = open.get_mut(f).and_then(Option::take) {
+            engine.file_closed(o.file.as_raw_fd());
+            close_checked(path, o)?;
+        }
+    }
+    Ok(())
 }
 
 fn job(plan: &Plan, f: usize, r: usize) -> Result<(&crate::plan::FilePlan, &ReadOp)> {
