@@ -125,13 +125,17 @@ impl Loader {
 
     /// Largest single read, in bytes, rounded up to 4 KiB. By default, 4 MiB.
     pub fn chunk_size(mut self, bytes: u64) -> Self {
-        self.plan.chunk_size = bytes.max(1).div_ceil(4096) * 4096;
+        // Saturates instead of overflowing: planning then refuses the size by name.
+        self.plan.chunk_size = bytes
+            .max(1)
+            .checked_next_multiple_of(4096)
+            .unwrap_or(u64::MAX);
         self
     }
 
-    /// Reads in flight at once. By default, 16.
+    /// Reads in flight at once, from 1 to 4096. By default, 16.
     pub fn queue_depth(mut self, depth: usize) -> Self {
-        self.queue_depth = depth.max(1);
+        self.queue_depth = depth.clamp(1, 4096);
         self
     }
 

@@ -577,6 +577,11 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
         files.len(),
         a.opts.device
     );
+    // A load failing with `auto`, or with a backend named on the command line, fails the
+    // run (exit 1); among the default list, one this machine refuses (O_DIRECT on
+    // tmpfs, io_uring in a sandbox) is noted, as long as some load was measured.
+    let named = !a.backends.is_empty() || a.opts.io.is_some();
+    let (mut failed, mut measured) = (false, false);
     for &cold in &temps {
         for &backend in &backends {
             let mut opts = a.opts.clone();
@@ -631,10 +636,12 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                     }
                     Err(e) => {
                         note = format!(" (failed: {e})");
+                        failed |= named || backend == IoBackend::Auto;
                         break;
                     }
                 }
             }
+            measured |= !rates.is_empty();
             rates.sort_by(f64::total_cmp);
             let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
             let temp = if cold { "cold" } else { "warm" };
@@ -658,5 +665,9 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed || !measured {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -666,6 +666,34 @@ fn cuda_without_the_feature_or_a_device_is_an_error_not_a_panic() {
     }
 }
 
+/// Regressions: a queue depth or chunk size too large for memory or for the
+/// arithmetic aborted or panicked; `bench` exited 0 when every load had failed.
+#[test]
+fn extreme_settings_and_failed_benches_are_exit_codes_not_crashes() {
+    let fx = single();
+    let p = fx.path.to_str().unwrap();
+    for depth in ["100000000000", "18446744073709551615", "3000000000"] {
+        for io in ["pread", "buffered"] {
+            let o = run(["load", p, "--queue-depth", depth, "--io", io]);
+            assert!(
+                code(&o) == 0 || code(&o) == 1,
+                "--queue-depth {depth} --io {io}: exit {}: {}",
+                code(&o),
+                stderr(&o)
+            );
+        }
+    }
+    let o = run(["load", p, "--chunk-size", "1e30"]);
+    assert_code(&o, 1, "--chunk-size 1e30");
+    assert!(stderr(&o).contains("chunk size"), "{}", stderr(&o));
+    if !cfg!(feature = "cuda") {
+        let dir = disk_tempdir();
+        let o = bench_tiny(dir.path(), "1", &["--device", "cuda"]);
+        assert_code(&o, 1, "bench --device cuda without the feature");
+        assert!(stdout(&o).contains("failed"), "{}", stdout(&o));
+    }
+}
+
 /// `bench` on an 8 MB synthetic checkpoint written under `dir`, warm only.
 fn bench_tiny(dir: &Path, runs: &str, extra: &[&str]) -> Output {
     let mut args: Vec<&OsStr> = ["bench", "--size", "8M", "--warm", "--runs", runs]

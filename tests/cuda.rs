@@ -273,6 +273,69 @@ fn a_split_load_equals_host_loads() {
     }
 }
 
+/// Loads, copies back and frees leave the calling thread's current context as they
+/// found it: none on a thread that had none, and another device's context (as a
+/// framework or the CUDA runtime has current) on a thread that had it, which then
+/// still works.
+#[test]
+fn the_callers_current_context_is_left_as_it_was() {
+    use cudarc::driver::result;
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), 11);
+    std::fs::read(&path).unwrap(); // into the page cache
+    let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+    let current = || result::ctx::get_current().unwrap();
+    let loads = |had: Option<cudarc::driver::sys::CUcontext>| {
+        for (io, split) in [
+            (IoBackend::Pread, Split::Off),
+            (IoBackend::Mmap, Split::Off),
+            (IoBackend::Pread, Split::Balanced),
+        ] {
+            let what = format!("{io:?} {split:?}");
+            let l = Loader::new()
+                .device(Device::Cuda(0))
+                .io(io)
+                .split(split)
+                .dtype(Some(Dtype::F16))
+                .per_tensor_allocations(true);
+            let m = l.load(&path).unwrap();
+            assert_eq!(current(), had, "{what}: after the load");
+            assert_eq!(on_host(&m), want, "{what}");
+            assert_eq!(current(), had, "{what}: after copies back");
+            drop(m);
+            assert_eq!(current(), had, "{what}: after freeing the tensors");
+            drop(l);
+            assert_eq!(current(), had, "{what}: after freeing the staging");
+        }
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| loads(None));
+    });
+    if let Err(e) = Context::new(1) {
+        eprintln!("not run (a second device's context current): needs a second CUDA device ({e})");
+        return;
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let dev = result::device::get(1).unwrap();
+            // SAFETY: a device handle from cuDeviceGet; released below.
+            let ctx = unsafe { result::primary_ctx::retain(dev) }.unwrap();
+            // SAFETY: a retained context.
+            unsafe { result::ctx::set_current(ctx) }.unwrap();
+            loads(Some(ctx));
+            // SAFETY: the context is current; the memory is freed at once.
+            let p = unsafe { result::malloc_sync(4096) }.unwrap();
+            // SAFETY: allocated just above.
+            unsafe { result::free_sync(p) }.unwrap();
+            // SAFETY: retained above.
+            unsafe { result::primary_ctx::release(dev) }.unwrap();
+        });
+    });
+}
+
 /// A balanced split of a sharded checkpoint: the slots go forwards from the first
 /// shard while the registered page cache goes backwards from the last, each read to
 /// the side that claims it first. Equal to the host load for conversions, window
@@ -317,7 +380,11 @@ fn a_balanced_split_of_shards_equals_host_loads() {
                 assert_eq!(report.io_path, "split+registered", "{what}: {report:?}");
                 assert!(report.reason.contains("balanced"), "{what}: {report:?}");
                 let share: f64 = report.reason.split('%').next().unwrap().parse().unwrap();
-                assert!(share > 0.0 && share < 100.0, "{what}: {report:?}");
+                // With staging a small part of the checkpoint, neither side can take it
+                // all before the other starts (64 MiB of staging holds all 19 MB).
+                if staging < 4 << 20 {
+                    assert!(share > 0.0 && share < 100.0, "{what}: {report:?}");
+                }
             }
         }
     }

@@ -187,7 +187,7 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
     // (driver call:n-th, extra arguments, words the message must hold)
-    let cases: [(&str, &[&str], &str); 19] = [
+    let cases: [(&str, &[&str], &str); 20] = [
         ("cuInit:1", &[], "cuInit"),
         (
             "cuDevicePrimaryCtxRetain:1",
@@ -208,7 +208,12 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
         ("cuStreamCreate:1", &[], "cuStreamCreate"),
         ("cuEventCreate:3", &[], "cuEventCreate"),
         ("cuMemcpyHtoDAsync_v2:4", &[], "safetensors: bytes"),
-        ("cuEventRecord:3", &[], "cuEventRecord"),
+        ("cuEventRecord:3", &[], "safetensors: bytes"),
+        (
+            "cuEventSynchronize:1",
+            &["--io", "mmap", "--staging", "1M"],
+            "safetensors: waiting for copies",
+        ),
         (
             "cuEventSynchronize:1",
             &["--staging", "1M", "--chunk-size", "256K"],
@@ -269,6 +274,52 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             "{fail} {extra:?}: the message should name {words:?}: {err}"
         );
         report.assert_clean(&format!("{fail} {extra:?}"));
+    }
+}
+
+/// A failed conversion names the tensor it converts (regression: the tensor before
+/// it, which shares the read's aligned start, was named).
+#[test]
+fn a_failed_conversion_names_its_tensor() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let dtype_of_name = |name: &str| match name.rsplit('.').next() {
+        Some("bf16") => "BF16",
+        Some("f32") => "F32",
+        Some("f16") => "F16",
+        Some("e4m3") => "F8_E4M3",
+        Some("e5m2") => "F8_E5M2",
+        other => panic!("{name}: {other:?}"),
+    };
+    for n in 1..=4 {
+        let fail = format!("cuLaunchKernel:{n}");
+        let args = [
+            "load",
+            idx,
+            "--device",
+            "cuda",
+            "--dtype",
+            "F16",
+            "--staging",
+            "1M",
+        ];
+        let (out, _) = under_fake(&args, &[("FAKE_CUDA_FAIL", &fail)]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{fail}: {err}");
+        let name = err
+            .split("tensor '")
+            .nth(1)
+            .and_then(|r| r.split('\'').next());
+        let src = err
+            .split("launching convert ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next());
+        let (Some(name), Some(src)) = (name, src) else {
+            panic!("{fail}: no tensor or conversion named: {err}");
+        };
+        assert_eq!(dtype_of_name(name), src, "{fail}: {err}");
+        assert!(!err.contains(" more:"), "{fail}: one tensor: {err}");
     }
 }
 

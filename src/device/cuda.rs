@@ -107,6 +107,39 @@ fn driver_library_present() -> bool {
     })
 }
 
+/// The context current on the calling thread when made, made current again when
+/// dropped. tensorstream binds its contexts to the caller's thread for the driver calls
+/// it makes there (loads, copies back, frees); a caller with a context of its own
+/// current (a framework's, the CUDA runtime's, another device's) finds it current
+/// again afterwards, and a thread that had none is left with none.
+struct Restore(Option<sys::CUcontext>);
+
+impl Restore {
+    fn new() -> Restore {
+        if !driver_library_present() {
+            return Restore(None);
+        }
+        match result::ctx::get_current() {
+            Ok(c) => Restore(Some(c.unwrap_or(std::ptr::null_mut()))),
+            // Before cuInit no context can be current: the thread had none.
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_INITIALIZED => {
+                Restore(Some(std::ptr::null_mut()))
+            }
+            Err(_) => Restore(None),
+        }
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0 {
+            // SAFETY: `prev` was current on this thread when the guard was made (null
+            // unbinds); making it current again touches none of its memory.
+            let _ = unsafe { result::ctx::set_current(prev) };
+        }
+    }
+}
+
 /// A retained primary context of one device. Released when the last user drops it.
 #[derive(Debug)]
 pub struct Context {
@@ -131,6 +164,7 @@ impl Context {
                     .into(),
             ));
         }
+        let _restore = Restore::new();
         result::init().map_err(|e| cuda_err("cuInit failed (no usable GPU or driver?)", e))?;
         let count = result::device::get_count().map_err(|e| cuda_err("cuDeviceGetCount", e))?;
         if ordinal >= count.max(0) as usize {
@@ -144,11 +178,12 @@ impl Context {
         let ctx = unsafe { result::primary_ctx::retain(dev) }
             .map_err(|e| cuda_err("cuDevicePrimaryCtxRetain", e))?;
         let c = Arc::new(Context { ctx, dev, ordinal });
+        // Usable: it can be made current (the caller's current context comes back).
         c.bind()?;
         Ok(c)
     }
 
-    /// Makes this context current on the calling thread.
+    /// Makes this context current on the calling thread (and leaves it so).
     pub fn bind(&self) -> Result<()> {
         // SAFETY: ctx is a retained, not yet released primary context.
         unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| cuda_err("cuCtxSetCurrent", e))
@@ -242,6 +277,7 @@ impl DeviceBuf {
         if len == 0 {
             return Ok(out);
         }
+        let _restore = Restore::new();
         self.ctx.bind()?;
         // SAFETY: [ptr+offset, +len) lies inside this live allocation (checked above);
         // out has len bytes; the copy is synchronous.
@@ -256,6 +292,9 @@ impl Drop for DeviceBuf {
         if self.ptr == 0 {
             return;
         }
+        // Dropped before `ctx` (a field): the caller's context comes back while this
+        // one is still retained.
+        let _restore = Restore::new();
         if self.ctx.bind().is_ok() {
             // SAFETY: allocated in `alloc`, freed once; no copy into it is pending
             // (loads synchronise their stream before handing buffers out or failing).
@@ -492,6 +531,7 @@ impl Drop for Staging {
     /// Waits for the stream, then frees the slots and destroys the stream. A staging
     /// whose stream is null (a load's, once handed back to the loader) holds nothing.
     fn drop(&mut self) {
+        let _restore = Restore::new();
         if self.ctx.bind().is_err() {
             return;
         }
@@ -524,6 +564,7 @@ pub(crate) fn prepare(
     slot_len: u64,
     kind: StagingKind,
 ) -> Result<()> {
+    let _restore = Restore::new();
     let count = slots.max(2);
     let (mut staging, _) = Staging::reuse_or_new(Some(cache), ordinal, count, slot_len, kind)?;
     staging.fill(count)?;
@@ -890,16 +931,40 @@ impl CudaSink<'_> {
                 }
             }
         };
-        enqueue().map_err(|e| match self.where_read(file, op) {
+        enqueue().map_err(|e| self.at_read(file, op, e))
+    }
+
+    /// Error `e` with the file, byte range and tensor(s) of read `op` in front.
+    fn at_read(&self, file: usize, op: &ReadOp, e: Error) -> Error {
+        match self.where_read(file, op) {
             Some(place) => located(e, place),
             None => e,
-        })
+        }
+    }
+
+    /// Error `e` with file `file` in front.
+    fn in_file(&self, file: usize, e: Error) -> Error {
+        match self.plan.files.get(file) {
+            Some(f) => located(e, f.path.display()),
+            None => e,
+        }
     }
 
     /// The file, byte range and tensor(s) of read `op`.
     fn where_read(&self, file: usize, op: &ReadOp) -> Option<String> {
         let fp = self.plan.files.get(file)?;
         let (r0, r1) = (op.offset, op.offset + op.required);
+        // A conversion is of one tensor: name it and its bytes, not the neighbours
+        // that share the read's aligned start.
+        if let Target::Convert { tensor, skip, .. } = op.target {
+            let t = fp.tensors.get(tensor)?;
+            return Some(format!(
+                "{}: bytes {}..{r1}, tensor '{}'",
+                fp.path.display(),
+                r0 + skip,
+                t.name
+            ));
+        }
         let mut names = fp
             .tensors
             .iter()
@@ -981,7 +1046,7 @@ impl Sink for SlotSink<'_, '_> {
         sink.consume(stream, file, op, slot.mem.host, slot.scratch.as_ref(), &[])?;
         // SAFETY: event and stream are live until the staging is freed.
         unsafe { result::event::record(slot.event, stream) }
-            .map_err(|e| cuda_err("cuEventRecord", e))?;
+            .map_err(|e| sink.at_read(file, op, cuda_err("cuEventRecord", e)))?;
         self.order.push_back(i);
         Ok(())
     }
@@ -1144,7 +1209,7 @@ impl regplan::Windows for MapWindows<'_, '_> {
             bytes += op.required;
         }
         let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-            .map_err(|e| cuda_err("cuEventCreate", e))?;
+            .map_err(|e| self.sink.in_file(self.file, cuda_err("cuEventCreate", e)))?;
         self.events.push_back(WindowEvent {
             window: w,
             event,
@@ -1152,7 +1217,7 @@ impl regplan::Windows for MapWindows<'_, '_> {
         });
         // SAFETY: event and stream are live; the event marks this window's copies.
         unsafe { result::event::record(event, self.stream) }
-            .map_err(|e| cuda_err("cuEventRecord", e))
+            .map_err(|e| self.sink.in_file(self.file, cuda_err("cuEventRecord", e)))
     }
 
     fn wait(&mut self, w: usize) -> Result<u64> {
@@ -1165,7 +1230,10 @@ impl regplan::Windows for MapWindows<'_, '_> {
             let waited = unsafe { result::event::synchronize(e.event) };
             // SAFETY: destroyed once; nothing waits on it any more.
             let _ = unsafe { result::event::destroy(e.event) };
-            waited.map_err(|err| cuda_err("cuEventSynchronize", err))?;
+            waited.map_err(|err| {
+                let e = cuda_err("waiting for copies (cuEventSynchronize)", err);
+                self.sink.in_file(self.file, e)
+            })?;
             bytes += e.bytes;
         }
         Ok(bytes)
@@ -1181,7 +1249,9 @@ impl regplan::Windows for MapWindows<'_, '_> {
         match unsafe { sys::cuEventQuery(last.event) } {
             sys::CUresult::CUDA_SUCCESS => self.wait(w).map(Some),
             sys::CUresult::CUDA_ERROR_NOT_READY => Ok(None),
-            e => Err(cuda_err("cuEventQuery", result::DriverError(e))),
+            e => Err(self
+                .sink
+                .in_file(self.file, cuda_err("cuEventQuery", result::DriverError(e)))),
         }
     }
 
@@ -1555,6 +1625,7 @@ pub(crate) fn load(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
+    let _restore = Restore::new();
     let init_start = std::time::Instant::now();
     let planned = slots.max(2);
     let (kept, reused) =

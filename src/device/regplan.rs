@@ -1336,6 +1336,28 @@ mod tests {
     }
 
     #[test]
+    fn claims_give_each_read_to_one_side_and_the_registered_part_is_its_reads() {
+        let file: Vec<(u64, u64)> = (0..6u64).map(|i| (i * 100, 100)).collect();
+        let plan = plan_of(&[file.clone(), file]);
+        let claims = Claims::new(&plan);
+        assert!(claims.for_slots(0, 0) && claims.for_slots(0, 0));
+        assert!(!claims.for_registered(0, 0));
+        assert!(claims.for_registered(1, 5) && claims.for_registered(1, 5));
+        assert!(!claims.for_slots(1, 5));
+        assert!(claims.for_registered(0, 3));
+        // Out of the plan: the slots', never the registered side's.
+        assert!(claims.for_slots(2, 0) && !claims.for_registered(0, 99));
+        let part = claims.registered_part(&plan);
+        let offsets: Vec<Vec<u64>> = part
+            .files
+            .iter()
+            .map(|f| f.reads.iter().map(|op| op.offset).collect())
+            .collect();
+        assert_eq!(offsets, vec![vec![300], vec![500]]);
+        assert_eq!(part.required_bytes(), 200);
+    }
+
+    #[test]
     fn registration_shape_shares_the_staging() {
         assert_eq!(
             RegShape::new(64 << 20, 16),

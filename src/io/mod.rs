@@ -507,6 +507,10 @@ pub(crate) fn execute(
     progress: Option<&Progress>,
 ) -> Result<IoStats> {
     let mut stats = IoStats::default();
+    // The files stay open until every read queued on them is done: a read queued (but
+    // not yet handed to the kernel) when a load fails would otherwise be submitted on a
+    // file descriptor number that another thread may have reused meanwhile.
+    let mut open: Vec<Option<OpenFile>> = plan.files.iter().map(|_| None).collect();
     let r = run(
         plan,
         choice,
@@ -516,10 +520,12 @@ pub(crate) fn execute(
         cancel,
         progress,
         &mut stats,
+        &mut open,
     );
     if r.is_err() {
         engine.drain();
     }
+    drop(open);
     r.map(|()| stats)
 }
 
@@ -533,6 +539,7 @@ fn run(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
     stats: &mut IoStats,
+    open: &mut [Option<OpenFile>],
 ) -> Result<()> {
     let jobs: Vec<(usize, usize)> = plan
         .files
@@ -542,7 +549,6 @@ fn run(
         .collect();
     let total = plan.required_bytes();
     let mut remaining: Vec<usize> = plan.files.iter().map(|f| f.reads.len()).collect();
-    let mut open: Vec<Option<OpenFile>> = plan.files.iter().map(|_| None).collect();
     let mut inflight: HashMap<usize, InFlight> = HashMap::with_capacity(depth);
     let mut done = Vec::with_capacity(depth);
     let mut next = 0usize;
@@ -581,7 +587,7 @@ fn run(
                 if let Some(p) = &prefaulter {
                     p.advance(next);
                 }
-                read_done(&mut remaining, &mut open, engine, f, &fp.path)?;
+                read_done(&mut remaining, open, engine, f, &fp.path)?;
                 continue;
             }
             let slot = open.get_mut(f).ok_or_else(|| internal("file index"))?;
@@ -667,7 +673,7 @@ fn run(
                         if let Some(p) = progress {
                             p(bytes_done, total);
                         }
-                        read_done(&mut remaining, &mut open, engine, j.file, &fp.path)?;
+                        read_done(&mut remaining, open, engine, j.file, &fp.path)?;
                         continue;
                     }
                 }
@@ -819,6 +825,70 @@ pub fn drop_page_cache(path: &Path) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::CancelToken;
+
+    /// An engine that never completes a read: `drain` checks that the file descriptor
+    /// of every read it was handed is still open (a read submitted on a closed one reads
+    /// whatever file or socket another thread has opened under that number since).
+    struct FdCheck {
+        fds: Vec<super::RawFd>,
+        closed_at_drain: Vec<super::RawFd>,
+    }
+
+    impl super::Engine for FdCheck {
+        fn submit(&mut self, req: super::Req) -> std::io::Result<()> {
+            self.fds.push(req.fd);
+            Ok(())
+        }
+        fn wait(&mut self, _: &mut Vec<super::Done>) -> std::io::Result<()> {
+            Err(std::io::Error::other("this engine completes nothing"))
+        }
+        fn drain(&mut self) {
+            for &fd in &self.fds {
+                // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+                if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                    self.closed_at_drain.push(fd);
+                }
+            }
+        }
+    }
+
+    /// Regression: a load that failed (here: its second shard grew after validation)
+    /// closed its files before the engine drained the reads queued on them.
+    #[test]
+    fn a_failed_load_keeps_its_files_open_until_queued_reads_are_drained() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::synth::SynthSpec::for_size(3 << 20);
+        let path = crate::synth::write_checkpoint(dir.path(), &spec, 2, 7).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        let second = ckpt.shards[1].path.clone();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(second)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        let opts = crate::plan::PlanOptions {
+            chunk_size: 64 << 10,
+            ..Default::default()
+        };
+        let plan = crate::plan::plan(&ckpt, &opts).unwrap();
+        let paths: Vec<&std::path::Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
+        let choice = super::choose(super::IoBackend::Pread, &paths).unwrap();
+        let mut sink = crate::device::host::HostSink::new(&plan, 1, opts.slot_len(), None).unwrap();
+        let mut engine = FdCheck {
+            fds: Vec::new(),
+            closed_at_drain: Vec::new(),
+        };
+        let r = super::execute(&plan, &choice, &mut engine, &mut sink, 64, None, None);
+        assert!(r.is_err());
+        assert!(!engine.fds.is_empty());
+        assert!(
+            engine.closed_at_drain.is_empty(),
+            "reads queued on closed descriptors {:?}",
+            engine.closed_at_drain
+        );
+    }
 
     #[test]
     fn a_child_token_stops_with_its_parent_but_not_the_other_way() {

@@ -685,6 +685,13 @@ CUresult cuCtxSetCurrent(void* ctx) {
     return SUCCESS;
 }
 
+CUresult cuCtxGetCurrent(void** ctx) {
+    ENTER("cuCtxGetCurrent", INVALID_CONTEXT);
+    if (!s.initialized) return NOT_INITIALIZED;
+    *ctx = t_ctx;
+    return SUCCESS;
+}
+
 CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t len) {
     ENTER("cuMemAlloc_v2", OUT_OF_MEMORY);
     NEED_CONTEXT();
