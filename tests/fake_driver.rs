@@ -277,6 +277,31 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
     }
 }
 
+/// On a GPU older than the kernels' sm_80 (a T4, a V100), a load that converts says
+/// so and exits 1; one that converts nothing loads.
+#[test]
+fn conversions_on_a_pre_ampere_gpu_are_a_clear_error() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let old = [("FAKE_CUDA_CC", "7.5")];
+    let (out, report) = under_fake(&["load", idx, "--device", "cuda", "--dtype", "F16"], &old);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("compute capability 8.0 or newer (this one is 7.5)"),
+        "{err}"
+    );
+    report.assert_clean("--dtype F16 on 7.5");
+    let (out, report) = under_fake(&["load", idx, "--device", "cuda", "--digest"], &old);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        cpu_digests(&index, None)
+    );
+    report.assert_clean("no conversion on 7.5");
+}
+
 /// A failed conversion names the tensor it converts (regression: the tensor before
 /// it, which shares the read's aligned start, was named).
 #[test]

@@ -712,6 +712,25 @@ impl<'p> CudaSink<'p> {
     }
 
     fn load_kernels(&mut self) -> Result<()> {
+        // The PTX targets sm_80 (it uses Ampere's conversion instructions): an older
+        // GPU cannot JIT it, and the driver's error would not say why.
+        let ctx = &self.staging.ctx;
+        let cc = [
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+        ]
+        // SAFETY: ctx.dev is a device handle from cuDeviceGet.
+        .map(|a| unsafe { result::device::get_attribute(ctx.dev, a) });
+        if let [Ok(major), Ok(minor)] = cc {
+            if major < 8 {
+                return Err(Error::Cuda(format!(
+                    "cuda:{}: dtype conversion needs a GPU of compute capability 8.0 or newer \
+                     (this one is {major}.{minor}); load without --dtype to keep the \
+                     checkpoint's dtypes",
+                    ctx.ordinal
+                )));
+            }
+        }
         let image = CString::new(PTX).map_err(|_| Error::Cuda("PTX contains a NUL byte".into()))?;
         // SAFETY: image is a NUL-terminated PTX string alive for the call.
         let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
@@ -1098,6 +1117,17 @@ impl Drop for CudaSink<'_> {
     }
 }
 
+/// The system's page size: the driver pins memory in whole pages, so registrations
+/// that share one collide (4 KiB on x86-64; 64 KiB on some arm64 kernels).
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a system constant and has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match u64::try_from(p) {
+        Ok(p) if p.is_power_of_two() && p >= 4096 => p,
+        _ => 4096,
+    }
+}
+
 /// Why the device cannot copy straight from registered page-cache memory, if it cannot.
 fn registration_refused(ctx: &Context) -> Option<String> {
     for (attr, what) in [
@@ -1361,12 +1391,13 @@ fn load_registered(
         let map = unsafe { memmap2::Mmap::map(open.file()) }
             .map_err(|e| Error::io(&fp.path, "mmap", e))?;
         let base = map.as_ptr() as u64;
-        let pages_end = (map.len() as u64).next_multiple_of(4096);
+        let page = page_size();
+        let pages_end = (map.len() as u64).next_multiple_of(page);
         let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
         let sched = if backwards {
-            regplan::schedule_backwards(&ranges, shape.window_bytes, pages_end)
+            regplan::schedule_backwards(&ranges, shape.window_bytes, pages_end, page)
         } else {
-            regplan::schedule(&ranges, shape.window_bytes, pages_end)
+            regplan::schedule(&ranges, shape.window_bytes, pages_end, page)
         };
         let mut reg_starts: Vec<u64> = sched.regs.iter().map(|g| base + g.start).collect();
         reg_starts.sort_unstable();

@@ -55,12 +55,17 @@ pub(crate) struct RegSchedule {
     pub retire_at_end: Vec<usize>,
 }
 
-const PAGE: u64 = 4096;
-
 /// Plans the windows for `reads`, (offset, length) pairs sorted by offset with
 /// length > 0, in a file whose last page ends at `pages_end`; a window spans at most
-/// `window_bytes` of the file unless one read alone is longer.
-pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) -> RegSchedule {
+/// `window_bytes` of the file unless one read alone is longer. `page` is the system's
+/// page size (a power of two dividing `pages_end`): the driver pins whole pages, and
+/// two registrations may not share one.
+pub(crate) fn schedule(
+    reads: &[(u64, u64)],
+    window_bytes: u64,
+    pages_end: u64,
+    page: u64,
+) -> RegSchedule {
     let mut out = RegSchedule::default();
     // Registrations not yet given back, oldest first (indices into out.regs).
     let mut live: VecDeque<usize> = Default::default();
@@ -91,8 +96,8 @@ pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) 
             step.retire.push(r);
             live.pop_front();
         }
-        let start = (lo & !(PAGE - 1)).max(registered_to);
-        let end = hi.next_multiple_of(PAGE).min(pages_end);
+        let start = (lo & !(page - 1)).max(registered_to);
+        let end = hi.next_multiple_of(page).min(pages_end);
         if end > start {
             out.regs.push(RegRange {
                 start,
@@ -129,17 +134,18 @@ pub(crate) fn schedule(reads: &[(u64, u64)], window_bytes: u64, pages_end: u64) 
 /// descending (length > 0). Each window holds the reads just below the previous one's,
 /// and registers the pages below what is registered already; the schedule is that of
 /// the file mirrored (offset `o` as `pages_end - o`), with `regs` in the file's own
-/// offsets. `pages_end` is a multiple of 4096 at or past every read's end.
+/// offsets. `pages_end` is a multiple of `page` at or past every read's end.
 pub(crate) fn schedule_backwards(
     reads: &[(u64, u64)],
     window_bytes: u64,
     pages_end: u64,
+    page: u64,
 ) -> RegSchedule {
     let mirrored: Vec<(u64, u64)> = reads
         .iter()
         .map(|&(off, len)| (pages_end.saturating_sub(off.saturating_add(len)), len))
         .collect();
-    let mut s = schedule(&mirrored, window_bytes, pages_end);
+    let mut s = schedule(&mirrored, window_bytes, pages_end, page);
     for g in &mut s.regs {
         (g.start, g.end) = (pages_end - g.end, pages_end - g.start);
     }
@@ -680,19 +686,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const PAGE: u64 = 4096;
+
     /// Checks the schedule's promises for `reads`.
     fn check(reads: &[(u64, u64)], window: u64, pages_end: u64) {
         check_schedule(
             reads,
-            &schedule(reads, window, pages_end),
+            &schedule(reads, window, pages_end, PAGE),
             window,
             pages_end,
+            PAGE,
         );
     }
 
     /// Checks the promises of `s`, a schedule of `reads` (in the order its windows
     /// take them) in a file whose last page ends at `pages_end`.
-    fn check_schedule(reads: &[(u64, u64)], s: &RegSchedule, window: u64, pages_end: u64) {
+    fn check_schedule(
+        reads: &[(u64, u64)],
+        s: &RegSchedule,
+        window: u64,
+        pages_end: u64,
+        page_size: u64,
+    ) {
         // Windows cover the reads in order, once each.
         let mut next = 0;
         for st in &s.steps {
@@ -706,10 +721,10 @@ mod tests {
         by_start.sort_by_key(|r| r.start);
         for (k, r) in by_start.iter().enumerate() {
             assert!(
-                r.start % PAGE == 0 && r.start < r.end && r.end <= pages_end,
+                r.start % page_size == 0 && r.start < r.end && r.end <= pages_end,
                 "{r:?}"
             );
-            assert!(r.end % PAGE == 0 || r.end == pages_end);
+            assert!(r.end % page_size == 0 || r.end == pages_end);
             if let Some(prev) = k.checked_sub(1).and_then(|p| by_start.get(p)) {
                 assert!(prev.end <= r.start, "{prev:?} overlaps {r:?}");
             }
@@ -734,7 +749,7 @@ mod tests {
             // Every page every read of this window touches is registered now and
             // stays registered at least until after this window.
             for &(off, len) in &reads[st.reads.clone()] {
-                let mut page = off & !(PAGE - 1);
+                let mut page = off & !(page_size - 1);
                 while page < off + len {
                     let r = s
                         .regs
@@ -747,7 +762,7 @@ mod tests {
                     );
                     assert!(gone[r].is_none(), "page {page}: reg {r} already given back");
                     assert!(s.regs[r].last_use >= w, "reg {r} last_use below window {w}");
-                    page += PAGE;
+                    page += page_size;
                 }
             }
         }
@@ -780,7 +795,7 @@ mod tests {
         // Registered bytes held at once are bounded by a few windows (or a few of the
         // longest reads), whatever the file's size.
         let longest = reads.iter().map(|r| r.1).max().unwrap_or(0);
-        let bound = 4 * (window.max(longest) + 2 * PAGE);
+        let bound = 4 * (window.max(longest) + 2 * page_size);
         for w in 0..s.steps.len() {
             let held: u64 = (0..s.regs.len())
                 .filter(|&r| made[r].is_some_and(|m| m <= w) && gone[r].is_none_or(|g| g > w))
@@ -821,7 +836,7 @@ mod tests {
 
     #[test]
     fn one_window_for_a_small_file() {
-        let s = schedule(&[(4096, 100), (4200, 10)], 1 << 20, 8192);
+        let s = schedule(&[(4096, 100), (4200, 10)], 1 << 20, 8192, PAGE);
         assert_eq!(s.steps.len(), 1);
         assert_eq!(
             s.regs,
@@ -1032,7 +1047,7 @@ mod tests {
         let mut file = vec![0u8; pages_end as usize];
         rng.fill_bytes(&mut file);
         let base = file.as_ptr() as usize;
-        let sched = schedule(reads, shape.window_bytes, pages_end);
+        let sched = schedule(reads, shape.window_bytes, pages_end, PAGE);
         let n = sched.regs.len();
         let reg_addr = |k: usize| base + sched.regs[k % n].start as usize;
         let fake = Mutex::new(Fake::default());
@@ -1146,8 +1161,8 @@ mod tests {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&k| std::cmp::Reverse((reads[k].0 + reads[k].1, reads[k].0)));
         let back: Vec<(u64, u64)> = order.iter().map(|&k| reads[k]).collect();
-        let sched = schedule_backwards(&back, shape.window_bytes, pages_end);
-        check_schedule(&back, &sched, shape.window_bytes, pages_end);
+        let sched = schedule_backwards(&back, shape.window_bytes, pages_end, PAGE);
+        check_schedule(&back, &sched, shape.window_bytes, pages_end, PAGE);
         let claims = Claims {
             files: vec![(0..n).map(|_| AtomicU8::new(FREE)).collect()],
         };
@@ -1460,16 +1475,20 @@ mod tests {
         fn every_read_is_covered_while_it_copies(
             raw in proptest::collection::vec((0u64..3_000_000, 1u64..300_000), 1..60),
             window in prop_oneof![Just(1u64), 1u64..100_000, 100_000u64..2_000_000],
+            page in prop_oneof![Just(PAGE), Just(16 * PAGE)],
         ) {
+            // 4 KiB pages (x86-64) and 64 KiB ones (some arm64 kernels): no two
+            // registrations share a page, whichever.
             let mut reads = raw;
             reads.sort_unstable();
             let end = reads.iter().map(|&(o, l)| o + l).max().unwrap_or(0);
-            check(&reads, window, end.next_multiple_of(PAGE));
+            let pages_end = end.next_multiple_of(page);
+            let s = schedule(&reads, window, pages_end, page);
+            check_schedule(&reads, &s, window, pages_end, page);
             // The same reads from the file's end backwards.
             reads.sort_unstable_by_key(|&(o, l)| std::cmp::Reverse((o + l, o)));
-            let pages_end = end.next_multiple_of(PAGE);
-            let back = schedule_backwards(&reads, window, pages_end);
-            check_schedule(&reads, &back, window, pages_end);
+            let back = schedule_backwards(&reads, window, pages_end, page);
+            check_schedule(&reads, &back, window, pages_end, page);
         }
     }
 

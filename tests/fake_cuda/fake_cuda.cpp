@@ -18,9 +18,13 @@
 //   - host-to-device copies from pinned memory (cuMemHostAlloc or
 //     cuMemHostRegister) run on the stream; from pageable memory they run at once,
 //     after the stream's earlier work, as the driver does;
+//   - a host-to-device copy whose source is partly pinned (runs from one pinned or
+//     registered range into the next, or into pageable memory) is refused with
+//     CUDA_ERROR_INVALID_VALUE, as a real driver refused it;
 //   - cuMemHostRegister at page granularity: an overlap with a registered range is
 //     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, memory that is not writable needs
-//     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_NO_REGISTER=1 makes the device report
+//     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_CC=7.5 sets the compute capability the
+//     devices report (9.0 by default); FAKE_CUDA_NO_REGISTER=1 makes the device report
 //     no support and refuse;
 //   - the conversion kernels of kernels/convert.cu, compiled here for the host and
 //     run over the launch's whole grid, one simulated thread after another;
@@ -185,6 +189,7 @@ struct State {
     int devices = 1;
     size_t device_mem = size_t(4) << 30;
     bool no_register = false;
+    int cc = 90;  // compute capability x 10 (FAKE_CUDA_CC=7.5 gives 75)
     unsigned delay_us = 0;
     uint64_t fault_at = 0, ran = 0;  // FAKE_CUDA_ASYNC_FAULT; queued copies and kernels run
     std::string report;
@@ -272,6 +277,13 @@ const HostRange* in_pinned(uintptr_t p, size_t len) {
 
 bool overlaps(uintptr_t a, size_t alen, uintptr_t b, size_t blen) {
     return alen > 0 && blen > 0 && a < b + blen && b < a + alen;
+}
+
+// Whether [p, p + len) overlaps pinned or registered host memory. Lock held.
+bool touches_pinned(uintptr_t p, size_t len) {
+    for (auto& [start, r] : S().host)
+        if (overlaps(p, len, start, r.len)) return true;
+    return false;
 }
 
 // Whether an operation not yet finished reads or writes [p, p + len). Lock held.
@@ -515,6 +527,7 @@ void configure() {
     if (const char* v = std::getenv("FAKE_CUDA_DEVICES")) s.devices = std::atoi(v);
     if (const char* v = std::getenv("FAKE_CUDA_MEM")) s.device_mem = std::strtoull(v, nullptr, 10);
     if (const char* v = std::getenv("FAKE_CUDA_NO_REGISTER")) s.no_register = std::atoi(v) != 0;
+    if (const char* v = std::getenv("FAKE_CUDA_CC")) s.cc = (int)(std::atof(v) * 10 + 0.5);
     if (const char* v = std::getenv("FAKE_CUDA_DELAY_US")) s.delay_us = std::atoi(v);
     if (const char* v = std::getenv("FAKE_CUDA_REPORT")) s.report = v;
     if (const char* v = std::getenv("FAKE_CUDA_ASYNC_FAULT")) s.fault_at = std::strtoull(v, nullptr, 10);
@@ -630,6 +643,10 @@ CUresult cuDeviceGetAttribute(int* value, int attr, CUdevice dev) {
     if (!s.initialized) return NOT_INITIALIZED;
     if (dev < 0 || dev >= s.devices) return INVALID_DEVICE;
     switch (attr) {
+        case 75:  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+        case 76:  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR
+            *value = attr == 75 ? s.cc / 10 : s.cc % 10;
+            return SUCCESS;
         case 99:   // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
         case 113:  // CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED
             *value = s.no_register ? 0 : 1;
@@ -912,6 +929,10 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
         if (s.sticky != SUCCESS) return settled(lock);
         return enqueue(lock, stream, op);
     }
+    // A source that runs from pinned memory into memory outside that range (the next
+    // registration, or pageable memory): refused, as the real driver does (a copy
+    // from two adjacent registrations was seen refused on an H200).
+    if (!in_pinned((uintptr_t)src, len) && touches_pinned((uintptr_t)src, len)) return INVALID_VALUE;
     // Pageable (or the legacy stream): after the stream's earlier work, at once.
     s.htod_pageable++;
     if (stream != nullptr) {
