@@ -42,6 +42,25 @@ impl UringEngine {
         })
     }
 
+    /// After `io_uring_enter` failed for good: the reads the kernel took still land
+    /// in the caller's memory, and closing the ring does not wait for them, so poll
+    /// the completion queue until they are all in. Entries it never took (still in the
+    /// submission queue) read nothing and are dropped with the ring.
+    fn await_taken(&mut self) {
+        let mut sink = Vec::new();
+        loop {
+            self.reap(&mut sink);
+            sink.clear();
+            let untaken = self.ring.submission().len();
+            if self.in_flight <= untaken {
+                break;
+            }
+            // A system call: it also runs any completion work queued for this thread.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.in_flight = 0;
+    }
+
     fn reap(&mut self, out: &mut Vec<Done>) {
         for cqe in self.ring.completion() {
             let res = cqe.result();
@@ -107,8 +126,10 @@ impl Engine for UringEngine {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                // The ring is unusable; dropping it makes the kernel cancel and wait.
-                Err(_) => break,
+                Err(_) => {
+                    self.await_taken();
+                    break;
+                }
             }
             self.reap(&mut sink);
             sink.clear();
