@@ -31,6 +31,15 @@ fn fixture(dir: &Path, seed: u64) -> PathBuf {
     fixture_file(dir, seed, "cuda-fixture.safetensors", "")
 }
 
+/// The fixture of `seed` in a new directory (kept alive by the returned guard), read
+/// once so that it is in the page cache.
+fn cached_fixture(seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture(dir.path(), seed);
+    std::fs::read(&path).unwrap();
+    (dir, path)
+}
+
 /// `shards` files of the fixture (tensor names prefixed with the shard) in `dir`, a
 /// sharded checkpoint.
 fn sharded_fixture(dir: &Path, seed: u64, shards: u64) -> PathBuf {
@@ -171,9 +180,7 @@ fn the_registered_page_cache_path_equals_host_loads() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 5);
-    std::fs::read(&path).unwrap(); // into the page cache
+    let (_dir, path) = cached_fixture(5);
     for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
         let want = host_bytes(Loader::new().dtype(dtype), &path);
         // (chunk, staging, registrations in flight): one thread or several, windows
@@ -220,9 +227,7 @@ fn a_split_load_equals_host_loads() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 8);
-    std::fs::read(&path).unwrap(); // into the page cache
+    let (_dir, path) = cached_fixture(8);
     for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
         let want = host_bytes(Loader::new().dtype(dtype), &path);
         for (chunk, staging, depth) in [(4 << 20, 64 << 20, 16), (64 << 10, 256 << 10, 4)] {
@@ -283,9 +288,7 @@ fn the_callers_current_context_is_left_as_it_was() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 11);
-    std::fs::read(&path).unwrap(); // into the page cache
+    let (_dir, path) = cached_fixture(11);
     let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
     let current = || result::ctx::get_current().unwrap();
     let loads = |had: Option<cudarc::driver::sys::CUcontext>| {
@@ -636,9 +639,7 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 9);
-    std::fs::read(&path).unwrap(); // into the page cache
+    let (_dir, path) = cached_fixture(9);
     let want = host_bytes(Loader::new().dtype(Some(Dtype::BF16)), &path);
     let paths: [(&str, IoBackend, usize, Split); 5] = [
         ("slots", IoBackend::Pread, 4, Split::Off),
@@ -749,9 +750,7 @@ fn two_devices_load_at_once_from_two_threads() {
         eprintln!("not run: needs a second CUDA device ({e})");
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 10);
-    std::fs::read(&path).unwrap(); // into the page cache
+    let (_dir, path) = cached_fixture(10);
     let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
     let shared = Loader::new()
         .keep_staging(true)

@@ -1294,23 +1294,7 @@ impl regplan::Windows for MapWindows<'_, '_> {
         let Some(claims) = self.claims else {
             return regplan::Claimed::All;
         };
-        let (mut got, mut missed) = (false, false);
-        for k in reads {
-            let mine = self
-                .ids
-                .get(k)
-                .is_some_and(|&id| claims.for_registered(self.file, id));
-            if let Some(t) = self.taken.get_mut(k) {
-                *t = mine;
-            }
-            got |= mine;
-            missed |= !mine;
-        }
-        match (got, missed) {
-            (_, false) => regplan::Claimed::All,
-            (true, true) => regplan::Claimed::Last,
-            (false, true) => regplan::Claimed::Nothing,
-        }
+        claims.window_for_registered(self.file, self.ids, reads, &mut self.taken)
     }
 }
 

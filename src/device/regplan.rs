@@ -278,6 +278,32 @@ impl Claims {
         self.claim(file, read, REGISTERED)
     }
 
+    /// Claims window `reads` of file `file` for the registered side: `ids` holds each
+    /// of the file's (sorted) reads' index in the plan, `taken` gets which of the
+    /// window's reads this side got.
+    pub(crate) fn window_for_registered(
+        &self,
+        file: usize,
+        ids: &[usize],
+        reads: Range<usize>,
+        taken: &mut [bool],
+    ) -> Claimed {
+        let (mut got, mut missed) = (false, false);
+        for k in reads {
+            let mine = ids.get(k).is_some_and(|&id| self.for_registered(file, id));
+            if let Some(t) = taken.get_mut(k) {
+                *t = mine;
+            }
+            got |= mine;
+            missed |= !mine;
+        }
+        match (got, missed) {
+            (_, false) => Claimed::All,
+            (true, true) => Claimed::Last,
+            (false, true) => Claimed::Nothing,
+        }
+    }
+
     /// `plan` with only the reads the registered side claimed (what the slots must do
     /// after all when the driver refused its first registration).
     pub(crate) fn registered_part(&self, plan: &crate::plan::Plan) -> crate::plan::Plan {
@@ -1002,17 +1028,7 @@ mod tests {
             let Some((claims, ids)) = &self.claims else {
                 return Claimed::All;
             };
-            let (mut got, mut missed) = (false, false);
-            for k in reads {
-                self.taken[k] = claims.for_registered(0, ids[k]);
-                got |= self.taken[k];
-                missed |= !self.taken[k];
-            }
-            match (got, missed) {
-                (_, false) => Claimed::All,
-                (true, true) => Claimed::Last,
-                (false, true) => Claimed::Nothing,
-            }
+            claims.window_for_registered(0, ids, reads, &mut self.taken)
         }
     }
 
