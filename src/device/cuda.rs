@@ -1326,7 +1326,7 @@ enum Registration {
 /// file, as on the other paths. `report` gets the bytes copied so far.
 ///
 /// With `claims` (a balanced split), the files go last first and each from its end
-/// backwards, every window's reads claimed before its pages are registered, until the
+/// backwards, every window's reads claimed just before they are copied, until the
 /// pinned slots (going forwards) are met.
 #[allow(clippy::too_many_arguments)]
 fn load_registered(
