@@ -6,7 +6,10 @@ page-cache path), independent of tensorstream's own code.
 For a cached file (written here, --size, default 2G), mapped read-only:
   1. registration: cuMemHostRegister (read-only) of every window of the file, by
      1 to 16 threads at once, windows of 4 MiB and 64 MiB; then cuMemHostUnregister
-     of them all, the same way. GB/s of file registered (and given back) per second;
+     of them all, the same way. GB/s of file registered (and given back) per second.
+     Each run maps the file afresh, as a load does (the driver then also faults the
+     pages into the new mapping); the same with the mapping populated first
+     (MADV_POPULATE_READ, timed apart) says how much of the cost is those faults;
   2. copies from the registered page cache: the whole file registered in 64 MiB
      windows, then cuMemcpyHtoDAsync of each window into one device buffer, timed
      to the stream's end;
@@ -113,6 +116,22 @@ def map_file(path, size):
     return addr
 
 
+def unmap(addr, size):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap(addr, size)
+
+
+MADV_POPULATE_READ = 22
+
+
+def populate(addr, size):
+    """Faults every page of the mapping in (Linux 5.14+); False where refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise(addr, size, MADV_POPULATE_READ) == 0
+
+
 def write_file(path, size):
     """`size` bytes (a random 64 MiB block repeated), left in the page cache."""
     block = os.urandom(64 * MIB)
@@ -193,36 +212,62 @@ def main():
         print("REGBENCH " + json.dumps(out))
         return 1
     write_file(path, size)
-    base = map_file(path, size)
     gb = size / 1e9
-    print(f"regbench: {size / 2**30:.1f} GiB file, cached, mapped read-only; medians of {a.runs} runs")
-    print(f"{'threads':>7} {'window':>7} {'register GB/s':>14} {'give back GB/s':>15}")
+    print(f"regbench: {size / 2**30:.1f} GiB file, cached, mapped read-only afresh for each run; medians of {a.runs} runs")
+    print(f"{'threads':>7} {'window':>7} {'register GB/s':>14} {'give back GB/s':>15} {'populated first: populate, register GB/s':>42}")
 
     def on_thread():
         d.bind()
 
+    def one_run(pool, w, populated):
+        """(populate s, register s, give back s) for one fresh mapping."""
+        addr = map_file(path, size)
+        try:
+            windows = [(addr + off, min(w, size - off)) for off in range(0, size, w)]
+            pop = 0.0
+            if populated:
+                t0 = time.perf_counter()
+                pop = time.perf_counter() - t0 if populate(addr, size) else -1.0
+            try:
+                reg = timed(lambda: list(pool.map(lambda x: d.register(*x), windows)))
+            except RuntimeError:
+                for x, _ in windows:  # whatever is registered
+                    try:
+                        d.unregister(x)
+                    except RuntimeError:
+                        pass
+                raise
+            unreg = timed(lambda: list(pool.map(lambda x: d.unregister(x[0]), windows)))
+            return pop, reg, unreg
+        finally:
+            unmap(addr, size)
+
+    can_populate = True
     for w in [parse_size(x) for x in a.windows.split(",")]:
-        windows = [(base + off, min(w, size - off)) for off in range(0, size, w)]
         for t in [int(x) for x in a.threads.split(",")]:
-            reg, unreg = [], []
             try:
                 with ThreadPoolExecutor(max_workers=t, initializer=on_thread) as pool:
-                    for _ in range(a.runs):
-                        reg.append(timed(lambda: list(pool.map(lambda x: d.register(*x), windows))))
-                        unreg.append(timed(lambda: list(pool.map(lambda x: d.unregister(x[0]), windows))))
+                    fresh = [one_run(pool, w, False) for _ in range(a.runs)]
+                    pre = [one_run(pool, w, True) for _ in range(a.runs)] if can_populate else []
             except RuntimeError as e:
                 out["errors"].append(f"threads {t}, window {w}: {e}")
                 print(f"{t:>7} {w // MIB:>6}M  failed: {e}")
-                for addr, _ in windows:  # whatever is still registered
-                    try:
-                        d.unregister(addr)
-                    except RuntimeError:
-                        pass
                 break
-            r, u = gb / statistics.median(reg), gb / statistics.median(unreg)
-            out["register"].append({"threads": t, "window": w, "register_gbps": r, "give_back_gbps": u})
-            print(f"{t:>7} {w // MIB:>6}M {r:>14.2f} {u:>15.2f}")
+            r = gb / statistics.median(x[1] for x in fresh)
+            u = gb / statistics.median(x[2] for x in fresh)
+            row = {"threads": t, "window": w, "register_gbps": r, "give_back_gbps": u}
+            extra = ""
+            if pre and all(x[0] > 0 for x in pre):
+                row["populate_s"] = statistics.median(x[0] for x in pre)
+                row["register_populated_gbps"] = gb / statistics.median(x[1] for x in pre)
+                extra = f"{row['populate_s']:>20.3f} s {row['register_populated_gbps']:>14.2f}"
+            elif pre:
+                can_populate = False
+                extra = "  (MADV_POPULATE_READ refused)"
+            out["register"].append(row)
+            print(f"{t:>7} {w // MIB:>6}M {r:>14.2f} {u:>15.2f} {extra}")
 
+    base = map_file(path, size)
     dptr = ctypes.c_uint64()
     d.check(d.cu.cuMemAlloc_v2(ctypes.byref(dptr), size), "cuMemAlloc")
     try:
