@@ -227,8 +227,11 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
         ),
         ("cuLaunchKernel:3", &["--dtype", "F16"], "launching convert"),
         (
+            // One registering thread (--queue-depth 1): the calls come in window
+            // order, so the third is never the first window's (whose refusal is a
+            // fallback to the slots, not an error).
             "cuMemHostRegister_v2:3",
-            &["--io", "mmap", "--staging", "1M"],
+            &["--io", "mmap", "--staging", "1M", "--queue-depth", "1"],
             "registering bytes",
         ),
         (
@@ -359,7 +362,8 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
         (
             "FAKE_CUDA_FAIL",
             "cuMemHostRegister_v2:1",
-            &["--io", "mmap"],
+            // One registering thread: the first call is the first window's.
+            &["--io", "mmap", "--queue-depth", "1"],
         ),
         ("FAKE_CUDA_NO_REGISTER", "1", &["--registered-share", "0.5"]),
         (
@@ -370,7 +374,16 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
         (
             "FAKE_CUDA_FAIL",
             "cuMemHostRegister_v2:1",
-            &["--registered-share", "balanced", "--staging", "1M"],
+            // A quarter of the queue depth registers: one thread, so the first call is
+            // the first window's.
+            &[
+                "--registered-share",
+                "balanced",
+                "--staging",
+                "1M",
+                "--queue-depth",
+                "4",
+            ],
         ),
     ];
     for (key, value, extra) in cases {
