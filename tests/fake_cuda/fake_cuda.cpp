@@ -20,7 +20,8 @@
 //     after the stream's earlier work, as the driver does;
 //   - a host-to-device copy whose source is partly pinned (runs from one pinned or
 //     registered range into the next, or into pageable memory) is refused with
-//     CUDA_ERROR_INVALID_VALUE, as a real driver refused it;
+//     CUDA_ERROR_INVALID_VALUE, as a real driver refused a copy across two adjacent
+//     registrations (the pageable case is a guess, on the strict side);
 //   - cuMemHostRegister at page granularity: an overlap with a registered range is
 //     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, memory that is not writable needs
 //     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_CC=7.5 sets the compute capability the
@@ -930,8 +931,8 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
         return enqueue(lock, stream, op);
     }
     // A source that runs from pinned memory into memory outside that range (the next
-    // registration, or pageable memory): refused, as the real driver does (a copy
-    // from two adjacent registrations was seen refused on an H200).
+    // registration, or pageable memory): refused, as an H200's driver refused a copy
+    // across two adjacent registrations (for pinned-then-pageable, a strict guess).
     if (!in_pinned((uintptr_t)src, len) && touches_pinned((uintptr_t)src, len)) return INVALID_VALUE;
     // Pageable (or the legacy stream): after the stream's earlier work, at once.
     s.htod_pageable++;
