@@ -1296,6 +1296,10 @@ impl regplan::Windows for MapWindows<'_, '_> {
         };
         claims.window_for_registered(self.file, self.ids, reads, &mut self.taken)
     }
+
+    fn leaves_rest(&self) -> bool {
+        self.claims.is_some()
+    }
 }
 
 impl Drop for MapWindows<'_, '_> {

@@ -372,6 +372,12 @@ pub(crate) trait Windows {
     fn claim(&mut self, _w: usize, _reads: Range<usize>) -> Claimed {
         Claimed::All
     }
+    /// Whether another side takes whatever reads this one leaves (a balanced split):
+    /// a registration the driver refuses after the load's first then stops this side
+    /// where it is, instead of failing the load. By default, no.
+    fn leaves_rest(&self) -> bool {
+        false
+    }
 }
 
 /// How much of a window [`Windows::claim`] got.
@@ -388,8 +394,9 @@ pub(crate) enum Claimed {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FileOutcome {
     Copied,
-    /// Copied up to where the other side of a balanced split had reached: this side
-    /// has nothing more to do in this file or any other.
+    /// Copied up to where the other side of a balanced split had reached, or up to
+    /// a registration the driver refused after the load's first (that side takes the
+    /// rest): this side has nothing more to do in this file or any other.
     Met,
     /// The driver refused the load's first registration; nothing was copied.
     Refused(String),
@@ -666,12 +673,17 @@ fn main_thread(
                     )));
                 }
                 let g = sched.regs.get(r).ok_or_else(|| internal("registration"))?;
-                return Err(Error::Cuda(format!(
+                let what = format!(
                     "registering bytes {}..{} of {} (read-only): {e}",
                     g.start,
                     g.end,
                     path.display()
-                )));
+                );
+                if windows.leaves_rest() {
+                    tracing::debug!("{what}; the pinned slots take the rest");
+                    return stop_after(w, asked, sched, windows, copied, reg);
+                }
+                return Err(Error::Cuda(what));
             }
             *first = false;
         }
@@ -682,18 +694,8 @@ fn main_thread(
             windows.copy(w, step.reads.clone())?;
         }
         if claimed != Claimed::All {
-            // Met: the rest is the other side's. Once the registrations asked ahead
-            // have been made and the copies are done, everything goes back.
-            for ahead in w + 1..asked {
-                if let Some(r) = sched.steps.get(ahead).and_then(|s| s.register) {
-                    let _ = reg.wait(r)?;
-                }
-            }
-            copied(windows.wait(usize::MAX)?);
-            for r in 0..sched.regs.len() {
-                reg.give_back(r);
-            }
-            return Ok(FileOutcome::Met);
+            // Met: the rest is the other side's.
+            return stop_after(w, asked, sched, windows, copied, reg);
         }
     }
     for r in retiring
@@ -705,6 +707,29 @@ fn main_thread(
     }
     copied(windows.wait(usize::MAX)?);
     Ok(FileOutcome::Copied)
+}
+
+/// Stops a file's registered side after window `w` (the other side of a balanced
+/// split has the rest): once the registrations asked ahead of it (up to window
+/// `asked`) have been made and the copies are done, every registration goes back.
+fn stop_after(
+    w: usize,
+    asked: usize,
+    sched: &RegSchedule,
+    windows: &mut impl Windows,
+    copied: &mut dyn FnMut(u64),
+    reg: &mut Registrar<'_>,
+) -> Result<FileOutcome> {
+    for ahead in w + 1..asked {
+        if let Some(r) = sched.steps.get(ahead).and_then(|s| s.register) {
+            let _ = reg.wait(r)?;
+        }
+    }
+    copied(windows.wait(usize::MAX)?);
+    for r in 0..sched.regs.len() {
+        reg.give_back(r);
+    }
+    Ok(FileOutcome::Met)
 }
 
 #[cfg(test)]
@@ -1030,6 +1055,10 @@ mod tests {
             };
             claims.window_for_registered(0, ids, reads, &mut self.taken)
         }
+
+        fn leaves_rest(&self) -> bool {
+            self.claims.is_some()
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -1160,8 +1189,16 @@ mod tests {
     /// sorted by offset: the slots have claimed the first `prefix` reads already and,
     /// when `racing`, claim the rest forwards on another thread meanwhile. Every read
     /// ends up with exactly one side; the registered side copies exactly its own,
-    /// byte for byte, stops where it meets the slots and gives everything back.
-    fn carry_backwards(reads: &[(u64, u64)], shape: RegShape, prefix: usize, racing: bool) {
+    /// byte for byte, stops where it meets the slots and gives everything back. With
+    /// `fail`, the driver refuses registration `fail` (modulo their count): the first
+    /// is a refusal of the whole path, a later one stops the registered side there.
+    fn carry_backwards(
+        reads: &[(u64, u64)],
+        shape: RegShape,
+        prefix: usize,
+        racing: bool,
+        fail: Option<usize>,
+    ) {
         use rand::{RngCore, SeedableRng};
         let n = reads.len();
         let pages_end = reads
@@ -1186,9 +1223,10 @@ mod tests {
             assert!(claims.for_slots(0, k));
         }
         let fake = Mutex::new(Fake::default());
+        let fail = fail.map(|k| k % sched.regs.len());
         let pinner = FakePinner {
             fake: &fake,
-            fail_register: None,
+            fail_register: fail.map(|k| base + sched.regs[k].start as usize),
             fail_give_back: None,
             delay: std::time::Duration::from_micros(50),
         };
@@ -1248,15 +1286,20 @@ mod tests {
             );
         }
         let met = owner.contains(&SLOTS);
-        assert_eq!(
-            out.unwrap(),
-            if met {
-                FileOutcome::Met
-            } else {
-                FileOutcome::Copied
-            },
-            "{owner:?}"
-        );
+        match (out.unwrap(), fail) {
+            // The first registration refused: nothing claimed, the slots do it all.
+            (FileOutcome::Refused(_), Some(0)) => assert!(mine.is_empty(), "{owner:?}"),
+            (FileOutcome::Met, Some(_)) => {}
+            (got, fail) => assert_eq!(
+                got,
+                if met {
+                    FileOutcome::Met
+                } else {
+                    FileOutcome::Copied
+                },
+                "{owner:?}, fail {fail:?}"
+            ),
+        }
         assert_eq!(
             copied,
             mine.iter().map(|&k| reads[k].1).sum::<u64>(),
@@ -1267,12 +1310,24 @@ mod tests {
             assert!(out_bytes[o..o + l] == file[o..o + l], "read {o}+{l}");
         }
         // The registered side took the file's end: in its order (by end, descending),
-        // every read before the first one the slots had is its own.
-        let met_at = order.iter().position(|&k| owner[k] == SLOTS).unwrap_or(n);
-        assert!(
-            order[..met_at].iter().all(|&k| owner[k] == REGISTERED),
-            "{owner:?} in order {order:?}"
-        );
+        // every read before the first one the slots had is its own (up to a refused
+        // registration, where it stopped: past the first window, it had copied).
+        match fail {
+            None => {
+                let met_at = order.iter().position(|&k| owner[k] == SLOTS).unwrap_or(n);
+                assert!(
+                    order[..met_at].iter().all(|&k| owner[k] == REGISTERED),
+                    "{owner:?} in order {order:?}"
+                );
+            }
+            Some(k) if k > 0 && prefix == 0 && !racing => {
+                assert!(
+                    owner[order[0]] == REGISTERED,
+                    "{owner:?} in order {order:?}"
+                );
+            }
+            Some(_) => {}
+        }
     }
 
     #[test]
@@ -1286,9 +1341,14 @@ mod tests {
                 threads,
             };
             for prefix in [0, 1, 17, 39, 40] {
-                carry_backwards(&reads, shape, prefix, false);
+                carry_backwards(&reads, shape, prefix, false, None);
             }
-            carry_backwards(&reads, shape, 0, true);
+            carry_backwards(&reads, shape, 0, true, None);
+            // A registration refused midway: the registered side stops there.
+            for fail in [0, 1, 5] {
+                carry_backwards(&reads, shape, 0, false, Some(fail));
+                carry_backwards(&reads, shape, 0, true, Some(fail));
+            }
         }
     }
 
@@ -1517,11 +1577,12 @@ mod tests {
             threads in 1usize..9,
             prefix in 0usize..45,
             racing in any::<bool>(),
+            fail in proptest::option::of(0usize..50),
         ) {
             let mut reads = raw;
             reads.sort_unstable();
             let shape = RegShape { window_bytes: window, threads };
-            carry_backwards(&reads, shape, prefix, racing);
+            carry_backwards(&reads, shape, prefix, racing, fail);
         }
     }
 }
