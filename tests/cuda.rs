@@ -27,16 +27,18 @@ fn gpu() -> bool {
     }
 }
 
-fn fixture(dir: &Path, seed: u64) -> PathBuf {
-    fixture_file(dir, seed, "cuda-fixture.safetensors", "")
-}
-
 /// The fixture of `seed` in a new directory (kept alive by the returned guard), read
 /// once so that it is in the page cache.
 fn cached_fixture(seed: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), seed);
+    let (dir, path) = new_fixture(seed);
     std::fs::read(&path).unwrap();
+    (dir, path)
+}
+
+/// The fixture of `seed` in a new directory, kept alive by the returned guard.
+fn new_fixture(seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = fixture_file(dir.path(), seed, "cuda-fixture.safetensors", "");
     (dir, path)
 }
 
@@ -126,8 +128,7 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 1);
+    let (_dir, path) = new_fixture(1);
     for dtype in [None, Some(Dtype::F32), Some(Dtype::F16), Some(Dtype::BF16)] {
         let want = host_bytes(Loader::new().dtype(dtype), &path);
         for io in [
@@ -398,8 +399,7 @@ fn filters_and_small_staging_on_cuda() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 2);
+    let (_dir, path) = new_fixture(2);
     let want = host_bytes(Loader::new().only("*.bf16").dtype(Some(Dtype::F32)), &path);
     let got = host_bytes(
         Loader::new()
@@ -419,8 +419,7 @@ fn a_bad_device_index_is_a_clear_error() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 3);
+    let (_dir, path) = new_fixture(3);
     let e = Loader::new()
         .device(Device::Cuda(999))
         .load(&path)
@@ -434,8 +433,7 @@ fn a_failed_read_on_cuda_is_an_error() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 4);
+    let (_dir, path) = new_fixture(4);
     let e = Loader::new()
         .device(Device::Cuda(0))
         .chunk_size(64 << 10)
@@ -452,8 +450,7 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
     if gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 5);
+    let (_dir, path) = new_fixture(5);
     let e = Loader::new()
         .device(Device::Cuda(0))
         .load(&path)
@@ -476,8 +473,7 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 6);
+    let (_dir, path) = new_fixture(6);
     let dtypes = [None, Some(Dtype::F32), Some(Dtype::BF16)];
     let want: Vec<_> = dtypes
         .iter()
@@ -689,8 +685,7 @@ fn device_tensors_outlive_their_loader_and_free_one_by_one_on_any_thread() {
     if !gpu() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = fixture(dir.path(), 11);
+    let (_dir, path) = new_fixture(11);
     let want: std::collections::BTreeMap<String, Vec<u8>> = host_bytes(Loader::new(), &path)
         .into_iter()
         .map(|(n, _, b)| (n, b))

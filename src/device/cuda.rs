@@ -1351,6 +1351,7 @@ fn load_registered(
     };
     let mut first = true;
     let backwards = claims.is_some();
+    let page = page_size();
     let order: Vec<usize> = if backwards {
         (0..plan.files.len()).rev().collect()
     } else {
@@ -1379,7 +1380,6 @@ fn load_registered(
         let map = unsafe { memmap2::Mmap::map(open.file()) }
             .map_err(|e| Error::io(&fp.path, "mmap", e))?;
         let base = map.as_ptr() as u64;
-        let page = page_size();
         let pages_end = (map.len() as u64).next_multiple_of(page);
         let ranges: Vec<(u64, u64)> = ops.iter().map(|op| (op.offset, op.required)).collect();
         let sched = if backwards {
