@@ -3,7 +3,7 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--reg-s 40] [--sweep-s 80]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--reg-s 40] [--sweep-s 100]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
@@ -26,7 +26,7 @@ set -u
 BUDGET=540
 CHECK=110
 REG=40
-SWEEP=80
+SWEEP=100
 while [ $# -gt 0 ]; do
     case "$1" in
         --budget-s) BUDGET=$2; shift 2 ;;
