@@ -63,3 +63,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, TensorInfo};
 pub use io::{CancelToken, IoBackend};
 pub use loader::{LoadStats, Loader, Model, Split, Storage, Tensor};
+
+#[cfg(feature = "cuda")]
+pub use device::cuda::{DeviceRegion, TensorSpec};

@@ -336,7 +336,25 @@ impl Loader {
     /// Loads an already opened checkpoint.
     pub fn load_checkpoint(&self, ckpt: &Checkpoint) -> Result<Model> {
         let start = Instant::now();
-        let plan = plan::plan(ckpt, &self.plan)?;
+        let plan = self.plan_of(ckpt, &|_| true)?;
+        self.run(
+            &plan,
+            start,
+            #[cfg(feature = "cuda")]
+            None,
+        )
+    }
+
+    /// The device loads go to.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device_value(&self) -> Device {
+        self.device
+    }
+
+    /// The plan of the tensors of `ckpt` that the `only` patterns select and `keep`
+    /// accepts; an error when patterns select none.
+    pub(crate) fn plan_of(&self, ckpt: &Checkpoint, keep: &dyn Fn(&str) -> bool) -> Result<Plan> {
+        let plan = plan::plan_where(ckpt, &self.plan, keep)?;
         if !self.plan.only.is_empty() && plan.tensor_count() == 0 {
             return Err(Error::InvalidArgument(format!(
                 "no tensor of {} matches {}",
@@ -349,18 +367,29 @@ impl Loader {
                     .join(", ")
             )));
         }
+        Ok(plan)
+    }
+
+    /// Runs the load of `plan` begun at `start`; on CUDA into `dests` when given
+    /// (memory the caller allocated, see `Loader::load_into_device`).
+    pub(crate) fn run(
+        &self,
+        plan: &Plan,
+        start: Instant,
+        #[cfg(feature = "cuda")] dests: Option<&crate::device::cuda::Destinations>,
+    ) -> Result<Model> {
         let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = io::choose(self.io, &paths)?;
         let slots = self.staging_slots();
         let (tensors, stats, path, device_init): Loaded = match self.device {
             Device::Cpu => {
-                let (t, s) = self.load_host(&plan, &choice, slots)?;
+                let (t, s) = self.load_host(plan, &choice, slots)?;
                 (t, s, None, Duration::ZERO)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => crate::device::cuda::load(
                 self,
-                &plan,
+                plan,
                 &choice,
                 ordinal,
                 slots,
@@ -370,6 +399,7 @@ impl Loader {
                 &crate::device::cuda::StagingOptions {
                     cache: self.keep_staging.then_some(&self.staging_cache),
                     kind: self.staging_kind()?,
+                    dests,
                 },
                 self.cancel.as_ref(),
                 self.progress.as_ref(),
@@ -533,7 +563,8 @@ impl Tensor {
     }
 
     /// The device address of the tensor's first byte, when it is on a CUDA device.
-    /// Valid while this tensor (or another view of the same buffer) is alive.
+    /// Valid while this tensor (or another view of the same buffer) is alive; after
+    /// [`Loader::load_into_device`], while the caller's memory is.
     #[cfg(feature = "cuda")]
     pub fn device_ptr(&self) -> Option<u64> {
         match &self.storage {

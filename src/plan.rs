@@ -229,6 +229,16 @@ fn align_up(x: u64, a: u64) -> Option<u64> {
 
 /// Plans the reads for `ckpt` under `opts`.
 pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
+    plan_where(ckpt, opts, &|_| true)
+}
+
+/// Plans the reads for the tensors of `ckpt` that `opts` selects and `keep` accepts
+/// (by name).
+pub(crate) fn plan_where(
+    ckpt: &Checkpoint,
+    opts: &PlanOptions,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Plan> {
     const MAX_ALIGN: u64 = 1 << 30;
     for (what, a) in [
         ("alignment", opts.align),
@@ -296,6 +306,9 @@ pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
         };
         for t in &h.tensors {
             if !opts.only.is_empty() && !opts.only.iter().any(|p| glob_match(p, &t.name)) {
+                continue;
+            }
+            if !keep(&t.name) {
                 continue;
             }
             let file_offset = data_start + t.begin;

@@ -778,6 +778,300 @@ fn two_devices_load_at_once_from_two_threads() {
     }
 }
 
+/// Device memory this test allocates itself on cuda:`ordinal`, as a framework
+/// allocates its parameters: with its context current on the calling thread, which
+/// tensorstream must leave current.
+struct Arena {
+    dev: cudarc::driver::sys::CUdevice,
+    ctx: cudarc::driver::sys::CUcontext,
+    ptr: u64,
+    poison: Vec<u8>,
+}
+
+// SAFETY: a context handle and a device pointer may be used from any thread (Drop
+// makes the context current on the thread it runs on).
+unsafe impl Send for Arena {}
+
+impl Arena {
+    /// `len` bytes filled with random poison.
+    fn new(ordinal: i32, len: usize, seed: u64) -> Arena {
+        use cudarc::driver::result;
+        let dev = result::device::get(ordinal).unwrap();
+        // SAFETY: a device handle from cuDeviceGet; released in Drop.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.unwrap();
+        // SAFETY: a retained context.
+        unsafe { result::ctx::set_current(ctx) }.unwrap();
+        // SAFETY: the context is current; len > 0.
+        let ptr = unsafe { result::malloc_sync(len) }.unwrap();
+        let mut poison = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill(&mut poison[..]);
+        // SAFETY: ptr holds len bytes; the copy is synchronous.
+        unsafe { result::memcpy_htod_sync(ptr, &poison) }.unwrap();
+        Arena {
+            dev,
+            ctx,
+            ptr,
+            poison,
+        }
+    }
+
+    /// What the arena holds now.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.poison.len()];
+        // SAFETY: ptr holds out.len() bytes; the copy is synchronous.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, self.ptr) }.unwrap();
+        out
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        use cudarc::driver::result;
+        // SAFETY: retained in `new` (this thread may not have it current).
+        unsafe { result::ctx::set_current(self.ctx) }.unwrap();
+        // SAFETY: allocated in `new` and freed once; nothing uses it any more. A
+        // load that had freed it would make this fail.
+        unsafe { result::free_sync(self.ptr) }.unwrap();
+        // SAFETY: retained in `new`.
+        unsafe { result::primary_ctx::release(self.dev) }.unwrap();
+    }
+}
+
+/// Where each tensor of `want` goes in an arena: 256-byte aligned, with a gap of at
+/// least 64 poisoned bytes before each; and the arena's length.
+fn arena_layout(want: &HostTensors) -> (std::collections::BTreeMap<String, usize>, usize) {
+    let mut at = std::collections::BTreeMap::new();
+    let mut end = 0usize;
+    for (name, _, bytes) in want {
+        let off = (end + 64).next_multiple_of(256);
+        at.insert(name.clone(), off);
+        end = off + bytes.len();
+    }
+    (at, end + 64)
+}
+
+/// A framework's own memory as the destination: every path (slots over pread and
+/// O_DIRECT, the registered page cache, a balanced split), raw and converted, two
+/// shards, one tensor left out. Each tensor lands in its region, byte for byte as
+/// the host loads it; every byte around and between the regions keeps its poison;
+/// the model's tensors are views of the regions and free nothing when dropped.
+#[test]
+fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = sharded_fixture(dir.path(), 40, 2);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let skipped = "s1.b.f16";
+    for (round, (dtype, io, split, cached)) in [
+        (Some(Dtype::F16), IoBackend::Pread, Split::Off, true),
+        (None, IoBackend::Direct, Split::Off, false),
+        (Some(Dtype::F32), IoBackend::Mmap, Split::Off, true),
+        (Some(Dtype::BF16), IoBackend::Pread, Split::Balanced, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("{dtype:?} {io:?} {split:?}");
+        if cached {
+            for f in std::fs::read_dir(&path).unwrap() {
+                std::fs::read(f.unwrap().path()).unwrap();
+            }
+        }
+        let want = host_bytes(Loader::new().dtype(dtype), &path);
+        let (at, len) = arena_layout(&want);
+        let arena = Arena::new(0, len, 100 + round as u64);
+        let l = Loader::new()
+            .device(Device::Cuda(0))
+            .io(io)
+            .split(split)
+            .dtype(dtype)
+            .chunk_size(64 << 10)
+            .staging_bytes(1 << 20);
+        let mut asked = Vec::new();
+        // SAFETY: every region lies in the live arena, no two overlap, and nothing
+        // else uses the arena during the load.
+        let m = unsafe {
+            l.load_into_device(&ckpt, |t| {
+                asked.push(t.name.to_string());
+                (t.name != skipped).then(|| DeviceRegion {
+                    ptr: arena.ptr + at[t.name] as u64,
+                    len: t.len,
+                })
+            })
+        }
+        .unwrap();
+        assert_eq!(asked.len(), want.len(), "{what}: asked for every tensor");
+        let got = on_host(&m);
+        let expected: HostTensors = want.iter().filter(|w| w.0 != skipped).cloned().collect();
+        assert_eq!(got, expected, "{what}: the model's tensors");
+        for t in m.tensors() {
+            assert_eq!(
+                t.device_ptr(),
+                Some(arena.ptr + at[&t.name] as u64),
+                "{what}"
+            );
+        }
+        drop(m);
+        let mut outside = arena.poison.clone();
+        for (name, _, bytes) in want.iter().filter(|w| w.0 != skipped) {
+            outside[at[name]..at[name] + bytes.len()].copy_from_slice(bytes);
+        }
+        assert!(
+            arena.bytes() == outside,
+            "{what}: bytes outside the regions written, or regions wrong"
+        );
+        drop(arena);
+    }
+}
+
+/// Regions that cannot be right are refused before any byte is written, each with
+/// the file, the tensor and what is wrong: the wrong length, no device memory, past
+/// the end of the address space, two overlapping, a converted tensor's misaligned,
+/// another device's memory; and no region at all, or a CPU loader.
+#[test]
+fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() {
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(41);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+    let (at, len) = arena_layout(&want);
+    let arena = Arena::new(0, len, 7);
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .dtype(Some(Dtype::F16));
+    let fitting = |t: &tensorstream::TensorSpec<'_>| DeviceRegion {
+        ptr: arena.ptr + at[t.name] as u64,
+        len: t.len,
+    };
+    let refused =
+        |l: &Loader,
+         what: &str,
+         wants: &[&str],
+         f: &dyn Fn(&tensorstream::TensorSpec<'_>) -> Option<DeviceRegion>| {
+            // SAFETY: the regions that pass the checks lie in the live arena.
+            let e = unsafe { l.load_into_device(&ckpt, f) }.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{what}: {e}");
+            let text = e.to_string();
+            for w in wants {
+                assert!(text.contains(w), "{what}: '{w}' not in: {text}");
+            }
+            assert!(arena.bytes() == arena.poison, "{what}: bytes written");
+        };
+    refused(
+        &l,
+        "length",
+        &[
+            "cuda-fixture.safetensors",
+            "tensor 'b.f16'",
+            "3001 bytes given",
+            "6000 bytes",
+        ],
+        &|t| {
+            Some(DeviceRegion {
+                len: if t.name == "b.f16" { 3001 } else { t.len },
+                ..fitting(t)
+            })
+        },
+    );
+    refused(
+        &l,
+        "not device memory",
+        &["tensor 'c.bf16'", "first byte"],
+        &|t| {
+            Some(if t.name == "c.bf16" {
+                DeviceRegion {
+                    ptr: 64,
+                    len: t.len,
+                }
+            } else {
+                fitting(t)
+            })
+        },
+    );
+    refused(
+        &l,
+        "address space",
+        &["tensor 'a.f32'", "end of the address space"],
+        &|t| {
+            Some(if t.name == "a.f32" {
+                DeviceRegion {
+                    ptr: u64::MAX - 255,
+                    len: t.len,
+                }
+            } else {
+                fitting(t)
+            })
+        },
+    );
+    refused(&l, "overlap", &["overlaps", "'i.i32'", "'j.bool'"], &|t| {
+        let mut r = fitting(t);
+        if t.name == "j.bool" {
+            r.ptr = arena.ptr + at["i.i32"] as u64 + 8;
+        }
+        Some(r)
+    });
+    refused(
+        &l,
+        "misaligned",
+        &["tensor 'a.f32'", "not aligned", "2-byte"],
+        &|t| {
+            let mut r = fitting(t);
+            if t.name == "a.f32" {
+                r.ptr += 1; // converted to F16 by a kernel writing 2-byte elements
+            }
+            Some(r)
+        },
+    );
+    refused(&l, "none", &["no tensor was given a destination"], &|_| {
+        None
+    });
+    refused(&Loader::new(), "cpu", &["CUDA device"], &|t| {
+        Some(fitting(t))
+    });
+    if let Err(e) = Context::new(1) {
+        eprintln!("not run (another device's memory): needs a second CUDA device ({e})");
+    } else {
+        let other = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let a = Arena::new(1, 4 << 10, 8);
+                    let p = a.ptr;
+                    (a, p)
+                })
+                .join()
+                .unwrap()
+        });
+        refused(
+            &l,
+            "other device",
+            &["tensor 'j.bool'", "cuda:1, not of cuda:0"],
+            &|t| {
+                Some(if t.name == "j.bool" {
+                    DeviceRegion {
+                        ptr: other.1,
+                        len: t.len,
+                    }
+                } else {
+                    fitting(t)
+                })
+            },
+        );
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(other));
+        });
+    }
+    // The same loader, given regions that fit, loads.
+    // SAFETY: every region lies in the live arena, no two overlap.
+    let m = unsafe { l.load_into_device(&ckpt, |t| Some(fitting(t))) }.unwrap();
+    assert_eq!(on_host(&m), want);
+}
+
 /// Without a GPU: every other test of this file, in a child process under the fake
 /// driver, with each queued copy and kernel delayed so that a staging slot reused,
 /// a registration given back or a buffer freed before the work reading it ran

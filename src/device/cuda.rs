@@ -10,16 +10,20 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cudarc::driver::{result, sys};
 
+use crate::checkpoint::Checkpoint;
 use crate::convert;
 use crate::device::regplan;
+use crate::device::Device;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
-use crate::loader::{Split, Tensor};
+use crate::loader::{Model, Split, Tensor};
 use crate::plan::{Place, Plan, ReadOp, Target};
 
 /// The conversion kernels, as PTX for the oldest supported driver.
@@ -211,6 +215,9 @@ pub struct DeviceBuf {
     ptr: sys::CUdeviceptr,
     len: usize,
     ctx: Arc<Context>,
+    /// False for memory the caller allocated ([`crate::Loader::load_into_device`]):
+    /// never freed here.
+    owned: bool,
 }
 
 // SAFETY: a device pointer is plain data; every operation binds the context first.
@@ -242,7 +249,19 @@ impl DeviceBuf {
             ptr,
             len,
             ctx: Arc::clone(ctx),
+            owned: true,
         })
+    }
+
+    /// A view of the caller's device memory `region` (checked by
+    /// [`check_destinations`]), never freed here.
+    fn borrowed(ctx: &Arc<Context>, region: DeviceRegion) -> DeviceBuf {
+        DeviceBuf {
+            ptr: region.ptr,
+            len: region.len,
+            ctx: Arc::clone(ctx),
+            owned: false,
+        }
     }
 
     /// The device address of the first byte.
@@ -289,7 +308,7 @@ impl DeviceBuf {
 
 impl Drop for DeviceBuf {
     fn drop(&mut self) {
-        if self.ptr == 0 {
+        if self.ptr == 0 || !self.owned {
             return;
         }
         // Dropped before `ctx` (a field): the caller's context comes back while this
@@ -580,6 +599,8 @@ pub(crate) struct StagingOptions<'a> {
     /// How to allocate it (see [`crate::Loader::write_combined_staging`] and
     /// [`crate::Loader::huge_page_staging`]).
     pub kind: StagingKind,
+    /// The caller's device memory for each tensor, instead of allocations of the load's.
+    pub dests: Option<&'a Destinations>,
 }
 
 /// Pinned staging, a stream, and the destinations of one load.
@@ -602,6 +623,236 @@ struct CudaSink<'p> {
 // (whose mutable state is in `SlotSink`) copies on the staging's stream from another.
 unsafe impl Sync for CudaSink<'_> {}
 
+/// Device memory the caller allocated, for one tensor of
+/// [`Loader::load_into_device`](crate::Loader::load_into_device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRegion {
+    /// Device address of the first byte.
+    pub ptr: u64,
+    /// Length in bytes: the tensor's length once loaded ([`TensorSpec::len`]).
+    pub len: usize,
+}
+
+/// A tensor that [`Loader::load_into_device`](crate::Loader::load_into_device) is
+/// about to load: what will land in the memory given for it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct TensorSpec<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// The file holding it.
+    pub file: &'a Path,
+    /// Dtype in the file.
+    pub file_dtype: Dtype,
+    /// Dtype once loaded (after [`Loader::dtype`](crate::Loader::dtype)'s conversion).
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: &'a [u64],
+    /// Bytes once loaded: the length its region must have.
+    pub len: usize,
+}
+
+/// The caller's device memory of a load, by tensor name. Made only by
+/// [`Loader::load_into_device`](crate::Loader::load_into_device), whose caller
+/// vouches for it.
+pub(crate) struct Destinations(BTreeMap<String, DeviceRegion>);
+
+impl crate::Loader {
+    /// Loads the tensors of `ckpt` into device memory the caller allocated, as a
+    /// framework that has allocated its parameters wants: `dest` is called once for
+    /// each tensor the load selects (see [`Loader::only`](crate::Loader::only)), file
+    /// by file in offset order, with what will land there (name, dtype once loaded,
+    /// shape, bytes), and returns the memory for it, or `None` to leave the tensor out.
+    ///
+    /// Before any byte is read, every region is checked: its length must be the
+    /// tensor's once loaded, its first and last bytes device memory of the loader's
+    /// device (`cuPointerGetAttribute`), a converted tensor's region aligned to its
+    /// elements, and no two regions may overlap. A region that fails is an error
+    /// naming the file, the tensor and the problem, and nothing is written.
+    ///
+    /// Everything else is as [`Loader::load_checkpoint`](crate::Loader::load_checkpoint)
+    /// with [`Loader::per_tensor_allocations`](crate::Loader::per_tensor_allocations):
+    /// I/O path, conversion, staging, progress and cancellation. The copies and kernels
+    /// run on the loader's own stream, and the call returns once they are complete.
+    /// The returned model's tensors are views of the regions
+    /// ([`Tensor::device_ptr`](crate::Tensor::device_ptr) is the region's address);
+    /// dropping them frees nothing. When the load fails, what the regions hold is
+    /// unspecified: some tensors may be written, wholly or in part.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tensorstream::{Checkpoint, Device, DeviceRegion, Dtype, Loader};
+    /// use cudarc::driver::CudaContext;
+    ///
+    /// // The framework's parameters, allocated by the framework (here with cudarc).
+    /// let ctx = CudaContext::new(0)?;
+    /// let stream = ctx.default_stream();
+    /// let ckpt = Checkpoint::open("model.safetensors")?;
+    /// let mut params = std::collections::BTreeMap::new();
+    /// for t in ckpt.shards.iter().flat_map(|h| &h.tensors) {
+    ///     let n = t.shape.iter().product::<u64>() as usize;
+    ///     params.insert(t.name.clone(), stream.alloc_zeros::<u16>(n)?);
+    /// }
+    /// let loader = Loader::new().device(Device::Cuda(0)).dtype(Some(Dtype::BF16));
+    /// // SAFETY: each region is a live allocation of its own, untouched during the load.
+    /// let model = unsafe {
+    ///     loader.load_into_device(&ckpt, |t| {
+    ///         let p = params.get_mut(t.name)?;
+    ///         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(p, &stream);
+    ///         Some(DeviceRegion { ptr, len: t.len })
+    ///     })?
+    /// };
+    /// println!("{} tensors in place", model.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// For every region `dest` returns:
+    /// 1. `[ptr, ptr + len)` is device memory that stays allocated until this call
+    ///    returns (the checks see its two ends, not that the bytes between are one
+    ///    allocation, or the caller's);
+    /// 2. nothing else reads or writes it until this call returns (work queued on
+    ///    other streams included).
+    pub unsafe fn load_into_device(
+        &self,
+        ckpt: &Checkpoint,
+        mut dest: impl FnMut(&TensorSpec<'_>) -> Option<DeviceRegion>,
+    ) -> Result<Model> {
+        let start = Instant::now();
+        if !matches!(self.device_value(), Device::Cuda(_)) {
+            return Err(Error::InvalidArgument(
+                "a load into device memory needs a CUDA device (Loader::device)".into(),
+            ));
+        }
+        let all = self.plan_of(ckpt, &|_| true)?;
+        let mut chosen = BTreeMap::new();
+        for f in &all.files {
+            for t in &f.tensors {
+                let spec = TensorSpec {
+                    name: &t.name,
+                    file: &f.path,
+                    file_dtype: t.src_dtype,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                    len: usize::try_from(t.len).unwrap_or(usize::MAX),
+                };
+                if let Some(r) = dest(&spec) {
+                    chosen.insert(t.name.clone(), r);
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: no tensor was given a destination",
+                ckpt.path.display()
+            )));
+        }
+        let plan = self.plan_of(ckpt, &|name| chosen.contains_key(name))?;
+        self.run(&plan, start, Some(&Destinations(chosen)))
+    }
+}
+
+/// The caller's regions for the tensors of `plan`, per file and tensor, once each is
+/// checked: the tensor's length, device memory of this context's device at both
+/// ends, aligned to its elements when converted, and no two overlapping.
+fn check_destinations(
+    plan: &Plan,
+    ctx: &Context,
+    dests: &Destinations,
+) -> Result<Vec<Vec<DeviceRegion>>> {
+    ctx.bind()?;
+    let mut out = Vec::with_capacity(plan.files.len());
+    // Non-empty regions: first byte, last byte, and whose.
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
+    for f in &plan.files {
+        let mut regions = Vec::with_capacity(f.tensors.len());
+        for t in &f.tensors {
+            let at = format!("{}: tensor '{}'", f.path.display(), t.name);
+            let r = *dests
+                .0
+                .get(&t.name)
+                .ok_or_else(|| internal("a tensor without a destination"))?;
+            let bad = |what: String| {
+                Error::InvalidArgument(format!("{at}: destination {:#x}: {what}", r.ptr))
+            };
+            if r.len as u64 != t.len {
+                return Err(bad(format!(
+                    "{} bytes given, but the tensor is {} bytes once loaded ({} {:?})",
+                    r.len, t.len, t.dtype, t.shape
+                )));
+            }
+            if r.len > 0 {
+                let elem = (t.dtype.bits() / 8).max(1);
+                if t.dtype != t.src_dtype && r.ptr % elem != 0 {
+                    return Err(bad(format!(
+                        "not aligned to the {elem}-byte elements of {} that the conversion writes",
+                        t.dtype
+                    )));
+                }
+                let last = r
+                    .ptr
+                    .checked_add(r.len as u64 - 1)
+                    .ok_or_else(|| bad("runs past the end of the address space".into()))?;
+                for (addr, which) in [(r.ptr, "first"), (last, "last")] {
+                    device_memory_of(addr, ctx.ordinal)
+                        .map_err(|why| bad(format!("its {which} byte ({addr:#x}) {why}")))?;
+                }
+                spans.push((r.ptr, last, at));
+            }
+            regions.push(r);
+        }
+        out.push(regions);
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if let [(a0, a1, a), (b0, _, b)] = w {
+            if b0 <= a1 {
+                return Err(Error::InvalidArgument(format!(
+                    "{b}: destination {b0:#x} overlaps that of {a} ({a0:#x}..={a1:#x})"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Ok when `addr` is device memory of cuda:`ordinal`; else what it is instead.
+fn device_memory_of(addr: u64, ordinal: usize) -> std::result::Result<(), String> {
+    let mut kind: u32 = 0;
+    // SAFETY: CU_POINTER_ATTRIBUTE_MEMORY_TYPE writes one CUmemorytype (a 32-bit
+    // enum) through the pointer, which is valid for the call.
+    unsafe {
+        sys::cuPointerGetAttribute(
+            (&mut kind as *mut u32).cast(),
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            addr,
+        )
+    }
+    .result()
+    .map_err(|e| format!("is not memory the CUDA driver knows of ({})", words(e)))?;
+    if kind != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+        return Err(format!("is not device memory (CUmemorytype {kind})"));
+    }
+    let mut dev: i32 = -1;
+    // SAFETY: CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL writes one int through the pointer,
+    // which is valid for the call.
+    unsafe {
+        sys::cuPointerGetAttribute(
+            (&mut dev as *mut i32).cast(),
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            addr,
+        )
+    }
+    .result()
+    .map_err(|e| format!("has no device the driver can name ({})", words(e)))?;
+    if usize::try_from(dev).ok() != Some(ordinal) {
+        return Err(format!("is memory of cuda:{dev}, not of cuda:{ordinal}"));
+    }
+    Ok(())
+}
+
 /// The device buffers of a load: per file the raw buffer and the converted area, or
 /// per tensor its own allocation.
 type DeviceBuffers = (
@@ -610,8 +861,27 @@ type DeviceBuffers = (
     Vec<Vec<Option<Arc<DeviceBuf>>>>,
 );
 
-fn device_buffers(plan: &Plan, ctx: &Arc<Context>, per_tensor: bool) -> Result<DeviceBuffers> {
+fn device_buffers(
+    plan: &Plan,
+    ctx: &Arc<Context>,
+    per_tensor: bool,
+    dests: Option<&Destinations>,
+) -> Result<DeviceBuffers> {
     let (mut raw, mut converted, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(d) = dests {
+        let regions = check_destinations(plan, ctx, d)?;
+        for regions in regions {
+            raw.push(None);
+            converted.push(None);
+            own.push(
+                regions
+                    .into_iter()
+                    .map(|r| Some(Arc::new(DeviceBuf::borrowed(ctx, r))))
+                    .collect(),
+            );
+        }
+        return Ok((raw, converted, own));
+    }
     // A failed allocation names the file (and the tensor, one per tensor).
     for f in &plan.files {
         if per_tensor {
@@ -647,10 +917,16 @@ impl<'p> CudaSink<'p> {
     /// A sink copying through `staging`, pinned up to `count` (at least 2) slots first (a kept
     /// staging already has them); the device buffers are allocated on another thread
     /// meanwhile.
-    fn new(plan: &'p Plan, mut staging: Staging, count: usize, per_tensor: bool) -> Result<Self> {
+    fn new(
+        plan: &'p Plan,
+        mut staging: Staging,
+        count: usize,
+        per_tensor: bool,
+        dests: Option<&Destinations>,
+    ) -> Result<Self> {
         let ctx = Arc::clone(&staging.ctx);
         let (buffers, pinned) = std::thread::scope(|scope| {
-            let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor));
+            let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor, dests));
             let pinned = staging.fill(count);
             let buffers = device
                 .join()
@@ -1655,7 +1931,7 @@ pub(crate) fn load(
     // two (one's device scratch serves conversions) and the rest only if it falls back.
     let registering = choice.engine == io::EngineKind::Mmap;
     let pin = if registering { 2 } else { planned };
-    let mut sink = CudaSink::new(plan, kept, pin, per_tensor)?;
+    let mut sink = CudaSink::new(plan, kept, pin, per_tensor, staging.dests)?;
     let setup = init_start.elapsed();
     // Once everything is enqueued: waits for the stream, logs the phases, and returns
     // the tensors and the staging (to the loader, which keeps it).

@@ -22,6 +22,8 @@
 //     registered range into the next, or into pageable memory) is refused with
 //     CUDA_ERROR_INVALID_VALUE, as a real driver refused a copy across two adjacent
 //     registrations (the pageable case is a guess, on the strict side);
+//   - cuPointerGetAttribute: the memory type and device of a pointer into a device
+//     allocation or pinned host memory, an error for any other address;
 //   - cuMemHostRegister at page granularity: an overlap with a registered range is
 //     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, memory that is not writable needs
 //     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_CC=7.5 sets the compute capability the
@@ -728,13 +730,41 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     ENTER("cuMemFree_v2", UNKNOWN);
     NEED_CONTEXT();
     auto it = s.device_allocs.find(p);
-    if (it == s.device_allocs.end()) return INVALID_VALUE;
+    if (it == s.device_allocs.end()) {
+        // A real driver refuses it too; here it is a bug in the caller's bookkeeping
+        // (memory freed twice, or memory the caller did not allocate).
+        violate("cuMemFree of %#llx, which is no live allocation's start", p);
+        return INVALID_VALUE;
+    }
     if (const char* who = queued_use(p, it->second.len))
         violate("cuMemFree of %zu device bytes that %s still uses", it->second.len, who);
     s.device_bytes -= it->second.len;
     s.device_allocs.erase(it);
     std::free((void*)p);
     return SUCCESS;
+}
+
+// What a pointer is: CU_POINTER_ATTRIBUTE_MEMORY_TYPE (device allocations are
+// CU_MEMORYTYPE_DEVICE, pinned or registered host memory CU_MEMORYTYPE_HOST) and
+// CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL; memory the driver did not allocate or
+// register is CUDA_ERROR_INVALID_VALUE, as on a real driver. Needs no context.
+CUresult cuPointerGetAttribute(void* data, int attr, CUdeviceptr p) {
+    ENTER("cuPointerGetAttribute", INVALID_VALUE);
+    if (!s.initialized) return NOT_INITIALIZED;
+    const DeviceAlloc* d = in_device(p, 1);
+    const HostRange* h = d ? nullptr : in_pinned(p, 1);
+    if (!d && !h) return INVALID_VALUE;
+    switch (attr) {
+        case 2:  // CU_POINTER_ATTRIBUTE_MEMORY_TYPE
+            *static_cast<unsigned*>(data) = d ? 2u : 1u;
+            return SUCCESS;
+        case 9:  // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+            *static_cast<int*>(data) = d ? d->ctx->device : 0;
+            return SUCCESS;
+        default:
+            std::fprintf(stderr, "fake-cuda: cuPointerGetAttribute(%d) is not modelled\n", attr);
+            return INVALID_VALUE;
+    }
 }
 
 CUresult cuMemHostAlloc(void** out, size_t len, unsigned flags) {
@@ -964,6 +994,29 @@ CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t len) {
     if (s.sticky != SUCCESS) return settled(lock);
     s.dtoh++;
     std::memcpy(dst, (const void*)src, len);
+    return SUCCESS;
+}
+
+// Synchronous, from any host memory (the tests fill their own device memory with it).
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t len) {
+    ENTER("cuMemcpyHtoD_v2", ILLEGAL_ADDRESS);
+    NEED_CONTEXT();
+    if (len == 0) return SUCCESS;
+    if (!in_device(dst, len)) {
+        violate("a host-to-device copy of %zu bytes to %#llx is outside every device allocation",
+                len, (unsigned long long)dst);
+        return ILLEGAL_ADDRESS;
+    }
+    if (const char* who = queued_use(dst, len))
+        violate("a synchronous copy to %zu device bytes that %s still uses", len, who);
+    // The legacy default stream: after the blocking streams' work, not the others'.
+    s.cv.wait(lock, [&] {
+        for (Stream* st : s.streams)
+            if (st->blocking && !st->queue.empty()) return false;
+        return true;
+    });
+    if (s.sticky != SUCCESS) return settled(lock);
+    std::memcpy((void*)dst, src, len);
     return SUCCESS;
 }
 
