@@ -868,7 +868,9 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
     for (round, (dtype, io, split, cached)) in [
         (Some(Dtype::F16), IoBackend::Pread, Split::Off, true),
         (None, IoBackend::Direct, Split::Off, false),
+        (Some(Dtype::BF16), IoBackend::Buffered, Split::Off, true),
         (Some(Dtype::F32), IoBackend::Mmap, Split::Off, true),
+        (Some(Dtype::F16), IoBackend::Pread, Split::Share(0.5), true),
         (Some(Dtype::BF16), IoBackend::Pread, Split::Balanced, true),
     ]
     .into_iter()
@@ -913,6 +915,10 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
                 Some(arena.ptr + at[&t.name] as u64),
                 "{what}"
             );
+            let tensorstream::Storage::Cuda(b) = t.storage().0 else {
+                panic!("{what}: {} not on the device", t.name);
+            };
+            assert!(b.is_borrowed(), "{what}: {}", t.name);
         }
         drop(m);
         let mut outside = arena.poison.clone();
@@ -928,9 +934,10 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
 }
 
 /// Regions that cannot be right are refused before any byte is written, each with
-/// the file, the tensor and what is wrong: the wrong length, no device memory, past
-/// the end of the address space, two overlapping, a converted tensor's misaligned,
-/// another device's memory; and no region at all, or a CPU loader.
+/// the file, the tensor and what is wrong: the wrong length, memory the driver does
+/// not know, past the end of its allocation, pinned host memory, past the end of the
+/// address space, two overlapping, a converted tensor's misaligned, another device's
+/// memory; and no region at all, or a CPU loader.
 #[test]
 fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() {
     use tensorstream::{Checkpoint, DeviceRegion};
@@ -994,6 +1001,40 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
             })
         },
     );
+    refused(
+        &l,
+        "past the allocation",
+        &["tensor 'k.big.bf16'", "end of its allocation"],
+        &|t| {
+            let mut r = fitting(t);
+            if t.name == "k.big.bf16" {
+                r.ptr = arena.ptr + (arena.poison.len() - 256) as u64;
+            }
+            Some(r)
+        },
+    );
+    {
+        use cudarc::driver::result;
+        // SAFETY: pinned host memory, freed below; nothing else uses it.
+        let host = unsafe { result::malloc_host(64 << 10, 0) }.unwrap();
+        refused(
+            &l,
+            "host memory",
+            &["tensor 'i.i32'", "is host memory, not device memory"],
+            &|t| {
+                Some(if t.name == "i.i32" {
+                    DeviceRegion {
+                        ptr: host as u64,
+                        len: t.len,
+                    }
+                } else {
+                    fitting(t)
+                })
+            },
+        );
+        // SAFETY: allocated above; the failed load did not use it.
+        unsafe { result::free_host(host) }.unwrap();
+    }
     refused(
         &l,
         "address space",
@@ -1070,6 +1111,57 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
     // SAFETY: every region lies in the live arena, no two overlap.
     let m = unsafe { l.load_into_device(&ckpt, |t| Some(fitting(t))) }.unwrap();
     assert_eq!(on_host(&m), want);
+}
+
+/// Work the caller queued on its memory before the call, on a stream of its own
+/// (here copies of poison over the first tensor, slowed down under the fake driver),
+/// completes before the load writes there: the load's bytes are what remains.
+#[test]
+fn a_load_into_memory_the_caller_allocated_waits_for_work_queued_on_it() {
+    use cudarc::driver::result;
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(42);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let want = host_bytes(Loader::new().dtype(Some(Dtype::F32)), &path);
+    let (at, len) = arena_layout(&want);
+    let arena = Arena::new(0, len, 9);
+    let stream = result::stream::create(result::stream::StreamKind::NonBlocking).unwrap();
+    // SAFETY: pinned host memory of len bytes, freed below once the copies are done.
+    let host = unsafe { result::malloc_host(len, 0) }.unwrap();
+    // SAFETY: `host` holds len bytes that nothing else uses.
+    let poison = unsafe { std::slice::from_raw_parts_mut(host.cast::<u8>(), len) };
+    rand::rngs::StdRng::seed_from_u64(10).fill(&mut poison[..]);
+    // Many small copies over the first tensor's region: still running (under the
+    // fake driver, 50 µs each) when the load starts.
+    for _ in 0..2000 {
+        // SAFETY: the arena holds len ≥ 4096 bytes; `poison` stays untouched until
+        // the stream is synchronised below.
+        unsafe { result::memcpy_htod_async(arena.ptr, &poison[..4096], stream) }.unwrap();
+    }
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .dtype(Some(Dtype::F32));
+    // SAFETY: every region lies in the live arena, no two overlap; the copies queued
+    // above were queued before the call.
+    let m = unsafe {
+        l.load_into_device(&ckpt, |t| {
+            Some(DeviceRegion {
+                ptr: arena.ptr + at[t.name] as u64,
+                len: t.len,
+            })
+        })
+    }
+    .unwrap();
+    assert_eq!(on_host(&m), want);
+    // SAFETY: the stream is live, then destroyed once; the memory is freed once.
+    unsafe {
+        result::stream::synchronize(stream).unwrap();
+        result::stream::destroy(stream).unwrap();
+        result::free_host(host).unwrap();
+    }
 }
 
 /// Without a GPU: every other test of this file, in a child process under the fake

@@ -209,7 +209,8 @@ impl Drop for Context {
 }
 
 /// Device memory holding one or more loaded tensors. Keeps its context alive; freed
-/// when the last tensor viewing it is dropped.
+/// when the last tensor viewing it is dropped, unless it is the caller's own memory
+/// ([`DeviceBuf::is_borrowed`]).
 #[derive(Debug)]
 pub struct DeviceBuf {
     ptr: sys::CUdeviceptr,
@@ -277,6 +278,13 @@ impl DeviceBuf {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// True for memory the caller allocated and gave to
+    /// [`Loader::load_into_device`](crate::Loader::load_into_device): never freed here,
+    /// and valid only while the caller keeps it.
+    pub fn is_borrowed(&self) -> bool {
+        !self.owned
     }
 
     /// The device ordinal.
@@ -664,20 +672,29 @@ impl crate::Loader {
     /// by file in offset order, with what will land there (name, dtype once loaded,
     /// shape, bytes), and returns the memory for it, or `None` to leave the tensor out.
     ///
-    /// Before any byte is read, every region is checked: its length must be the
-    /// tensor's once loaded, its first and last bytes device memory of the loader's
-    /// device (`cuPointerGetAttribute`), a converted tensor's region aligned to its
-    /// elements, and no two regions may overlap. A region that fails is an error
-    /// naming the file, the tensor and the problem, and nothing is written.
+    /// Before any byte is read, every region is checked (`cuPointerGetAttribute`): its
+    /// length must be the tensor's once loaded; it must lie in one allocation (or
+    /// reserved address range) of device memory of the loader's device, made in the
+    /// device's primary context or in none (memory pools, `cuMemMap`), not managed
+    /// memory; a converted tensor's region must be aligned to its elements; no two
+    /// regions may overlap. A region that fails is an error naming the file, the
+    /// tensor and the problem, and nothing is written. Then the load waits for the
+    /// work already queued in the device's primary context (`cuCtxSynchronize`), so a
+    /// memset or stream-ordered allocation of the regions on any stream is complete
+    /// before the first copy.
     ///
     /// Everything else is as [`Loader::load_checkpoint`](crate::Loader::load_checkpoint)
     /// with [`Loader::per_tensor_allocations`](crate::Loader::per_tensor_allocations):
     /// I/O path, conversion, staging, progress and cancellation. The copies and kernels
     /// run on the loader's own stream, and the call returns once they are complete.
     /// The returned model's tensors are views of the regions
-    /// ([`Tensor::device_ptr`](crate::Tensor::device_ptr) is the region's address);
-    /// dropping them frees nothing. When the load fails, what the regions hold is
-    /// unspecified: some tensors may be written, wholly or in part.
+    /// ([`Tensor::device_ptr`](crate::Tensor::device_ptr) is the region's address,
+    /// [`DeviceBuf::is_borrowed`] is true): dropping them frees nothing, and they are
+    /// valid only while the caller's memory is (copying one back after it is freed
+    /// gives a CUDA error or another allocation's bytes). When the load fails, what
+    /// the regions hold is unspecified: some tensors may be written, wholly or in
+    /// part. A callback that gives no tensor a region is an error (most often names
+    /// that do not match).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -695,6 +712,7 @@ impl crate::Loader {
     /// }
     /// let loader = Loader::new().device(Device::Cuda(0)).dtype(Some(Dtype::BF16));
     /// // SAFETY: each region is a live allocation of its own, untouched during the load.
+    /// stream.synchronize()?;
     /// let model = unsafe {
     ///     loader.load_into_device(&ckpt, |t| {
     ///         let p = params.get_mut(t.name)?;
@@ -713,8 +731,10 @@ impl crate::Loader {
     /// 1. `[ptr, ptr + len)` is device memory that stays allocated until this call
     ///    returns (the checks see its two ends, not that the bytes between are one
     ///    allocation, or the caller's);
-    /// 2. nothing else reads or writes it until this call returns (work queued on
-    ///    other streams included).
+    /// 2. from the moment `dest` returns it until this call returns, nothing else
+    ///    reads or writes it: no host access to its memory, and no work queued on any
+    ///    stream other than the work queued before the call (which the load waits
+    ///    for).
     pub unsafe fn load_into_device(
         &self,
         ckpt: &Checkpoint,
@@ -755,8 +775,9 @@ impl crate::Loader {
 }
 
 /// The caller's regions for the tensors of `plan`, per file and tensor, once each is
-/// checked: the tensor's length, device memory of this context's device at both
-/// ends, aligned to its elements when converted, and no two overlapping.
+/// checked (the tensor's length, in one allocation of this context's device, aligned
+/// to its elements when converted, no two overlapping), once the context's earlier
+/// work is complete.
 fn check_destinations(
     plan: &Plan,
     ctx: &Context,
@@ -795,10 +816,7 @@ fn check_destinations(
                     .ptr
                     .checked_add(r.len as u64 - 1)
                     .ok_or_else(|| bad("runs past the end of the address space".into()))?;
-                for (addr, which) in [(r.ptr, "first"), (last, "last")] {
-                    device_memory_of(addr, ctx.ordinal)
-                        .map_err(|why| bad(format!("its {which} byte ({addr:#x}) {why}")))?;
-                }
+                check_region(ctx, r.ptr, last).map_err(bad)?;
                 spans.push((r.ptr, last, at));
             }
             regions.push(r);
@@ -815,40 +833,106 @@ fn check_destinations(
             }
         }
     }
+    // What the caller queued on the regions before the call (a memset, a stream-ordered
+    // allocation) completes before the load's first copy, whatever stream it is on.
+    result::ctx::synchronize().map_err(|e| {
+        cuda_err(
+            "waiting for the device's earlier work before loading into the caller's memory \
+             (cuCtxSynchronize)",
+            e,
+        )
+    })?;
     Ok(out)
 }
 
-/// Ok when `addr` is device memory of cuda:`ordinal`; else what it is instead.
-fn device_memory_of(addr: u64, ordinal: usize) -> std::result::Result<(), String> {
-    let mut kind: u32 = 0;
-    // SAFETY: CU_POINTER_ATTRIBUTE_MEMORY_TYPE writes one CUmemorytype (a 32-bit
-    // enum) through the pointer, which is valid for the call.
-    unsafe {
-        sys::cuPointerGetAttribute(
-            (&mut kind as *mut u32).cast(),
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            addr,
-        )
+/// One attribute of the memory at `addr` (`cuPointerGetAttribute`).
+///
+/// # Safety
+///
+/// `T` is the type the driver writes for `attr` (CUcontext, CUmemorytype as u32,
+/// int as i32, CUdeviceptr as u64, size_t as usize).
+unsafe fn pointer_attribute<T: Default>(
+    attr: sys::CUpointer_attribute,
+    addr: u64,
+) -> std::result::Result<T, result::DriverError> {
+    let mut v = T::default();
+    // SAFETY: the driver writes one T (the caller's promise) through a pointer valid
+    // for the call.
+    unsafe { sys::cuPointerGetAttribute((&mut v as *mut T).cast(), attr, addr) }.result()?;
+    Ok(v)
+}
+
+/// Ok when `[first, last]` is device memory the load can write from `ctx`: in one
+/// allocation (or reserved address range) of `ctx`'s device, not managed memory, of
+/// `ctx` or of no context (as pool and mapped memory are), the last byte device memory
+/// too; else what is wrong.
+fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(), String> {
+    use sys::CUpointer_attribute as A;
+    let unknown = |e| format!("is not memory the CUDA driver knows of ({})", words(e));
+    // SAFETY (each call): the attribute's type, per `pointer_attribute`.
+    let kind: u32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, first) }
+        .map_err(|e| format!("its first byte {}", unknown(e)))?;
+    // SAFETY: as above.
+    let managed: i32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_IS_MANAGED, first) }
+        .map_err(|e| format!("its first byte {}", unknown(e)))?;
+    if managed != 0 {
+        return Err(
+            "is managed memory (cuMemAllocManaged), which a load does not write: \
+                    give device memory (cuMemAlloc, a memory pool, cuMemMap)"
+                .into(),
+        );
     }
-    .result()
-    .map_err(|e| format!("is not memory the CUDA driver knows of ({})", words(e)))?;
+    let kind_words = |k: u32| match k {
+        1 => "host memory".to_string(),
+        2 => "device memory".to_string(),
+        3 => "a CUDA array".to_string(),
+        4 => "unified memory".to_string(),
+        k => format!("memory of type {k}"),
+    };
     if kind != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
-        return Err(format!("is not device memory (CUmemorytype {kind})"));
+        return Err(format!("is {}, not device memory", kind_words(kind)));
     }
-    let mut dev: i32 = -1;
-    // SAFETY: CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL writes one int through the pointer,
-    // which is valid for the call.
-    unsafe {
-        sys::cuPointerGetAttribute(
-            (&mut dev as *mut i32).cast(),
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            addr,
-        )
+    // SAFETY: as above.
+    let dev: i32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, first) }
+        .map_err(|e| format!("has no device the driver can name ({})", words(e)))?;
+    if usize::try_from(dev).ok() != Some(ctx.ordinal) {
+        return Err(format!(
+            "is memory of cuda:{dev}, not of cuda:{}",
+            ctx.ordinal
+        ));
     }
-    .result()
-    .map_err(|e| format!("has no device the driver can name ({})", words(e)))?;
-    if usize::try_from(dev).ok() != Some(ordinal) {
-        return Err(format!("is memory of cuda:{dev}, not of cuda:{ordinal}"));
+    // SAFETY: as above.
+    let owner: sys::CUcontext =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_CONTEXT, first) }
+            .map_err(|e| format!("has no context the driver can name ({})", words(e)))?;
+    if !owner.is_null() && owner != ctx.ctx {
+        return Err(format!(
+            "is memory of another CUDA context than cuda:{}'s primary one (cuCtxCreate), \
+             where the load's kernels cannot write",
+            ctx.ordinal
+        ));
+    }
+    // SAFETY: as above.
+    let start: u64 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, first) }
+        .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
+    // SAFETY: as above.
+    let size: usize = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, first) }
+        .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
+    let end = start.saturating_add(size as u64);
+    if first < start || last >= end {
+        return Err(format!(
+            "runs past the end of its allocation ({start:#x}, {size} bytes): the last byte \
+             is {last:#x}"
+        ));
+    }
+    // SAFETY: as above.
+    let last_kind: u32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, last) }
+        .map_err(|e| format!("its last byte ({last:#x}) {}", unknown(e)))?;
+    if last_kind != kind {
+        return Err(format!(
+            "its last byte ({last:#x}) is {}",
+            kind_words(last_kind)
+        ));
     }
     Ok(())
 }

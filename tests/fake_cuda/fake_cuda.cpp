@@ -22,8 +22,9 @@
 //     registered range into the next, or into pageable memory) is refused with
 //     CUDA_ERROR_INVALID_VALUE, as a real driver refused a copy across two adjacent
 //     registrations (the pageable case is a guess, on the strict side);
-//   - cuPointerGetAttribute: the memory type and device of a pointer into a device
-//     allocation or pinned host memory, an error for any other address;
+//   - cuPointerGetAttribute: the context, memory type, device and allocation range of
+//     a pointer into a device allocation or pinned host memory (none is managed), an
+//     error for any other address; cuCtxSynchronize;
 //   - cuMemHostRegister at page granularity: an overlap with a registered range is
 //     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, memory that is not writable needs
 //     CU_MEMHOSTREGISTER_READ_ONLY; FAKE_CUDA_CC=7.5 sets the compute capability the
@@ -67,6 +68,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <set>
@@ -754,12 +756,35 @@ CUresult cuPointerGetAttribute(void* data, int attr, CUdeviceptr p) {
     const DeviceAlloc* d = in_device(p, 1);
     const HostRange* h = d ? nullptr : in_pinned(p, 1);
     if (!d && !h) return INVALID_VALUE;
+    uintptr_t start = 0;
+    size_t len = 0;
+    if (d) {
+        auto it = std::prev(s.device_allocs.upper_bound(p));
+        start = it->first;
+        len = it->second.len;
+    } else {
+        auto it = std::prev(s.host.upper_bound(p));
+        start = it->first;
+        len = it->second.len;
+    }
     switch (attr) {
+        case 1:  // CU_POINTER_ATTRIBUTE_CONTEXT
+            *static_cast<void**>(data) = d ? static_cast<void*>(d->ctx) : nullptr;
+            return SUCCESS;
         case 2:  // CU_POINTER_ATTRIBUTE_MEMORY_TYPE
             *static_cast<unsigned*>(data) = d ? 2u : 1u;
             return SUCCESS;
+        case 8:  // CU_POINTER_ATTRIBUTE_IS_MANAGED (nothing here is)
+            *static_cast<int*>(data) = 0;
+            return SUCCESS;
         case 9:  // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
             *static_cast<int*>(data) = d ? d->ctx->device : 0;
+            return SUCCESS;
+        case 11:  // CU_POINTER_ATTRIBUTE_RANGE_START_ADDR
+            *static_cast<CUdeviceptr*>(data) = start;
+            return SUCCESS;
+        case 12:  // CU_POINTER_ATTRIBUTE_RANGE_SIZE
+            *static_cast<size_t*>(data) = len;
             return SUCCESS;
         default:
             std::fprintf(stderr, "fake-cuda: cuPointerGetAttribute(%d) is not modelled\n", attr);
@@ -852,6 +877,20 @@ CUresult cuStreamSynchronize(void* h) {
     Stream* st = as_stream(h);
     if (!s.streams.count(st)) return INVALID_HANDLE;
     s.cv.wait(lock, [&] { return st->queue.empty() || s.sticky != SUCCESS; });
+    return settled(lock);
+}
+
+// Waits for the work of every stream of the current context.
+CUresult cuCtxSynchronize() {
+    ENTER("cuCtxSynchronize", UNKNOWN);
+    NEED_CONTEXT();
+    Context* c = t_ctx;
+    s.cv.wait(lock, [&] {
+        if (s.sticky != SUCCESS) return true;
+        for (Stream* st : s.running)
+            if (st->ctx == c && !st->queue.empty()) return false;
+        return true;
+    });
     return settled(lock);
 }
 
