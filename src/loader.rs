@@ -336,7 +336,7 @@ impl Loader {
     /// Loads an already opened checkpoint.
     pub fn load_checkpoint(&self, ckpt: &Checkpoint) -> Result<Model> {
         let start = Instant::now();
-        let plan = self.plan_of(ckpt, &|_| true)?;
+        let plan = self.plan_of(ckpt, &|_| Some(None))?;
         self.run(
             &plan,
             start,
@@ -351,10 +351,15 @@ impl Loader {
         self.device
     }
 
-    /// The plan of the tensors of `ckpt` that the `only` patterns select and `keep`
-    /// accepts; an error when patterns select none.
-    pub(crate) fn plan_of(&self, ckpt: &Checkpoint, keep: &dyn Fn(&str) -> bool) -> Result<Plan> {
-        let plan = plan::plan_where(ckpt, &self.plan, keep)?;
+    /// The plan of the tensors of `ckpt` that the `only` patterns select and `pick`
+    /// does not leave out, in the dtypes it asks for (see [`plan::plan_where`]); an
+    /// error when the patterns select none.
+    pub(crate) fn plan_of(
+        &self,
+        ckpt: &Checkpoint,
+        pick: &dyn Fn(&str) -> Option<Option<Dtype>>,
+    ) -> Result<Plan> {
+        let plan = plan::plan_where(ckpt, &self.plan, pick)?;
         if !self.plan.only.is_empty() && plan.tensor_count() == 0 {
             return Err(Error::InvalidArgument(format!(
                 "no tensor of {} matches {}",

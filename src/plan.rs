@@ -229,15 +229,16 @@ fn align_up(x: u64, a: u64) -> Option<u64> {
 
 /// Plans the reads for `ckpt` under `opts`.
 pub fn plan(ckpt: &Checkpoint, opts: &PlanOptions) -> Result<Plan> {
-    plan_where(ckpt, opts, &|_| true)
+    plan_where(ckpt, opts, &|_| Some(None))
 }
 
-/// Plans the reads for the tensors of `ckpt` that `opts` selects and `keep` accepts
-/// (by name).
+/// Plans the reads for the tensors of `ckpt` that `opts` selects and `pick` (by name)
+/// does not leave out (`None`); `Some(Some(dtype))` converts that tensor to `dtype`
+/// instead of `opts.dtype` (where it converts at all, as [`convert::output_dtype`]).
 pub(crate) fn plan_where(
     ckpt: &Checkpoint,
     opts: &PlanOptions,
-    keep: &dyn Fn(&str) -> bool,
+    pick: &dyn Fn(&str) -> Option<Option<Dtype>>,
 ) -> Result<Plan> {
     const MAX_ALIGN: u64 = 1 << 30;
     for (what, a) in [
@@ -308,11 +309,11 @@ pub(crate) fn plan_where(
             if !opts.only.is_empty() && !opts.only.iter().any(|p| glob_match(p, &t.name)) {
                 continue;
             }
-            if !keep(&t.name) {
+            let Some(requested) = pick(&t.name) else {
                 continue;
-            }
+            };
             let file_offset = data_start + t.begin;
-            let out_dtype = convert::output_dtype(t.dtype, opts.dtype);
+            let out_dtype = convert::output_dtype(t.dtype, requested.or(opts.dtype));
             let src_len = t.len();
             if out_dtype == t.dtype {
                 let a0 = align_down(file_offset, align);

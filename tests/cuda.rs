@@ -901,6 +901,7 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
                 (t.name != skipped).then(|| DeviceRegion {
                     ptr: arena.ptr + at[t.name] as u64,
                     len: t.len,
+                    dtype: t.dtype,
                 })
             })
         }
@@ -933,6 +934,74 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
     }
 }
 
+/// Each tensor in the dtype its region asks for, as a framework's parameters are:
+/// F8 weights kept as they are, the other floats each converted to another target,
+/// integers raw; every tensor equals the host load into that dtype.
+#[test]
+fn a_load_into_memory_the_caller_allocated_gives_each_tensor_its_own_dtype() {
+    use std::collections::BTreeMap;
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(43);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let as_map = |h: HostTensors| -> BTreeMap<String, (Dtype, Vec<u8>)> {
+        h.into_iter().map(|(n, d, b)| (n, (d, b))).collect()
+    };
+    let raw = as_map(host_bytes(Loader::new(), &path));
+    let by: BTreeMap<Dtype, BTreeMap<String, (Dtype, Vec<u8>)>> =
+        [Dtype::F32, Dtype::F16, Dtype::BF16]
+            .into_iter()
+            .map(|d| (d, as_map(host_bytes(Loader::new().dtype(Some(d)), &path))))
+            .collect();
+    let target = |file: Dtype| match file {
+        Dtype::F32 => Dtype::BF16,
+        Dtype::F16 => Dtype::F32,
+        Dtype::BF16 => Dtype::F16,
+        other => other,
+    };
+    let want: HostTensors = raw
+        .iter()
+        .map(|(n, (d, b))| {
+            let t = target(*d);
+            let bytes = if t == *d {
+                b.clone()
+            } else {
+                by[&t][n].1.clone()
+            };
+            (n.clone(), t, bytes)
+        })
+        .collect();
+    let (at, len) = arena_layout(&want);
+    let arena = Arena::new(0, len, 11);
+    // The loader's own choice (F16 for every float) is overridden tensor by tensor.
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .dtype(Some(Dtype::F16));
+    // SAFETY: every region lies in the live arena, no two overlap.
+    let m = unsafe {
+        l.load_into_device(&ckpt, |t| {
+            let dtype = target(t.file_dtype);
+            Some(DeviceRegion {
+                ptr: arena.ptr + at[t.name] as u64,
+                len: t.len_as(dtype).unwrap(),
+                dtype,
+            })
+        })
+    }
+    .unwrap();
+    assert_eq!(on_host(&m), want);
+    let mut all = arena.poison.clone();
+    for (name, _, bytes) in &want {
+        all[at[name]..at[name] + bytes.len()].copy_from_slice(bytes);
+    }
+    assert!(
+        arena.bytes() == all,
+        "bytes outside the regions written, or regions wrong"
+    );
+}
+
 /// Regions that cannot be right are refused before any byte is written, each with
 /// the file, the tensor and what is wrong: the wrong length, memory the driver does
 /// not know, past the end of its allocation, pinned host memory, past the end of the
@@ -955,6 +1024,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
     let fitting = |t: &tensorstream::TensorSpec<'_>| DeviceRegion {
         ptr: arena.ptr + at[t.name] as u64,
         len: t.len,
+        dtype: t.dtype,
     };
     let refused =
         |l: &Loader,
@@ -995,6 +1065,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
                 DeviceRegion {
                     ptr: 64,
                     len: t.len,
+                    dtype: t.dtype,
                 }
             } else {
                 fitting(t)
@@ -1026,6 +1097,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
                     DeviceRegion {
                         ptr: host as u64,
                         len: t.len,
+                        dtype: t.dtype,
                     }
                 } else {
                     fitting(t)
@@ -1044,6 +1116,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
                 DeviceRegion {
                     ptr: u64::MAX - 255,
                     len: t.len,
+                    dtype: t.dtype,
                 }
             } else {
                 fitting(t)
@@ -1065,6 +1138,30 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
             let mut r = fitting(t);
             if t.name == "a.f32" {
                 r.ptr += 1; // converted to F16 by a kernel writing 2-byte elements
+            }
+            Some(r)
+        },
+    );
+    refused(
+        &l,
+        "integer as float",
+        &["tensor 'i.i32'", "cannot load I32 as BF16"],
+        &|t| {
+            let mut r = fitting(t);
+            if t.name == "i.i32" {
+                r.dtype = Dtype::BF16;
+            }
+            Some(r)
+        },
+    );
+    refused(
+        &l,
+        "float as integer",
+        &["tensor 'a.f32'", "cannot load F32 as I32"],
+        &|t| {
+            let mut r = fitting(t);
+            if t.name == "a.f32" {
+                r.dtype = Dtype::I32;
             }
             Some(r)
         },
@@ -1097,6 +1194,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
                     DeviceRegion {
                         ptr: other.1,
                         len: t.len,
+                        dtype: t.dtype,
                     }
                 } else {
                     fitting(t)
@@ -1151,6 +1249,7 @@ fn a_load_into_memory_the_caller_allocated_waits_for_work_queued_on_it() {
             Some(DeviceRegion {
                 ptr: arena.ptr + at[t.name] as u64,
                 len: t.len,
+                dtype: t.dtype,
             })
         })
     }

@@ -637,8 +637,12 @@ unsafe impl Sync for CudaSink<'_> {}
 pub struct DeviceRegion {
     /// Device address of the first byte.
     pub ptr: u64,
-    /// Length in bytes: the tensor's length once loaded ([`TensorSpec::len`]).
+    /// Length in bytes: the tensor's length in `dtype` ([`TensorSpec::len_as`]).
     pub len: usize,
+    /// The dtype the tensor lands in: its dtype in the file, or, for a floating tensor
+    /// (F32, F16, BF16, the F8 types), F32, F16 or BF16 to convert it to. The loader's
+    /// own choice is [`TensorSpec::dtype`].
+    pub dtype: Dtype,
 }
 
 /// A tensor that [`Loader::load_into_device`](crate::Loader::load_into_device) is
@@ -656,8 +660,28 @@ pub struct TensorSpec<'a> {
     pub dtype: Dtype,
     /// Shape.
     pub shape: &'a [u64],
-    /// Bytes once loaded: the length its region must have.
+    /// Bytes once loaded as `dtype`.
     pub len: usize,
+    /// Bytes in the file.
+    file_len: u64,
+}
+
+impl TensorSpec<'_> {
+    /// Bytes of the tensor loaded as `dtype`: its dtype in the file, or F32, F16 or
+    /// BF16 for a floating one; `None` for a dtype it cannot be loaded as.
+    pub fn len_as(&self, dtype: Dtype) -> Option<usize> {
+        if dtype != self.file_dtype
+            && !(self.file_dtype.is_convertible_float() && dtype.is_conversion_target())
+        {
+            return None;
+        }
+        usize::try_from(convert::converted_len(
+            self.file_dtype,
+            dtype,
+            self.file_len,
+        ))
+        .ok()
+    }
 }
 
 /// The caller's device memory of a load, by tensor name. Made only by
@@ -669,11 +693,15 @@ impl crate::Loader {
     /// Loads the tensors of `ckpt` into device memory the caller allocated, as a
     /// framework that has allocated its parameters wants: `dest` is called once for
     /// each tensor the load selects (see [`Loader::only`](crate::Loader::only)), file
-    /// by file in offset order, with what will land there (name, dtype once loaded,
-    /// shape, bytes), and returns the memory for it, or `None` to leave the tensor out.
+    /// by file in offset order, with what will land there (name, dtype in the file and
+    /// as the loader would load it, shape, bytes), and returns the memory for it and
+    /// the dtype to land in (each tensor its own: a framework's parameter dtype, F8
+    /// weights kept as they are beside their F32 scales), or `None` to leave the
+    /// tensor out.
     ///
     /// Before any byte is read, every region is checked (`cuPointerGetAttribute`): its
-    /// length must be the tensor's once loaded; it must lie in one allocation (or
+    /// dtype must be one the tensor can be loaded as, its length the tensor's in that
+    /// dtype; it must lie in one allocation (or
     /// reserved address range) of device memory of the loader's device, made in the
     /// device's primary context or in none (memory pools, `cuMemMap`), not managed
     /// memory; a converted tensor's region must be aligned to its elements; no two
@@ -710,14 +738,14 @@ impl crate::Loader {
     ///     let n = t.shape.iter().product::<u64>() as usize;
     ///     params.insert(t.name.clone(), stream.alloc_zeros::<u16>(n)?);
     /// }
-    /// let loader = Loader::new().device(Device::Cuda(0)).dtype(Some(Dtype::BF16));
+    /// let loader = Loader::new().device(Device::Cuda(0));
     /// // SAFETY: each region is a live allocation of its own, untouched during the load.
     /// stream.synchronize()?;
     /// let model = unsafe {
     ///     loader.load_into_device(&ckpt, |t| {
     ///         let p = params.get_mut(t.name)?;
     ///         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(p, &stream);
-    ///         Some(DeviceRegion { ptr, len: t.len })
+    ///         Some(DeviceRegion { ptr, len: t.len_as(Dtype::BF16)?, dtype: Dtype::BF16 })
     ///     })?
     /// };
     /// println!("{} tensors in place", model.len());
@@ -746,7 +774,7 @@ impl crate::Loader {
                 "a load into device memory needs a CUDA device (Loader::device)".into(),
             ));
         }
-        let all = self.plan_of(ckpt, &|_| true)?;
+        let all = self.plan_of(ckpt, &|_| Some(None))?;
         let mut chosen = BTreeMap::new();
         for f in &all.files {
             for t in &f.tensors {
@@ -757,8 +785,19 @@ impl crate::Loader {
                     dtype: t.dtype,
                     shape: &t.shape,
                     len: usize::try_from(t.len).unwrap_or(usize::MAX),
+                    file_len: t.src_len,
                 };
                 if let Some(r) = dest(&spec) {
+                    if spec.len_as(r.dtype).is_none() {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: tensor '{}': cannot load {} as {} (floating tensors convert \
+                             to F32, F16 or BF16; others load as they are)",
+                            f.path.display(),
+                            t.name,
+                            t.src_dtype,
+                            r.dtype
+                        )));
+                    }
                     chosen.insert(t.name.clone(), r);
                 }
             }
@@ -769,7 +808,7 @@ impl crate::Loader {
                 ckpt.path.display()
             )));
         }
-        let plan = self.plan_of(ckpt, &|name| chosen.contains_key(name))?;
+        let plan = self.plan_of(ckpt, &|name| chosen.get(name).map(|r| Some(r.dtype)))?;
         self.run(&plan, start, Some(&Destinations(chosen)))
     }
 }
