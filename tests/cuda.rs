@@ -1002,6 +1002,131 @@ fn a_load_into_memory_the_caller_allocated_gives_each_tensor_its_own_dtype() {
     );
 }
 
+/// Random loads into the caller's memory: any subset of tensors, each in a dtype
+/// drawn from those it can be loaded as, small and odd chunk and staging sizes, every
+/// path. Each loaded tensor equals the host load into its dtype, and no byte outside
+/// the regions changes.
+#[test]
+fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
+    use std::collections::BTreeMap;
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = sharded_fixture(dir.path(), 44, 2);
+    for f in std::fs::read_dir(&path).unwrap() {
+        std::fs::read(f.unwrap().path()).unwrap();
+    }
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let host: BTreeMap<Option<Dtype>, BTreeMap<String, Vec<u8>>> =
+        [None, Some(Dtype::F32), Some(Dtype::F16), Some(Dtype::BF16)]
+            .into_iter()
+            .map(|d| {
+                let m = host_bytes(Loader::new().dtype(d), &path);
+                (d, m.into_iter().map(|(n, _, b)| (n, b)).collect())
+            })
+            .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(45);
+    for round in 0..12 {
+        let io = [
+            IoBackend::Pread,
+            IoBackend::Buffered,
+            IoBackend::Direct,
+            IoBackend::Mmap,
+        ][rng.gen_range(0..4)];
+        let split = if io == IoBackend::Pread {
+            [Split::Off, Split::Share(0.3), Split::Balanced][rng.gen_range(0..3)]
+        } else {
+            Split::Off
+        };
+        let chunk = 4096u64 << rng.gen_range(0..6);
+        let staging = chunk * rng.gen_range(2..9);
+        let depth = rng.gen_range(1..9);
+        let global = [None, Some(Dtype::F32), Some(Dtype::BF16)][rng.gen_range(0..3)];
+        // Per tensor (in the callback's order): left out, or the dtype it lands in.
+        let mut picks: BTreeMap<String, Option<Dtype>> = BTreeMap::new();
+        let mut layout: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut end = 0usize;
+        let what = format!(
+            "round {round}: {io:?} {split:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?}"
+        );
+        let l = Loader::new()
+            .device(Device::Cuda(0))
+            .io(io)
+            .split(split)
+            .chunk_size(chunk)
+            .staging_bytes(staging)
+            .queue_depth(depth)
+            .dtype(global);
+        // A first pass decides and lays out; the arena is then made to fit. The load's
+        // callback replays the decisions.
+        let draw = |rng: &mut rand::rngs::StdRng, t: &tensorstream::TensorSpec<'_>| {
+            if rng.gen_range(0..5) == 0 {
+                return None;
+            }
+            let options: Vec<Dtype> = [t.file_dtype, Dtype::F32, Dtype::F16, Dtype::BF16]
+                .into_iter()
+                .filter(|d| t.len_as(*d).is_some())
+                .collect();
+            Some(options[rng.gen_range(0..options.len())])
+        };
+        // SAFETY: the callback gives no region, so nothing is written (the load is
+        // refused before it starts, or there is nothing to load).
+        let _ = unsafe {
+            l.load_into_device(&ckpt, |t| {
+                let pick = draw(&mut rng, t);
+                if let Some(d) = pick {
+                    let off = (end + rng.gen_range(1..300)).next_multiple_of(4);
+                    let len = t.len_as(d).unwrap();
+                    layout.insert(t.name.to_string(), (off, len));
+                    end = off + len;
+                }
+                picks.insert(t.name.to_string(), pick);
+                None
+            })
+        };
+        if layout.is_empty() {
+            continue;
+        }
+        let arena = Arena::new(0, end + 64, 200 + round);
+        // SAFETY: every region lies in the live arena, no two overlap.
+        let m = unsafe {
+            l.load_into_device(&ckpt, |t| {
+                picks[t.name].map(|dtype| DeviceRegion {
+                    ptr: arena.ptr + layout[t.name].0 as u64,
+                    len: layout[t.name].1,
+                    dtype,
+                })
+            })
+        }
+        .unwrap();
+        let mut expect = arena.poison.clone();
+        let mut want = Vec::new();
+        for (name, pick) in &picks {
+            let Some(d) = pick else { continue };
+            let file_dtype = ckpt
+                .shards
+                .iter()
+                .flat_map(|h| &h.tensors)
+                .find(|t| &t.name == name)
+                .unwrap()
+                .dtype;
+            let bytes = &host[&(*d != file_dtype).then_some(*d)][name];
+            let (off, len) = layout[name];
+            assert_eq!(bytes.len(), len, "{what}: {name}");
+            expect[off..off + len].copy_from_slice(bytes);
+            want.push((name.clone(), *d, bytes.clone()));
+        }
+        assert_eq!(on_host(&m), want, "{what}");
+        drop(m);
+        assert!(
+            arena.bytes() == expect,
+            "{what}: bytes outside the regions, or regions wrong"
+        );
+    }
+}
+
 /// Regions that cannot be right are refused before any byte is written, each with
 /// the file, the tensor and what is wrong: the wrong length, memory the driver does
 /// not know, past the end of its allocation, pinned host memory, past the end of the
