@@ -701,11 +701,10 @@ impl crate::Loader {
     ///
     /// Before any byte is read, every region is checked (`cuPointerGetAttribute`): its
     /// dtype must be one the tensor can be loaded as, its length the tensor's in that
-    /// dtype; it must lie in one allocation (or
-    /// reserved address range) of device memory of the loader's device, made in the
-    /// device's primary context or in none (memory pools, `cuMemMap`), not managed
-    /// memory; a converted tensor's region must be aligned to its elements; no two
-    /// regions may overlap. A region that fails is an error naming the file, the
+    /// dtype; it must lie in one allocation (or reserved address range) of device
+    /// memory of the loader's device, made in the device's primary context or in none
+    /// (memory pools, `cuMemMap`), not managed memory; a converted tensor's region
+    /// must be aligned to its elements; no two regions may overlap. A region that fails is an error naming the file, the
     /// tensor and the problem, and nothing is written. Then the load waits for the
     /// work already queued in the device's primary context (`cuCtxSynchronize`), so a
     /// memset or stream-ordered allocation of the regions on any stream is complete
@@ -740,7 +739,6 @@ impl crate::Loader {
     /// }
     /// let loader = Loader::new().device(Device::Cuda(0));
     /// // SAFETY: each region is a live allocation of its own, untouched during the load.
-    /// stream.synchronize()?;
     /// let model = unsafe {
     ///     loader.load_into_device(&ckpt, |t| {
     ///         let p = params.get_mut(t.name)?;
@@ -757,8 +755,8 @@ impl crate::Loader {
     ///
     /// For every region `dest` returns:
     /// 1. `[ptr, ptr + len)` is device memory that stays allocated until this call
-    ///    returns (the checks see its two ends, not that the bytes between are one
-    ///    allocation, or the caller's);
+    ///    returns (the checks see the allocation it lies in, not whether that is the
+    ///    caller's, nor, in a reserved `cuMemMap` range, that every page is mapped);
     /// 2. from the moment `dest` returns it until this call returns, nothing else
     ///    reads or writes it: no host access to its memory, and no work queued on any
     ///    stream other than the work queued before the call (which the load waits
@@ -940,10 +938,12 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
             ctx.ordinal
         ));
     }
+    // Memory of no context (pools, cuMemMap) may answer null or an error: either way
+    // it is not another context's.
     // SAFETY: as above.
     let owner: sys::CUcontext =
         unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_CONTEXT, first) }
-            .map_err(|e| format!("has no context the driver can name ({})", words(e)))?;
+            .unwrap_or(std::ptr::null_mut());
     if !owner.is_null() && owner != ctx.ctx {
         return Err(format!(
             "is memory of another CUDA context than cuda:{}'s primary one (cuCtxCreate), \
