@@ -815,6 +815,19 @@ impl Arena {
         }
     }
 
+    /// Asserts that the arena holds `regions` (offset, bytes) and its poison
+    /// everywhere else.
+    fn assert_holds<'a>(&self, regions: impl IntoIterator<Item = (usize, &'a [u8])>, what: &str) {
+        let mut expect = self.poison.clone();
+        for (off, bytes) in regions {
+            expect[off..off + bytes.len()].copy_from_slice(bytes);
+        }
+        assert!(
+            self.bytes() == expect,
+            "{what}: bytes outside the regions written, or regions wrong"
+        );
+    }
+
     /// What the arena holds now.
     fn bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.poison.len()];
@@ -922,13 +935,9 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
             assert!(b.is_borrowed(), "{what}: {}", t.name);
         }
         drop(m);
-        let mut outside = arena.poison.clone();
-        for (name, _, bytes) in want.iter().filter(|w| w.0 != skipped) {
-            outside[at[name]..at[name] + bytes.len()].copy_from_slice(bytes);
-        }
-        assert!(
-            arena.bytes() == outside,
-            "{what}: bytes outside the regions written, or regions wrong"
+        arena.assert_holds(
+            expected.iter().map(|(n, _, b)| (at[n], b.as_slice())),
+            &what,
         );
         drop(arena);
     }
@@ -992,13 +1001,9 @@ fn a_load_into_memory_the_caller_allocated_gives_each_tensor_its_own_dtype() {
     }
     .unwrap();
     assert_eq!(on_host(&m), want);
-    let mut all = arena.poison.clone();
-    for (name, _, bytes) in &want {
-        all[at[name]..at[name] + bytes.len()].copy_from_slice(bytes);
-    }
-    assert!(
-        arena.bytes() == all,
-        "bytes outside the regions written, or regions wrong"
+    arena.assert_holds(
+        want.iter().map(|(n, _, b)| (at[n], b.as_slice())),
+        "mixed dtypes",
     );
 }
 
@@ -1101,7 +1106,6 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
             })
         }
         .unwrap();
-        let mut expect = arena.poison.clone();
         let mut want = Vec::new();
         for (name, pick) in &picks {
             let Some(d) = pick else { continue };
@@ -1113,16 +1117,14 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
                 .unwrap()
                 .dtype;
             let bytes = &host[&(*d != file_dtype).then_some(*d)][name];
-            let (off, len) = layout[name];
-            assert_eq!(bytes.len(), len, "{what}: {name}");
-            expect[off..off + len].copy_from_slice(bytes);
+            assert_eq!(bytes.len(), layout[name].1, "{what}: {name}");
             want.push((name.clone(), *d, bytes.clone()));
         }
         assert_eq!(on_host(&m), want, "{what}");
         drop(m);
-        assert!(
-            arena.bytes() == expect,
-            "{what}: bytes outside the regions, or regions wrong"
+        arena.assert_holds(
+            want.iter().map(|(n, _, b)| (layout[n].0, b.as_slice())),
+            &what,
         );
     }
 }
