@@ -1129,6 +1129,97 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
     }
 }
 
+/// Driver calls failing during a load into the caller's memory, each in a child
+/// process under the fake driver: the load is an error that says so, and when it
+/// returns nothing it queued still runs, for the caller frees its memory at once
+/// (the fake flags a free under queued work); nothing leaks.
+#[test]
+fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_running() {
+    use tensorstream::{Checkpoint, DeviceRegion};
+    const CHILD: &str = "TS_LOAD_INTO_CHILD";
+    if fake_cuda::active() {
+        let Some(io) = std::env::var_os(CHILD) else {
+            return; // under every_test_here_passes_on_the_fake_driver: nothing to do
+        };
+        let io = if io == "mmap" {
+            IoBackend::Mmap
+        } else {
+            IoBackend::Pread
+        };
+        assert!(gpu(), "the fake driver has no device");
+        let (_dir, path) = cached_fixture(46);
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
+        let (at, len) = arena_layout(&want);
+        let arena = Arena::new(0, len, 12);
+        let l = Loader::new()
+            .device(Device::Cuda(0))
+            .io(io)
+            .dtype(Some(Dtype::F16))
+            .chunk_size(64 << 10)
+            .staging_bytes(512 << 10);
+        // SAFETY: every region lies in the live arena, no two overlap.
+        let r = unsafe {
+            l.load_into_device(&ckpt, |t| {
+                Some(DeviceRegion {
+                    ptr: arena.ptr + at[t.name] as u64,
+                    len: t.len,
+                    dtype: t.dtype,
+                })
+            })
+        };
+        match r {
+            Ok(m) => {
+                assert_eq!(on_host(&m), want);
+                println!("LOAD_INTO ok");
+            }
+            Err(e) => println!("LOAD_INTO error: {e}"),
+        }
+        drop(l);
+        drop(arena);
+        return;
+    }
+    if Context::new(0).is_ok() {
+        eprintln!("not needed: a real GPU is present (failures are injected in the fake driver)");
+        return;
+    }
+    for (io, fail) in [
+        ("pread", "cuPointerGetAttribute:1"),
+        ("pread", "cuPointerGetAttribute:40"),
+        ("pread", "cuCtxSynchronize:1"),
+        ("pread", "cuMemcpyHtoDAsync_v2:3"),
+        ("pread", "cuLaunchKernel:2"),
+        ("pread", "cuEventRecord:2"),
+        ("mmap", "cuMemcpyHtoDAsync_v2:5"),
+        ("mmap", "cuMemHostRegister_v2:2"),
+    ] {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report = dir.path().join("report.txt");
+        let out = fake_cuda::command(std::env::current_exe().unwrap(), &report)
+            .env("FAKE_CUDA_FAIL", fail)
+            .env("FAKE_CUDA_DELAY_US", "50")
+            .env(CHILD, io)
+            .args([
+                "--exact",
+                "failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_running",
+                "--nocapture",
+            ])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{io} {fail}:\n{text}");
+        assert!(
+            text.contains("LOAD_INTO error: "),
+            "{io} {fail}: the load did not fail:\n{text}"
+        );
+        fake_cuda::Report::read(&report).assert_clean(&format!("{io} {fail}"));
+    }
+}
+
 /// Regions that cannot be right are refused before any byte is written, each with
 /// the file, the tensor and what is wrong: the wrong length, memory the driver does
 /// not know, past the end of its allocation, pinned host memory, past the end of the
