@@ -3,7 +3,7 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 110] [--reg-s 40] [--sweep-s 100]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 120] [--reg-s 40] [--sweep-s 100]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
@@ -24,7 +24,7 @@
 # tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
 BUDGET=540
-CHECK=110
+CHECK=120
 REG=40
 SWEEP=100
 while [ $# -gt 0 ]; do
