@@ -863,9 +863,9 @@ fn arena_layout(want: &HostTensors) -> (std::collections::BTreeMap<String, usize
     (at, end + 64)
 }
 
-/// A framework's own memory as the destination: every path (slots over pread and
-/// O_DIRECT, the registered page cache, a balanced split), raw and converted, two
-/// shards, one tensor left out. Each tensor lands in its region, byte for byte as
+/// A framework's own memory as the destination: every path (slots over pread,
+/// buffered io_uring and O_DIRECT, the registered page cache, a fixed and a balanced
+/// split), raw and converted, two shards, one tensor left out. Each tensor lands in its region, byte for byte as
 /// the host loads it; every byte around and between the regions keeps its poison;
 /// the model's tensors are views of the regions and free nothing when dropped.
 #[test]
