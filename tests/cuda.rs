@@ -319,7 +319,7 @@ fn the_callers_current_context_is_left_as_it_was() {
         scope.spawn(|| loads(None));
     });
     if let Err(e) = Context::new(1) {
-        eprintln!("not run (a second device's context current): needs a second CUDA device ({e})");
+        eprintln!("not run: a second device's context current needs a second CUDA device ({e})");
         return;
     }
     std::thread::scope(|scope| {
@@ -1220,6 +1220,71 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
     }
 }
 
+/// Memory a framework gets from a stream-ordered pool (`cuMemAllocAsync`, what
+/// cudarc's `alloc` uses where the device supports it) is accepted and filled;
+/// managed memory is refused by name. On a real GPU only: the fake driver models
+/// neither.
+#[test]
+fn a_load_into_pool_memory_works_and_into_managed_memory_is_refused() {
+    use cudarc::driver::{result, sys};
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if fake_cuda::active() {
+        eprintln!("pool and managed memory: real driver only (the fake models neither)");
+        return;
+    }
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(47);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let want = host_bytes(Loader::new().dtype(Some(Dtype::BF16)), &path);
+    let (at, len) = arena_layout(&want);
+    let dev = result::device::get(0).unwrap();
+    // SAFETY: a device handle from cuDeviceGet; released below.
+    let ctx = unsafe { result::primary_ctx::retain(dev) }.unwrap();
+    // SAFETY: a retained context.
+    unsafe { result::ctx::set_current(ctx) }.unwrap();
+    let stream = result::stream::create(result::stream::StreamKind::NonBlocking).unwrap();
+    let l = Loader::new()
+        .device(Device::Cuda(0))
+        .dtype(Some(Dtype::BF16));
+    let load = |base: u64| {
+        // SAFETY: every region lies in the caller's live allocation of `len` bytes at
+        // `base`, no two overlap, and nothing else uses it during the load.
+        unsafe {
+            l.load_into_device(&ckpt, |t| {
+                Some(DeviceRegion {
+                    ptr: base + at[t.name] as u64,
+                    len: t.len,
+                    dtype: t.dtype,
+                })
+            })
+        }
+    };
+    // SAFETY: the context is current and the stream live; freed below on the stream.
+    let pooled = unsafe { result::malloc_async(stream, len) }.unwrap();
+    let m = load(pooled).unwrap();
+    assert_eq!(on_host(&m), want, "pool memory");
+    drop(m);
+    // SAFETY: allocated above on this stream; the load has completed.
+    unsafe { result::free_async(pooled, stream) }.unwrap();
+    // SAFETY: managed memory of len bytes, freed below; nothing else touches it.
+    let managed =
+        unsafe { result::malloc_managed(len, sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL) }
+            .unwrap();
+    let e = load(managed).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("managed memory"), "{e}");
+    // SAFETY: allocated above; the refused load wrote nothing; the stream is destroyed
+    // once, the context released once.
+    unsafe {
+        result::free_sync(managed).unwrap();
+        result::stream::synchronize(stream).unwrap();
+        result::stream::destroy(stream).unwrap();
+        result::primary_ctx::release(dev).unwrap();
+    }
+}
+
 /// Regions that cannot be right are refused before any byte is written, each with
 /// the file, the tensor and what is wrong: the wrong length, memory the driver does
 /// not know, past the end of its allocation, pinned host memory, past the end of the
@@ -1392,7 +1457,7 @@ fn a_load_into_memory_the_caller_allocated_refuses_bad_regions_before_writing() 
         Some(fitting(t))
     });
     if let Err(e) = Context::new(1) {
-        eprintln!("not run (another device's memory): needs a second CUDA device ({e})");
+        eprintln!("not run: another device's memory needs a second CUDA device ({e})");
     } else {
         let other = std::thread::scope(|scope| {
             scope

@@ -754,13 +754,15 @@ impl crate::Loader {
     /// # Safety
     ///
     /// For every region `dest` returns:
-    /// 1. `[ptr, ptr + len)` is device memory that stays allocated until this call
-    ///    returns (the checks see the allocation it lies in, not whether that is the
-    ///    caller's, nor, in a reserved `cuMemMap` range, that every page is mapped);
+    /// 1. `[ptr, ptr + len)` is device memory, writable from the device, that stays
+    ///    allocated until this call returns (the checks see the allocation it lies
+    ///    in, not whether that is the caller's, nor, in a reserved `cuMemMap` range,
+    ///    that every page is mapped with read-write access);
     /// 2. from the moment `dest` returns it until this call returns, nothing else
-    ///    reads or writes it: no host access to its memory, and no work queued on any
-    ///    stream other than the work queued before the call (which the load waits
-    ///    for).
+    ///    reads or writes it: no host access to its memory, and no work on any stream
+    ///    but what was queued in the device's primary context before the call, which
+    ///    the load waits for (work queued in another context is not waited for; and
+    ///    a kernel in the primary context that never ends keeps the load waiting).
     pub unsafe fn load_into_device(
         &self,
         ckpt: &Checkpoint,
@@ -882,17 +884,17 @@ fn check_destinations(
     Ok(out)
 }
 
-/// One attribute of the memory at `addr` (`cuPointerGetAttribute`).
+/// One attribute of the memory at `addr` (`cuPointerGetAttribute`), written over `v`.
 ///
 /// # Safety
 ///
 /// `T` is the type the driver writes for `attr` (CUcontext, CUmemorytype as u32,
 /// int as i32, CUdeviceptr as u64, size_t as usize).
-unsafe fn pointer_attribute<T: Default>(
+unsafe fn pointer_attribute<T>(
     attr: sys::CUpointer_attribute,
     addr: u64,
+    mut v: T,
 ) -> std::result::Result<T, result::DriverError> {
-    let mut v = T::default();
     // SAFETY: the driver writes one T (the caller's promise) through a pointer valid
     // for the call.
     unsafe { sys::cuPointerGetAttribute((&mut v as *mut T).cast(), attr, addr) }.result()?;
@@ -907,11 +909,12 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
     use sys::CUpointer_attribute as A;
     let unknown = |e| format!("is not memory the CUDA driver knows of ({})", words(e));
     // SAFETY (each call): the attribute's type, per `pointer_attribute`.
-    let kind: u32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, first) }
+    let kind: u32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, first, 0u32) }
         .map_err(|e| format!("its first byte {}", unknown(e)))?;
     // SAFETY: as above.
-    let managed: i32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_IS_MANAGED, first) }
-        .map_err(|e| format!("its first byte {}", unknown(e)))?;
+    let managed: i32 =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_IS_MANAGED, first, 0i32) }
+            .map_err(|e| format!("its first byte {}", unknown(e)))?;
     if managed != 0 {
         return Err(
             "is managed memory (cuMemAllocManaged), which a load does not write: \
@@ -930,8 +933,9 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
         return Err(format!("is {}, not device memory", kind_words(kind)));
     }
     // SAFETY: as above.
-    let dev: i32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, first) }
-        .map_err(|e| format!("has no device the driver can name ({})", words(e)))?;
+    let dev: i32 =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, first, -1i32) }
+            .map_err(|e| format!("has no device the driver can name ({})", words(e)))?;
     if usize::try_from(dev).ok() != Some(ctx.ordinal) {
         return Err(format!(
             "is memory of cuda:{dev}, not of cuda:{}",
@@ -942,7 +946,7 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
     // it is not another context's.
     // SAFETY: as above.
     let owner: sys::CUcontext =
-        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_CONTEXT, first) }
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_CONTEXT, first, std::ptr::null_mut()) }
             .unwrap_or(std::ptr::null_mut());
     if !owner.is_null() && owner != ctx.ctx {
         return Err(format!(
@@ -952,11 +956,13 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
         ));
     }
     // SAFETY: as above.
-    let start: u64 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, first) }
-        .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
+    let start: u64 =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, first, 0u64) }
+            .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
     // SAFETY: as above.
-    let size: usize = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, first) }
-        .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
+    let size: usize =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, first, 0usize) }
+            .map_err(|e| format!("has no allocation the driver can name ({})", words(e)))?;
     let end = start.saturating_add(size as u64);
     if first < start || last >= end {
         return Err(format!(
@@ -965,8 +971,9 @@ fn check_region(ctx: &Context, first: u64, last: u64) -> std::result::Result<(),
         ));
     }
     // SAFETY: as above.
-    let last_kind: u32 = unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, last) }
-        .map_err(|e| format!("its last byte ({last:#x}) {}", unknown(e)))?;
+    let last_kind: u32 =
+        unsafe { pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, last, 0u32) }
+            .map_err(|e| format!("its last byte ({last:#x}) {}", unknown(e)))?;
     if last_kind != kind {
         return Err(format!(
             "its last byte ({last:#x}) is {}",
