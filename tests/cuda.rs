@@ -1195,23 +1195,18 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
     ] {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let report = dir.path().join("report.txt");
-        let out = fake_cuda::command(std::env::current_exe().unwrap(), &report)
-            .env("FAKE_CUDA_FAIL", fail)
-            .env("FAKE_CUDA_DELAY_US", "50")
-            .env(CHILD, io)
-            .args([
-                "--exact",
-                "failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_running",
-                "--nocapture",
-            ])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, text) = fake_cuda::run(
+            fake_cuda::command(std::env::current_exe().unwrap(), &report)
+                .env("FAKE_CUDA_FAIL", fail)
+                .env("FAKE_CUDA_DELAY_US", "50")
+                .env(CHILD, io)
+                .args([
+                    "--exact",
+                    "failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_running",
+                    "--nocapture",
+                ]),
         );
-        assert!(out.status.success(), "{io} {fail}:\n{text}");
+        assert!(ok, "{io} {fail}:\n{text}");
         assert!(
             text.contains("LOAD_INTO error: "),
             "{io} {fail}: the load did not fail:\n{text}"
@@ -1566,26 +1561,21 @@ fn every_test_here_passes_on_the_fake_driver() {
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let report = dir.path().join("report.txt");
-    let out = fake_cuda::command(std::env::current_exe().unwrap(), &report)
-        .env("FAKE_CUDA_DELAY_US", "50")
-        .env("FAKE_CUDA_DEVICES", "2")
-        .args([
-            "--skip",
-            "every_test_here_passes_on_the_fake_driver",
-            "--skip",
-            "without_a_gpu_the_error_is_clear_and_not_a_panic",
-            "--test-threads",
-            "2",
-            "--nocapture",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = fake_cuda::run(
+        fake_cuda::command(std::env::current_exe().unwrap(), &report)
+            .env("FAKE_CUDA_DELAY_US", "50")
+            .env("FAKE_CUDA_DEVICES", "2")
+            .args([
+                "--skip",
+                "every_test_here_passes_on_the_fake_driver",
+                "--skip",
+                "without_a_gpu_the_error_is_clear_and_not_a_panic",
+                "--test-threads",
+                "2",
+                "--nocapture",
+            ]),
     );
-    assert!(out.status.success(), "under the fake driver:\n{text}");
+    assert!(ok, "under the fake driver:\n{text}");
     assert!(
         !text.contains("skipping: no usable CUDA device") && !text.contains("not run:"),
         "a test did not run under the fake driver:\n{text}"

@@ -61,6 +61,17 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>, report: &Path) -> Command {
     c
 }
 
+/// Runs `c` to its end: whether it succeeded, and its stdout and stderr together.
+pub fn run(c: &mut Command) -> (bool, String) {
+    let out = c.output().expect("running a child under the fake driver");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// What the fake driver reported at the exit of a process.
 #[derive(Debug)]
 pub struct Report(BTreeMap<String, u64>);
