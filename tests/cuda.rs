@@ -101,6 +101,24 @@ fn fixture_file(dir: &Path, seed: u64, file: &str, prefix: &str) -> PathBuf {
     path
 }
 
+/// A loader to cuda:0 through `io`, converting to `dtype`, with reads of `chunk`
+/// bytes, `staging` bytes of staging and `depth` reads in flight.
+fn cuda_loader(
+    io: IoBackend,
+    dtype: Option<Dtype>,
+    chunk: u64,
+    staging: u64,
+    depth: usize,
+) -> Loader {
+    Loader::new()
+        .device(Device::Cuda(0))
+        .io(io)
+        .dtype(dtype)
+        .chunk_size(chunk)
+        .staging_bytes(staging)
+        .queue_depth(depth)
+}
+
 type HostTensors = Vec<(String, Dtype, Vec<u8>)>;
 
 /// Every tensor of `m`, copied to the host, with its name and dtype.
@@ -196,13 +214,7 @@ fn the_registered_page_cache_path_equals_host_loads() {
                 let what = format!(
                     "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, per_tensor {per_tensor}"
                 );
-                let l = Loader::new()
-                    .device(Device::Cuda(0))
-                    .io(IoBackend::Mmap)
-                    .dtype(dtype)
-                    .chunk_size(chunk)
-                    .staging_bytes(staging)
-                    .queue_depth(depth)
+                let l = cuda_loader(IoBackend::Mmap, dtype, chunk, staging, depth)
                     .per_tensor_allocations(per_tensor);
                 let (got, report) = loaded_via(l, &path, &what);
                 assert!(
@@ -243,13 +255,7 @@ fn a_split_load_equals_host_loads() {
                         "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
                          share {share:?}, per_tensor {per_tensor}"
                     );
-                    let l = Loader::new()
-                        .device(Device::Cuda(0))
-                        .io(IoBackend::Pread)
-                        .dtype(dtype)
-                        .chunk_size(chunk)
-                        .staging_bytes(staging)
-                        .queue_depth(depth)
+                    let l = cuda_loader(IoBackend::Pread, dtype, chunk, staging, depth)
                         .split(share)
                         .per_tensor_allocations(per_tensor);
                     let (got, report) = loaded_via(l, &path, &what);
@@ -367,13 +373,7 @@ fn a_balanced_split_of_shards_equals_host_loads() {
                     "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
                      per_tensor {per_tensor}"
                 );
-                let l = Loader::new()
-                    .device(Device::Cuda(0))
-                    .io(IoBackend::Pread)
-                    .dtype(dtype)
-                    .chunk_size(chunk)
-                    .staging_bytes(staging)
-                    .queue_depth(depth)
+                let l = cuda_loader(IoBackend::Pread, dtype, chunk, staging, depth)
                     .split(Split::Balanced)
                     .per_tensor_allocations(per_tensor);
                 let (got, report) = loaded_via(l, &path, &what);
@@ -1056,14 +1056,7 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
         let what = format!(
             "round {round}: {io:?} {split:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?}"
         );
-        let l = Loader::new()
-            .device(Device::Cuda(0))
-            .io(io)
-            .split(split)
-            .chunk_size(chunk)
-            .staging_bytes(staging)
-            .queue_depth(depth)
-            .dtype(global);
+        let l = cuda_loader(io, global, chunk, staging, depth).split(split);
         // A first pass decides and lays out; the arena is then made to fit. The load's
         // callback replays the decisions.
         let draw = |rng: &mut rand::rngs::StdRng, t: &tensorstream::TensorSpec<'_>| {
