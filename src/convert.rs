@@ -420,7 +420,7 @@ pub fn convert_into(src: Dtype, dst: Dtype, input: &[u8], output: &mut [u8]) -> 
     // Both are whole-byte types here.
     let src_size = (src.bits() / 8) as usize;
     let dst_size = (dst.bits() / 8) as usize;
-    if input.len() % src_size != 0 {
+    if !input.len().is_multiple_of(src_size) {
         return Err(Error::InvalidArgument(format!(
             "converting {src} to {dst}: input of {} bytes is not a whole number of {src_size}-byte elements",
             input.len()

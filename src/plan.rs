@@ -258,7 +258,7 @@ pub(crate) fn plan_where(
             opts.chunk_size
         )));
     }
-    if opts.chunk_size == 0 || opts.chunk_size % align != 0 {
+    if opts.chunk_size == 0 || !opts.chunk_size.is_multiple_of(align) {
         return Err(Error::InvalidArgument(format!(
             "chunk size {} must be a non-zero multiple of the alignment {align}",
             opts.chunk_size

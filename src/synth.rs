@@ -150,7 +150,7 @@ fn write_file(
         off += len;
     }
     let mut json = serde_json::Value::Object(header).to_string();
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(' ');
     }
     let io = |e| Error::io(path, "write", e);

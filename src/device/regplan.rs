@@ -1038,7 +1038,7 @@ mod tests {
         fn poll(&mut self, w: usize) -> Result<Option<u64>> {
             // A slow device is never done when asked; another is, every other time.
             self.polls += 1;
-            if !self.slow && self.polls % 2 == 0 {
+            if !self.slow && self.polls.is_multiple_of(2) {
                 self.wait(w).map(Some)
             } else {
                 Ok(None)

@@ -77,11 +77,13 @@ pub fn byte_len(dtype: Dtype, shape: &[u64]) -> usize {
 pub fn whole_bytes(dtype: Dtype, mut shape: Vec<u64>) -> Vec<u64> {
     let numel: u64 = shape.iter().product();
     let bits = dtype.bits();
-    if (numel * bits) % 8 == 0 {
+    if (numel * bits).is_multiple_of(8) {
         return shape;
     }
     // Smallest k with k * numel * bits ≡ 0 (mod 8): numel > 0 here.
-    let k = (1..=8).find(|k| (k * numel * bits) % 8 == 0).unwrap_or(8);
+    let k = (1..=8)
+        .find(|k| (k * numel * bits).is_multiple_of(8))
+        .unwrap_or(8);
     match shape.first_mut() {
         Some(d) => *d *= k,
         None => shape.push(k),
