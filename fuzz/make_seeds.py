@@ -99,13 +99,13 @@ DTYPES = [
 
 def plan_options(
     align_log2=12, chunks=0, flags=0, gap=(2, 0, 1), dtype=None, tensor_align=9,
-    patterns=(), mask=0xFFFFFFFF,
+    patterns=(), mask=0xFFFFFFFF, rows=None,
 ):
     """The 16 option bytes the plan target reads (see fuzz_targets/plan.rs)."""
     o = bytearray(16)
     o[0] = align_log2
     o[1] = chunks
-    o[2] = flags  # 1: chunk size off by one, 2: zero chunk size, 4: two shards
+    o[2] = flags  # 1: chunk size off by one, 2: zero chunk size, 4: two shards, 8: rows
     o[3], o[4], o[5] = gap
     if dtype is not None:
         i = DTYPES.index(dtype)
@@ -115,6 +115,9 @@ def plan_options(
     for k, tensor in enumerate(patterns):
         o[9 + k] = tensor
     o[12:16] = struct.pack("<I", mask)
+    if rows is not None:  # (tensor, or 0x80 for all; rule: bit 0 part, 1-3 rank, 4-6 world - 1)
+        o[2] |= 8
+        o[10], o[11] = rows
     return bytes(o)
 
 
@@ -145,6 +148,12 @@ PLAN = {
     "chunk-below-element": plan_options(align_log2=0, chunks=0, dtype="F16") + PLAN_FILE,
     "one-f32": plan_options(align_log2=2) + HEADER["one-f32"],
     "all-widths": plan_options(align_log2=3, dtype="F32") + HEADER["all-widths"],
+    # b.weight (4097 rows), rows 2..3 (range from the gap bytes 4 and 5).
+    "rows-range": plan_options(gap=(2, 2, 1), rows=(2, 0)) + PLAN_FILE,
+    # Every tensor, part 1 of 2: a.weight's 3 rows do not split, so refused.
+    "rows-part-all": plan_options(rows=(0x80, 1 | 1 << 1 | 1 << 4), dtype="F16") + PLAN_FILE,
+    # a.bias, part 0 of 5, converted.
+    "rows-part-one": plan_options(rows=(1, 1 | 4 << 4), dtype="F32") + PLAN_FILE,
 }
 
 

@@ -12,7 +12,7 @@ use crate::device::{Device, HostBuf, HostPool};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
-use crate::plan::{self, Place, Plan, PlanOptions};
+use crate::plan::{self, Place, Plan, PlanOptions, RowRule, Rows};
 
 /// When a device load took another path than the I/O choice names: its name, and why.
 pub(crate) type PathOverride = (&'static str, String);
@@ -151,6 +151,26 @@ impl Loader {
     /// several times. By default, every tensor.
     pub fn only(mut self, pattern: impl Into<String>) -> Self {
         self.plan.only.push(pattern.into());
+        self
+    }
+
+    /// Loads only rows `rows` (along dimension 0) of the tensors whose whole name
+    /// matches this glob; may be given several times, and the first rule that matches
+    /// a tensor applies. Only the selected rows are read, and the loaded tensor's shape
+    /// is theirs (`[rows, ...]`). A rule a matching tensor cannot satisfy (a scalar,
+    /// rows past its end, rows that do not split into equal parts, rows of a sub-byte
+    /// dtype that are not whole bytes) fails the load, naming the file and the tensor.
+    ///
+    /// A tensor-parallel rank loads its shard of the column-parallel weights with
+    /// [`Rows::Part`]; experts `a..b` of a fused expert tensor with [`Rows::Range`].
+    ///
+    /// [`Rows::Part`]: crate::plan::Rows::Part
+    /// [`Rows::Range`]: crate::plan::Rows::Range
+    pub fn rows(mut self, pattern: impl Into<String>, rows: Rows) -> Self {
+        self.plan.rows.push(RowRule {
+            pattern: pattern.into(),
+            rows,
+        });
         self
     }
 
@@ -360,6 +380,20 @@ impl Loader {
         pick: &dyn Fn(&str) -> Option<Option<Dtype>>,
     ) -> Result<Plan> {
         let plan = plan::plan_where(ckpt, &self.plan, pick)?;
+        let names = || ckpt.shards.iter().flat_map(|h| &h.tensors).map(|t| &t.name);
+        if let Some(rule) = self
+            .plan
+            .rows
+            .iter()
+            .find(|r| !names().any(|n| plan::glob_match(&r.pattern, n)))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "no tensor of {} matches '{}' (rows {})",
+                ckpt.path.display(),
+                rule.pattern,
+                rule.rows
+            )));
+        }
         if !self.plan.only.is_empty() && plan.tensor_count() == 0 {
             return Err(Error::InvalidArgument(format!(
                 "no tensor of {} matches {}",

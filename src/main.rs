@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use tensorstream::checkpoint::dtype_totals;
 use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{
-    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, Split,
+    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, RowRule,
+    Split,
 };
 
 #[derive(Parser)]
@@ -120,6 +121,11 @@ struct LoadOpts {
     /// Load only tensors whose whole name matches this glob (repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Load only some rows (dimension 0) of the tensors matching GLOB, reading only
+    /// their bytes: GLOB=START:END for rows START..END, GLOB=RANK/WORLD for part RANK of
+    /// WORLD equal parts (a tensor-parallel shard). Repeatable; the first match applies.
+    #[arg(long, value_name = "GLOB=ROWS")]
+    rows: Vec<RowRule>,
     /// Largest read (e.g. 4M).
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
@@ -151,6 +157,9 @@ impl LoadOpts {
             .io(self.io.unwrap_or_default());
         for p in &self.only {
             l = l.only(p.clone());
+        }
+        for r in &self.rows {
+            l = l.rows(r.pattern.clone(), r.rows);
         }
         if let Some(c) = self.chunk_size {
             l = l.chunk_size(c);

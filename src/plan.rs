@@ -14,6 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::convert;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::header::TensorInfo;
 
 /// Options that shape a plan.
 #[derive(Debug, Clone)]
@@ -30,6 +31,117 @@ pub struct PlanOptions {
     pub dtype: Option<Dtype>,
     /// Alignment of converted tensors inside the converted area.
     pub tensor_align: u64,
+    /// Row selections: a tensor matching a rule's pattern loads only those rows (the
+    /// first rule that matches applies). Empty: every tensor whole.
+    pub rows: Vec<RowRule>,
+}
+
+/// Which rows (indices along dimension 0) of a tensor to load. Rows are contiguous in
+/// a safetensors file (C order), so only their bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Rows `start..end`.
+    Range {
+        /// First row loaded.
+        start: u64,
+        /// One past the last row loaded.
+        end: u64,
+    },
+    /// Part `rank` of `world` equal parts, as a tensor-parallel rank loads its shard of
+    /// a column-parallel weight: rows `rank * d / world .. (rank + 1) * d / world` of
+    /// `d` rows, where `d` must divide by `world`.
+    Part {
+        /// This part, from 0.
+        rank: u64,
+        /// Number of parts.
+        world: u64,
+    },
+}
+
+impl Rows {
+    /// The rows `start..end` this selects of a tensor with `dim0` rows, or why none.
+    pub fn resolve(&self, dim0: u64) -> std::result::Result<(u64, u64), String> {
+        match *self {
+            Rows::Range { start, end } if start <= end && end <= dim0 => Ok((start, end)),
+            Rows::Range { start, end } => Err(format!(
+                "rows {start}..{end} are not within its {dim0} rows"
+            )),
+            Rows::Part { rank, world } if rank >= world => Err(format!(
+                "part {rank} of {world} does not exist (parts count from 0)"
+            )),
+            Rows::Part { world, .. } if !dim0.is_multiple_of(world) => Err(format!(
+                "its {dim0} rows do not split into {world} equal parts"
+            )),
+            Rows::Part { rank, world } => {
+                let per = dim0 / world;
+                Ok((rank * per, (rank + 1) * per))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rows::Range { start, end } => write!(f, "{start}:{end}"),
+            Rows::Part { rank, world } => write!(f, "{rank}/{world}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Rows {
+    type Err = String;
+
+    /// `START:END` (rows START..END) or `RANK/WORLD` (part RANK of WORLD).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let num = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("'{v}' in '{s}' is not a whole number"))
+        };
+        if let Some((a, b)) = s.split_once(':') {
+            Ok(Rows::Range {
+                start: num(a)?,
+                end: num(b)?,
+            })
+        } else if let Some((r, w)) = s.split_once('/') {
+            match (num(r)?, num(w)?) {
+                (_, 0) => Err(format!("'{s}': the number of parts must be at least 1")),
+                (rank, world) => Ok(Rows::Part { rank, world }),
+            }
+        } else {
+            Err(format!(
+                "'{s}' is neither START:END (rows) nor RANK/WORLD (an equal part)"
+            ))
+        }
+    }
+}
+
+/// Loads only the rows `rows` of the tensors whose whole name matches `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRule {
+    /// Whole-name glob (`*`, `?`).
+    pub pattern: String,
+    /// The rows.
+    pub rows: Rows,
+}
+
+impl std::str::FromStr for RowRule {
+    type Err = String;
+
+    /// `GLOB=START:END` or `GLOB=RANK/WORLD`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (pattern, rows) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("'{s}' is not GLOB=START:END or GLOB=RANK/WORLD"))?;
+        if pattern.is_empty() {
+            return Err(format!("'{s}' names no tensors before '='"));
+        }
+        Ok(RowRule {
+            pattern: pattern.to_string(),
+            rows: rows.parse()?,
+        })
+    }
 }
 
 impl PlanOptions {
@@ -50,6 +162,7 @@ impl Default for PlanOptions {
             only: Vec::new(),
             dtype: None,
             tensor_align: 256,
+            rows: Vec::new(),
         }
     }
 }
@@ -219,6 +332,36 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
+/// The rows `rule` selects of `t`: first row, one past the last, and the shape of the
+/// selection; or why it selects none.
+fn select_rows(
+    t: &TensorInfo,
+    rule: &RowRule,
+) -> std::result::Result<(u64, u64, Vec<u64>), String> {
+    let Some((&dim0, rest)) = t.shape.split_first() else {
+        return Err(format!(
+            "has no rows to select ({}): it is a scalar",
+            rule.rows
+        ));
+    };
+    let (first, end) = rule
+        .rows
+        .resolve(dim0)
+        .map_err(|why| format!("cannot load rows {} of it: {why}", rule.rows))?;
+    if dim0 > 0 && !t.len().is_multiple_of(dim0) {
+        return Err(format!(
+            "cannot load rows {} of it: a row of {} {} elements is not a whole number of bytes",
+            rule.rows,
+            rest.iter().product::<u64>(),
+            t.dtype
+        ));
+    }
+    let mut shape = Vec::with_capacity(t.shape.len());
+    shape.push(end - first);
+    shape.extend_from_slice(rest);
+    Ok((first, end, shape))
+}
+
 fn align_down(x: u64, a: u64) -> u64 {
     x - x % a
 }
@@ -312,13 +455,34 @@ pub(crate) fn plan_where(
             let Some(requested) = pick(&t.name) else {
                 continue;
             };
-            let file_offset = data_start + t.begin;
+            let (file_offset, src_len, shape) =
+                match opts.rows.iter().find(|r| glob_match(&r.pattern, &t.name)) {
+                    None => (data_start + t.begin, t.len(), t.shape.clone()),
+                    Some(rule) => {
+                        let (first, end, shape) = select_rows(t, rule).map_err(|why| {
+                            Error::InvalidArgument(format!(
+                                "{}: tensor '{}': {why}",
+                                h.path.display(),
+                                t.name
+                            ))
+                        })?;
+                        // A tensor of no rows has rows of no bytes.
+                        let row_len = t
+                            .len()
+                            .checked_div(t.shape.first().copied().unwrap_or(0))
+                            .unwrap_or(0);
+                        (
+                            data_start + t.begin + first * row_len,
+                            (end - first) * row_len,
+                            shape,
+                        )
+                    }
+                };
             let out_dtype = convert::output_dtype(t.dtype, requested.or(opts.dtype));
-            let src_len = t.len();
             if out_dtype == t.dtype {
                 let a0 = align_down(file_offset, align);
-                let a1 =
-                    align_up(data_start + t.end, align).ok_or_else(|| too_big(&h.path, &t.name))?;
+                let a1 = align_up(file_offset + src_len, align)
+                    .ok_or_else(|| too_big(&h.path, &t.name))?;
                 let place = match &mut seg {
                     Some((s, e, dest)) if a0 <= e.saturating_add(opts.coalesce_gap) => {
                         *e = (*e).max(a1);
@@ -335,7 +499,7 @@ pub(crate) fn plan_where(
                     name: t.name.clone(),
                     src_dtype: t.dtype,
                     dtype: t.dtype,
-                    shape: t.shape.clone(),
+                    shape,
                     file_offset,
                     src_len,
                     len: src_len,
@@ -357,7 +521,7 @@ pub(crate) fn plan_where(
                 name: t.name.clone(),
                 src_dtype: t.dtype,
                 dtype: out_dtype,
-                shape: t.shape.clone(),
+                shape,
                 file_offset,
                 src_len,
                 len: out_len,

@@ -461,6 +461,55 @@ fn load_only_selects_whole_names() {
     assert!(stderr(&o).contains("'model'"), "{}", stderr(&o));
 }
 
+/// `--rows`: digests of exactly the selected rows (converted with `--dtype`), through
+/// an index; a rule a tensor cannot satisfy exits 1 naming the file and the tensor; a
+/// malformed rule is a usage error.
+#[test]
+fn load_rows_digests_the_selected_rows() {
+    let fx = sharded();
+    let o = run([
+        OsStr::new("load"),
+        fx.path.as_os_str(),
+        OsStr::new("--digest"),
+        OsStr::new("--dtype"),
+        OsStr::new("F32"),
+        OsStr::new("--rows"),
+        OsStr::new("a.weight=1/4"),
+        OsStr::new("--rows"),
+        OsStr::new("b.*=2:5"),
+    ]);
+    assert_code(&o, 0, "load --rows");
+    let mut want = fx.expected.clone();
+    for (name, a, b) in [("a.weight", 10, 20), ("b.weight", 2, 5), ("b.idx", 2, 5)] {
+        let t = want.get_mut(name).unwrap();
+        let row = t.data.len() / t.shape[0] as usize;
+        t.data = t.data[a * row..b * row].to_vec();
+        t.shape[0] = (b - a) as u64;
+    }
+    check_digests(&o, &want, Some(Dtype::F32));
+
+    let o = run([
+        OsStr::new("load"),
+        fx.path.as_os_str(),
+        OsStr::new("--rows"),
+        OsStr::new("c.*=0:1"),
+    ]);
+    assert_code(&o, 1, "rows of a scalar");
+    let err = stderr(&o);
+    for part in ["model-00003-of-00003.safetensors", "'c.scale'", "scalar"] {
+        assert!(err.contains(part), "{err}");
+    }
+    for bad in ["a.weight", "a.weight=1-2", "a.weight=1/0"] {
+        let o = run([
+            OsStr::new("load"),
+            fx.path.as_os_str(),
+            OsStr::new("--rows"),
+            OsStr::new(bad),
+        ]);
+        assert_code(&o, 2, bad);
+    }
+}
+
 #[test]
 fn load_dtype_converts_floats_only() {
     let fx = single();

@@ -414,6 +414,90 @@ fn filters_and_small_staging_on_cuda() {
     assert_eq!(got, want);
 }
 
+/// A tensor-parallel rank's rows (and other row ranges, one crossing many chunks) on
+/// every path to the device, raw and converted, as the host loads them; and into
+/// memory the caller allocated, where each tensor is described by its rows.
+#[test]
+fn selected_rows_load_on_cuda_as_on_the_host() {
+    use tensorstream::{Checkpoint, DeviceRegion, Rows};
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(3);
+    let with_rows = |l: Loader| {
+        l.rows(
+            "a.f32",
+            Rows::Range {
+                start: 100,
+                end: 200,
+            },
+        )
+        .rows("b.f16", Rows::Part { rank: 1, world: 4 })
+        .rows("e.e5m2", Rows::Range { start: 1, end: 3 })
+        .rows(
+            "k.big.bf16",
+            Rows::Range {
+                start: 1001,
+                end: 2_000_003,
+            },
+        )
+        .rows("l.empty", Rows::Range { start: 0, end: 0 })
+    };
+    for dtype in [None, Some(Dtype::F16)] {
+        let want = host_bytes(with_rows(Loader::new().dtype(dtype)), &path);
+        for (io, split) in [
+            (IoBackend::Pread, Split::Off),
+            (IoBackend::Direct, Split::Off),
+            (IoBackend::Buffered, Split::Off),
+            (IoBackend::Mmap, Split::Off),
+            (IoBackend::Pread, Split::Share(0.5)),
+            (IoBackend::Pread, Split::Balanced),
+        ] {
+            let what = format!("{dtype:?} {io:?} {split:?}");
+            let l = with_rows(cuda_loader(io, dtype, 64 << 10, 1 << 20, 8)).split(split);
+            let m = match l.load(&path) {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    eprintln!("skipping {what}: {e}");
+                    continue;
+                }
+                r => r.unwrap(),
+            };
+            assert_eq!(m.get("b.f16").unwrap().shape, vec![250, 3], "{what}");
+            assert_eq!(on_host(&m), want, "{what}");
+        }
+    }
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let want = host_bytes(with_rows(Loader::new().dtype(Some(Dtype::F32))), &path);
+    let (at, len) = arena_layout(&want);
+    let arena = Arena::new(0, len, 7);
+    let l = with_rows(cuda_loader(
+        IoBackend::Pread,
+        Some(Dtype::F32),
+        64 << 10,
+        1 << 20,
+        8,
+    ));
+    let mut shapes = std::collections::BTreeMap::new();
+    // SAFETY: every region lies in the live arena, no two overlap, and nothing else
+    // uses the arena during the load.
+    let m = unsafe {
+        l.load_into_device(&ckpt, |t| {
+            shapes.insert(t.name.to_string(), t.shape.to_vec());
+            Some(DeviceRegion {
+                ptr: arena.ptr + at[t.name] as u64,
+                len: t.len,
+                dtype: t.dtype,
+            })
+        })
+    }
+    .unwrap();
+    assert_eq!(shapes["a.f32"], vec![100, 33]);
+    assert_eq!(shapes["k.big.bf16"], vec![2_000_003 - 1001]);
+    assert_eq!(on_host(&m), want, "into the caller's memory");
+    drop(m);
+    arena.assert_holds(want.iter().map(|(n, _, b)| (at[n], b.as_slice())), "rows");
+}
+
 #[test]
 fn a_bad_device_index_is_a_clear_error() {
     if !gpu() {

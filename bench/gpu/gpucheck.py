@@ -447,12 +447,26 @@ def cmd_diff(a):
             ("auto balanced", "auto", ["--registered-share", "balanced"]),
             ("auto huge", "auto", ["--staging-huge"]),
         ]
+        # Row selections (a tensor-parallel part, ranges across chunks), converted:
+        # against the CPU load of the same rows.
+        rows = ["--dtype", "F32"]
+        for rule in ("dtypes.u8.sel_chunks=1001:9000001", "dtypes.bf16.odd=17:1030",
+                     "dtypes.f8_e4m3.odd=5:12", "dtypes.f16.odd=1/5"):
+            rows += ["--rows", rule]
+        variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows)]
+        refs_by_extra = {}
         for label, io, extra in variants:
             r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout, extra=extra)
             if r["rc"] == 2 and extra:
                 log("  io %-10s -> not in this binary (usage error): skipped" % label)
                 continue
-            same = r["rc"] == 0 and ref["rc"] == 0 and r["stdout"] == ref["stdout"]
+            want = ref
+            if "--rows" in extra:
+                key = tuple(extra)
+                if key not in refs_by_extra:
+                    refs_by_extra[key] = run_load(bin_, base[0], "cpu", timeout=a.timeout, extra=extra)
+                want = refs_by_extra[key]
+            same = r["rc"] == 0 and want["rc"] == 0 and r["stdout"] == want["stdout"]
             v = {"io": label, "rc": r["rc"], "ran": r["io"], "identical_to_cpu": same,
                  "error": None if r["rc"] == 0 else tb.tail(r["stderr"], 300)}
             res["io_variants"].append(v)

@@ -12,13 +12,20 @@
 //! (its aligned tail may run past the end, never past the aligned end); raw reads are
 //! disjoint and deliver every byte of every raw tensor exactly once, to the place the
 //! tensor says; convert reads cover each converted tensor's elements exactly once;
-//! destinations stay inside their buffers and do not overlap.
+//! destinations stay inside their buffers and do not overlap. With a row rule (option
+//! byte 2, bit 3): the plan is refused, with InvalidArgument, exactly when a selected
+//! tensor the rule matches cannot give those rows (a scalar, rows out of range, parts
+//! that do not divide its rows, rows that are not whole bytes); otherwise each such
+//! tensor is planned as exactly its rows' bytes, with their shape.
 #![no_main]
 
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use tensorstream::plan::{plan, FilePlan, Place, PlanOptions, PlannedTensor, Target};
+use tensorstream::plan::{
+    plan, FilePlan, Place, PlanOptions, PlannedTensor, RowRule, Rows, Target,
+};
+use tensorstream::TensorInfo;
 use tensorstream::{convert, Checkpoint, Dtype, ErrorKind, Header};
 
 const OPTION_BYTES: usize = 16;
@@ -56,6 +63,11 @@ fuzz_target!(|data: &[u8]| {
         && ordinary(opts.align)
         && ordinary(opts.tensor_align)
         && opts.chunk_size <= 1 << 26;
+    // A row rule some selected tensor it matches cannot satisfy.
+    let unsatisfied = h.tensors.iter().find(|t| {
+        (opts.only.is_empty() || opts.only.iter().any(|p| glob(p, &t.name)))
+            && rule_of(&opts, &t.name).is_some_and(|r| rows_of(t, r).is_none())
+    });
     let p = match plan(&ckpt, &opts) {
         Ok(p) => p,
         Err(e) => {
@@ -64,11 +76,19 @@ fuzz_target!(|data: &[u8]| {
                 ErrorKind::InvalidArgument,
                 "{opts:?} refused: {e}"
             );
-            assert!(!ordinary, "ordinary options {opts:?} refused: {e}");
+            assert!(
+                !ordinary || unsatisfied.is_some(),
+                "ordinary options {opts:?} refused: {e}"
+            );
             return;
         }
     };
     assert!(!invalid, "invalid options {opts:?} accepted");
+    assert!(
+        unsatisfied.is_none(),
+        "rows {:?} of {unsatisfied:?} accepted",
+        opts.rows
+    );
 
     let selected: Vec<_> = h
         .tensors
@@ -139,6 +159,27 @@ fn options(o: &[u8; OPTION_BYTES], h: &Header) -> PlanOptions {
         }
         only.push(pat);
     }
+    // A row rule: for one tensor's name, or for every tensor.
+    let mut rows = Vec::new();
+    if o[2] & 8 != 0 {
+        let pattern = match h.tensors.get(usize::from(o[10]) % h.tensors.len().max(1)) {
+            Some(t) if o[10] & 0x80 == 0 => t.name.clone(),
+            _ => "*".to_string(),
+        };
+        let r = if o[11] & 1 == 0 {
+            let start = u64::from(o[4] % 16);
+            Rows::Range {
+                start,
+                end: start + u64::from(o[5] % 16),
+            }
+        } else {
+            Rows::Part {
+                rank: u64::from(o[11] >> 1 & 7),
+                world: 1 + u64::from(o[11] >> 4 & 7),
+            }
+        };
+        rows.push(RowRule { pattern, rows: r });
+    }
     PlanOptions {
         chunk_size,
         align,
@@ -146,7 +187,47 @@ fn options(o: &[u8; OPTION_BYTES], h: &Header) -> PlanOptions {
         only,
         dtype,
         tensor_align,
+        rows,
     }
+}
+
+/// The first row rule that matches `name`.
+fn rule_of<'a>(opts: &'a PlanOptions, name: &str) -> Option<&'a Rows> {
+    opts.rows
+        .iter()
+        .find(|r| glob(&r.pattern, name))
+        .map(|r| &r.rows)
+}
+
+/// What `rows` selects of `t`, worked out here on its own: the file offset of the
+/// first row (from the data section), the bytes and the shape; `None` when the rule
+/// cannot be satisfied.
+fn rows_of(t: &TensorInfo, rows: &Rows) -> Option<(u64, u64, Vec<u64>)> {
+    let d0 = *t.shape.first()?;
+    let (a, b) = match *rows {
+        Rows::Range { start, end } => (start, end),
+        Rows::Part { rank, world } => {
+            if rank >= world || d0 % world != 0 {
+                return None;
+            }
+            (rank * (d0 / world), (rank + 1) * (d0 / world))
+        }
+    };
+    if a > b || b > d0 {
+        return None;
+    }
+    let bytes = u128::from(t.end - t.begin);
+    if d0 > 0 && bytes % u128::from(d0) != 0 {
+        return None;
+    }
+    let row = if d0 == 0 { 0 } else { bytes / u128::from(d0) };
+    let mut shape = t.shape.clone();
+    shape[0] = b - a;
+    Some((
+        u64::try_from(u128::from(t.begin) + u128::from(a) * row).ok()?,
+        u64::try_from(u128::from(b - a) * row).ok()?,
+        shape,
+    ))
 }
 
 fn align_up(x: u64, a: u64) -> u128 {
@@ -208,9 +289,13 @@ fn check_file(f: &FilePlan, h: &Header, opts: &PlanOptions) {
             .tensor(&t.name)
             .expect("a planned tensor the header lacks");
         assert_eq!(t.src_dtype, info.dtype);
-        assert_eq!(t.shape, info.shape);
-        assert_eq!(t.file_offset, h.data_start() + info.begin);
-        assert_eq!(t.src_len, info.len());
+        let (begin, len, shape) = match rule_of(opts, &t.name) {
+            Some(r) => rows_of(info, r).expect("rows planned that the tensor cannot give"),
+            None => (info.begin, info.len(), info.shape.clone()),
+        };
+        assert_eq!(t.shape, shape, "{t:?} with {:?}", opts.rows);
+        assert_eq!(t.file_offset, h.data_start() + begin, "{t:?}");
+        assert_eq!(t.src_len, len, "{t:?}");
         assert_eq!(t.dtype, convert::output_dtype(info.dtype, opts.dtype));
         match t.place {
             Place::Raw(at) => {

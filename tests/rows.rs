@@ -1,0 +1,311 @@
+//! Row selections (`Loader::rows`, `--rows`): a tensor-parallel rank's shard, or any
+//! range of rows, loads as exactly those rows of the reference's bytes (converted
+//! where asked), through every backend, reading only their bytes; rules a tensor
+//! cannot satisfy fail the whole load, naming the file and the tensor.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{
+    disk_tempdir, load_or_skip, random_dtype, reference_file, rng, write_file, RefTensor, Spec,
+    BACKENDS,
+};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::Rng;
+use tensorstream::convert::{convert_into, converted_len, output_dtype};
+use tensorstream::{Checkpoint, Dtype, ErrorKind, IoBackend, Loader, Rows};
+
+/// The bytes rows `a..b` of `t` should load as, in `dtype` when it converts.
+fn expected_rows(t: &RefTensor, a: u64, b: u64, dtype: Option<Dtype>) -> (Dtype, Vec<u8>) {
+    let row = match t.shape.first() {
+        Some(&d0) if d0 > 0 => t.data.len() / d0 as usize,
+        _ => 0,
+    };
+    let raw = &t.data[a as usize * row..b as usize * row];
+    let out = output_dtype(t.dtype, dtype);
+    if out == t.dtype {
+        return (out, raw.to_vec());
+    }
+    let mut v = vec![0xEEu8; converted_len(t.dtype, out, raw.len() as u64) as usize];
+    convert_into(t.dtype, out, raw, &mut v).unwrap();
+    (out, v)
+}
+
+/// A random rule for a tensor of `d0` rows: a range, an equal part, or none.
+fn random_rows(r: &mut StdRng, d0: u64) -> Option<Rows> {
+    match r.gen_range(0..3) {
+        0 => None,
+        1 => {
+            let start = r.gen_range(0..=d0);
+            let end = r.gen_range(start..=d0);
+            Some(Rows::Range { start, end })
+        }
+        _ => {
+            let worlds: Vec<u64> = (1..=d0.clamp(1, 16))
+                .filter(|w| d0.is_multiple_of(*w))
+                .collect();
+            let world = worlds[r.gen_range(0..worlds.len())];
+            Some(Rows::Part {
+                rank: r.gen_range(0..world),
+                world,
+            })
+        }
+    }
+}
+
+/// A file of `count` random tensors of rank 1 to 3 whose rows are whole bytes, a rule
+/// for about two thirds of them, and what each should load as (rows `a..b`).
+struct Case {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    rules: Vec<(String, Rows)>,
+    rows: BTreeMap<String, (u64, u64)>,
+    reference: BTreeMap<String, RefTensor>,
+}
+
+fn random_case(seed: u64, count: usize, max_rows: u64) -> Case {
+    let mut r = rng(seed);
+    let dir = disk_tempdir();
+    let specs: Vec<Spec> = (0..count)
+        .map(|i| {
+            let dtype = random_dtype(&mut r);
+            let d0 = r.gen_range(0..=max_rows);
+            // Sub-byte dtypes: rows of a multiple of 8 elements are whole bytes.
+            let k = if dtype.bits() < 8 {
+                8 * r.gen_range(1..4u64)
+            } else {
+                r.gen_range(1..40u64)
+            };
+            let shape = match r.gen_range(0..3) {
+                0 if dtype.bits() >= 8 => vec![d0],
+                1 => vec![d0, k, 1],
+                _ => vec![d0, k],
+            };
+            Spec::random(format!("t{i}.{}", dtype.name()), dtype, &shape, &mut r)
+        })
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    write_file(&path, &specs, r.gen_range(0..200));
+    let mut rules = Vec::new();
+    let mut rows = BTreeMap::new();
+    for s in &specs {
+        let d0 = s.shape[0];
+        match random_rows(&mut r, d0) {
+            Some(rule) => {
+                rows.insert(s.name.clone(), rule.resolve(d0).unwrap());
+                rules.push((s.name.clone(), rule));
+            }
+            None => {
+                rows.insert(s.name.clone(), (0, d0));
+            }
+        }
+    }
+    Case {
+        _dir: dir,
+        reference: reference_file(&path),
+        path,
+        rules,
+        rows,
+    }
+}
+
+fn check(case: &Case, loader: &Loader, backend: IoBackend, dtype: Option<Dtype>) {
+    let ckpt = Checkpoint::open(&case.path).unwrap();
+    let Some(m) = load_or_skip(loader, backend, &ckpt) else {
+        return;
+    };
+    assert_eq!(m.len(), case.reference.len());
+    for (name, t) in &case.reference {
+        let (a, b) = case.rows[name];
+        let got = m.get(name).unwrap();
+        let (dt, bytes) = expected_rows(t, a, b, dtype);
+        let mut shape = t.shape.clone();
+        shape[0] = b - a;
+        let what = format!("{name} {:?} rows {a}..{b} via {backend:?}", t.shape);
+        assert_eq!(got.dtype, dt, "{what}");
+        assert_eq!(got.shape, shape, "{what}");
+        assert!(
+            got.host_bytes().unwrap() == &bytes[..],
+            "{what}: bytes differ"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random tensors, rules, chunk sizes, queue depths, gaps and conversions: every
+    /// backend loads exactly the selected rows of the reference's bytes.
+    #[test]
+    fn selected_rows_are_the_reference_rows_on_every_backend(
+        seed in any::<u64>(),
+        count in 1usize..12,
+        max_rows in prop_oneof![Just(4u64), 1u64..300],
+        chunk_pages in 1u64..=64,
+        depth in 1usize..=16,
+        gap in prop_oneof![Just(0u64), 0u64..(1 << 20)],
+        dtype in prop_oneof![Just(None), Just(Some(Dtype::F32)), Just(Some(Dtype::F16)), Just(Some(Dtype::BF16))],
+    ) {
+        let case = random_case(seed, count, max_rows);
+        let mut l = Loader::new()
+            .dtype(dtype)
+            .chunk_size(chunk_pages * 4096)
+            .queue_depth(depth)
+            .coalesce_gap(gap);
+        for (name, rows) in &case.rules {
+            l = l.rows(name.clone(), *rows);
+        }
+        for backend in BACKENDS {
+            check(&case, &l, backend, dtype);
+        }
+    }
+}
+
+/// Only the selected rows' bytes are read: a quarter of a 16 MiB tensor costs a
+/// quarter of the reads, give or take the alignment, on every backend.
+#[test]
+fn a_part_reads_only_its_bytes() {
+    let mut r = rng(7);
+    let dir = disk_tempdir();
+    let path = dir.path().join("big.safetensors");
+    let specs = [
+        Spec::random("w", Dtype::BF16, &[4096, 2048], &mut r),
+        Spec::random("b", Dtype::F32, &[4096], &mut r),
+    ];
+    write_file(&path, &specs, 0);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let reference = reference_file(&path);
+    for backend in BACKENDS {
+        for rank in 0..4 {
+            let l = Loader::new().rows("w", Rows::Part { rank, world: 4 });
+            let Some(m) = load_or_skip(&l, backend, &ckpt) else {
+                continue;
+            };
+            let whole = reference["w"].data.len() as u64;
+            let bias = reference["b"].data.len() as u64;
+            let stats = m.stats();
+            assert_eq!(stats.tensor_bytes, whole / 4 + bias, "{backend:?}");
+            assert!(
+                stats.read_bytes <= whole / 4 + bias + 4 * 4096 + (64 << 10),
+                "{backend:?} rank {rank}: read {} bytes for {}",
+                stats.read_bytes,
+                whole / 4 + bias
+            );
+            let (_, want) = expected_rows(&reference["w"], rank * 1024, (rank + 1) * 1024, None);
+            assert!(m.get("w").unwrap().host_bytes().unwrap() == &want[..]);
+            assert_eq!(m.get("w").unwrap().shape, vec![1024, 2048]);
+            assert_eq!(
+                m.get("b").unwrap().host_bytes().unwrap(),
+                &reference["b"].data[..]
+            );
+        }
+    }
+}
+
+/// The first rule that matches a tensor applies; rules combine with `only`; a range
+/// of no rows is an empty tensor of the right shape.
+#[test]
+fn the_first_matching_rule_applies() {
+    let mut r = rng(8);
+    let dir = disk_tempdir();
+    let path = dir.path().join("m.safetensors");
+    let specs = [
+        Spec::random("layers.0.q.weight", Dtype::F16, &[12, 5], &mut r),
+        Spec::random("layers.0.o.weight", Dtype::F16, &[12, 6], &mut r),
+        Spec::random("layers.1.q.weight", Dtype::F16, &[12, 7], &mut r),
+        Spec::random("norm", Dtype::F32, &[12], &mut r),
+    ];
+    write_file(&path, &specs, 0);
+    let reference = reference_file(&path);
+    let m = Loader::new()
+        .only("layers.*")
+        .rows("layers.0.q.*", Rows::Range { start: 3, end: 3 })
+        .rows("*.q.weight", Rows::Part { rank: 2, world: 3 })
+        .rows("*", Rows::Range { start: 10, end: 12 })
+        .load(&path)
+        .unwrap();
+    assert!(m.get("norm").is_none());
+    for (name, a, b) in [
+        ("layers.0.q.weight", 3, 3),
+        ("layers.1.q.weight", 8, 12),
+        ("layers.0.o.weight", 10, 12),
+    ] {
+        let t = m.get(name).unwrap();
+        assert_eq!(t.shape[0], b - a, "{name}");
+        let (_, want) = expected_rows(&reference[name], a, b, None);
+        assert!(t.host_bytes().unwrap() == &want[..], "{name}");
+    }
+}
+
+/// Each rule a tensor cannot satisfy fails the load with InvalidArgument, naming the file,
+/// the tensor and the rows; a rule that matches no tensor at all is a caller's error.
+#[test]
+fn rules_a_tensor_cannot_satisfy_fail_the_load() {
+    let mut r = rng(9);
+    let dir = disk_tempdir();
+    let path = dir.path().join("m.safetensors");
+    let specs = [
+        Spec::random("w", Dtype::BF16, &[10, 4], &mut r),
+        Spec::random("scalar", Dtype::F32, &[], &mut r),
+        Spec::random("nibbles", Dtype::F4, &[2, 1], &mut r),
+        Spec::random("bytes.f4", Dtype::F4, &[2, 2], &mut r),
+    ];
+    write_file(&path, &specs, 0);
+    let file = path.display().to_string();
+    for (pattern, rows, tensor, why) in [
+        ("w", "0:11", "w", "not within its 10 rows"),
+        ("w", "5:4", "w", "not within its 10 rows"),
+        ("w", "1/3", "w", "do not split into 3 equal parts"),
+        ("w", "3/2", "w", "part 3 of 2 does not exist"),
+        ("scalar", "0:0", "scalar", "it is a scalar"),
+        ("nibbles", "0:1", "nibbles", "not a whole number of bytes"),
+    ] {
+        for backend in [IoBackend::Pread, IoBackend::Auto] {
+            let e = Loader::new()
+                .io(backend)
+                .rows(pattern, rows.parse().unwrap())
+                .load(&path)
+                .unwrap_err();
+            let msg = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{msg}");
+            for part in [file.as_str(), tensor, rows, why] {
+                assert!(msg.contains(part), "'{msg}' does not say '{part}'");
+            }
+        }
+    }
+    // Rows of a sub-byte dtype that are whole bytes load.
+    let m = Loader::new()
+        .rows("bytes.f4", Rows::Range { start: 1, end: 2 })
+        .load(&path)
+        .unwrap();
+    let t = reference_file(&path)["bytes.f4"].clone();
+    assert_eq!(
+        m.get("bytes.f4").unwrap().host_bytes().unwrap(),
+        &t.data[1..]
+    );
+
+    let e = Loader::new()
+        .rows("model.*", Rows::Range { start: 0, end: 1 })
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("matches 'model.*'"), "{e}");
+}
+
+/// The textual forms the command line takes.
+#[test]
+fn rules_parse_from_text() {
+    use tensorstream::RowRule;
+    let r: RowRule = "model.layers.*.mlp.up_proj.weight=1/4".parse().unwrap();
+    assert_eq!(r.pattern, "model.layers.*.mlp.up_proj.weight");
+    assert_eq!(r.rows, Rows::Part { rank: 1, world: 4 });
+    let r: RowRule = "a=b=0:7".parse().unwrap();
+    assert_eq!(r.pattern, "a=b");
+    assert_eq!(r.rows, Rows::Range { start: 0, end: 7 });
+    assert_eq!(r.rows.to_string(), "0:7");
+    for bad in ["w", "=0:1", "w=1", "w=a:2", "w=1/0", "w=-1:2", "w=1:2:3"] {
+        assert!(bad.parse::<RowRule>().is_err(), "{bad} parsed");
+    }
+}
