@@ -115,7 +115,7 @@ def plan_options(
     for k, tensor in enumerate(patterns):
         o[9 + k] = tensor
     o[12:16] = struct.pack("<I", mask)
-    if rows is not None:  # (tensor, or 0x80 for all; rule: bit 0 part, 1-3 rank, 4-6 world - 1)
+    if rows is not None:  # (tensor, or 0x80 for all; rule: bit 0 part, 1-3 rank, 4-6 world - 1, 7 columns)
         o[2] |= 8
         o[10], o[11] = rows
     return bytes(o)
@@ -130,6 +130,16 @@ PLAN_FILE = safetensors(
         "e": t("F16", [0], 4121, 4121),
     },
     4121,
+    pad_to=8,
+)
+
+GRID_FILE = safetensors(
+    {
+        "m.f16": t("F16", [6, 10], 0, 120),
+        "m.u8": t("U8", [300, 16, 2], 120, 9720),
+        "m.f4": t("F4", [4, 2], 9720, 9724),
+    },
+    9724,
     pad_to=8,
 )
 
@@ -154,6 +164,13 @@ PLAN = {
     "rows-part-all": plan_options(rows=(0x80, 1 | 1 << 1 | 1 << 4), dtype="F16") + PLAN_FILE,
     # a.bias, part 0 of 5, converted.
     "rows-part-one": plan_options(rows=(1, 1 | 4 << 4), dtype="F32") + PLAN_FILE,
+    # m.f16 columns 5..10 (part 1 of 2), converted, small chunks.
+    "cols-part-one": plan_options(align_log2=4, chunks=1, rows=(0, 0x80 | 1 | 1 << 1 | 1 << 4), dtype="F32")
+    + GRID_FILE,
+    # Every tensor, columns 2..9: m.f4's 2 columns refuse.
+    "cols-range-all": plan_options(gap=(2, 2, 7), rows=(0x80, 0x80)) + GRID_FILE,
+    # m.u8 columns 3..4, rows gathered several to a read.
+    "cols-gathered": plan_options(gap=(2, 3, 1), rows=(1, 0x80)) + GRID_FILE,
 }
 
 

@@ -63,7 +63,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, TensorInfo};
 pub use io::{CancelToken, IoBackend};
 pub use loader::{LoadStats, Loader, Model, Split, Storage, Tensor};
-pub use plan::{RowRule, Rows};
+pub use plan::{Slice, SliceRule};
 
 #[cfg(feature = "cuda")]
 pub use device::cuda::{DeviceRegion, TensorSpec};

@@ -12,7 +12,7 @@ use crate::device::{Device, HostBuf, HostPool};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
-use crate::plan::{self, Place, Plan, PlanOptions, RowRule, Rows};
+use crate::plan::{self, Place, Plan, PlanOptions, Slice, SliceRule};
 
 /// When a device load took another path than the I/O choice names: its name, and why.
 pub(crate) type PathOverride = (&'static str, String);
@@ -154,22 +154,39 @@ impl Loader {
         self
     }
 
-    /// Loads only rows `rows` (along dimension 0) of the tensors whose whole name
-    /// matches this glob; may be given several times, and the first rule that matches
-    /// a tensor applies. Only the selected rows are read, and the loaded tensor's shape
-    /// is theirs (`[rows, ...]`). A rule a matching tensor cannot satisfy (a scalar,
-    /// rows past its end, rows that do not split into equal parts, rows of a sub-byte
-    /// dtype that are not whole bytes) fails the load, naming the file and the tensor.
+    /// Loads only rows `slice` (indices along dimension 0) of the tensors whose whole
+    /// name matches this glob, reading only their bytes; the loaded tensor's shape is
+    /// theirs. Rules from this and [`Loader::columns`] may be given several times; the
+    /// first that matches a tensor applies. A rule a matching tensor cannot satisfy (a
+    /// scalar, rows past its end, rows that do not split into equal parts, sub-byte
+    /// rows that are not whole bytes), or that matches no tensor of the checkpoint,
+    /// fails the load, naming the file and the tensor.
     ///
-    /// A tensor-parallel rank loads its shard of the column-parallel weights with
-    /// [`Rows::Part`]; experts `a..b` of a fused expert tensor with [`Rows::Range`].
-    ///
-    /// [`Rows::Part`]: crate::plan::Rows::Part
-    /// [`Rows::Range`]: crate::plan::Rows::Range
-    pub fn rows(mut self, pattern: impl Into<String>, rows: Rows) -> Self {
-        self.plan.rows.push(RowRule {
+    /// A tensor-parallel rank loads its shard of the column-parallel weights (q/k/v,
+    /// gate/up, a vocabulary-parallel embedding) with [`Slice::Part`]; experts `a..b`
+    /// of a fused expert tensor with [`Slice::Range`].
+    pub fn rows(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
+        self.plan.slices.push(SliceRule {
             pattern: pattern.into(),
-            rows,
+            dim: 0,
+            slice,
+        });
+        self
+    }
+
+    /// Loads only columns `slice` (indices along dimension 1) of the tensors whose
+    /// whole name matches this glob: the shard of a row-parallel weight (o_proj,
+    /// down_proj) that a tensor-parallel rank keeps. The selected columns of each row
+    /// are gathered in staging memory, so the destination and the copies to a device
+    /// hold only them; the reads still cover every row's bytes from the first selected
+    /// column to the last (all of them where a row's share is small). The tensor needs
+    /// two dimensions or more, and elements of a byte or more. See [`Loader::rows`]
+    /// for how rules combine and fail.
+    pub fn columns(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
+        self.plan.slices.push(SliceRule {
+            pattern: pattern.into(),
+            dim: 1,
+            slice,
         });
         self
     }
@@ -383,15 +400,16 @@ impl Loader {
         let names = || ckpt.shards.iter().flat_map(|h| &h.tensors).map(|t| &t.name);
         if let Some(rule) = self
             .plan
-            .rows
+            .slices
             .iter()
             .find(|r| !names().any(|n| plan::glob_match(&r.pattern, n)))
         {
             return Err(Error::InvalidArgument(format!(
-                "no tensor of {} matches '{}' (rows {})",
+                "no tensor of {} matches '{}' ({} {})",
                 ckpt.path.display(),
                 rule.pattern,
-                rule.rows
+                if rule.dim == 0 { "rows" } else { "columns" },
+                rule.slice
             )));
         }
         if !self.plan.only.is_empty() && plan.tensor_count() == 0 {

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tensorstream::checkpoint::dtype_totals;
 use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{
-    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, RowRule,
+    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, SliceRule,
     Split,
 };
 
@@ -123,9 +123,15 @@ struct LoadOpts {
     only: Vec<String>,
     /// Load only some rows (dimension 0) of the tensors matching GLOB, reading only
     /// their bytes: GLOB=START:END for rows START..END, GLOB=RANK/WORLD for part RANK of
-    /// WORLD equal parts (a tensor-parallel shard). Repeatable; the first match applies.
-    #[arg(long, value_name = "GLOB=ROWS")]
-    rows: Vec<RowRule>,
+    /// WORLD equal parts (a tensor-parallel shard). Repeatable; a tensor takes the
+    /// first --rows rule that matches it, else the first --cols rule.
+    #[arg(long, value_name = "GLOB=ROWS", value_parser = |s: &str| SliceRule::parse(s, 0))]
+    rows: Vec<SliceRule>,
+    /// Load only some columns (dimension 1) of the tensors matching GLOB, as --rows:
+    /// the shard of a row-parallel weight. Every row is still read; its selected
+    /// columns are gathered before the copy.
+    #[arg(long, value_name = "GLOB=COLS", value_parser = |s: &str| SliceRule::parse(s, 1))]
+    cols: Vec<SliceRule>,
     /// Largest read (e.g. 4M).
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
@@ -158,8 +164,12 @@ impl LoadOpts {
         for p in &self.only {
             l = l.only(p.clone());
         }
-        for r in &self.rows {
-            l = l.rows(r.pattern.clone(), r.rows);
+        for r in self.rows.iter().chain(&self.cols) {
+            l = if r.dim == 0 {
+                l.rows(r.pattern.clone(), r.slice)
+            } else {
+                l.columns(r.pattern.clone(), r.slice)
+            };
         }
         if let Some(c) = self.chunk_size {
             l = l.chunk_size(c);

@@ -31,25 +31,25 @@ pub struct PlanOptions {
     pub dtype: Option<Dtype>,
     /// Alignment of converted tensors inside the converted area.
     pub tensor_align: u64,
-    /// Row selections: a tensor matching a rule's pattern loads only those rows (the
-    /// first rule that matches applies). Empty: every tensor whole.
-    pub rows: Vec<RowRule>,
+    /// Row and column selections: a tensor matching a rule's pattern loads only that
+    /// slice of dimension 0 or 1 (the first rule that matches applies). Empty: every
+    /// tensor whole.
+    pub slices: Vec<SliceRule>,
 }
 
-/// Which rows (indices along dimension 0) of a tensor to load. Rows are contiguous in
-/// a safetensors file (C order), so only their bytes are read.
+/// Which indices along one dimension of a tensor to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rows {
-    /// Rows `start..end`.
+pub enum Slice {
+    /// Indices `start..end`.
     Range {
-        /// First row loaded.
+        /// First index loaded.
         start: u64,
-        /// One past the last row loaded.
+        /// One past the last index loaded.
         end: u64,
     },
-    /// Part `rank` of `world` equal parts, as a tensor-parallel rank loads its shard of
-    /// a column-parallel weight: rows `rank * d / world .. (rank + 1) * d / world` of
-    /// `d` rows, where `d` must divide by `world`.
+    /// Part `rank` of `world` equal parts, as a tensor-parallel rank loads its shard:
+    /// indices `rank * d / world .. (rank + 1) * d / world` of `d`, where `d` must
+    /// divide by `world`.
     Part {
         /// This part, from 0.
         rank: u64,
@@ -58,41 +58,42 @@ pub enum Rows {
     },
 }
 
-impl Rows {
-    /// The rows `start..end` this selects of a tensor with `dim0` rows, or why none.
-    pub fn resolve(&self, dim0: u64) -> std::result::Result<(u64, u64), String> {
+impl Slice {
+    /// The indices `start..end` this selects of a dimension of size `size`, or why
+    /// none.
+    pub fn resolve(&self, size: u64) -> std::result::Result<(u64, u64), String> {
         match *self {
-            Rows::Range { start, end } if start <= end && end <= dim0 => Ok((start, end)),
-            Rows::Range { start, end } => Err(format!(
-                "rows {start}..{end} are not within its {dim0} rows"
-            )),
-            Rows::Part { rank, world } if rank >= world => Err(format!(
+            Slice::Range { start, end } if start <= end && end <= size => Ok((start, end)),
+            Slice::Range { start, end } => {
+                Err(format!("{start}..{end} is not within its size {size}"))
+            }
+            Slice::Part { rank, world } if rank >= world => Err(format!(
                 "part {rank} of {world} does not exist (parts count from 0)"
             )),
-            Rows::Part { world, .. } if !dim0.is_multiple_of(world) => Err(format!(
-                "its {dim0} rows do not split into {world} equal parts"
+            Slice::Part { world, .. } if !size.is_multiple_of(world) => Err(format!(
+                "its size {size} does not split into {world} equal parts"
             )),
-            Rows::Part { rank, world } => {
-                let per = dim0 / world;
+            Slice::Part { rank, world } => {
+                let per = size / world;
                 Ok((rank * per, (rank + 1) * per))
             }
         }
     }
 }
 
-impl std::fmt::Display for Rows {
+impl std::fmt::Display for Slice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rows::Range { start, end } => write!(f, "{start}:{end}"),
-            Rows::Part { rank, world } => write!(f, "{rank}/{world}"),
+            Slice::Range { start, end } => write!(f, "{start}:{end}"),
+            Slice::Part { rank, world } => write!(f, "{rank}/{world}"),
         }
     }
 }
 
-impl std::str::FromStr for Rows {
+impl std::str::FromStr for Slice {
     type Err = String;
 
-    /// `START:END` (rows START..END) or `RANK/WORLD` (part RANK of WORLD).
+    /// `START:END` (indices START..END) or `RANK/WORLD` (part RANK of WORLD).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let num = |v: &str| {
             v.trim()
@@ -100,47 +101,57 @@ impl std::str::FromStr for Rows {
                 .map_err(|_| format!("'{v}' in '{s}' is not a whole number"))
         };
         if let Some((a, b)) = s.split_once(':') {
-            Ok(Rows::Range {
+            Ok(Slice::Range {
                 start: num(a)?,
                 end: num(b)?,
             })
         } else if let Some((r, w)) = s.split_once('/') {
             match (num(r)?, num(w)?) {
                 (_, 0) => Err(format!("'{s}': the number of parts must be at least 1")),
-                (rank, world) => Ok(Rows::Part { rank, world }),
+                (rank, world) => Ok(Slice::Part { rank, world }),
             }
         } else {
             Err(format!(
-                "'{s}' is neither START:END (rows) nor RANK/WORLD (an equal part)"
+                "'{s}' is neither START:END (a range) nor RANK/WORLD (an equal part)"
             ))
         }
     }
 }
 
-/// Loads only the rows `rows` of the tensors whose whole name matches `pattern`.
+/// Loads only `slice` of dimension `dim` (0: rows, 1: columns) of the tensors whose
+/// whole name matches `pattern`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowRule {
+pub struct SliceRule {
     /// Whole-name glob (`*`, `?`).
     pub pattern: String,
-    /// The rows.
-    pub rows: Rows,
+    /// The dimension sliced: 0 or 1.
+    pub dim: usize,
+    /// The indices kept.
+    pub slice: Slice,
 }
 
-impl std::str::FromStr for RowRule {
-    type Err = String;
-
-    /// `GLOB=START:END` or `GLOB=RANK/WORLD`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (pattern, rows) = s
+impl SliceRule {
+    /// `GLOB=START:END` or `GLOB=RANK/WORLD`, for dimension `dim`.
+    pub fn parse(s: &str, dim: usize) -> std::result::Result<SliceRule, String> {
+        let (pattern, slice) = s
             .rsplit_once('=')
             .ok_or_else(|| format!("'{s}' is not GLOB=START:END or GLOB=RANK/WORLD"))?;
         if pattern.is_empty() {
             return Err(format!("'{s}' names no tensors before '='"));
         }
-        Ok(RowRule {
+        Ok(SliceRule {
             pattern: pattern.to_string(),
-            rows: rows.parse()?,
+            dim,
+            slice: slice.parse()?,
         })
+    }
+
+    fn what(&self) -> String {
+        match self.dim {
+            0 => format!("rows {}", self.slice),
+            1 => format!("columns {}", self.slice),
+            d => format!("{} of dimension {d}", self.slice),
+        }
     }
 }
 
@@ -162,7 +173,7 @@ impl Default for PlanOptions {
             only: Vec::new(),
             dtype: None,
             tensor_align: 256,
-            rows: Vec::new(),
+            slices: Vec::new(),
         }
     }
 }
@@ -216,7 +227,43 @@ pub enum Target {
         count: u64,
         /// Bytes between the read's start and the first element.
         skip: u64,
+        /// For a column selection read row by row: where the elements lie in the read.
+        gather: Option<Gather>,
     },
+}
+
+/// Rows of a column selection read whole: from the first element on, the read holds
+/// `rows` rows `stride` bytes apart, of which the first `keep` bytes each are the
+/// selected columns. [`gather_in_place`] moves them together, so that the `count`
+/// elements then lie back to back from the first on, as in any other read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gather {
+    /// Rows in the read.
+    pub rows: u64,
+    /// Bytes from one row's selected columns to the next's.
+    pub stride: u64,
+    /// Bytes of selected columns per row.
+    pub keep: u64,
+}
+
+/// Moves the selected columns of `g`'s rows, the first starting at `skip` in `buf`,
+/// together: afterwards `buf[skip..skip + rows * keep]` holds them back to back.
+pub fn gather_in_place(buf: &mut [u8], skip: u64, g: &Gather) -> Result<()> {
+    let bad = || Error::InvalidArgument(format!("gathering {g:?} at {skip}: outside the buffer"));
+    let at = |x: u64| usize::try_from(x).map_err(|_| bad());
+    let end = g
+        .rows
+        .checked_sub(1)
+        .and_then(|r| r.checked_mul(g.stride))
+        .and_then(|x| x.checked_add(skip)?.checked_add(g.keep));
+    if end.is_some_and(|e| e > buf.len() as u64) || g.keep > g.stride {
+        return Err(bad());
+    }
+    for r in 1..g.rows {
+        let from = at(skip + r * g.stride)?;
+        buf.copy_within(from..from + at(g.keep)?, at(skip + r * g.keep)?);
+    }
+    Ok(())
 }
 
 /// One read request: `len` bytes at absolute file offset `offset`.
@@ -332,34 +379,178 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
-/// The rows `rule` selects of `t`: first row, one past the last, and the shape of the
-/// selection; or why it selects none.
-fn select_rows(
-    t: &TensorInfo,
-    rule: &RowRule,
-) -> std::result::Result<(u64, u64, Vec<u64>), String> {
-    let Some((&dim0, rest)) = t.shape.split_first() else {
-        return Err(format!(
-            "has no rows to select ({}): it is a scalar",
-            rule.rows
-        ));
-    };
-    let (first, end) = rule
-        .rows
-        .resolve(dim0)
-        .map_err(|why| format!("cannot load rows {} of it: {why}", rule.rows))?;
-    if dim0 > 0 && !t.len().is_multiple_of(dim0) {
-        return Err(format!(
-            "cannot load rows {} of it: a row of {} {} elements is not a whole number of bytes",
-            rule.rows,
-            rest.iter().product::<u64>(),
-            t.dtype
-        ));
+/// What a slice rule selects of a tensor.
+enum Selection {
+    /// Contiguous bytes: `len` bytes from `offset` into the tensor (whole rows).
+    Rows {
+        offset: u64,
+        len: u64,
+        shape: Vec<u64>,
+    },
+    /// The same `keep` bytes, `start` bytes into each of `rows` rows of `stride`.
+    Columns {
+        rows: u64,
+        stride: u64,
+        start: u64,
+        keep: u64,
+        shape: Vec<u64>,
+    },
+}
+
+/// What `rule` selects of `t`, or why it cannot.
+fn select(t: &TensorInfo, rule: &SliceRule) -> std::result::Result<Selection, String> {
+    let what = rule.what();
+    let cannot = |why: &dyn std::fmt::Display| format!("cannot load {what} of it: {why}");
+    match rule.dim {
+        0 => {
+            let Some((&d0, rest)) = t.shape.split_first() else {
+                return Err(cannot(&"it is a scalar"));
+            };
+            let (a, b) = rule.slice.resolve(d0).map_err(|w| cannot(&w))?;
+            if d0 > 0 && !t.len().is_multiple_of(d0) {
+                return Err(cannot(&format_args!(
+                    "a row of {} {} elements is not a whole number of bytes",
+                    rest.iter().product::<u64>(),
+                    t.dtype
+                )));
+            }
+            // A tensor of no rows has rows of no bytes.
+            let row = t.len().checked_div(d0).unwrap_or(0);
+            let mut shape = t.shape.clone();
+            if let Some(d) = shape.first_mut() {
+                *d = b - a;
+            }
+            Ok(Selection::Rows {
+                offset: a * row,
+                len: (b - a) * row,
+                shape,
+            })
+        }
+        1 => {
+            let [d0, d1, inner @ ..] = t.shape.as_slice() else {
+                return Err(cannot(&"it has fewer than two dimensions"));
+            };
+            let (a, b) = rule.slice.resolve(*d1).map_err(|w| cannot(&w))?;
+            if !t.dtype.bits().is_multiple_of(8) {
+                return Err(cannot(&format_args!(
+                    "columns of {} (elements smaller than a byte) are not supported",
+                    t.dtype
+                )));
+            }
+            let too_big = || cannot(&"its rows are too large");
+            let unit = inner
+                .iter()
+                .try_fold(t.dtype.bits() / 8, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(too_big)?;
+            let stride = d1.checked_mul(unit).ok_or_else(too_big)?;
+            let mut shape = t.shape.clone();
+            if let Some(d) = shape.get_mut(1) {
+                *d = b - a;
+            }
+            Ok(Selection::Columns {
+                rows: *d0,
+                stride,
+                start: a * unit,
+                keep: (b - a) * unit,
+                shape,
+            })
+        }
+        d => Err(format!(
+            "cannot load {} of dimension {d}: only rows (0) and columns (1) can be selected",
+            rule.slice
+        )),
     }
-    let mut shape = Vec::with_capacity(t.shape.len());
-    shape.push(end - first);
-    shape.extend_from_slice(rest);
-    Ok((first, end, shape))
+}
+
+/// Pushes the reads converting elements `first..first + numel` of tensor `tensor`
+/// (index in its file plan), which lie back to back from file offset `at`: chunks of
+/// whole elements, each read aligned. `None` when an offset overflows.
+fn element_reads(
+    reads: &mut Vec<ReadOp>,
+    opts: &PlanOptions,
+    tensor: usize,
+    at: u64,
+    first: u64,
+    numel: u64,
+    esize: u64,
+) -> Option<()> {
+    // Whole elements per read; the alignment slack fits in PlanOptions::slot_len.
+    let per_chunk = (opts.chunk_size / esize.max(1)).max(1);
+    let mut done = 0u64;
+    while done < numel {
+        let count = per_chunk.min(numel - done);
+        let b0 = at.checked_add(done * esize)?;
+        let b1 = b0.checked_add(count * esize)?;
+        let r0 = align_down(b0, opts.align);
+        let r1 = align_up(b1, opts.align)?;
+        reads.push(ReadOp {
+            offset: r0,
+            len: r1 - r0,
+            required: b1 - r0,
+            target: Target::Convert {
+                tensor,
+                first: first + done,
+                count,
+                skip: b0 - r0,
+                gather: None,
+            },
+        });
+        done += count;
+    }
+    Some(())
+}
+
+/// Pushes the reads of the selected columns of tensor `tensor`, which starts at file
+/// offset `at`: `keep` bytes, `start` bytes into each of `rows` rows of `stride`
+/// bytes. Rows that fit a chunk are read several at a time, from the first row's
+/// selected bytes to the last's, and gathered in staging; longer rows are read as
+/// their selected bytes alone. `None` when an offset overflows.
+fn column_reads(
+    reads: &mut Vec<ReadOp>,
+    opts: &PlanOptions,
+    tensor: usize,
+    at: u64,
+    (rows, stride, start, keep): (u64, u64, u64, u64),
+    esize: u64,
+) -> Option<()> {
+    let per_row = keep / esize.max(1);
+    if per_row == 0 || rows == 0 {
+        return Some(());
+    }
+    let row_at = |r: u64| r.checked_mul(stride)?.checked_add(at)?.checked_add(start);
+    if stride > opts.chunk_size {
+        for r in 0..rows {
+            element_reads(reads, opts, tensor, row_at(r)?, r * per_row, per_row, esize)?;
+        }
+        return Some(());
+    }
+    let per_read = opts.chunk_size / stride.max(1);
+    let mut r = 0u64;
+    while r < rows {
+        let n = per_read.min(rows - r);
+        let b0 = row_at(r)?;
+        let b1 = row_at(r + n - 1)?.checked_add(keep)?;
+        let r0 = align_down(b0, opts.align);
+        let r1 = align_up(b1, opts.align)?;
+        reads.push(ReadOp {
+            offset: r0,
+            len: r1 - r0,
+            required: b1 - r0,
+            target: Target::Convert {
+                tensor,
+                first: r * per_row,
+                count: n * per_row,
+                skip: b0 - r0,
+                gather: (n > 1).then_some(Gather {
+                    rows: n,
+                    stride,
+                    keep,
+                }),
+            },
+        });
+        r += n;
+    }
+    Some(())
 }
 
 fn align_down(x: u64, a: u64) -> u64 {
@@ -455,31 +646,35 @@ pub(crate) fn plan_where(
             let Some(requested) = pick(&t.name) else {
                 continue;
             };
-            let (file_offset, src_len, shape) =
-                match opts.rows.iter().find(|r| glob_match(&r.pattern, &t.name)) {
-                    None => (data_start + t.begin, t.len(), t.shape.clone()),
-                    Some(rule) => {
-                        let (first, end, shape) = select_rows(t, rule).map_err(|why| {
-                            Error::InvalidArgument(format!(
-                                "{}: tensor '{}': {why}",
-                                h.path.display(),
-                                t.name
-                            ))
-                        })?;
-                        // A tensor of no rows has rows of no bytes.
-                        let row_len = t
-                            .len()
-                            .checked_div(t.shape.first().copied().unwrap_or(0))
-                            .unwrap_or(0);
-                        (
-                            data_start + t.begin + first * row_len,
-                            (end - first) * row_len,
-                            shape,
-                        )
-                    }
-                };
+            let in_err = |why: String| {
+                Error::InvalidArgument(format!("{}: tensor '{}': {why}", h.path.display(), t.name))
+            };
+            let selection = match opts.slices.iter().find(|r| glob_match(&r.pattern, &t.name)) {
+                None => None,
+                Some(rule) => Some(select(t, rule).map_err(in_err)?),
+            };
+            let tensor_offset = data_start + t.begin;
+            let (file_offset, src_len, shape, columns) = match selection {
+                None => (tensor_offset, t.len(), t.shape.clone(), None),
+                Some(Selection::Rows { offset, len, shape }) => {
+                    (tensor_offset + offset, len, shape, None)
+                }
+                Some(Selection::Columns {
+                    rows,
+                    stride,
+                    start,
+                    keep,
+                    shape,
+                }) => (
+                    tensor_offset,
+                    rows.checked_mul(keep)
+                        .ok_or_else(|| too_big(&h.path, &t.name))?,
+                    shape,
+                    Some((rows, stride, start, keep)),
+                ),
+            };
             let out_dtype = convert::output_dtype(t.dtype, requested.or(opts.dtype));
-            if out_dtype == t.dtype {
+            if out_dtype == t.dtype && columns.is_none() {
                 let a0 = align_down(file_offset, align);
                 let a1 = align_up(file_offset + src_len, align)
                     .ok_or_else(|| too_big(&h.path, &t.name))?;
@@ -508,7 +703,8 @@ pub(crate) fn plan_where(
                 raw_len = seg.map(|(s, e, d)| d + (e - s)).unwrap_or(raw_len);
                 continue;
             }
-            // A converted tensor: chunks of whole elements, each read aligned.
+            // A converted tensor, or selected columns (converted or not): chunks of
+            // whole elements through staging, each read aligned.
             let esize = t.dtype.bits() / 8;
             let out_len = convert::converted_len(t.dtype, out_dtype, src_len);
             let place_off =
@@ -527,29 +723,26 @@ pub(crate) fn plan_where(
                 len: out_len,
                 place: Place::Converted(place_off),
             });
-            let numel = src_len.checked_div(esize).unwrap_or(0);
-            // Whole elements per read; the alignment slack fits in PlanOptions::slot_len.
-            let per_chunk = (opts.chunk_size / esize.max(1)).max(1);
-            let mut first = 0u64;
-            while first < numel {
-                let count = per_chunk.min(numel - first);
-                let b0 = file_offset + first * esize;
-                let b1 = b0 + count * esize;
-                let r0 = align_down(b0, align);
-                let r1 = align_up(b1, align).ok_or_else(|| too_big(&h.path, &t.name))?;
-                reads.push(ReadOp {
-                    offset: r0,
-                    len: r1 - r0,
-                    required: b1 - r0,
-                    target: Target::Convert {
-                        tensor: idx,
-                        first,
-                        count,
-                        skip: b0 - r0,
-                    },
-                });
-                first += count;
-            }
+            let planned = match columns {
+                None => element_reads(
+                    &mut reads,
+                    opts,
+                    idx,
+                    file_offset,
+                    0,
+                    src_len.checked_div(esize).unwrap_or(0),
+                    esize,
+                ),
+                Some((rows, stride, start, keep)) => column_reads(
+                    &mut reads,
+                    opts,
+                    idx,
+                    file_offset,
+                    (rows, stride, start, keep),
+                    esize,
+                ),
+            };
+            planned.ok_or_else(|| too_big(&h.path, &t.name))?;
         }
         flush(&mut seg, &mut reads);
         if tensors.is_empty() {

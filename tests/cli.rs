@@ -461,11 +461,11 @@ fn load_only_selects_whole_names() {
     assert!(stderr(&o).contains("'model'"), "{}", stderr(&o));
 }
 
-/// `--rows`: digests of exactly the selected rows (converted with `--dtype`), through
-/// an index; a rule a tensor cannot satisfy exits 1 naming the file and the tensor; a
-/// malformed rule is a usage error.
+/// `--rows` and `--cols`: digests of exactly the selected rows and columns (converted
+/// with `--dtype`), through an index; a rule a tensor cannot satisfy exits 1 naming
+/// the file and the tensor; a malformed rule is a usage error.
 #[test]
-fn load_rows_digests_the_selected_rows() {
+fn load_rows_and_cols_digest_the_selected_slices() {
     let fx = sharded();
     let o = run([
         OsStr::new("load"),
@@ -473,13 +473,16 @@ fn load_rows_digests_the_selected_rows() {
         OsStr::new("--digest"),
         OsStr::new("--dtype"),
         OsStr::new("F32"),
+        OsStr::new("--cols"),
+        OsStr::new("b.weight=3:6"),
         OsStr::new("--rows"),
         OsStr::new("a.weight=1/4"),
         OsStr::new("--rows"),
         OsStr::new("b.*=2:5"),
     ]);
-    assert_code(&o, 0, "load --rows");
+    assert_code(&o, 0, "load --rows --cols");
     let mut want = fx.expected.clone();
+    // --rows rules come first: b.* takes b.weight's rows, not its columns.
     for (name, a, b) in [("a.weight", 10, 20), ("b.weight", 2, 5), ("b.idx", 2, 5)] {
         let t = want.get_mut(name).unwrap();
         let row = t.data.len() / t.shape[0] as usize;
@@ -491,22 +494,48 @@ fn load_rows_digests_the_selected_rows() {
     let o = run([
         OsStr::new("load"),
         fx.path.as_os_str(),
-        OsStr::new("--rows"),
-        OsStr::new("c.*=0:1"),
+        OsStr::new("--digest"),
+        OsStr::new("--cols"),
+        OsStr::new("b.weight=3:6"),
     ]);
-    assert_code(&o, 1, "rows of a scalar");
-    let err = stderr(&o);
-    for part in ["model-00003-of-00003.safetensors", "'c.scale'", "scalar"] {
-        assert!(err.contains(part), "{err}");
-    }
-    for bad in ["a.weight", "a.weight=1-2", "a.weight=1/0"] {
+    assert_code(&o, 0, "load --cols");
+    let mut want = fx.expected.clone();
+    let t = want.get_mut("b.weight").unwrap();
+    t.data = t
+        .data
+        .chunks(7 * 2)
+        .flat_map(|r| &r[3 * 2..6 * 2])
+        .copied()
+        .collect();
+    t.shape[1] = 3;
+    check_digests(&o, &want, None);
+
+    for (flag, rule, why) in [
+        ("--rows", "c.*=0:1", "scalar"),
+        ("--cols", "c.weight=0:1", "fewer than two dimensions"),
+    ] {
         let o = run([
             OsStr::new("load"),
             fx.path.as_os_str(),
-            OsStr::new("--rows"),
-            OsStr::new(bad),
+            OsStr::new(flag),
+            OsStr::new(rule),
         ]);
-        assert_code(&o, 2, bad);
+        assert_code(&o, 1, rule);
+        let err = stderr(&o);
+        for part in ["model-00003-of-00003.safetensors", "'c.", why] {
+            assert!(err.contains(part), "{err}");
+        }
+    }
+    for bad in ["a.weight", "a.weight=1-2", "a.weight=1/0"] {
+        for flag in ["--rows", "--cols"] {
+            let o = run([
+                OsStr::new("load"),
+                fx.path.as_os_str(),
+                OsStr::new(flag),
+                OsStr::new(bad),
+            ]);
+            assert_code(&o, 2, bad);
+        }
     }
 }
 

@@ -414,37 +414,38 @@ fn filters_and_small_staging_on_cuda() {
     assert_eq!(got, want);
 }
 
-/// A tensor-parallel rank's rows (and other row ranges, one crossing many chunks) on
-/// every path to the device, raw and converted, as the host loads them; and into
-/// memory the caller allocated, where each tensor is described by its rows.
+/// A tensor-parallel rank's rows and columns (and other ranges, one crossing many
+/// chunks, columns of rows longer than a read) on every path to the device, raw and
+/// converted, as the host loads them; and into memory the caller allocated, where
+/// each tensor is described by its slice.
 #[test]
-fn selected_rows_load_on_cuda_as_on_the_host() {
-    use tensorstream::{Checkpoint, DeviceRegion, Rows};
+fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
+    use tensorstream::{Checkpoint, DeviceRegion, Slice};
     if !gpu() {
         return;
     }
     let (_dir, path) = cached_fixture(3);
-    let with_rows = |l: Loader| {
+    let sliced = |l: Loader| {
         l.rows(
             "a.f32",
-            Rows::Range {
+            Slice::Range {
                 start: 100,
                 end: 200,
             },
         )
-        .rows("b.f16", Rows::Part { rank: 1, world: 4 })
-        .rows("e.e5m2", Rows::Range { start: 1, end: 3 })
+        .columns("b.f16", Slice::Range { start: 1, end: 3 })
+        .columns("e.e5m2", Slice::Part { rank: 4, world: 5 })
         .rows(
             "k.big.bf16",
-            Rows::Range {
+            Slice::Range {
                 start: 1001,
                 end: 2_000_003,
             },
         )
-        .rows("l.empty", Rows::Range { start: 0, end: 0 })
+        .columns("l.empty", Slice::Range { start: 1, end: 2 })
     };
-    for dtype in [None, Some(Dtype::F16)] {
-        let want = host_bytes(with_rows(Loader::new().dtype(dtype)), &path);
+    for (dtype, chunk) in [(None, 64 << 10), (Some(Dtype::F16), 64 << 10), (None, 4096)] {
+        let want = host_bytes(sliced(Loader::new().dtype(dtype)), &path);
         for (io, split) in [
             (IoBackend::Pread, Split::Off),
             (IoBackend::Direct, Split::Off),
@@ -453,24 +454,43 @@ fn selected_rows_load_on_cuda_as_on_the_host() {
             (IoBackend::Pread, Split::Share(0.5)),
             (IoBackend::Pread, Split::Balanced),
         ] {
-            let what = format!("{dtype:?} {io:?} {split:?}");
-            let l = with_rows(cuda_loader(io, dtype, 64 << 10, 1 << 20, 8)).split(split);
-            let m = match l.load(&path) {
-                Err(e) if e.kind() == ErrorKind::Unsupported => {
-                    eprintln!("skipping {what}: {e}");
-                    continue;
+            let what = format!("{dtype:?} {chunk} {io:?} {split:?}");
+            for per_tensor in [false, true] {
+                let l = sliced(cuda_loader(io, dtype, chunk, 1 << 20, 8))
+                    .split(split)
+                    .per_tensor_allocations(per_tensor);
+                let m = match l.load(&path) {
+                    Err(e) if e.kind() == ErrorKind::Unsupported => {
+                        eprintln!("skipping {what}: {e}");
+                        continue;
+                    }
+                    r => r.unwrap(),
+                };
+                assert_eq!(m.get("b.f16").unwrap().shape, vec![1000, 2], "{what}");
+                assert_eq!(on_host(&m), want, "{what} per_tensor {per_tensor}");
+                if matches!(io, IoBackend::Mmap) || split != Split::Off {
+                    let r = &m.stats().files[0];
+                    assert!(r.reason.contains("column selections"), "{what}: {r:?}");
                 }
-                r => r.unwrap(),
-            };
-            assert_eq!(m.get("b.f16").unwrap().shape, vec![250, 3], "{what}");
-            assert_eq!(on_host(&m), want, "{what}");
+            }
         }
     }
+    // Rows only: the registered page cache serves them.
+    let rows_only = |l: Loader| l.rows("k.big.bf16", Slice::Part { rank: 1, world: 3 });
+    let want = host_bytes(rows_only(Loader::new()), &path);
+    let (got, report) = loaded_via(
+        rows_only(cuda_loader(IoBackend::Mmap, None, 64 << 10, 1 << 20, 2)),
+        &path,
+        "rows, registered",
+    );
+    assert_eq!(got, want);
+    assert!(!report.reason.contains("column selections"), "{report:?}");
+
     let ckpt = Checkpoint::open(&path).unwrap();
-    let want = host_bytes(with_rows(Loader::new().dtype(Some(Dtype::F32))), &path);
+    let want = host_bytes(sliced(Loader::new().dtype(Some(Dtype::F32))), &path);
     let (at, len) = arena_layout(&want);
     let arena = Arena::new(0, len, 7);
-    let l = with_rows(cuda_loader(
+    let l = sliced(cuda_loader(
         IoBackend::Pread,
         Some(Dtype::F32),
         64 << 10,
@@ -492,10 +512,11 @@ fn selected_rows_load_on_cuda_as_on_the_host() {
     }
     .unwrap();
     assert_eq!(shapes["a.f32"], vec![100, 33]);
+    assert_eq!(shapes["e.e5m2"], vec![3, 1, 7]);
     assert_eq!(shapes["k.big.bf16"], vec![2_000_003 - 1001]);
     assert_eq!(on_host(&m), want, "into the caller's memory");
     drop(m);
-    arena.assert_holds(want.iter().map(|(n, _, b)| (at[n], b.as_slice())), "rows");
+    arena.assert_holds(want.iter().map(|(n, _, b)| (at[n], b.as_slice())), "slices");
 }
 
 #[test]

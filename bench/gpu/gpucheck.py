@@ -447,13 +447,18 @@ def cmd_diff(a):
             ("auto balanced", "auto", ["--registered-share", "balanced"]),
             ("auto huge", "auto", ["--staging-huge"]),
         ]
-        # Row selections (a tensor-parallel part, ranges across chunks), converted:
-        # against the CPU load of the same rows.
+        # Row and column selections (tensor-parallel parts, ranges across chunks),
+        # converted and not: against the CPU load of the same slices.
         rows = ["--dtype", "F32"]
         for rule in ("dtypes.u8.sel_chunks=1001:9000001", "dtypes.bf16.odd=17:1030",
                      "dtypes.f8_e4m3.odd=5:12", "dtypes.f16.odd=1/5"):
             rows += ["--rows", rule]
-        variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows)]
+        cols = []
+        for rule in ("dtypes.f16.odd=250:750", "dtypes.i16.odd=1/3", "dtypes.f32.odd=1/5",
+                     "dtypes.f8_e5m2.odd=3:30"):
+            cols += ["--cols", rule]
+        variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows),
+                     ("auto cols", "auto", cols), ("pread cols", "pread", cols + ["--dtype", "BF16"])]
         refs_by_extra = {}
         for label, io, extra in variants:
             r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout, extra=extra)
@@ -461,7 +466,7 @@ def cmd_diff(a):
                 log("  io %-10s -> not in this binary (usage error): skipped" % label)
                 continue
             want = ref
-            if "--rows" in extra:
+            if "--rows" in extra or "--cols" in extra:
                 key = tuple(extra)
                 if key not in refs_by_extra:
                     refs_by_extra[key] = run_load(bin_, base[0], "cpu", timeout=a.timeout, extra=extra)

@@ -12,18 +12,21 @@
 //! (its aligned tail may run past the end, never past the aligned end); raw reads are
 //! disjoint and deliver every byte of every raw tensor exactly once, to the place the
 //! tensor says; convert reads cover each converted tensor's elements exactly once;
-//! destinations stay inside their buffers and do not overlap. With a row rule (option
-//! byte 2, bit 3): the plan is refused, with InvalidArgument, exactly when a selected
-//! tensor the rule matches cannot give those rows (a scalar, rows out of range, parts
-//! that do not divide its rows, rows that are not whole bytes); otherwise each such
-//! tensor is planned as exactly its rows' bytes, with their shape.
+//! destinations stay inside their buffers and do not overlap. With a row or column rule
+//! (option byte 2, bit 3): the plan is refused, with InvalidArgument, exactly when a
+//! selected tensor the rule matches cannot give that slice (a scalar, too few
+//! dimensions, indices out of range, parts that do not divide the dimension, rows that
+//! are not whole bytes, columns of sub-byte elements); otherwise each such tensor is
+//! planned as exactly the slice's bytes, with its shape: rows as one range, columns
+//! through staging, each read holding one row's selected elements or whole rows whose
+//! selected columns are gathered.
 #![no_main]
 
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
 use tensorstream::plan::{
-    plan, FilePlan, Place, PlanOptions, PlannedTensor, RowRule, Rows, Target,
+    plan, FilePlan, Gather, Place, PlanOptions, PlannedTensor, Slice, SliceRule, Target,
 };
 use tensorstream::TensorInfo;
 use tensorstream::{convert, Checkpoint, Dtype, ErrorKind, Header};
@@ -66,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     // A row rule some selected tensor it matches cannot satisfy.
     let unsatisfied = h.tensors.iter().find(|t| {
         (opts.only.is_empty() || opts.only.iter().any(|p| glob(p, &t.name)))
-            && rule_of(&opts, &t.name).is_some_and(|r| rows_of(t, r).is_none())
+            && rule_of(&opts, &t.name).is_some_and(|r| slice_of(t, r).is_none())
     });
     let p = match plan(&ckpt, &opts) {
         Ok(p) => p,
@@ -86,8 +89,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(!invalid, "invalid options {opts:?} accepted");
     assert!(
         unsatisfied.is_none(),
-        "rows {:?} of {unsatisfied:?} accepted",
-        opts.rows
+        "{:?} of {unsatisfied:?} accepted",
+        opts.slices
     );
 
     let selected: Vec<_> = h
@@ -159,26 +162,31 @@ fn options(o: &[u8; OPTION_BYTES], h: &Header) -> PlanOptions {
         }
         only.push(pat);
     }
-    // A row rule: for one tensor's name, or for every tensor.
-    let mut rows = Vec::new();
+    // A row or column rule: for one tensor's name, or for every tensor.
+    let mut slices = Vec::new();
     if o[2] & 8 != 0 {
         let pattern = match h.tensors.get(usize::from(o[10]) % h.tensors.len().max(1)) {
             Some(t) if o[10] & 0x80 == 0 => t.name.clone(),
             _ => "*".to_string(),
         };
-        let r = if o[11] & 1 == 0 {
+        let slice = if o[11] & 1 == 0 {
             let start = u64::from(o[4] % 16);
-            Rows::Range {
+            Slice::Range {
                 start,
                 end: start + u64::from(o[5] % 16),
             }
         } else {
-            Rows::Part {
+            Slice::Part {
                 rank: u64::from(o[11] >> 1 & 7),
                 world: 1 + u64::from(o[11] >> 4 & 7),
             }
         };
-        rows.push(RowRule { pattern, rows: r });
+        let dim = usize::from(o[11] >> 7);
+        slices.push(SliceRule {
+            pattern,
+            dim,
+            slice,
+        });
     }
     PlanOptions {
         chunk_size,
@@ -187,47 +195,81 @@ fn options(o: &[u8; OPTION_BYTES], h: &Header) -> PlanOptions {
         only,
         dtype,
         tensor_align,
-        rows,
+        slices,
     }
 }
 
-/// The first row rule that matches `name`.
-fn rule_of<'a>(opts: &'a PlanOptions, name: &str) -> Option<&'a Rows> {
-    opts.rows
-        .iter()
-        .find(|r| glob(&r.pattern, name))
-        .map(|r| &r.rows)
+/// The first slice rule that matches `name`.
+fn rule_of<'a>(opts: &'a PlanOptions, name: &str) -> Option<&'a SliceRule> {
+    opts.slices.iter().find(|r| glob(&r.pattern, name))
 }
 
-/// What `rows` selects of `t`, worked out here on its own: the file offset of the
-/// first row (from the data section), the bytes and the shape; `None` when the rule
-/// cannot be satisfied.
-fn rows_of(t: &TensorInfo, rows: &Rows) -> Option<(u64, u64, Vec<u64>)> {
-    let d0 = *t.shape.first()?;
-    let (a, b) = match *rows {
-        Rows::Range { start, end } => (start, end),
-        Rows::Part { rank, world } => {
-            if rank >= world || d0 % world != 0 {
+/// What a rule selects of a tensor, worked out here on its own.
+struct Expect {
+    /// File offset of the first byte read for it (from the data section).
+    begin: u64,
+    /// Its selected bytes.
+    len: u64,
+    shape: Vec<u64>,
+    /// For columns: rows, bytes per row, selected bytes' start in a row and length.
+    cols: Option<(u64, u64, u64, u64)>,
+}
+
+/// What `rule` selects of `t`; `None` when it cannot be satisfied.
+fn slice_of(t: &TensorInfo, rule: &SliceRule) -> Option<Expect> {
+    let d = *t.shape.get(rule.dim)?;
+    if rule.dim > 1 {
+        return None;
+    }
+    let (a, b) = match rule.slice {
+        Slice::Range { start, end } => (start, end),
+        Slice::Part { rank, world } => {
+            if rank >= world || d % world != 0 {
                 return None;
             }
-            (rank * (d0 / world), (rank + 1) * (d0 / world))
+            (rank * (d / world), (rank + 1) * (d / world))
         }
     };
-    if a > b || b > d0 {
+    if a > b || b > d {
         return None;
     }
     let bytes = u128::from(t.end - t.begin);
-    if d0 > 0 && bytes % u128::from(d0) != 0 {
+    let d0 = u128::from(t.shape[0]);
+    let mut shape = t.shape.clone();
+    shape[rule.dim] = b - a;
+    if rule.dim == 0 {
+        if d0 > 0 && bytes % d0 != 0 {
+            return None;
+        }
+        let row = bytes.checked_div(d0).unwrap_or(0);
+        return Some(Expect {
+            begin: u64::try_from(u128::from(t.begin) + u128::from(a) * row).ok()?,
+            len: u64::try_from(u128::from(b - a) * row).ok()?,
+            shape,
+            cols: None,
+        });
+    }
+    if t.dtype.bits() % 8 != 0 {
         return None;
     }
-    let row = if d0 == 0 { 0 } else { bytes / u128::from(d0) };
-    let mut shape = t.shape.clone();
-    shape[0] = b - a;
-    Some((
-        u64::try_from(u128::from(t.begin) + u128::from(a) * row).ok()?,
-        u64::try_from(u128::from(b - a) * row).ok()?,
+    let unit = t.shape[2..]
+        .iter()
+        .try_fold(u128::from(t.dtype.bits() / 8), |x, &n| {
+            x.checked_mul(u128::from(n))
+        })?;
+    let stride = u64::try_from(unit * u128::from(d)).ok()?;
+    let keep = u64::try_from(unit * u128::from(b - a)).ok()?;
+    Some(Expect {
+        begin: t.begin,
+        len: u64::try_from(d0 * u128::from(keep)).ok()?,
         shape,
-    ))
+        cols: Some((
+            t.shape[0],
+            stride,
+            u64::try_from(unit * u128::from(a)).ok()?,
+            keep,
+        )),
+    })
 }
 
 fn align_up(x: u64, a: u64) -> u128 {
@@ -289,22 +331,29 @@ fn check_file(f: &FilePlan, h: &Header, opts: &PlanOptions) {
             .tensor(&t.name)
             .expect("a planned tensor the header lacks");
         assert_eq!(t.src_dtype, info.dtype);
-        let (begin, len, shape) = match rule_of(opts, &t.name) {
-            Some(r) => rows_of(info, r).expect("rows planned that the tensor cannot give"),
-            None => (info.begin, info.len(), info.shape.clone()),
+        let want = match rule_of(opts, &t.name) {
+            Some(r) => slice_of(info, r).expect("a slice planned that the tensor cannot give"),
+            None => Expect {
+                begin: info.begin,
+                len: info.len(),
+                shape: info.shape.clone(),
+                cols: None,
+            },
         };
-        assert_eq!(t.shape, shape, "{t:?} with {:?}", opts.rows);
-        assert_eq!(t.file_offset, h.data_start() + begin, "{t:?}");
-        assert_eq!(t.src_len, len, "{t:?}");
+        assert_eq!(t.shape, want.shape, "{t:?} with {:?}", opts.slices);
+        assert_eq!(t.file_offset, h.data_start() + want.begin, "{t:?}");
+        assert_eq!(t.src_len, want.len, "{t:?}");
         assert_eq!(t.dtype, convert::output_dtype(info.dtype, opts.dtype));
         match t.place {
             Place::Raw(at) => {
                 assert_eq!(t.dtype, t.src_dtype, "{t:?}");
+                assert!(want.cols.is_none(), "columns read raw: {t:?}");
                 assert_eq!(t.len, t.src_len);
                 raw_spans.push((at, t.len));
             }
             Place::Converted(at) => {
-                assert_ne!(t.dtype, t.src_dtype, "{t:?}");
+                // Converted, or columns (gathered through staging).
+                assert!(t.dtype != t.src_dtype || want.cols.is_some(), "{t:?}");
                 assert_eq!(
                     t.len,
                     convert::converted_len(t.src_dtype, t.dtype, t.src_len)
@@ -334,7 +383,15 @@ fn check_file(f: &FilePlan, h: &Header, opts: &PlanOptions) {
     for (idx, t) in f.tensors.iter().enumerate() {
         match t.place {
             Place::Raw(at) => check_raw_coverage(t, at, &raw_reads),
-            Place::Converted(_) => check_convert_coverage(f, idx, t),
+            Place::Converted(_) => {
+                let info = h
+                    .tensor(&t.name)
+                    .expect("a planned tensor the header lacks");
+                let cols = rule_of(opts, &t.name)
+                    .and_then(|r| slice_of(info, r))
+                    .and_then(|e| e.cols);
+                check_convert_coverage(f, idx, t, cols)
+            }
         }
     }
 }
@@ -386,10 +443,25 @@ fn check_raw_coverage(t: &PlannedTensor, at: u64, reads: &[(u64, u64, u64, u64)]
     );
 }
 
-/// A converted tensor's elements are read exactly once, each read aligned around them.
-fn check_convert_coverage(f: &FilePlan, idx: usize, t: &PlannedTensor) {
+/// A converted tensor's elements (or selected columns') are read exactly once, each
+/// read aligned around them: back to back from the read's first element, or, for
+/// gathered columns, whole rows of the selection `stride` bytes apart.
+fn check_convert_coverage(
+    f: &FilePlan,
+    idx: usize,
+    t: &PlannedTensor,
+    cols: Option<(u64, u64, u64, u64)>,
+) {
     let esize = t.src_dtype.bits() / 8;
     assert!(esize > 0, "{t:?}");
+    // Where element `e` of the selection lies in the file, and elements per row.
+    let per_row = cols.map_or(u64::MAX, |(_, _, _, keep)| keep / esize);
+    let at = |e: u64| match cols {
+        None => t.file_offset + e * esize,
+        Some((_, stride, start, _)) => {
+            t.file_offset + e / per_row * stride + start + e % per_row * esize
+        }
+    };
     let mut chunks: Vec<_> = f
         .reads
         .iter()
@@ -399,25 +471,39 @@ fn check_convert_coverage(f: &FilePlan, idx: usize, t: &PlannedTensor) {
                 first,
                 count,
                 skip,
-            } if tensor == idx => Some((first, count, skip, r)),
+                gather,
+            } if tensor == idx => Some((first, count, skip, gather, r)),
             _ => None,
         })
         .collect();
     chunks.sort_unstable_by_key(|c| c.0);
     let mut next = 0u64;
-    for (first, count, skip, r) in chunks {
+    for (first, count, skip, gather, r) in chunks {
         assert_eq!(
             first, next,
             "tensor '{}' elements not read exactly once",
             t.name
         );
         assert!(count > 0, "empty convert read {r:?}");
-        assert_eq!(
-            r.offset + skip,
-            t.file_offset + first * esize,
-            "{r:?} of {t:?}"
-        );
-        assert_eq!(r.required, skip + count * esize, "{r:?} of {t:?}");
+        assert_eq!(r.offset + skip, at(first), "{r:?} of {t:?}");
+        match gather {
+            None => {
+                // Back to back: within one row of the selection.
+                assert!(
+                    first % per_row + count <= per_row,
+                    "{r:?} crosses a row of {t:?}"
+                );
+                assert_eq!(r.required, skip + count * esize, "{r:?} of {t:?}");
+            }
+            Some(Gather { rows, stride, keep }) => {
+                let (_, s, _, k) = cols.expect("a gather for a tensor without columns");
+                assert_eq!((stride, keep), (s, k), "{r:?} of {t:?}");
+                assert!(rows > 1, "{r:?}");
+                assert_eq!(first % per_row, 0, "{r:?} starts mid-row");
+                assert_eq!(count, rows * per_row, "{r:?} of {t:?}");
+                assert_eq!(r.required, skip + (rows - 1) * stride + keep, "{r:?}");
+            }
+        }
         next = first + count;
     }
     assert_eq!(

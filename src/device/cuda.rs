@@ -24,7 +24,7 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
 use crate::loader::{Model, Split, Tensor};
-use crate::plan::{Place, Plan, ReadOp, Target};
+use crate::plan::{self, Place, Plan, ReadOp, Target};
 
 /// The conversion kernels, as PTX for the oldest supported driver.
 const PTX: &str = include_str!("../../kernels/convert.ptx");
@@ -1075,7 +1075,7 @@ impl<'p> CudaSink<'p> {
             module: None,
             kernels: BTreeMap::new(),
         };
-        if plan.files.iter().any(|f| f.converted_len > 0) {
+        if converts(plan) {
             sink.add_scratch()?;
             sink.load_kernels()?;
         }
@@ -1084,7 +1084,7 @@ impl<'p> CudaSink<'p> {
 
     /// Gives each slot without one its device scratch, when some tensor converts.
     fn add_scratch(&mut self) -> Result<()> {
-        if !self.plan.files.iter().any(|f| f.converted_len > 0) {
+        if !converts(self.plan) {
             return Ok(());
         }
         let len = self.staging.slot_len + SCRATCH_PAD;
@@ -1295,6 +1295,21 @@ impl<'p> CudaSink<'p> {
 }
 
 impl CudaSink<'_> {
+    /// The device address of converted tensor `tensor` of file `file` at `place`: its
+    /// own allocation, or its place in the file's converted area.
+    fn converted_at(&self, file: usize, tensor: usize, place: Place) -> Result<u64> {
+        match (place, self.own.get(file).and_then(|o| o.get(tensor))) {
+            (_, Some(Some(b))) => Ok(b.ptr),
+            (Place::Converted(base), _) => self
+                .converted
+                .get(file)
+                .and_then(Option::as_ref)
+                .map(|c| c.ptr + base)
+                .ok_or_else(|| internal("converted area")),
+            _ => Err(internal("place")),
+        }
+    }
+
     /// Enqueues on `stream` what read `op` of file `file` is for, its required
     /// bytes being at `src` in pinned or registered host memory: a copy to the
     /// destination, or a copy to `scratch` and the conversion kernel from there.
@@ -1316,9 +1331,23 @@ impl CudaSink<'_> {
                     first,
                     count,
                     skip,
+                    gather,
                 } => {
                     let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
                     let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
+                    if gather.is_some() && !reg_starts.is_empty() {
+                        return Err(internal("rows to gather in registered memory"));
+                    }
+                    let out_size = t.dtype.bits() / 8;
+                    let out = self.converted_at(file, tensor, t.place)? + first * out_size;
+                    if t.dtype == t.src_dtype {
+                        // Selected columns, not converted: straight to their place.
+                        let len = count * out_size;
+                        let at = usize::try_from(skip).map_err(|_| internal("skip"))?;
+                        // SAFETY: skip + len <= op.required: the read holds them.
+                        let from = unsafe { src.add(at) };
+                        return self.htod_split(stream, out, from, len as usize, reg_starts);
+                    }
                     let scratch = scratch.ok_or_else(|| internal("scratch"))?;
                     if op.required as usize + SCRATCH_PAD > scratch.len {
                         return Err(internal("read larger than the scratch buffer"));
@@ -1332,19 +1361,6 @@ impl CudaSink<'_> {
                         op.required as usize,
                         reg_starts,
                     )?;
-                    let out_size = t.dtype.bits() / 8;
-                    let out = match (t.place, self.own.get(file).and_then(|o| o.get(tensor))) {
-                        (_, Some(Some(b))) => b.ptr + first * out_size,
-                        (Place::Converted(base), _) => {
-                            let c = self
-                                .converted
-                                .get(file)
-                                .and_then(Option::as_ref)
-                                .ok_or_else(|| internal("converted area"))?;
-                            c.ptr + base + first * out_size
-                        }
-                        _ => return Err(internal("place")),
-                    };
                     self.launch(
                         stream,
                         t.src_dtype,
@@ -1468,6 +1484,19 @@ impl Sink for SlotSink<'_, '_> {
         let i = sink.slot_of(buf.ptr)?;
         let slot = sink.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
         let stream = sink.staging.stream;
+        if let Target::Convert {
+            skip,
+            gather: Some(g),
+            ..
+        } = &op.target
+        {
+            // SAFETY: the slot holds slot.len bytes of pinned memory; its read has
+            // completed, and no copy from it is queued until consume below (its last
+            // copy completed before the slot was handed out), so nothing else touches
+            // it now.
+            let staged = unsafe { std::slice::from_raw_parts_mut(slot.mem.host, slot.len) };
+            plan::gather_in_place(staged, *skip, g).map_err(|e| sink.at_read(file, op, e))?;
+        }
         sink.consume(stream, file, op, slot.mem.host, slot.scratch.as_ref(), &[])?;
         // SAFETY: event and stream are live until the staging is freed.
         unsafe { result::event::record(slot.event, stream) }
@@ -1957,7 +1986,7 @@ fn load_split(
     let stop_reg = CancelToken::child(cancel);
     let stop_slots = CancelToken::child(cancel);
     let ctx = &sink.staging.ctx;
-    let any_convert = reg_plan.files.iter().any(|f| f.converted_len > 0);
+    let any_convert = converts(reg_plan);
     let (slots, reg) = std::thread::scope(|scope| {
         let reg = scope.spawn(|| -> Result<Registration> {
             ctx.bind()?;
@@ -2096,9 +2125,15 @@ pub(crate) fn load(
         |why: &str| format!("page-cache registration refused ({why}): all through pinned slots");
     let staging_bytes = (slots.max(1) as u64).saturating_mul(slot_len);
     let mut path = None;
+    const GATHERING: &str = "column selections are gathered in pinned slots";
     if registering {
         let shape = regplan::RegShape::new(staging_bytes, depth);
-        let why = match registration_refused(&ctx) {
+        let refused = if gathers(plan) {
+            Some(GATHERING.to_string())
+        } else {
+            registration_refused(&ctx)
+        };
+        let why = match refused {
             Some(why) => why,
             None => {
                 let total = plan.required_bytes();
@@ -2142,7 +2177,12 @@ pub(crate) fn load(
         tracing::debug!("registered share not used: not every file is in the page cache");
     }
     if !registering && split != Split::Off && cached {
-        match registration_refused(&ctx) {
+        let refused = if gathers(plan) {
+            Some(GATHERING.to_string())
+        } else {
+            registration_refused(&ctx)
+        };
+        match refused {
             Some(why) => {
                 tracing::debug!("registered page cache refused ({why}): all through pinned slots");
                 path = Some((choice.path_name(0), all_slots(&why)));
@@ -2192,6 +2232,28 @@ pub(crate) fn load(
     }
     let stats = run_slots(loader, &sink, plan, None, choice, depth, cancel, progress)?;
     complete(sink, choice.path_name(0), stats, path)
+}
+
+/// Whether some tensor of `plan` changes dtype (and so needs the kernels and scratch).
+fn converts(plan: &Plan) -> bool {
+    plan.files
+        .iter()
+        .flat_map(|f| &f.tensors)
+        .any(|t| t.dtype != t.src_dtype)
+}
+
+/// Whether some read of `plan` gathers rows in staging (which registered page cache,
+/// being read-only, cannot do).
+fn gathers(plan: &Plan) -> bool {
+    plan.files.iter().flat_map(|f| &f.reads).any(|r| {
+        matches!(
+            r.target,
+            Target::Convert {
+                gather: Some(_),
+                ..
+            }
+        )
+    })
 }
 
 /// The loaded tensors, as views of the sink's device buffers.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::io::{Buf, Sink};
-use crate::plan::{Place, Plan, ReadOp, Target};
+use crate::plan::{self, Place, Plan, ReadOp, Target};
 
 /// Page-aligned, zero-initialised host memory. Large buffers are anonymous maps of
 /// their own, returned to the system as soon as they are dropped.
@@ -466,6 +466,7 @@ impl Sink for HostSink<'_> {
             first,
             count,
             skip,
+            gather,
         } = op.target
         else {
             return Ok(());
@@ -484,6 +485,13 @@ impl Sink for HostSink<'_> {
             };
             let in_size = t.src_dtype.bits() / 8;
             let out_size = t.dtype.bits() / 8;
+            if let Some(g) = &gather {
+                let staged = self
+                    .slots
+                    .get_mut(slot)
+                    .ok_or_else(|| bad("staging slot"))?;
+                plan::gather_in_place(staged.as_mut_slice(), skip, g)?;
+            }
             let src = self
                 .slots
                 .get(slot)
