@@ -157,10 +157,11 @@ impl Loader {
     /// Loads only rows `slice` (indices along dimension 0) of the tensors whose whole
     /// name matches this glob, reading only their bytes; the loaded tensor's shape is
     /// theirs. Rules from this and [`Loader::columns`] may be given several times; the
-    /// first that matches a tensor applies. A rule a matching tensor cannot satisfy (a
-    /// scalar, rows past its end, rows that do not split into equal parts, sub-byte
-    /// rows that are not whole bytes), or that matches no tensor of the checkpoint,
-    /// fails the load, naming the file and the tensor.
+    /// first that matches a tensor applies. The load fails, naming the file and the
+    /// tensor, when a rule matches no tensor of the checkpoint, when a tensor matches
+    /// both a row and a column rule, or when a matching tensor cannot satisfy its rule
+    /// (a scalar, rows past its end, rows that do not split into equal parts, sub-byte
+    /// rows that are not whole bytes).
     ///
     /// A tensor-parallel rank loads its shard of the column-parallel weights (q/k/v,
     /// gate/up, a vocabulary-parallel embedding) with [`Slice::Part`]; experts `a..b`
@@ -176,12 +177,14 @@ impl Loader {
 
     /// Loads only columns `slice` (indices along dimension 1) of the tensors whose
     /// whole name matches this glob: the shard of a row-parallel weight (o_proj,
-    /// down_proj) that a tensor-parallel rank keeps. The selected columns of each row
-    /// are gathered in staging memory, so the destination and the copies to a device
-    /// hold only them; the reads still cover every row's bytes from the first selected
-    /// column to the last (all of them where a row's share is small). The tensor needs
-    /// two dimensions or more, and elements of a byte or more. See [`Loader::rows`]
-    /// for how rules combine and fail.
+    /// down_proj) that a tensor-parallel rank keeps. The destination and the copies to
+    /// a device hold only the selected columns. Rows that fit a read are read whole
+    /// (from the first selected byte of the first row to the last of the last) and
+    /// their selected columns gathered in staging memory; longer rows are read as their
+    /// selected bytes alone. The tensor needs two dimensions or more, and elements of a
+    /// byte or more. On CUDA a load that gathers runs through the pinned slots only
+    /// (not the registered page cache), and refuses write-combined staging. See
+    /// [`Loader::rows`] for how rules combine and fail.
     pub fn columns(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
         self.plan.slices.push(SliceRule {
             pattern: pattern.into(),
@@ -214,7 +217,8 @@ impl Loader {
     /// On CUDA, allocate the pinned staging write-combined: the CPU's writes into it
     /// (reads from the page cache) bypass its caches and the copies to the device do
     /// not snoop them. The CPU never reads staging back, which write-combined memory
-    /// would make slow. Off by default.
+    /// would make slow, except to gather selected columns ([`Loader::columns`]): a load
+    /// with both is refused. Off by default.
     pub fn write_combined_staging(mut self, yes: bool) -> Self {
         self.staging_write_combined = yes;
         self

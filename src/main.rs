@@ -124,7 +124,8 @@ struct LoadOpts {
     /// Load only some rows (dimension 0) of the tensors matching GLOB, reading only
     /// their bytes: GLOB=START:END for rows START..END, GLOB=RANK/WORLD for part RANK of
     /// WORLD equal parts (a tensor-parallel shard). Repeatable; a tensor takes the
-    /// first --rows rule that matches it, else the first --cols rule.
+    /// first rule that matches it, and one matching both a --rows and a --cols rule is
+    /// an error.
     #[arg(long, value_name = "GLOB=ROWS", value_parser = |s: &str| SliceRule::parse(s, 0))]
     rows: Vec<SliceRule>,
     /// Load only some columns (dimension 1) of the tensors matching GLOB, as --rows:

@@ -64,6 +64,9 @@ impl Slice {
     pub fn resolve(&self, size: u64) -> std::result::Result<(u64, u64), String> {
         match *self {
             Slice::Range { start, end } if start <= end && end <= size => Ok((start, end)),
+            Slice::Range { start, end } if start > end => {
+                Err(format!("{start}..{end} ends before it starts"))
+            }
             Slice::Range { start, end } => {
                 Err(format!("{start}..{end} is not within its size {size}"))
             }
@@ -108,6 +111,9 @@ impl std::str::FromStr for Slice {
         } else if let Some((r, w)) = s.split_once('/') {
             match (num(r)?, num(w)?) {
                 (_, 0) => Err(format!("'{s}': the number of parts must be at least 1")),
+                (rank, world) if rank >= world => Err(format!(
+                    "'{s}': part {rank} of {world} does not exist (parts count from 0)"
+                )),
                 (rank, world) => Ok(Slice::Part { rank, world }),
             }
         } else {
@@ -256,7 +262,11 @@ pub fn gather_in_place(buf: &mut [u8], skip: u64, g: &Gather) -> Result<()> {
         .checked_sub(1)
         .and_then(|r| r.checked_mul(g.stride))
         .and_then(|x| x.checked_add(skip)?.checked_add(g.keep));
-    if end.is_some_and(|e| e > buf.len() as u64) || g.keep > g.stride {
+    let fits = match end {
+        Some(e) => e <= buf.len() as u64,
+        None => g.rows == 0,
+    };
+    if !fits || g.keep > g.stride {
         return Err(bad());
     }
     for r in 1..g.rows {
@@ -437,26 +447,43 @@ fn select(t: &TensorInfo, rule: &SliceRule) -> std::result::Result<Selection, St
                     t.dtype
                 )));
             }
-            let too_big = || cannot(&"its rows are too large");
-            let unit = inner
-                .iter()
-                .try_fold(t.dtype.bits() / 8, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(too_big)?;
-            let stride = d1.checked_mul(unit).ok_or_else(too_big)?;
+            // Bytes per column, per row and selected. They fit 64 bits unless the
+            // tensor is empty (a zero dimension), whose rows then hold nothing to read.
+            let fits = |x: Option<u64>| {
+                x.or_else(|| t.is_empty().then_some(0))
+                    .ok_or_else(|| cannot(&"its rows are too large"))
+            };
+            let unit = fits(
+                inner
+                    .iter()
+                    .try_fold(t.dtype.bits() / 8, |acc, &d| acc.checked_mul(d)),
+            )?;
+            let stride = fits(d1.checked_mul(unit))?;
+            let start = fits(a.checked_mul(unit))?;
+            let keep = fits((b - a).checked_mul(unit))?;
             let mut shape = t.shape.clone();
             if let Some(d) = shape.get_mut(1) {
                 *d = b - a;
             }
+            if *d0 <= 1 || keep == stride {
+                // One row, or every column: contiguous bytes, read like rows.
+                return Ok(Selection::Rows {
+                    offset: if *d0 == 0 { 0 } else { start },
+                    len: fits(d0.checked_mul(keep))?,
+                    shape,
+                });
+            }
             Ok(Selection::Columns {
                 rows: *d0,
                 stride,
-                start: a * unit,
-                keep: (b - a) * unit,
+                start,
+                keep,
                 shape,
             })
         }
+        // Refused with the options, before any tensor.
         d => Err(format!(
-            "cannot load {} of dimension {d}: only rows (0) and columns (1) can be selected",
+            "{} of dimension {d} cannot be selected",
             rule.slice
         )),
     }
@@ -605,6 +632,13 @@ pub(crate) fn plan_where(
             )));
         }
     }
+    if let Some(r) = opts.slices.iter().find(|r| r.dim > 1) {
+        return Err(Error::InvalidArgument(format!(
+            "'{}': cannot load {} of dimension {}: only rows (0) and columns (1) can be \
+             selected",
+            r.pattern, r.slice, r.dim
+        )));
+    }
     let tensor_align = opts.tensor_align;
     let too_big = |path: &std::path::Path, name: &str| {
         Error::tensor_err(
@@ -649,9 +683,27 @@ pub(crate) fn plan_where(
             let in_err = |why: String| {
                 Error::InvalidArgument(format!("{}: tensor '{}': {why}", h.path.display(), t.name))
             };
-            let selection = match opts.slices.iter().find(|r| glob_match(&r.pattern, &t.name)) {
+            let mut rules = opts
+                .slices
+                .iter()
+                .filter(|r| glob_match(&r.pattern, &t.name));
+            let selection = match rules.next() {
                 None => None,
-                Some(rule) => Some(select(t, rule).map_err(in_err)?),
+                Some(rule) => {
+                    // Rules of one dimension may overlap (the first applies); rows and
+                    // columns both matching one tensor is a mistake to report.
+                    if let Some(other) = rules.find(|r| r.dim != rule.dim) {
+                        return Err(in_err(format!(
+                            "it matches both '{}' ({}) and '{}' ({}): a tensor takes rows or \
+                             columns, not both",
+                            rule.pattern,
+                            rule.what(),
+                            other.pattern,
+                            other.what()
+                        )));
+                    }
+                    Some(select(t, rule).map_err(in_err)?)
+                }
             };
             let tensor_offset = data_start + t.begin;
             let (file_offset, src_len, shape, columns) = match selection {
@@ -765,6 +817,56 @@ pub(crate) fn plan_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gather_moves_the_kept_bytes_together_and_refuses_what_does_not_fit() {
+        let mut buf: Vec<u8> = (0..40).collect();
+        let g = Gather {
+            rows: 3,
+            stride: 10,
+            keep: 4,
+        };
+        gather_in_place(&mut buf, 5, &g).unwrap();
+        assert_eq!(&buf[5..17], &[5, 6, 7, 8, 15, 16, 17, 18, 25, 26, 27, 28]);
+        assert_eq!(&buf[..5], &[0, 1, 2, 3, 4]);
+        // The last row's kept bytes end exactly at the buffer's end.
+        let mut exact: Vec<u8> = (0..29).collect();
+        gather_in_place(&mut exact, 5, &g).unwrap();
+        for (skip, g) in [
+            (6, g),
+            (0, Gather { keep: 11, ..g }),
+            (
+                0,
+                Gather {
+                    rows: 3,
+                    stride: 1 << 63,
+                    keep: 1,
+                },
+            ),
+            (
+                u64::MAX,
+                Gather {
+                    rows: 2,
+                    stride: 1,
+                    keep: 1,
+                },
+            ),
+        ] {
+            let mut short: Vec<u8> = (0..29).collect();
+            assert!(
+                gather_in_place(&mut short, skip, &g).is_err(),
+                "{skip} {g:?}"
+            );
+            assert_eq!(short, (0..29).collect::<Vec<u8>>(), "{skip} {g:?} wrote");
+        }
+        let mut none = vec![1u8; 4];
+        let g = Gather {
+            rows: 0,
+            stride: u64::MAX,
+            keep: 3,
+        };
+        gather_in_place(&mut none, u64::MAX, &g).unwrap();
+    }
 
     #[test]
     fn glob_matches_whole_names() {

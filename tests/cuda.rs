@@ -101,6 +101,11 @@ fn fixture_file(dir: &Path, seed: u64, file: &str, prefix: &str) -> PathBuf {
     path
 }
 
+/// The directory a fixture file is in.
+fn dir_of(path: &Path) -> PathBuf {
+    path.parent().unwrap().to_path_buf()
+}
+
 /// A loader to cuda:0 through `io`, converting to `dtype`, with reads of `chunk`
 /// bytes, `staging` bytes of staging and `depth` reads in flight.
 fn cuda_loader(
@@ -484,7 +489,40 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
         "rows, registered",
     );
     assert_eq!(got, want);
-    assert!(!report.reason.contains("column selections"), "{report:?}");
+    if !report.reason.contains("refused") {
+        assert_eq!(report.io_path, "mmap+registered", "{report:?}");
+    }
+
+    // Columns of rows longer than a read: each row's selected bytes are read on their
+    // own, nothing is gathered, so the registered page cache copies them, raw and
+    // converted, straight to their places.
+    let long = dir_of(&path).join("long-rows.safetensors");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut data = vec![0u8; 3 * 5000 * 4];
+    rng.fill(&mut data[..]);
+    let view = TensorView::new(safetensors::Dtype::F32, vec![3, 5000], &data).unwrap();
+    safetensors::serialize_to_file([("w", view)], None, &long).unwrap();
+    std::fs::read(&long).unwrap();
+    for dtype in [None, Some(Dtype::BF16)] {
+        let part = |l: Loader| l.columns("w", Slice::Part { rank: 2, world: 4 });
+        let want = host_bytes(part(Loader::new().dtype(dtype).chunk_size(4096)), &long);
+        let (got, report) = loaded_via(
+            part(cuda_loader(IoBackend::Mmap, dtype, 4096, 1 << 20, 2)),
+            &long,
+            "long rows, registered",
+        );
+        assert_eq!(got, want, "{dtype:?}");
+        if !report.reason.contains("refused") {
+            assert_eq!(report.io_path, "mmap+registered", "{report:?}");
+        }
+    }
+    // Write-combined staging cannot gather: refused before anything is read.
+    let e = sliced(Loader::new().device(Device::Cuda(0)))
+        .write_combined_staging(true)
+        .load(&path)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("write-combined"), "{e}");
 
     let ckpt = Checkpoint::open(&path).unwrap();
     let want = host_bytes(sliced(Loader::new().dtype(Some(Dtype::F32))), &path);

@@ -252,23 +252,32 @@ fn slice_of(t: &TensorInfo, rule: &SliceRule) -> Option<Expect> {
     if t.dtype.bits() % 8 != 0 {
         return None;
     }
+    // An empty tensor's columns and rows hold no bytes, however large its dimensions.
     let unit = t.shape[2..]
         .iter()
-        .try_fold(u128::from(t.dtype.bits() / 8), |x, &n| {
-            x.checked_mul(u128::from(n))
-        })?;
-    let stride = u64::try_from(unit * u128::from(d)).ok()?;
-    let keep = u64::try_from(unit * u128::from(b - a)).ok()?;
+        .fold(u128::from(t.dtype.bits() / 8), |x, &n| {
+            x.saturating_mul(u128::from(n))
+        });
+    let fit = |x: u128| u64::try_from(x).ok().or((bytes == 0).then_some(0));
+    let stride = fit(unit.saturating_mul(u128::from(d)))?;
+    let keep = fit(unit.saturating_mul(u128::from(b - a)))?;
+    let start = fit(unit.saturating_mul(u128::from(a)))?;
+    let len = u64::try_from(d0 * u128::from(keep)).ok()?;
+    if d0 <= 1 || keep == stride {
+        // One row or every column: contiguous, planned like rows.
+        let begin = if d0 == 0 { 0 } else { start };
+        return Some(Expect {
+            begin: t.begin + begin,
+            len,
+            shape,
+            cols: None,
+        });
+    }
     Some(Expect {
         begin: t.begin,
-        len: u64::try_from(d0 * u128::from(keep)).ok()?,
+        len,
         shape,
-        cols: Some((
-            t.shape[0],
-            stride,
-            u64::try_from(unit * u128::from(a)).ok()?,
-            keep,
-        )),
+        cols: Some((t.shape[0], stride, start, keep)),
     })
 }
 

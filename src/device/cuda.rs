@@ -1349,18 +1349,15 @@ impl CudaSink<'_> {
                         return self.htod_split(stream, out, from, len as usize, reg_starts);
                     }
                     let scratch = scratch.ok_or_else(|| internal("scratch"))?;
-                    if op.required as usize + SCRATCH_PAD > scratch.len {
+                    // Up to the last element: after a gather, the rows' other columns
+                    // past them are left behind.
+                    let needed = skip + count * (t.src_dtype.bits() / 8);
+                    if needed > op.required || needed as usize + SCRATCH_PAD > scratch.len {
                         return Err(internal("read larger than the scratch buffer"));
                     }
                     // Shift so that the first element sits on a 16-byte boundary.
                     let pad = (16 - skip % 16) % 16;
-                    self.htod_split(
-                        stream,
-                        scratch.ptr + pad,
-                        src,
-                        op.required as usize,
-                        reg_starts,
-                    )?;
+                    self.htod_split(stream, scratch.ptr + pad, src, needed as usize, reg_starts)?;
                     self.launch(
                         stream,
                         t.src_dtype,
@@ -2079,6 +2076,13 @@ pub(crate) fn load(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
+    if staging.kind == StagingKind::WriteCombined && gathers(plan) {
+        return Err(Error::InvalidArgument(
+            "column selections are gathered by the CPU in the staging, which write-combined \
+             staging makes very slow to read: drop write-combined staging or the column rules"
+                .into(),
+        ));
+    }
     let _restore = Restore::new();
     let init_start = std::time::Instant::now();
     let planned = slots.max(2);
