@@ -416,3 +416,33 @@ fn rules_parse_from_text() {
         assert!(SliceRule::parse(bad, 0).is_err(), "{bad} parsed");
     }
 }
+
+/// An empty tensor whose other dimensions multiply past 64 bits: its columns (and
+/// rows) load as empty tensors of the selected shape.
+#[test]
+fn slices_of_an_empty_tensor_with_huge_dimensions() {
+    let dir = disk_tempdir();
+    let path = dir.path().join("e.safetensors");
+    let big = 1u64 << 40;
+    let json = format!(
+        r#"{{"e":{{"dtype":"F32","shape":[0,{big},{big}],"data_offsets":[0,0]}},"x":{{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}}}"#
+    );
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(json.as_bytes());
+    file.extend_from_slice(&[7, 9]);
+    std::fs::write(&path, file).unwrap();
+    for l in [
+        Loader::new().columns("e", Slice::Part { rank: 1, world: 2 }),
+        Loader::new().rows("e", Slice::Range { start: 0, end: 0 }),
+    ] {
+        for backend in BACKENDS {
+            let Some(m) = load_or_skip(&l, backend, &Checkpoint::open(&path).unwrap()) else {
+                continue;
+            };
+            let e = m.get("e").unwrap();
+            assert_eq!(e.len(), 0);
+            assert_eq!(e.shape[0], 0);
+            assert_eq!(m.get("x").unwrap().host_bytes().unwrap(), &[7, 9]);
+        }
+    }
+}
