@@ -489,6 +489,32 @@ fn select(t: &TensorInfo, rule: &SliceRule) -> std::result::Result<Selection, St
     }
 }
 
+/// The aligned read whose bytes `b` (from the first element to the end of the last)
+/// convert elements `first..first + count` of tensor `tensor`. `None` on overflow.
+fn convert_read(
+    b: std::ops::Range<u64>,
+    align: u64,
+    tensor: usize,
+    first: u64,
+    count: u64,
+    gather: Option<Gather>,
+) -> Option<ReadOp> {
+    let r0 = align_down(b.start, align);
+    let r1 = align_up(b.end, align)?;
+    Some(ReadOp {
+        offset: r0,
+        len: r1 - r0,
+        required: b.end - r0,
+        target: Target::Convert {
+            tensor,
+            first,
+            count,
+            skip: b.start - r0,
+            gather,
+        },
+    })
+}
+
 /// Pushes the reads converting elements `first..first + numel` of tensor `tensor`
 /// (index in its file plan), which lie back to back from file offset `at`: chunks of
 /// whole elements, each read aligned. `None` when an offset overflows.
@@ -508,20 +534,14 @@ fn element_reads(
         let count = per_chunk.min(numel - done);
         let b0 = at.checked_add(done * esize)?;
         let b1 = b0.checked_add(count * esize)?;
-        let r0 = align_down(b0, opts.align);
-        let r1 = align_up(b1, opts.align)?;
-        reads.push(ReadOp {
-            offset: r0,
-            len: r1 - r0,
-            required: b1 - r0,
-            target: Target::Convert {
-                tensor,
-                first: first + done,
-                count,
-                skip: b0 - r0,
-                gather: None,
-            },
-        });
+        reads.push(convert_read(
+            b0..b1,
+            opts.align,
+            tensor,
+            first + done,
+            count,
+            None,
+        )?);
         done += count;
     }
     Some(())
@@ -557,24 +577,19 @@ fn column_reads(
         let n = per_read.min(rows - r);
         let b0 = row_at(r)?;
         let b1 = row_at(r + n - 1)?.checked_add(keep)?;
-        let r0 = align_down(b0, opts.align);
-        let r1 = align_up(b1, opts.align)?;
-        reads.push(ReadOp {
-            offset: r0,
-            len: r1 - r0,
-            required: b1 - r0,
-            target: Target::Convert {
-                tensor,
-                first: r * per_row,
-                count: n * per_row,
-                skip: b0 - r0,
-                gather: (n > 1).then_some(Gather {
-                    rows: n,
-                    stride,
-                    keep,
-                }),
-            },
+        let gather = (n > 1).then_some(Gather {
+            rows: n,
+            stride,
+            keep,
         });
+        reads.push(convert_read(
+            b0..b1,
+            opts.align,
+            tensor,
+            r * per_row,
+            n * per_row,
+            gather,
+        )?);
         r += n;
     }
     Some(())
