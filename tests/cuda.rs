@@ -1167,16 +1167,43 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
         std::fs::read(f.unwrap().path()).unwrap();
     }
     let ckpt = Checkpoint::open(&path).unwrap();
-    let host: BTreeMap<Option<Dtype>, BTreeMap<String, Vec<u8>>> =
+    // Half the rounds also take slices: rows, gathered columns, columns of an empty
+    // tensor.
+    let sliced = |l: Loader| {
+        use tensorstream::Slice;
+        l.rows(
+            "s0.a.f32",
+            Slice::Range {
+                start: 10,
+                end: 150,
+            },
+        )
+        .columns("s1.a.f32", Slice::Part { rank: 2, world: 3 })
+        .columns("s0.e.e5m2", Slice::Part { rank: 1, world: 5 })
+        .rows(
+            "s1.d.e4m3",
+            Slice::Range {
+                start: 1000,
+                end: 40_001,
+            },
+        )
+        .columns("s*.l.empty", Slice::Range { start: 1, end: 3 })
+    };
+    type Oracle = BTreeMap<Option<Dtype>, BTreeMap<String, Vec<u8>>>;
+    let oracle = |slice: bool| -> Oracle {
         [None, Some(Dtype::F32), Some(Dtype::F16), Some(Dtype::BF16)]
             .into_iter()
             .map(|d| {
-                let m = host_bytes(Loader::new().dtype(d), &path);
+                let l = Loader::new().dtype(d);
+                let l = if slice { sliced(l) } else { l };
+                let m = host_bytes(l, &path);
                 (d, m.into_iter().map(|(n, _, b)| (n, b)).collect())
             })
-            .collect();
+            .collect()
+    };
+    let (whole, slices) = (oracle(false), oracle(true));
     let mut rng = rand::rngs::StdRng::seed_from_u64(45);
-    for round in 0..12 {
+    for round in 0..16 {
         let io = [
             IoBackend::Pread,
             IoBackend::Buffered,
@@ -1192,14 +1219,17 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
         let staging = chunk * rng.gen_range(2..9);
         let depth = rng.gen_range(1..9);
         let global = [None, Some(Dtype::F32), Some(Dtype::BF16)][rng.gen_range(0..3)];
+        let slice = rng.gen_bool(0.5);
+        let host = if slice { &slices } else { &whole };
         // Per tensor (in the callback's order): left out, or the dtype it lands in.
         let mut picks: BTreeMap<String, Option<Dtype>> = BTreeMap::new();
         let mut layout: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         let mut end = 0usize;
         let what = format!(
-            "round {round}: {io:?} {split:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?}"
+            "round {round}: {io:?} {split:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?} slices {slice}"
         );
         let l = cuda_loader(io, global, chunk, staging, depth).split(split);
+        let l = if slice { sliced(l) } else { l };
         // A first pass decides and lays out; the arena is then made to fit. The load's
         // callback replays the decisions.
         let draw = |rng: &mut rand::rngs::StdRng, t: &tensorstream::TensorSpec<'_>| {
