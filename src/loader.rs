@@ -19,11 +19,15 @@ pub(crate) type PathOverride = (&'static str, String);
 
 /// What a device load hands back: tensors, engine figures, the path override, and the
 /// time spent getting the device ready (retaining its context).
+/// What a device's load gives back: the tensors, the I/O statistics, the path that
+/// ran when it is not the I/O choice's, the device's set-up time, and whether the
+/// loader's kept staging served.
 pub(crate) type Loaded = (
     BTreeMap<String, Tensor>,
     IoStats,
     Option<PathOverride>,
     Duration,
+    bool,
 );
 
 /// How a CUDA load of files that are all in the page cache divides their bytes
@@ -442,10 +446,10 @@ impl Loader {
         let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = io::choose(self.io, &paths)?;
         let slots = self.staging_slots();
-        let (tensors, stats, path, device_init): Loaded = match self.device {
+        let (tensors, stats, path, device_init, staging_reused): Loaded = match self.device {
             Device::Cpu => {
                 let (t, s) = self.load_host(plan, &choice, slots)?;
-                (t, s, None, Duration::ZERO)
+                (t, s, None, Duration::ZERO, false)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => crate::device::cuda::load(
@@ -504,6 +508,7 @@ impl Loader {
                 requests: stats.requests,
                 elapsed: start.elapsed(),
                 device_init,
+                staging_reused,
                 engine_reason: choice.engine_reason.clone(),
                 files,
             },
@@ -687,6 +692,10 @@ pub struct LoadStats {
     /// context (creating it, when no one in the process holds it yet). Zero on the CPU.
     /// A framework that already holds the context pays almost none of it.
     pub device_init: Duration,
+    /// On CUDA, whether the load ran on the pinned staging the loader kept from an
+    /// earlier load or from [`Loader::prepare`], and so pinned nothing. False on the
+    /// CPU.
+    pub staging_reused: bool,
     /// Why the I/O engine was chosen.
     pub engine_reason: String,
     /// Per file, the path that read it.

@@ -486,6 +486,7 @@ fn load(
             "seconds": s.elapsed.as_secs_f64(),
             "gbps": s.gbps(),
             "device_init_seconds": s.device_init.as_secs_f64(),
+            "staging_reused": s.staging_reused,
             "device": opts.device.to_string(),
             "engine_reason": s.engine_reason,
             "files": paths,

@@ -1446,6 +1446,47 @@ fn a_load_into_pool_memory_works_and_into_managed_memory_is_refused() {
     }
 }
 
+/// A load into the caller's memory that is refused pins nothing and leaves the
+/// loader's kept staging for the next load; loads after `prepare` report that they
+/// ran on it.
+#[test]
+fn a_refused_load_into_the_callers_memory_keeps_the_loaders_staging() {
+    use tensorstream::{Checkpoint, DeviceRegion};
+    if !gpu() {
+        return;
+    }
+    let (_dir, path) = cached_fixture(8);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let l = cuda_loader(IoBackend::Pread, None, 64 << 10, 1 << 20, 4);
+    assert!(!l.load(&path).unwrap().stats().staging_reused, "first load");
+    assert!(l.load(&path).unwrap().stats().staging_reused, "second load");
+    let arena = Arena::new(0, 1 << 20, 9);
+    for _ in 0..2 {
+        // SAFETY: the region lies in the live arena; the load is refused before any
+        // write (its length is one byte short).
+        let e = unsafe {
+            l.load_into_device(&ckpt, |t| {
+                (t.name == "a.f32").then(|| DeviceRegion {
+                    ptr: arena.ptr,
+                    len: t.len - 1,
+                    dtype: t.dtype,
+                })
+            })
+        }
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        let m = l.load(&path).unwrap();
+        assert!(m.stats().staging_reused, "the load after a refused one");
+    }
+    arena.assert_holds([], "refused loads");
+    let fresh = cuda_loader(IoBackend::Pread, None, 64 << 10, 1 << 20, 4);
+    fresh.prepare().unwrap();
+    assert!(
+        fresh.load(&path).unwrap().stats().staging_reused,
+        "after prepare"
+    );
+}
+
 /// Regions that cannot be right are refused before any byte is written, each with
 /// the file, the tensor and what is wrong: the wrong length, memory the driver does
 /// not know, past the end of its allocation, pinned host memory, past the end of the

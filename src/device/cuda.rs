@@ -995,11 +995,10 @@ fn device_buffers(
     plan: &Plan,
     ctx: &Arc<Context>,
     per_tensor: bool,
-    dests: Option<&Destinations>,
+    regions: Option<Vec<Vec<DeviceRegion>>>,
 ) -> Result<DeviceBuffers> {
     let (mut raw, mut converted, mut own) = (Vec::new(), Vec::new(), Vec::new());
-    if let Some(d) = dests {
-        let regions = check_destinations(plan, ctx, d)?;
+    if let Some(regions) = regions {
         for regions in regions {
             raw.push(None);
             converted.push(None);
@@ -1052,11 +1051,11 @@ impl<'p> CudaSink<'p> {
         mut staging: Staging,
         count: usize,
         per_tensor: bool,
-        dests: Option<&Destinations>,
+        regions: Option<Vec<Vec<DeviceRegion>>>,
     ) -> Result<Self> {
         let ctx = Arc::clone(&staging.ctx);
         let (buffers, pinned) = std::thread::scope(|scope| {
-            let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor, dests));
+            let device = scope.spawn(|| device_buffers(plan, &ctx, per_tensor, regions));
             let pinned = staging.fill(count);
             let buffers = device
                 .join()
@@ -2085,6 +2084,24 @@ pub(crate) fn load(
     }
     let _restore = Restore::new();
     let init_start = std::time::Instant::now();
+    // The caller's regions are checked before the staging is taken or pinned: a
+    // refused load pins nothing and leaves the loader's kept staging as it was.
+    let regions = match staging.dests {
+        Some(d) => {
+            let kept_ctx = staging.cache.and_then(|c| {
+                let kept = c.lock().unwrap_or_else(|e| e.into_inner());
+                kept.as_ref()
+                    .filter(|s| s.ctx.ordinal == ordinal)
+                    .map(|s| Arc::clone(&s.ctx))
+            });
+            let ctx = match kept_ctx {
+                Some(c) => c,
+                None => Context::new(ordinal)?,
+            };
+            Some(check_destinations(plan, &ctx, d)?)
+        }
+        None => None,
+    };
     let planned = slots.max(2);
     let (kept, reused) =
         Staging::reuse_or_new(staging.cache, ordinal, planned, slot_len, staging.kind)?;
@@ -2094,7 +2111,7 @@ pub(crate) fn load(
     // two (one's device scratch serves conversions) and the rest only if it falls back.
     let registering = choice.engine == io::EngineKind::Mmap;
     let pin = if registering { 2 } else { planned };
-    let mut sink = CudaSink::new(plan, kept, pin, per_tensor, staging.dests)?;
+    let mut sink = CudaSink::new(plan, kept, pin, per_tensor, regions)?;
     let setup = init_start.elapsed();
     // Once everything is enqueued: waits for the stream, logs the phases, and returns
     // the tensors and the staging (to the loader, which keeps it).
@@ -2123,7 +2140,7 @@ pub(crate) fn load(
         if let Some(cache) = staging.cache {
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.hand_back());
         }
-        Ok((tensors, stats, path, init))
+        Ok((tensors, stats, path, init, reused))
     };
     let all_slots =
         |why: &str| format!("page-cache registration refused ({why}): all through pinned slots");
