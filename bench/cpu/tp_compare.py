@@ -1,0 +1,175 @@
+"""One tensor-parallel rank's shard on the CPU: tensorstream (`load --rows/--cols`)
+against Python safetensors' `safe_open(...).get_slice`, the way inference servers
+load a rank's shard. Side by side in one run, cold and warm, alternating.
+
+    sudo bench/out/venv/bin/python bench/cpu/tp_compare.py CKPT [--rank 1] [--world 4]
+        [--rounds 5] [--settle 5] [--ts target/release/tensorstream] [--out FILE.jsonl]
+
+CKPT is a Llama-layout checkpoint (numpy has no bfloat16: use F16, as
+`tensorstream synth --dtype F16` writes). The rank keeps its rows of q/k/v, gate/up,
+the embedding and lm_head, its columns of o_proj and down_proj, and the norms whole.
+
+Before timing, both loaders' bytes are checked equal: tensorstream's `--digest` lines
+against the SHA-256 of each array safetensors returns (C order). Each timed run is a
+separate process under /usr/bin/time -v (peak RSS); the time is the process's wall
+time, interpreter start-up and imports included for Python, since a server pays them
+too; the loader's own time is recorded beside it. Cold: page cache dropped before
+the run (needs root). Warm: the file read into the page cache first. Before each run
+the script waits --settle seconds, so that memory the previous process freed has
+settled (this VM reports free pages to its host, and touching them again is slow
+for a while), as bench/cpu/compare.py does.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROWS = ["*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.gate_proj.weight",
+        "*.up_proj.weight", "*embed_tokens.weight", "lm_head.weight"]
+COLS = ["*.o_proj.weight", "*.down_proj.weight"]
+
+# The Python side of a run: `python tp_compare.py --child CKPT RANK WORLD [--digest]`.
+CHILD = "--child"
+
+
+def glob(pattern, name):
+    import fnmatch
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def child(ckpt, rank, world, digest):
+    t0 = time.perf_counter()
+    from safetensors import safe_open
+    t1 = time.perf_counter()
+    out = {}
+    with safe_open(ckpt, framework="np") as f:
+        for name in f.keys():
+            sl = f.get_slice(name)
+            shape = sl.get_shape()
+            if any(glob(p, name) for p in ROWS):
+                n = shape[0] // world
+                out[name] = sl[rank * n:(rank + 1) * n]
+            elif any(glob(p, name) for p in COLS):
+                n = shape[1] // world
+                out[name] = sl[:, rank * n:(rank + 1) * n]
+            else:
+                out[name] = f.get_tensor(name)
+    t2 = time.perf_counter()
+    nbytes = sum(int(v.nbytes) for v in out.values())
+    if digest:
+        for name in sorted(out):
+            a = out[name]
+            import numpy as np
+            b = np.ascontiguousarray(a).tobytes()
+            print(json.dumps({"name": name, "shape": list(a.shape),
+                              "sha256": hashlib.sha256(b).hexdigest()}))
+    else:
+        print(json.dumps({"bytes": nbytes, "tensors": len(out), "load_seconds": t2 - t1,
+                          "import_seconds": t1 - t0}))
+
+
+def ts_args(ts, ckpt, rank, world):
+    args = [ts, "load", ckpt]
+    for p in ROWS:
+        args += ["--rows", f"{p}={rank}/{world}"]
+    for p in COLS:
+        args += ["--cols", f"{p}={rank}/{world}"]
+    return args
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit("failed: %s\n%s" % (" ".join(cmd), r.stderr[-2000:]))
+    rss = next((int(l.split(":")[1]) for l in r.stderr.splitlines()
+                if "Maximum resident set size" in l), 0)
+    return wall, rss * 1024, r
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def warm(ckpt):
+    with open(ckpt, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("ckpt")
+    ap.add_argument("--rank", type=int, default=1)
+    ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--ts", default="target/release/tensorstream")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    py = [sys.executable, os.path.abspath(__file__), CHILD, a.ckpt, str(a.rank), str(a.world)]
+    ts = ts_args(a.ts, a.ckpt, a.rank, a.world)
+
+    # The same bytes from both, first.
+    got = subprocess.run(ts + ["--digest"], capture_output=True, text=True, check=True).stdout
+    want = subprocess.run(py + ["--digest"], capture_output=True, text=True, check=True).stdout
+    mine = {j["name"]: (j["shape"], j["sha256"]) for j in map(json.loads, got.splitlines())}
+    theirs = {j["name"]: (j["shape"], j["sha256"]) for j in map(json.loads, want.splitlines())}
+    if mine != theirs:
+        bad = sorted(n for n in set(mine) | set(theirs) if mine.get(n) != theirs.get(n))
+        sys.exit("tensorstream and safetensors differ on %d tensors, e.g. %s" % (len(bad), bad[:3]))
+    print("both loaders give the same %d tensors (shapes and SHA-256)" % len(mine), flush=True)
+
+    runs = []
+    kinds = [("tensorstream", ts + ["--json"]), ("python-safetensors-get_slice", py)]
+    for temp in ("cold", "warm"):
+        if temp == "warm":
+            warm(a.ckpt)
+        for rnd in range(a.rounds):
+            order = kinds if rnd % 2 == 0 else kinds[::-1]
+            for name, cmd in order:
+                if temp == "cold":
+                    drop_caches()
+                time.sleep(a.settle)
+                wall, rss, r = timed(cmd)
+                line = [l for l in r.stdout.splitlines() + r.stderr.splitlines() if l.startswith("{")]
+                info = json.loads(line[-1])
+                inner = info.get("seconds", info.get("load_seconds"))
+                row = {"loader": name, "temp": temp, "round": rnd, "wall_seconds": wall,
+                       "loader_seconds": inner, "peak_rss_bytes": rss,
+                       "kept_bytes": info.get("output_bytes", info.get("bytes"))}
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            for r in runs:
+                f.write(json.dumps(r) + "\n")
+    for temp in ("cold", "warm"):
+        med = {}
+        for name, _ in kinds:
+            xs = [r for r in runs if r["loader"] == name and r["temp"] == temp]
+            med[name] = statistics.median(r["wall_seconds"] for r in xs)
+            print("%s %-30s wall median %.3f s (range %.3f-%.3f), loader median %.3f s, "
+                  "peak RSS median %.2f GB, kept %.2f GB" % (
+                      temp, name, med[name], min(r["wall_seconds"] for r in xs),
+                      max(r["wall_seconds"] for r in xs),
+                      statistics.median(r["loader_seconds"] for r in xs),
+                      statistics.median(r["peak_rss_bytes"] for r in xs) / 1e9,
+                      xs[0]["kept_bytes"] / 1e9))
+        print("%s: safetensors takes %.2fx tensorstream's wall time" % (
+            temp, med["python-safetensors-get_slice"] / med["tensorstream"]))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--digest" in sys.argv)
+    else:
+        main()
