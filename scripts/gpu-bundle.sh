@@ -12,7 +12,8 @@
 #   gpu-check.sh          scripts/gpu-check.sh      (the GPU check)
 #   gpu-session.sh        scripts/gpu-session.sh    (check + sweep + compare in one call)
 #   fixtures.py           scripts/fixtures.py
-#   gpu/                  bench/gpu/* (compare.py, sweep.py, kernels.py and helpers)
+#   gpu/                  bench/gpu/* (compare.py, sweep.py, kernels.py and helpers),
+#                         and bench/cpu/tp_compare.py (a rank's shard against get_slice)
 #   kernels/convert.ptx   the committed PTX, for gpu/kernels.py
 #   wheels/               bench/wheels/*.whl, the peers for compare.py
 #                         (fetch them first with bench/gpu/download-wheels.sh)
@@ -108,6 +109,8 @@ cp scripts/gpu-session.sh "$BUNDLE/gpu-session.sh"
 mkdir -p "$BUNDLE/kernels"
 cp kernels/convert.ptx "$BUNDLE/kernels/convert.ptx"   # for gpu/kernels.py (the binary embeds the same)
 cp scripts/fixtures.py "$BUNDLE/fixtures.py"
+mkdir -p "$BUNDLE/gpu"
+cp bench/cpu/tp_compare.py "$BUNDLE/gpu/tp_compare.py"
 for f in bench/gpu/*; do
     case "$f" in *__pycache__*) continue ;; esac
     [ -f "$f" ] && cp "$f" "$BUNDLE/gpu/"

@@ -4,6 +4,7 @@
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
 #   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 120] [--reg-s 40] [--sweep-s 100]
+#                                  [--tp-s 0]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
@@ -17,23 +18,28 @@
 #   3. gpu/compare.py against the peers with the rest, with the sweep's best warm
 #      settings as ts-best (3 warm and 3 cold runs of the key loaders first, the
 #      others as they fit): $OUT/compare.log, compare-summary.json, gpu-results.jsonl;
+#   2b. with --tp-s N (off by default): gpu/tp_compare.py --device cuda, one tensor-parallel
+#      rank's shard (--rows/--cols) against safetensors get_slice + .to("cuda") on a 2 GB
+#      synthetic checkpoint, 3 rounds cold and warm, bytes checked equal first (into run.log);
 # --check-s 0, --reg-s 0 or --sweep-s 0 skips that step (a session that only compares the loaders:
 # --check-s 0 --reg-s 0 --sweep-s 0 --budget-s 540 gives compare.py about 525 s; from run D's
 # load times, about 560 s would cover three warm and three cold runs of every loader);
-# and writes everything it prints to $OUT/run.log (seven files in all: the device
-# tool brings back at most eight). Give the call a timeout_s of budget + 60.
+# and writes everything it prints to $OUT/run.log (seven files in all, eight with
+# --tp-s: the device tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
 BUDGET=540
 CHECK=120
 REG=40
 SWEEP=100
+TP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --budget-s) BUDGET=$2; shift 2 ;;
         --check-s) CHECK=$2; shift 2 ;;
         --reg-s) REG=$2; shift 2 ;;
         --sweep-s) SWEEP=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --tp-s) TP=$2; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "gpu-session.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -78,6 +84,18 @@ elif [ "$(left)" -gt $((SWEEP + 30)) ]; then
     rm -f "$OUT/.sweep.txt"
 else
     echo "== 2. sweep.py: skipped ($(left) s left)"
+fi
+
+if [ "$TP" -gt 0 ] && [ "$(left)" -gt $((TP + 75)) ]; then
+    echo "== 2b. tp_compare.py --device cuda  [t=$((SECONDS - START))s]"
+    TPDIR=${TMPDIR:-/tmp}/ts-tp-ckpt
+    [ -f "$TPDIR/model.safetensors" ] || "$B/bin/tensorstream" synth "$TPDIR" --size 2G >/dev/null
+    timeout "$TP" python3 "$B/gpu/tp_compare.py" "$TPDIR/model.safetensors" --device cuda \
+        --rounds 3 --settle 1 --ts "$B/bin/tensorstream" --out "$OUT/tp.jsonl" | grep -v '^{'
+    echo "   exit $?"
+    rm -rf "$TPDIR"
+elif [ "$TP" -gt 0 ]; then
+    echo "== 2b. tp_compare.py: skipped ($(left) s left)"
 fi
 
 CMP=$(( $(left) - 15 ))

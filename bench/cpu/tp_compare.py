@@ -1,12 +1,16 @@
-"""One tensor-parallel rank's shard on the CPU: tensorstream (`load --rows/--cols`)
-against Python safetensors' `safe_open(...).get_slice`, the way inference servers
-load a rank's shard. Side by side in one run, cold and warm, alternating.
+"""One tensor-parallel rank's shard: tensorstream (`load --rows/--cols`) against Python
+safetensors' `safe_open(...).get_slice`, the way inference servers load a rank's
+shard. Side by side in one run, cold and warm, alternating.
 
     sudo bench/out/venv/bin/python bench/cpu/tp_compare.py CKPT [--rank 1] [--world 4]
         [--rounds 5] [--settle 5] [--ts target/release/tensorstream] [--out FILE.jsonl]
+        [--device cpu|cuda]
 
-CKPT is a Llama-layout checkpoint (numpy has no bfloat16: use F16, as
-`tensorstream synth --dtype F16` writes). The rank keeps its rows of q/k/v, gate/up,
+On the CPU, safetensors returns numpy arrays, and numpy has no bfloat16, so CKPT must
+be F16 there (`tensorstream synth --dtype F16`). With --device cuda (a machine with
+PyTorch and a GPU), tensorstream loads with `--device cuda` and safetensors with
+`framework="pt"`, each slice then copied with `.to("cuda")` and the device
+synchronized before the clock stops; any dtype. CKPT is a Llama-layout checkpoint. The rank keeps its rows of q/k/v, gate/up,
 the embedding and lm_head, its columns of o_proj and down_proj, and the norms whole.
 
 Before timing, both loaders' bytes are checked equal: tensorstream's `--digest` lines
@@ -42,30 +46,42 @@ def glob(pattern, name):
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def child(ckpt, rank, world, digest):
+def child(ckpt, rank, world, device, digest):
     t0 = time.perf_counter()
     from safetensors import safe_open
+    if device == "cuda":
+        import torch
+        torch.zeros(1, device="cuda")  # the context, before the clock
     t1 = time.perf_counter()
     out = {}
-    with safe_open(ckpt, framework="np") as f:
+    with safe_open(ckpt, framework="np" if device == "cpu" else "pt") as f:
         for name in f.keys():
             sl = f.get_slice(name)
             shape = sl.get_shape()
             if any(glob(p, name) for p in ROWS):
                 n = shape[0] // world
-                out[name] = sl[rank * n:(rank + 1) * n]
+                t = sl[rank * n:(rank + 1) * n]
             elif any(glob(p, name) for p in COLS):
                 n = shape[1] // world
-                out[name] = sl[:, rank * n:(rank + 1) * n]
+                t = sl[:, rank * n:(rank + 1) * n]
             else:
-                out[name] = f.get_tensor(name)
+                t = f.get_tensor(name)
+            out[name] = t if device == "cpu" else t.to("cuda")
+    if device == "cuda":
+        torch.cuda.synchronize()
     t2 = time.perf_counter()
-    nbytes = sum(int(v.nbytes) for v in out.values())
+    if device == "cpu":
+        nbytes = sum(int(v.nbytes) for v in out.values())
+    else:
+        nbytes = sum(v.numel() * v.element_size() for v in out.values())
     if digest:
         for name in sorted(out):
             a = out[name]
-            import numpy as np
-            b = np.ascontiguousarray(a).tobytes()
+            if device == "cpu":
+                import numpy as np
+                b = np.ascontiguousarray(a).tobytes()
+            else:
+                b = a.contiguous().cpu().view(torch.uint8).numpy().tobytes()
             print(json.dumps({"name": name, "shape": list(a.shape),
                               "sha256": hashlib.sha256(b).hexdigest()}))
     else:
@@ -73,8 +89,8 @@ def child(ckpt, rank, world, digest):
                           "import_seconds": t1 - t0}))
 
 
-def ts_args(ts, ckpt, rank, world):
-    args = [ts, "load", ckpt]
+def ts_args(ts, ckpt, rank, world, device):
+    args = [ts, "load", ckpt, "--device", device]
     for p in ROWS:
         args += ["--rows", f"{p}={rank}/{world}"]
     for p in COLS:
@@ -83,8 +99,10 @@ def ts_args(ts, ckpt, rank, world):
 
 
 def timed(cmd):
+    # Peak RSS from GNU time where the machine has it (0 where it has not).
+    gnu_time = ["/usr/bin/time", "-v"] if os.path.exists("/usr/bin/time") else []
     t0 = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
+    r = subprocess.run(gnu_time + cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit("failed: %s\n%s" % (" ".join(cmd), r.stderr[-2000:]))
@@ -114,9 +132,11 @@ def main():
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--ts", default="target/release/tensorstream")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args()
-    py = [sys.executable, os.path.abspath(__file__), CHILD, a.ckpt, str(a.rank), str(a.world)]
-    ts = ts_args(a.ts, a.ckpt, a.rank, a.world)
+    py = [sys.executable, os.path.abspath(__file__), CHILD, a.ckpt, str(a.rank), str(a.world),
+          a.device]
+    ts = ts_args(a.ts, a.ckpt, a.rank, a.world, a.device)
 
     # The same bytes from both, first.
     got = subprocess.run(ts + ["--digest"], capture_output=True, text=True, check=True).stdout
@@ -143,7 +163,8 @@ def main():
                 line = [l for l in r.stdout.splitlines() + r.stderr.splitlines() if l.startswith("{")]
                 info = json.loads(line[-1])
                 inner = info.get("seconds", info.get("load_seconds"))
-                row = {"loader": name, "temp": temp, "round": rnd, "wall_seconds": wall,
+                row = {"loader": name, "device": a.device, "temp": temp, "round": rnd,
+                       "wall_seconds": wall,
                        "loader_seconds": inner, "peak_rss_bytes": rss,
                        "kept_bytes": info.get("output_bytes", info.get("bytes"))}
                 runs.append(row)
@@ -170,6 +191,6 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--digest" in sys.argv)
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], "--digest" in sys.argv)
     else:
         main()
