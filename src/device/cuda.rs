@@ -1339,19 +1339,22 @@ impl CudaSink<'_> {
                     }
                     let out_size = t.dtype.bits() / 8;
                     let out = self.converted_at(file, tensor, t.place)? + first * out_size;
-                    if t.dtype == t.src_dtype {
-                        // Selected columns, not converted: straight to their place.
-                        let len = count * out_size;
-                        let at = usize::try_from(skip).map_err(|_| internal("skip"))?;
-                        // SAFETY: skip + len <= op.required: the read holds them.
-                        let from = unsafe { src.add(at) };
-                        return self.htod_split(stream, out, from, len as usize, reg_starts);
-                    }
-                    let scratch = scratch.ok_or_else(|| internal("scratch"))?;
                     // Up to the last element: after a gather, the rows' other columns
                     // past them are left behind.
                     let needed = skip + count * (t.src_dtype.bits() / 8);
-                    if needed > op.required || needed as usize + SCRATCH_PAD > scratch.len {
+                    if needed > op.required {
+                        return Err(internal("elements past the read"));
+                    }
+                    if t.dtype == t.src_dtype {
+                        // Selected columns, not converted: straight to their place.
+                        let at = usize::try_from(skip).map_err(|_| internal("skip"))?;
+                        // SAFETY: skip <= needed <= op.required: inside the read.
+                        let from = unsafe { src.add(at) };
+                        let len = (needed - skip) as usize;
+                        return self.htod_split(stream, out, from, len, reg_starts);
+                    }
+                    let scratch = scratch.ok_or_else(|| internal("scratch"))?;
+                    if needed as usize + SCRATCH_PAD > scratch.len {
                         return Err(internal("read larger than the scratch buffer"));
                     }
                     // Shift so that the first element sits on a 16-byte boundary.
