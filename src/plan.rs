@@ -7,6 +7,11 @@
 //! back to back; each tensor is a view into it. Tensors that need a dtype conversion
 //! are read on their own, in chunks that each cover whole elements, through staging
 //! memory, and converted into the file's converted-tensor area.
+//!
+//! A [`SliceRule`] narrows a tensor to some of its rows (dimension 0: contiguous bytes,
+//! planned like a smaller tensor) or columns (dimension 1: planned through staging like
+//! a conversion, reading several whole rows at a time and gathering their selected
+//! columns, or each row's selected bytes alone when a row is longer than a read).
 
 use std::path::PathBuf;
 
