@@ -617,6 +617,8 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                 }
             }
             let mut rates = Vec::new();
+            // The bytes a load selects (--only, --rows, --cols), which the rates count.
+            let mut loaded_bytes: Option<u64> = None;
             let mut inits = Vec::new();
             let mut io_path = String::new();
             let mut note = String::new();
@@ -647,6 +649,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
                 match loader.load_checkpoint(&ckpt) {
                     Ok(m) => {
                         rates.push(m.stats().gbps());
+                        loaded_bytes = Some(m.stats().tensor_bytes);
                         inits.push(m.stats().device_init.as_secs_f64());
                         io_path = m
                             .stats()
@@ -670,7 +673,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             if a.json {
                 println!(
                     "{}",
-                    serde_json::json!({"temperature": temp, "backend": name, "io": io_path, "reuse_memory": a.reuse_memory, "bytes": ckpt.total_bytes(), "runs": rates, "device_init_seconds": inits, "median_gbps": median, "note": note.trim()})
+                    serde_json::json!({"temperature": temp, "backend": name, "io": io_path, "reuse_memory": a.reuse_memory, "bytes": loaded_bytes.unwrap_or_else(|| ckpt.total_bytes()), "runs": rates, "device_init_seconds": inits, "median_gbps": median, "note": note.trim()})
                 );
             } else {
                 let runs: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();

@@ -836,6 +836,38 @@ fn bench_reusing_memory_says_so_in_json() {
     }
 }
 
+/// `bench --json` reports the bytes its loads select (`--only`, `--rows`), which its
+/// rates count, not the whole checkpoint's.
+#[test]
+fn bench_json_bytes_are_the_selected_ones() {
+    let fx = single();
+    let o = run([
+        OsStr::new("bench"),
+        fx.path.as_os_str(),
+        OsStr::new("--warm"),
+        OsStr::new("--runs"),
+        OsStr::new("1"),
+        OsStr::new("--backends"),
+        OsStr::new("pread"),
+        OsStr::new("--json"),
+        OsStr::new("--only"),
+        OsStr::new("model.*.weight"),
+        OsStr::new("--rows"),
+        OsStr::new("model.embed.weight=0:11"),
+    ]);
+    assert_code(&o, 0, "bench --only --rows");
+    let row: serde_json::Value = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    let e = &fx.expected;
+    let want = e["model.embed.weight"].data.len() / 33 * 11
+        + e["model.norm.weight"].data.len()
+        + e["model.q.weight"].data.len();
+    assert_eq!(row["bytes"], want, "{row}");
+}
+
 /// Relative paths: an index named from its own directory, and `.` as the directory.
 #[test]
 fn relative_paths_from_the_checkpoint_directory() {
