@@ -92,7 +92,7 @@ if [ "$TP" -gt 0 ] && [ "$(left)" -gt $((TP + 75)) ]; then
     [ -f "$TPDIR/model.safetensors" ] || "$B/bin/tensorstream" synth "$TPDIR" --size 2G >/dev/null
     timeout "$TP" python3 "$B/gpu/tp_compare.py" "$TPDIR/model.safetensors" --device cuda \
         --rounds 3 --settle 1 --ts "$B/bin/tensorstream" --out "$OUT/tp.jsonl" | grep -v '^{'
-    echo "   exit $?"
+    echo "   exit ${PIPESTATUS[0]}"
     rm -rf "$TPDIR"
 elif [ "$TP" -gt 0 ]; then
     echo "== 2b. tp_compare.py: skipped ($(left) s left)"
