@@ -88,10 +88,10 @@ fi
 
 if [ "$TP" -gt 0 ] && [ "$(left)" -gt $((TP + 75)) ]; then
     echo "== 2b. tp_compare.py --device cuda  [t=$((SECONDS - START))s]"
-    TPDIR=${TMPDIR:-/tmp}/ts-tp-ckpt
+    TPDIR=$PWD/ts-tp-ckpt  # on the disk (a tmpfs /tmp would make cold runs meaningless)
     [ -f "$TPDIR/model.safetensors" ] || "$B/bin/tensorstream" synth "$TPDIR" --size 2G >/dev/null
     timeout "$TP" python3 "$B/gpu/tp_compare.py" "$TPDIR/model.safetensors" --device cuda \
-        --rounds 3 --settle 1 --ts "$B/bin/tensorstream" --out "$OUT/tp.jsonl" | grep -v '^{'
+        --rounds 3 --settle 2 --ts "$B/bin/tensorstream" --out "$OUT/tp.jsonl" | grep -v '^{'
     echo "   exit ${PIPESTATUS[0]}"
     rm -rf "$TPDIR"
 elif [ "$TP" -gt 0 ]; then

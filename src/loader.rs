@@ -17,11 +17,9 @@ use crate::plan::{self, Place, Plan, PlanOptions, Slice, SliceRule};
 /// When a device load took another path than the I/O choice names: its name, and why.
 pub(crate) type PathOverride = (&'static str, String);
 
-/// What a device load hands back: tensors, engine figures, the path override, and the
-/// time spent getting the device ready (retaining its context).
 /// What a device's load gives back: the tensors, the I/O statistics, the path that
 /// ran when it is not the I/O choice's, the device's set-up time, and whether the
-/// loader's kept staging served.
+/// load ran on the loader's kept staging and pinned nothing.
 pub(crate) type Loaded = (
     BTreeMap<String, Tensor>,
     IoStats,
@@ -693,8 +691,9 @@ pub struct LoadStats {
     /// A framework that already holds the context pays almost none of it.
     pub device_init: Duration,
     /// On CUDA, whether the load ran on the pinned staging the loader kept from an
-    /// earlier load or from [`Loader::prepare`], and so pinned nothing. False on the
-    /// CPU.
+    /// earlier load or from [`Loader::prepare`] and pinned no more (a load through the
+    /// registered page cache keeps only two slots pinned, so the next load through the
+    /// slots pins the rest and says false). False on the CPU.
     pub staging_reused: bool,
     /// Why the I/O engine was chosen.
     pub engine_reason: String,

@@ -1485,6 +1485,18 @@ fn a_refused_load_into_the_callers_memory_keeps_the_loaders_staging() {
         fresh.load(&path).unwrap().stats().staging_reused,
         "after prepare"
     );
+    // The registered page cache keeps two slots pinned: the next load through the
+    // slots pins the rest, and says so; the one after it pins nothing.
+    let reg = cuda_loader(IoBackend::Mmap, None, 64 << 10, 1 << 20, 4);
+    let m = reg.load(&path).unwrap();
+    if m.stats().files[0].io_path == "mmap+registered" {
+        let slots = reg.clone().io(IoBackend::Pread);
+        assert!(!slots.load(&path).unwrap().stats().staging_reused, "grown");
+        assert!(
+            slots.load(&path).unwrap().stats().staging_reused,
+            "after growing"
+        );
+    }
 }
 
 /// Regions that cannot be right are refused before any byte is written, each with

@@ -10,15 +10,21 @@ On the CPU, safetensors returns numpy arrays, and numpy has no bfloat16, so CKPT
 be F16 there (`tensorstream synth --dtype F16`). With --device cuda (a machine with
 PyTorch and a GPU), tensorstream loads with `--device cuda` and safetensors with
 `framework="pt"`, each slice then copied with `.to("cuda")` and the device
-synchronized before the clock stops; any dtype. CKPT is a Llama-layout checkpoint. The rank keeps its rows of q/k/v, gate/up,
+synchronized before the clock stops (BF16, F16 or F32). CKPT is a Llama-layout
+checkpoint. The rank keeps its rows of q/k/v, gate/up,
 the embedding and lm_head, its columns of o_proj and down_proj, and the norms whole.
 
 Before timing, both loaders' bytes are checked equal: tensorstream's `--digest` lines
 against the SHA-256 of each array safetensors returns (C order). Each timed run is a
-separate process under /usr/bin/time -v (peak RSS); the time is the process's wall
-time, interpreter start-up and imports included for Python, since a server pays them
-too; the loader's own time is recorded beside it. Cold: page cache dropped before
-the run (needs root). Warm: the file read into the page cache first. Before each run
+separate process under /usr/bin/time -v where the machine has it (peak RSS). Two
+times are kept: the process's wall time (interpreter start-up and imports included
+for Python), and the loader's own time: for Python from after the imports (and, on
+CUDA, after its context exists) to the last slice in place; for tensorstream its
+load's seconds less its device set-up (`device_init_seconds`). Cold: the checkpoint
+alone evicted from the page cache (posix_fadvise DONTNEED after sync, checked with
+fincore where present), so that neither side re-reads its own libraries. Warm: the
+file read into the page cache first. Each run's line is appended to --out as it is
+measured. Before each run
 the script waits --settle seconds, so that memory the previous process freed has
 settled (this VM reports free pages to its host, and touching them again is slow
 for a while), as bench/cpu/compare.py does.
@@ -111,10 +117,20 @@ def timed(cmd):
     return wall, rss * 1024, r
 
 
-def drop_caches():
+def evict(ckpt):
+    """Drops the checkpoint's pages from the page cache; returns the share left."""
     subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    fd = os.open(ckpt, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    try:
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", ckpt], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return int(out[0]) / os.path.getsize(ckpt)
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return 0.0
 
 
 def warm(ckpt):
@@ -149,6 +165,7 @@ def main():
     print("both loaders give the same %d tensors (shapes and SHA-256)" % len(mine), flush=True)
 
     runs = []
+    sink = open(a.out, "w") if a.out else None
     kinds = [("tensorstream", ts + ["--json"]), ("python-safetensors-get_slice", py)]
     for temp in ("cold", "warm"):
         if temp == "warm":
@@ -157,22 +174,26 @@ def main():
             order = kinds if rnd % 2 == 0 else kinds[::-1]
             for name, cmd in order:
                 if temp == "cold":
-                    drop_caches()
+                    left = evict(a.ckpt)
+                    if left > 0.05:
+                        print("warning: %.0f%% of the checkpoint still cached" % (left * 100))
                 time.sleep(a.settle)
                 wall, rss, r = timed(cmd)
                 line = [l for l in r.stdout.splitlines() + r.stderr.splitlines() if l.startswith("{")]
                 info = json.loads(line[-1])
-                inner = info.get("seconds", info.get("load_seconds"))
+                if "seconds" in info:
+                    inner = info["seconds"] - info.get("device_init_seconds", 0.0)
+                else:
+                    inner = info["load_seconds"]
                 row = {"loader": name, "device": a.device, "temp": temp, "round": rnd,
                        "wall_seconds": wall,
                        "loader_seconds": inner, "peak_rss_bytes": rss,
                        "kept_bytes": info.get("output_bytes", info.get("bytes"))}
                 runs.append(row)
                 print(json.dumps(row), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            for r in runs:
-                f.write(json.dumps(r) + "\n")
+                if sink:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
     for temp in ("cold", "warm"):
         med = {}
         for name, _ in kinds:
@@ -183,10 +204,14 @@ def main():
                       temp, name, med[name], min(r["wall_seconds"] for r in xs),
                       max(r["wall_seconds"] for r in xs),
                       statistics.median(r["loader_seconds"] for r in xs),
-                      statistics.median(r["peak_rss_bytes"] for r in xs) / 1e9,
+                      statistics.median(r["peak_rss_bytes"] for r in xs) / 1e9,  # 0: no GNU time
                       xs[0]["kept_bytes"] / 1e9))
-        print("%s: safetensors takes %.2fx tensorstream's wall time" % (
-            temp, med["python-safetensors-get_slice"] / med["tensorstream"]))
+        own = {name: statistics.median(r["loader_seconds"] for r in runs
+                                       if r["loader"] == name and r["temp"] == temp)
+               for name, _ in kinds}
+        print("%s: safetensors takes %.2fx tensorstream's wall time, %.2fx its loader time" % (
+            temp, med["python-safetensors-get_slice"] / med["tensorstream"],
+            own["python-safetensors-get_slice"] / own["tensorstream"]))
 
 
 if __name__ == "__main__":

@@ -2088,8 +2088,12 @@ pub(crate) fn load(
     let _restore = Restore::new();
     let init_start = std::time::Instant::now();
     // The caller's regions are checked before the staging is taken or pinned: a
-    // refused load pins nothing and leaves the loader's kept staging as it was.
-    let regions = match staging.dests {
+    // refused load pins nothing and leaves the loader's kept staging as it was. The
+    // context the check retains is held until the staging has its own, so that it is
+    // not torn down and made again in between; the check's time (it waits for the
+    // caller's queued work) is not the device's set-up.
+    let mut checking = std::time::Duration::ZERO;
+    let (regions, _held) = match staging.dests {
         Some(d) => {
             let kept_ctx = staging.cache.and_then(|c| {
                 let kept = c.lock().unwrap_or_else(|e| e.into_inner());
@@ -2101,15 +2105,21 @@ pub(crate) fn load(
                 Some(c) => c,
                 None => Context::new(ordinal)?,
             };
-            Some(check_destinations(plan, &ctx, d)?)
+            let check_start = std::time::Instant::now();
+            let regions = check_destinations(plan, &ctx, d)?;
+            checking = check_start.elapsed();
+            (Some(regions), Some(ctx))
         }
-        None => None,
+        None => (None, None),
     };
     let planned = slots.max(2);
     let (kept, reused) =
         Staging::reuse_or_new(staging.cache, ordinal, planned, slot_len, staging.kind)?;
+    // Kept staging serves without pinning only if it has every slot this load pins
+    // (checked again when the load ends: a fallback may pin more).
+    let kept_slots = kept.slots.len();
     let ctx = Arc::clone(&kept.ctx);
-    let init = init_start.elapsed();
+    let init = init_start.elapsed().saturating_sub(checking);
     // The registered path copies from the page cache, not through the slots: it pins
     // two (one's device scratch serves conversions) and the rest only if it falls back.
     let registering = choice.engine == io::EngineKind::Mmap;
@@ -2140,10 +2150,11 @@ pub(crate) fn load(
             (synced.saturating_sub(copied)).as_secs_f64()
         );
         let tensors = tensors_of(plan, &sink)?;
+        let pinned_none = reused && sink.staging.slots.len() == kept_slots;
         if let Some(cache) = staging.cache {
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.hand_back());
         }
-        Ok((tensors, stats, path, init, reused))
+        Ok((tensors, stats, path, init, pinned_none))
     };
     let all_slots =
         |why: &str| format!("page-cache registration refused ({why}): all through pinned slots");
