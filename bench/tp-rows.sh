@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A tensor-parallel rank's load against the whole checkpoint, side by side.
 #
-#   bench/tp-rows.sh [CHECKPOINT] [ROUNDS] [WORLD]      (defaults: a synthetic 2 GB
+#   bench/tp-rows.sh [CHECKPOINT] [ROUNDS] [WORLD]      (defaults: a synthetic 2.3 GB
 #                                                        BF16 checkpoint, 5, 4)
 #
 # Rank 1 of WORLD keeps its rows (dimension 0) of the column-parallel weights of a
@@ -21,7 +21,7 @@ ROUNDS="${2:-5}"
 WORLD="${3:-4}"
 if [[ -z "$CKPT" ]]; then
     CKPT=target/tp-rows-ckpt
-    [[ -d "$CKPT" ]] || "$TS" synth "$CKPT" --size 2G >/dev/null
+    [[ -d "$CKPT" ]] || "$TS" synth "$CKPT" --size 2300M >/dev/null
 fi
 RULES=()
 for p in '*.q_proj.weight' '*.k_proj.weight' '*.v_proj.weight' '*.gate_proj.weight' \
