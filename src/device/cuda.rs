@@ -1345,6 +1345,10 @@ impl CudaSink<'_> {
                     if needed > op.required {
                         return Err(internal("elements past the read"));
                     }
+                    // The destination (perhaps the caller's memory) holds exactly t.len.
+                    if (first + count) * out_size > t.len {
+                        return Err(internal("elements past the tensor"));
+                    }
                     if t.dtype == t.src_dtype {
                         // Selected columns, not converted: straight to their place.
                         let at = usize::try_from(skip).map_err(|_| internal("skip"))?;
