@@ -187,6 +187,35 @@ impl Loader {
     /// byte or more. On CUDA a load that gathers runs through the pinned slots only
     /// (not the registered page cache), and refuses write-combined staging. See
     /// [`Loader::rows`] for how rules combine and fail.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("model.safetensors");
+    /// // Two 4x4 U8 weights, w[r][c] = 4r + c for "up", 16 + 4r + c for "down".
+    /// # let json = r#"{"up":{"dtype":"U8","shape":[4,4],"data_offsets":[0,16]},"down":{"dtype":"U8","shape":[4,4],"data_offsets":[16,32]}}"#;
+    /// # let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    /// # file.extend_from_slice(json.as_bytes());
+    /// # file.extend((0..32u8).collect::<Vec<u8>>());
+    /// # std::fs::write(&path, file)?;
+    /// use tensorstream::{Loader, Slice};
+    ///
+    /// // Rank 1 of 2: rows 2..4 of the column-parallel weight, columns 2..4 of the
+    /// // row-parallel one.
+    /// let rank = Slice::Part { rank: 1, world: 2 };
+    /// let model = Loader::new()
+    ///     .rows("up", rank)
+    ///     .columns("down", rank)
+    ///     .load(&path)?;
+    /// let up = model.get("up").unwrap();
+    /// assert_eq!(up.shape, vec![2, 4]);
+    /// assert_eq!(up.host_bytes().unwrap(), &[8, 9, 10, 11, 12, 13, 14, 15]);
+    /// let down = model.get("down").unwrap();
+    /// assert_eq!(down.shape, vec![4, 2]);
+    /// assert_eq!(down.host_bytes().unwrap(), &[18, 19, 22, 23, 26, 27, 30, 31]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn columns(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
         self.plan.slices.push(SliceRule {
             pattern: pattern.into(),
