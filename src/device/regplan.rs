@@ -1521,13 +1521,31 @@ mod tests {
         }
     }
 
+    /// Up to 40 sorted reads in 400 KB and how the registered path carries them out:
+    /// windows from one byte to 500 KB, 1 to 8 threads.
+    fn reads_and_shape() -> impl Strategy<Value = (Vec<(u64, u64)>, RegShape)> {
+        (
+            proptest::collection::vec((0u64..400_000, 1u64..60_000), 1..40),
+            prop_oneof![Just(1u64), 1u64..50_000, 50_000u64..500_000],
+            1usize..9,
+        )
+            .prop_map(|(mut reads, window_bytes, threads)| {
+                reads.sort_unstable();
+                (
+                    reads,
+                    RegShape {
+                        window_bytes,
+                        threads,
+                    },
+                )
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn carried_out_with_threads_every_read_arrives_and_everything_is_given_back(
-            raw in proptest::collection::vec((0u64..400_000, 1u64..60_000), 1..40),
-            window in prop_oneof![Just(1u64), 1u64..50_000, 50_000u64..500_000],
-            threads in 1usize..9,
+            (reads, shape) in reads_and_shape(),
             mishap in prop_oneof![
                 4 => Just(Mishap::None),
                 1 => (0usize..50).prop_map(Mishap::Register),
@@ -1538,9 +1556,6 @@ mod tests {
             first in any::<bool>(),
             slow in any::<bool>(),
         ) {
-            let mut reads = raw;
-            reads.sort_unstable();
-            let shape = RegShape { window_bytes: window, threads };
             let _checked = carry(&reads, shape, &mishap, first, Default::default(), slow);
         }
     }
@@ -1572,16 +1587,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn a_balanced_split_gives_each_read_to_one_side(
-            raw in proptest::collection::vec((0u64..400_000, 1u64..60_000), 1..40),
-            window in prop_oneof![Just(1u64), 1u64..50_000, 50_000u64..500_000],
-            threads in 1usize..9,
+            (reads, shape) in reads_and_shape(),
             prefix in 0usize..45,
             racing in any::<bool>(),
             fail in proptest::option::of(0usize..50),
         ) {
-            let mut reads = raw;
-            reads.sort_unstable();
-            let shape = RegShape { window_bytes: window, threads };
             carry_backwards(&reads, shape, prefix, racing, fail);
         }
     }
