@@ -168,13 +168,8 @@ impl Loader {
     /// A tensor-parallel rank loads its shard of the column-parallel weights (q/k/v,
     /// gate/up, a vocabulary-parallel embedding) with [`Slice::Part`]; experts `a..b`
     /// of a fused expert tensor with [`Slice::Range`].
-    pub fn rows(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
-        self.plan.slices.push(SliceRule {
-            pattern: pattern.into(),
-            dim: 0,
-            slice,
-        });
-        self
+    pub fn rows(self, pattern: impl Into<String>, slice: Slice) -> Self {
+        self.slice(pattern.into(), 0, slice)
     }
 
     /// Loads only columns `slice` (indices along dimension 1) of the tensors whose
@@ -216,10 +211,14 @@ impl Loader {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn columns(mut self, pattern: impl Into<String>, slice: Slice) -> Self {
+    pub fn columns(self, pattern: impl Into<String>, slice: Slice) -> Self {
+        self.slice(pattern.into(), 1, slice)
+    }
+
+    fn slice(mut self, pattern: String, dim: usize, slice: Slice) -> Self {
         self.plan.slices.push(SliceRule {
-            pattern: pattern.into(),
-            dim: 1,
+            pattern,
+            dim,
             slice,
         });
         self
@@ -440,11 +439,10 @@ impl Loader {
             .find(|r| !names().any(|n| plan::glob_match(&r.pattern, n)))
         {
             return Err(Error::InvalidArgument(format!(
-                "no tensor of {} matches '{}' ({} {})",
+                "no tensor of {} matches '{}' ({})",
                 ckpt.path.display(),
                 rule.pattern,
-                if rule.dim == 0 { "rows" } else { "columns" },
-                rule.slice
+                rule.what()
             )));
         }
         if !self.plan.only.is_empty() && plan.tensor_count() == 0 {

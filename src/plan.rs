@@ -157,7 +157,8 @@ impl SliceRule {
         })
     }
 
-    fn what(&self) -> String {
+    /// "rows 1/4", "columns 0:8": what the rule selects, in words.
+    pub(crate) fn what(&self) -> String {
         match self.dim {
             0 => format!("rows {}", self.slice),
             1 => format!("columns {}", self.slice),

@@ -2082,7 +2082,8 @@ pub(crate) fn load(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
-    if staging.kind == StagingKind::WriteCombined && gathers(plan) {
+    let gathering = gathers(plan);
+    if staging.kind == StagingKind::WriteCombined && gathering {
         return Err(Error::InvalidArgument(
             "column selections are gathered by the CPU in the staging, which write-combined \
              staging makes very slow to read: drop write-combined staging or the column rules"
@@ -2164,15 +2165,17 @@ pub(crate) fn load(
         |why: &str| format!("page-cache registration refused ({why}): all through pinned slots");
     let staging_bytes = (slots.max(1) as u64).saturating_mul(slot_len);
     let mut path = None;
-    const GATHERING: &str = "column selections are gathered in pinned slots";
-    if registering {
-        let shape = regplan::RegShape::new(staging_bytes, depth);
-        let refused = if gathers(plan) {
-            Some(GATHERING.to_string())
+    // Why the registered page cache is not used, if it is not.
+    let refusal = || {
+        if gathering {
+            Some("column selections are gathered in pinned slots".to_string())
         } else {
             registration_refused(&ctx)
-        };
-        let why = match refused {
+        }
+    };
+    if registering {
+        let shape = regplan::RegShape::new(staging_bytes, depth);
+        let why = match refusal() {
             Some(why) => why,
             None => {
                 let total = plan.required_bytes();
@@ -2216,12 +2219,7 @@ pub(crate) fn load(
         tracing::debug!("registered share not used: not every file is in the page cache");
     }
     if !registering && split != Split::Off && cached {
-        let refused = if gathers(plan) {
-            Some(GATHERING.to_string())
-        } else {
-            registration_refused(&ctx)
-        };
-        match refused {
+        match refusal() {
             Some(why) => {
                 tracing::debug!("registered page cache refused ({why}): all through pinned slots");
                 path = Some((choice.path_name(0), all_slots(&why)));
