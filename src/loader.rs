@@ -64,6 +64,7 @@ pub struct Loader {
     fail_nth: Option<u64>,
     staging_write_combined: bool,
     staging_huge_pages: bool,
+    host_gather: bool,
     split: Split,
     keep_staging: bool,
     /// Pinned staging (and so the device's context) kept between CUDA loads; shared
@@ -106,6 +107,7 @@ impl Loader {
             fail_nth: None,
             staging_write_combined: false,
             staging_huge_pages: false,
+            host_gather: false,
             split: Split::Off,
             keep_staging: true,
             #[cfg(feature = "cuda")]
@@ -177,11 +179,10 @@ impl Loader {
     /// down_proj) that a tensor-parallel rank keeps. The destination and the copies to
     /// a device hold only the selected columns. Rows that fit a read are read whole
     /// (from the first selected byte of the first row to the last of the last) and
-    /// their selected columns gathered in staging memory; longer rows are read as their
-    /// selected bytes alone. The tensor needs two dimensions or more, and elements of a
-    /// byte or more. On CUDA a load that gathers runs through the pinned slots only
-    /// (not the registered page cache), and refuses write-combined staging. See
-    /// [`Loader::rows`] for how rules combine and fail.
+    /// their selected columns gathered: in staging memory on the CPU, by 2-D copies
+    /// to the device on CUDA (see [`Loader::gather_columns_on_host`]); longer rows are
+    /// read as their selected bytes alone. The tensor needs two dimensions or more, and
+    /// elements of a byte or more. See [`Loader::rows`] for how rules combine and fail.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -247,11 +248,30 @@ impl Loader {
     /// On CUDA, allocate the pinned staging write-combined: the CPU's writes into it
     /// (reads from the page cache) bypass its caches and the copies to the device do
     /// not snoop them. The CPU never reads staging back, which write-combined memory
-    /// would make slow, except to gather selected columns ([`Loader::columns`]): a load
-    /// with both is refused. Off by default.
+    /// would make slow, except to gather selected columns on request
+    /// ([`Loader::gather_columns_on_host`]): a load with both is refused. Off by
+    /// default.
     pub fn write_combined_staging(mut self, yes: bool) -> Self {
         self.staging_write_combined = yes;
         self
+    }
+
+    /// On CUDA, how the selected columns of [`Loader::columns`] are gathered when rows
+    /// are read several at a time. Off (the default): the copies to the device gather
+    /// them, one 2-D copy (`cuMemcpy2DAsync`) per read taking each row's selected
+    /// bytes, so the CPU does no more than read, and every path (the registered page
+    /// cache, split loads, write-combined staging) serves column selections. On: the
+    /// CPU moves them together in the pinned slot and one plain copy follows; such a
+    /// load runs wholly through the slots. Host loads always gather on the CPU.
+    pub fn gather_columns_on_host(mut self, yes: bool) -> Self {
+        self.host_gather = yes;
+        self
+    }
+
+    /// See [`Loader::gather_columns_on_host`].
+    #[cfg(feature = "cuda")]
+    pub(crate) fn host_gather_value(&self) -> bool {
+        self.host_gather
     }
 
     /// On CUDA, allocate the staging as ordinary memory on transparent huge pages

@@ -130,7 +130,7 @@ struct LoadOpts {
     rows: Vec<SliceRule>,
     /// Load only some columns (dimension 1) of the tensors matching GLOB, as --rows:
     /// the shard of a row-parallel weight. Every row is still read; its selected
-    /// columns are gathered before the copy.
+    /// columns are gathered (on CUDA by 2-D copies to the device).
     #[arg(long, value_name = "GLOB=COLS", value_parser = |s: &str| SliceRule::parse(s, 1))]
     cols: Vec<SliceRule>,
     /// Largest read (e.g. 4M).
@@ -146,6 +146,10 @@ struct LoadOpts {
     /// CUDA: allocate the pinned staging write-combined.
     #[arg(long)]
     staging_wc: bool,
+    /// CUDA: gather --cols' selected columns by the CPU in the pinned staging, not by
+    /// 2-D copies to the device (then all through pinned slots).
+    #[arg(long)]
+    host_gather: bool,
     /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister.
     #[arg(long, conflicts_with = "staging_wc")]
     staging_huge: bool,
@@ -183,6 +187,7 @@ impl LoadOpts {
         }
         l.write_combined_staging(self.staging_wc)
             .huge_page_staging(self.staging_huge)
+            .gather_columns_on_host(self.host_gather)
             .split(self.registered_share.unwrap_or_default())
     }
 }

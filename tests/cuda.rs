@@ -421,8 +421,9 @@ fn filters_and_small_staging_on_cuda() {
 
 /// A tensor-parallel rank's rows and columns (and other ranges, one crossing many
 /// chunks, columns of rows longer than a read) on every path to the device, raw and
-/// converted, as the host loads them; and into memory the caller allocated, where
-/// each tensor is described by its slice.
+/// converted, the columns gathered by 2-D copies or by the CPU, as the host loads
+/// them; and into memory the caller allocated, where each tensor is described by its
+/// slice.
 #[test]
 fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     use tensorstream::{Checkpoint, DeviceRegion, Slice};
@@ -459,11 +460,22 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
             (IoBackend::Pread, Split::Share(0.5)),
             (IoBackend::Pread, Split::Balanced),
         ] {
-            let what = format!("{dtype:?} {chunk} {io:?} {split:?}");
-            for per_tensor in [false, true] {
+            for (per_tensor, host_gather, wc) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, false),
+                (false, false, true),
+            ] {
+                let what = format!(
+                    "{dtype:?} {chunk} {io:?} {split:?} per_tensor {per_tensor} host gather \
+                     {host_gather} write-combined {wc}"
+                );
                 let l = sliced(cuda_loader(io, dtype, chunk, 1 << 20, 8))
                     .split(split)
-                    .per_tensor_allocations(per_tensor);
+                    .per_tensor_allocations(per_tensor)
+                    .gather_columns_on_host(host_gather)
+                    .write_combined_staging(wc);
                 let m = match l.load(&path) {
                     Err(e) if e.kind() == ErrorKind::Unsupported => {
                         eprintln!("skipping {what}: {e}");
@@ -472,10 +484,16 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
                     r => r.unwrap(),
                 };
                 assert_eq!(m.get("b.f16").unwrap().shape, vec![1000, 2], "{what}");
-                assert_eq!(on_host(&m), want, "{what} per_tensor {per_tensor}");
+                assert_eq!(on_host(&m), want, "{what}");
+                let r = &m.stats().files[0];
                 if matches!(io, IoBackend::Mmap) || split != Split::Off {
-                    let r = &m.stats().files[0];
-                    assert!(r.reason.contains("column selections"), "{what}: {r:?}");
+                    // Gathered by the CPU: only in the slots. By 2-D copies: from the
+                    // registered page cache too, where the driver allows registering.
+                    let slots = r.reason.contains("column selections");
+                    assert_eq!(slots, host_gather, "{what}: {r:?}");
+                    if !host_gather && !r.reason.contains("refused") {
+                        assert!(r.io_path.contains("registered"), "{what}: {r:?}");
+                    }
                 }
             }
         }
@@ -516,9 +534,10 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
             assert_eq!(report.io_path, "mmap+registered", "{report:?}");
         }
     }
-    // Write-combined staging cannot gather: refused before anything is read.
+    // The CPU cannot gather in write-combined staging: refused before anything is read.
     let e = sliced(Loader::new().device(Device::Cuda(0)))
         .write_combined_staging(true)
+        .gather_columns_on_host(true)
         .load(&path)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
@@ -1801,7 +1820,13 @@ fn every_test_here_passes_on_the_fake_driver() {
     );
     let r = fake_cuda::Report::read(&report);
     r.assert_clean("the CUDA tests");
-    for key in ["htod_pinned", "launches", "registrations", "dtoh"] {
+    for key in [
+        "htod_pinned",
+        "htod_2d",
+        "launches",
+        "registrations",
+        "dtoh",
+    ] {
         assert!(r.get(key) > 0, "no {key} under the fake driver: {r:?}");
     }
     assert!(r.get("max_queued") > 1, "copies never queued up: {r:?}");

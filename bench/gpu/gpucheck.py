@@ -457,8 +457,14 @@ def cmd_diff(a):
         for rule in ("dtypes.f16.odd=250:750", "dtypes.i16.odd=1/3", "dtypes.f32.odd=1/5",
                      "dtypes.f8_e5m2.odd=3:30"):
             cols += ["--cols", rule]
+        # Columns are gathered by 2-D copies on every path (the registered page cache,
+        # split loads, write-combined staging), or by the CPU with --host-gather.
         variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows),
-                     ("auto cols", "auto", cols), ("pread cols", "pread", cols + ["--dtype", "BF16"])]
+                     ("auto cols", "auto", cols), ("pread cols", "pread", cols + ["--dtype", "BF16"]),
+                     ("mmap cols", "mmap", cols + ["--dtype", "F32"]),
+                     ("balanced cols", "auto", cols + ["--registered-share", "balanced"]),
+                     ("wc cols", "auto", cols + ["--staging-wc", "--dtype", "F16"]),
+                     ("host-gather cols", "auto", cols + ["--host-gather"])]
         refs_by_extra = {}
         for label, io, extra in variants:
             r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout, extra=extra)

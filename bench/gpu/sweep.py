@@ -72,6 +72,19 @@ CONFIGS = [
     ("mmap q8 256M", ["--io", "mmap", "--queue-depth", "8", "--staging", "256M"]),
     ("mmap q32 512M", ["--io", "mmap", "--queue-depth", "32", "--staging", "512M"]),
 ]
+# Rank 1 of 8 of a tensor-parallel layout: rows of the column-parallel weights, columns
+# of o_proj and down_proj, their selected columns gathered by 2-D copies (the default)
+# or by the CPU in the pinned slots. Their GB/s count the rank's bytes, an eighth of the
+# checkpoint: compare them with each other, not with the whole loads above.
+RANK = []
+for _p in ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.gate_proj.weight",
+           "*.up_proj.weight", "*embed_tokens.weight", "lm_head.weight"):
+    RANK += ["--rows", _p + "=1/8"]
+RANK += ["--cols", "*.o_proj.weight=1/8", "--cols", "*.down_proj.weight=1/8"]
+CONFIGS += [
+    ("rank 1/8 cols 2-D", RANK),
+    ("rank 1/8 cols host gather", RANK + ["--host-gather"]),
+]
 # In-process steady state (after auto and the fastest configuration above): settings
 # whose cost in a fresh process is pinning more staging, which a kept staging pays
 # once, and balanced split loads, whose registered side pins page cache every load.
@@ -172,7 +185,7 @@ def main():
               "   %.0f%% registered" % r["median_registered_pct"] if "median_registered_pct" in r else ""))
     if unsupported:
         print("  not measured, arguments rejected by this binary: %s" % ", ".join(sorted(unsupported)))
-    best = next((r for r in rows if r["args"]), None)
+    best = next((r for r in rows if r["args"] and not r["name"].startswith("rank")), None)
     out["rows"] = rows
     save()
     print("BEST_WARM %s" % " ".join(best["args"] if best else ["--io", "pread"]), flush=True)

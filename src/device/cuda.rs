@@ -2,7 +2,9 @@
 //! filled slot is copied to the device with `cuMemcpyHtoDAsync` on one stream (and,
 //! for tensors that change dtype, converted there by a kernel from `kernels/`); an
 //! event recorded after the slot's last use tells when the slot may be refilled.
-//! Reading the next slots overlaps the copies of the previous ones.
+//! Reading the next slots overlaps the copies of the previous ones. The selected
+//! columns of rows read several at a time go by `cuMemcpy2DAsync`, which takes each
+//! row's selected bytes.
 //!
 //! Only the NVIDIA driver is needed at run time: the driver library is loaded
 //! dynamically (probed first, so a machine without it gets an error, not a panic) and
@@ -623,6 +625,9 @@ struct CudaSink<'p> {
     own: Vec<Vec<Option<Arc<DeviceBuf>>>>,
     module: Option<sys::CUmodule>,
     kernels: BTreeMap<(Dtype, Dtype), sys::CUfunction>,
+    /// The slots' selected columns are gathered by the CPU before their copies
+    /// ([`crate::Loader::gather_columns_on_host`]), not by 2-D copies.
+    host_gather: bool,
 }
 
 // SAFETY: shared use of a sink only reads its fields and calls the driver (which is
@@ -1073,6 +1078,7 @@ impl<'p> CudaSink<'p> {
             own,
             module: None,
             kernels: BTreeMap::new(),
+            host_gather: false,
         };
         if converts(plan) {
             sink.add_scratch()?;
@@ -1201,6 +1207,75 @@ impl<'p> CudaSink<'p> {
             // SAFETY: at + n <= len: the pieces cover [src, src + len) exactly.
             let part = unsafe { src.add(at as usize) };
             self.htod(stream, dst + at, part, n as usize)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `rows` rows of `width` bytes, `pitch` bytes apart from `src` in pinned
+    /// or registered host memory, to `dst` on the device back to back: the selected
+    /// columns of a column selection, gathered by the copy engine instead of the CPU.
+    /// Rows that lie in one registration (all of them, from pinned slots) go in one
+    /// 2-D copy; a row running into the next registration is split as
+    /// [`Self::htod_split`].
+    #[allow(clippy::too_many_arguments)]
+    fn htod_rows(
+        &self,
+        stream: sys::CUstream,
+        dst: u64,
+        src: *const u8,
+        pitch: u64,
+        width: u64,
+        rows: u64,
+        reg_starts: &[u64],
+    ) -> Result<()> {
+        let len = |n: u64| usize::try_from(n).map_err(|_| internal("copy length"));
+        for (first, n) in regplan::rows_by_registration(src as u64, pitch, width, rows, reg_starts)
+        {
+            // SAFETY: first < rows: the row lies inside the caller's range of
+            // (rows - 1) * pitch + width bytes at src.
+            let from = unsafe { src.add(len(first * pitch)?) };
+            let to = dst + first * width;
+            // The driver's pitch limit (CU_DEVICE_ATTRIBUTE_MAX_PITCH) is 2^31 - 1
+            // bytes at least; longer pitches go row by row.
+            if n == 1 || pitch == width || pitch > i32::MAX as u64 {
+                if pitch == width {
+                    self.htod_split(stream, to, from, len(n * width)?, reg_starts)?;
+                    continue;
+                }
+                for r in 0..n {
+                    // SAFETY: as above, row first + r < rows.
+                    let row = unsafe { from.add(len(r * pitch)?) };
+                    self.htod_split(stream, to + r * width, row, len(width)?, reg_starts)?;
+                }
+                continue;
+            }
+            let copy = sys::CUDA_MEMCPY2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+                srcHost: from.cast::<c_void>(),
+                srcDevice: 0,
+                srcArray: std::ptr::null_mut(),
+                srcPitch: len(pitch)?,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                dstHost: std::ptr::null_mut(),
+                dstDevice: to,
+                dstArray: std::ptr::null_mut(),
+                dstPitch: len(width)?,
+                WidthInBytes: len(width)?,
+                Height: len(n)?,
+            };
+            // SAFETY: the source rows lie in pinned memory or in one registration
+            // (rows_by_registration), untouched until the event recorded after this
+            // copy completes; the destination's n * width bytes lie in a live device
+            // buffer (the caller checks them against the tensor); the descriptor lives
+            // until the call returns (the driver copies it); the stream belongs to the
+            // current context.
+            unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream) }
+                .result()
+                .map_err(|e| cuda_err("cuMemcpy2DAsync (selected columns)", e))?;
         }
         Ok(())
     }
@@ -1334,20 +1409,46 @@ impl CudaSink<'_> {
                 } => {
                     let fp = self.plan.files.get(file).ok_or_else(|| internal("file"))?;
                     let t = fp.tensors.get(tensor).ok_or_else(|| internal("tensor"))?;
-                    if gather.is_some() && !reg_starts.is_empty() {
-                        return Err(internal("rows to gather in registered memory"));
-                    }
                     let out_size = t.dtype.bits() / 8;
                     let out = self.converted_at(file, tensor, t.place)? + first * out_size;
-                    // Up to the last element: after a gather, the rows' other columns
-                    // past them are left behind.
-                    let needed = skip + count * (t.src_dtype.bits() / 8);
-                    if needed > op.required {
-                        return Err(internal("elements past the read"));
-                    }
+                    let packed = count * (t.src_dtype.bits() / 8);
+                    // Up to the last element.
+                    let needed = skip + packed;
                     // The destination (perhaps the caller's memory) holds exactly t.len.
                     if (first + count) * out_size > t.len {
                         return Err(internal("elements past the tensor"));
+                    }
+                    if let Some(g) = gather {
+                        // Rows of selected columns: the copy engine gathers them,
+                        // straight to their place or into the scratch to convert.
+                        let span = (g.rows.saturating_sub(1) * g.stride)
+                            .checked_add(g.keep)
+                            .and_then(|x| x.checked_add(skip));
+                        if g.rows * g.keep != packed || g.keep > g.stride {
+                            return Err(internal("gathered rows unlike their elements"));
+                        }
+                        if span.is_none_or(|x| x > op.required) {
+                            return Err(internal("rows past the read"));
+                        }
+                        let at = usize::try_from(skip).map_err(|_| internal("skip"))?;
+                        // SAFETY: skip < span <= op.required: inside the read.
+                        let from = unsafe { src.add(at) };
+                        let rows = |to| {
+                            self.htod_rows(stream, to, from, g.stride, g.keep, g.rows, reg_starts)
+                        };
+                        if t.dtype == t.src_dtype {
+                            return rows(out);
+                        }
+                        let scratch = scratch.ok_or_else(|| internal("scratch"))?;
+                        if packed as usize + SCRATCH_PAD > scratch.len {
+                            return Err(internal("rows larger than the scratch buffer"));
+                        }
+                        // The scratch's start is aligned for the kernel.
+                        rows(scratch.ptr)?;
+                        return self.launch(stream, t.src_dtype, t.dtype, scratch.ptr, out, count);
+                    }
+                    if needed > op.required {
+                        return Err(internal("elements past the read"));
                     }
                     if t.dtype == t.src_dtype {
                         // Selected columns, not converted: straight to their place.
@@ -1487,19 +1588,27 @@ impl Sink for SlotSink<'_, '_> {
         let i = sink.slot_of(buf.ptr)?;
         let slot = sink.staging.slots.get(i).ok_or_else(|| internal("slot"))?;
         let stream = sink.staging.stream;
+        let mut op = *op;
         if let Target::Convert {
             skip,
             gather: Some(g),
             ..
-        } = &op.target
+        } = op.target
         {
-            // SAFETY: the slot holds slot.len bytes of pinned memory; its read has
-            // completed, and no copy from it is queued until consume below (its last
-            // copy completed before the slot was handed out), so nothing else touches
-            // it now.
-            let staged = unsafe { std::slice::from_raw_parts_mut(slot.mem.host, slot.len) };
-            plan::gather_in_place(staged, *skip, g).map_err(|e| sink.at_read(file, op, e))?;
+            if sink.host_gather {
+                // SAFETY: the slot holds slot.len bytes of pinned memory; its read has
+                // completed, and no copy from it is queued until consume below (its
+                // last copy completed before the slot was handed out), so nothing else
+                // touches it now.
+                let staged = unsafe { std::slice::from_raw_parts_mut(slot.mem.host, slot.len) };
+                plan::gather_in_place(staged, skip, &g).map_err(|e| sink.at_read(file, &op, e))?;
+                // Its elements now lie back to back, as in any other read.
+                if let Target::Convert { gather, .. } = &mut op.target {
+                    *gather = None;
+                }
+            }
         }
+        let op = &op;
         sink.consume(stream, file, op, slot.mem.host, slot.scratch.as_ref(), &[])?;
         // SAFETY: event and stream are live until the staging is freed.
         unsafe { result::event::record(slot.event, stream) }
@@ -2082,11 +2191,13 @@ pub(crate) fn load(
     cancel: Option<&CancelToken>,
     progress: Option<&Progress>,
 ) -> Result<crate::loader::Loaded> {
-    let gathering = gathers(plan);
+    // Selected columns are gathered by the copies to the device (2-D copies), or on
+    // request by the CPU in the pinned slots.
+    let gathering = loader.host_gather_value() && gathers(plan);
     if staging.kind == StagingKind::WriteCombined && gathering {
         return Err(Error::InvalidArgument(
-            "column selections are gathered by the CPU in the staging, which write-combined \
-             staging makes very slow to read: drop write-combined staging or the column rules"
+            "column selections gathered by the CPU in the staging, which write-combined \
+             staging makes very slow to read: drop write-combined staging or the host gather"
                 .into(),
         ));
     }
@@ -2130,6 +2241,7 @@ pub(crate) fn load(
     let registering = choice.engine == io::EngineKind::Mmap;
     let pin = if registering { 2 } else { planned };
     let mut sink = CudaSink::new(plan, kept, pin, per_tensor, regions)?;
+    sink.host_gather = gathering;
     let setup = init_start.elapsed();
     // Once everything is enqueued: waits for the stream, logs the phases, and returns
     // the tensors and the staging (to the loader, which keeps it).
@@ -2168,7 +2280,7 @@ pub(crate) fn load(
     // Why the registered page cache is not used, if it is not.
     let refusal = || {
         if gathering {
-            Some("column selections are gathered in pinned slots".to_string())
+            Some("column selections are gathered by the CPU in pinned slots".to_string())
         } else {
             registration_refused(&ctx)
         }
@@ -2279,8 +2391,7 @@ fn converts(plan: &Plan) -> bool {
         .any(|t| t.dtype != t.src_dtype)
 }
 
-/// Whether some read of `plan` gathers rows in staging (which registered page cache,
-/// being read-only, cannot do).
+/// Whether some read of `plan` holds rows of selected columns to gather.
 fn gathers(plan: &Plan) -> bool {
     plan.files.iter().flat_map(|f| &f.reads).any(|r| {
         matches!(

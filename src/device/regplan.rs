@@ -175,6 +175,38 @@ pub(crate) fn split_at_registrations(start: u64, len: u64, reg_starts: &[u64]) -
     pieces
 }
 
+/// Divides `rows` rows of `width` bytes, `pitch` bytes apart from host address
+/// `start`, into runs of consecutive rows `(first, count)` that one 2-D copy may take:
+/// from the run's first byte to its last, no registration begins (`reg_starts`, sorted,
+/// as [`split_at_registrations`]). A row that itself runs into the next registration
+/// is a run of one, for the caller to split. Runs are as long as they can be.
+pub(crate) fn rows_by_registration(
+    start: u64,
+    pitch: u64,
+    width: u64,
+    rows: u64,
+    reg_starts: &[u64],
+) -> Vec<(u64, u64)> {
+    if rows <= 1 || pitch == 0 || reg_starts.is_empty() {
+        return vec![(0, rows)];
+    }
+    let mut runs = Vec::new();
+    let mut r = 0;
+    while r < rows {
+        let a = start.saturating_add(r.saturating_mul(pitch));
+        // The first registration beginning after this row's first byte.
+        let next = reg_starts.partition_point(|&b| b <= a);
+        let limit = reg_starts.get(next).copied().unwrap_or(u64::MAX);
+        let n = match limit.checked_sub(a.saturating_add(width)) {
+            Some(room) => (room / pitch).saturating_add(1).min(rows - r),
+            None => 1,
+        };
+        runs.push((r, n));
+        r += n;
+    }
+    runs
+}
+
 /// Splits `plan` for a load that copies part of each cached file straight from the
 /// registered page cache while the pinned slots take the rest: of each file that
 /// `buffered(file)` says is read through the page cache, the reads holding the last
@@ -886,6 +918,35 @@ mod tests {
     }
 
     #[test]
+    fn rows_are_run_together_up_to_where_a_registration_begins() {
+        // Rows of 10 bytes, 30 apart, from 100: 100..110, 130..140, 160..170, ...
+        assert_eq!(rows_by_registration(100, 30, 10, 5, &[]), vec![(0, 5)]);
+        assert_eq!(
+            rows_by_registration(100, 30, 10, 5, &[0, 1000]),
+            vec![(0, 5)]
+        );
+        // A registration from 150 (in the gap): rows 0-1, then 2-4.
+        assert_eq!(
+            rows_by_registration(100, 30, 10, 5, &[0, 150]),
+            vec![(0, 2), (2, 3)]
+        );
+        // One from 135 (inside row 1): row 1 alone, for the caller to split.
+        assert_eq!(
+            rows_by_registration(100, 30, 10, 5, &[0, 135]),
+            vec![(0, 1), (1, 1), (2, 3)]
+        );
+        // One from 160 (at row 2's first byte) belongs to row 2's run.
+        assert_eq!(
+            rows_by_registration(100, 30, 10, 5, &[0, 160]),
+            vec![(0, 2), (2, 3)]
+        );
+        assert_eq!(
+            rows_by_registration(100, 30, 10, 0, &[0, 135]),
+            vec![(0, 0)]
+        );
+    }
+
+    #[test]
     fn one_window_for_a_small_file() {
         let s = schedule(&[(4096, 100), (4200, 10)], 1 << 20, 8192, PAGE);
         assert_eq!(s.steps.len(), 1);
@@ -1593,6 +1654,40 @@ mod tests {
             fail in proptest::option::of(0usize..50),
         ) {
             carry_backwards(&reads, shape, prefix, racing, fail);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn row_runs_cover_every_row_and_stop_only_where_a_registration_begins(
+            start in 0u64..10_000,
+            width in 1u64..500,
+            extra in 0u64..500,
+            rows in 0u64..60,
+            mut starts in proptest::collection::vec(0u64..40_000, 0..12),
+        ) {
+            starts.sort_unstable();
+            let pitch = width + extra;
+            let runs = rows_by_registration(start, pitch, width, rows, &starts);
+            let row = |r: u64| start + r * pitch;
+            // A registration begins strictly inside [a, b).
+            let cut = |a: u64, b: u64| starts.iter().any(|&s| a < s && s < b);
+            let mut next = 0;
+            for &(first, n) in &runs {
+                prop_assert_eq!(first, next);
+                prop_assert!(n > 0 || rows == 0);
+                let end = row(first + n.max(1) - 1) + width;
+                if n > 1 {
+                    prop_assert!(!cut(row(first), end), "run {:?} spans a registration", (first, n));
+                }
+                if first + n < rows {
+                    // Maximal: one more row would span a registration.
+                    prop_assert!(cut(row(first), row(first + n) + width));
+                }
+                next = first + n;
+            }
+            prop_assert_eq!(next, rows);
         }
     }
 }

@@ -212,7 +212,7 @@ struct State {
     std::vector<Function*> functions;
     CUresult sticky = SUCCESS;
     uint64_t violations = 0;
-    uint64_t htod_pinned = 0, htod_pageable = 0, htod_bytes = 0, dtoh = 0, launches = 0,
+    uint64_t htod_pinned = 0, htod_pageable = 0, htod_bytes = 0, htod_2d = 0, dtoh = 0, launches = 0,
              registrations = 0;
     size_t max_queued = 0, busy_streams = 0, max_busy_streams = 0;
 };
@@ -361,13 +361,14 @@ void write_report() {
     size_t host_allocs = 0, host_regs = 0;
     for (auto& [p, r] : s.host) (r.registered ? host_regs : host_allocs)++;
     std::fprintf(f,
-                 "violations=%llu\nhtod_pinned=%llu\nhtod_pageable=%llu\nhtod_bytes=%llu\n"
+                 "violations=%llu\nhtod_pinned=%llu\nhtod_pageable=%llu\nhtod_bytes=%llu\nhtod_2d=%llu\n"
                  "dtoh=%llu\nlaunches=%llu\nregistrations=%llu\nmax_registered_bytes=%zu\n"
                  "max_queued=%zu\nmax_busy_streams=%zu\nlive_device_allocs=%zu\n"
                  "live_host_allocs=%zu\nlive_registrations=%zu\nlive_streams=%zu\n"
                  "live_events=%zu\nlive_modules=%zu\ncontext_refs=%d\n",
                  (unsigned long long)s.violations, (unsigned long long)s.htod_pinned,
                  (unsigned long long)s.htod_pageable, (unsigned long long)s.htod_bytes,
+                 (unsigned long long)s.htod_2d,
                  (unsigned long long)s.dtoh, (unsigned long long)s.launches,
                  (unsigned long long)s.registrations, s.max_registered_bytes, s.max_queued,
                  s.max_busy_streams, s.device_allocs.size(), host_allocs, host_regs,
@@ -970,22 +971,11 @@ CUresult cuStreamWaitEvent(void* stream, void* h, unsigned flags) {
     return enqueue(lock, stream, op);
 }
 
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void* stream) {
-    ENTER("cuMemcpyHtoDAsync_v2", ILLEGAL_ADDRESS);
-    NEED_CONTEXT();
-    if (len == 0) return SUCCESS;
-    const DeviceAlloc* to = in_device(dst, len);
-    if (!to) {
-        violate("a host-to-device copy of %zu bytes to %#llx is outside every device allocation",
-                len, (unsigned long long)dst);
-        return ILLEGAL_ADDRESS;
-    }
-    if (CUresult e = check_stream(stream, "a host-to-device copy")) return e;
-    if (to->ctx != t_ctx) {
-        violate("a host-to-device copy into cuda:%d's memory queued with cuda:%d's context current",
-                to->ctx->device, t_ctx->device);
-        return INVALID_CONTEXT;
-    }
+// Queues (from pinned memory on a stream) or carries out at once (pageable) a
+// host-to-device copy whose destination and stream are checked. Lock held.
+CUresult queue_htod(std::unique_lock<std::mutex>& lock, CUdeviceptr dst, const void* src, size_t len,
+                    void* stream) {
+    State& s = S();
     Op op{OpKind::Copy};
     op.src = static_cast<const unsigned char*>(src);
     op.dst = dst;
@@ -1014,6 +1004,82 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void
     std::memcpy((void*)dst, src, len);
     return SUCCESS;
 }
+
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t len, void* stream) {
+    ENTER("cuMemcpyHtoDAsync_v2", ILLEGAL_ADDRESS);
+    NEED_CONTEXT();
+    if (len == 0) return SUCCESS;
+    const DeviceAlloc* to = in_device(dst, len);
+    if (!to) {
+        violate("a host-to-device copy of %zu bytes to %#llx is outside every device allocation",
+                len, (unsigned long long)dst);
+        return ILLEGAL_ADDRESS;
+    }
+    if (CUresult e = check_stream(stream, "a host-to-device copy")) return e;
+    if (to->ctx != t_ctx) {
+        violate("a host-to-device copy into cuda:%d's memory queued with cuda:%d's context current",
+                to->ctx->device, t_ctx->device);
+        return INVALID_CONTEXT;
+    }
+    return queue_htod(lock, dst, src, len, stream);
+}
+
+struct CUDA_MEMCPY2D {
+    size_t srcXInBytes, srcY;
+    int srcMemoryType;
+    const void* srcHost;
+    CUdeviceptr srcDevice;
+    void* srcArray;
+    size_t srcPitch;
+    size_t dstXInBytes, dstY;
+    int dstMemoryType;
+    void* dstHost;
+    CUdeviceptr dstDevice;
+    void* dstArray;
+    size_t dstPitch;
+    size_t WidthInBytes, Height;
+};
+
+// Host to device only (memory types 1 and 2), the one kind tensorstream makes: rows
+// of WidthInBytes, srcPitch apart in host memory, dstPitch apart on the device.
+// Strict where the driver's documentation is: the whole source range, from the first
+// row's first byte to the last row's last, lies in one pinned allocation or
+// registration (else CUDA_ERROR_INVALID_VALUE, as for a plain copy across two), and
+// the destination's in one device allocation. Queued as one copy per row.
+CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D* c, void* stream) {
+    ENTER("cuMemcpy2DAsync_v2", INVALID_VALUE);
+    NEED_CONTEXT();
+    if (c == nullptr || c->srcMemoryType != 1 || c->dstMemoryType != 2) return INVALID_VALUE;
+    const size_t w = c->WidthInBytes, h = c->Height;
+    if (w > c->srcPitch || w > c->dstPitch) return INVALID_VALUE;
+    if (w == 0 || h == 0) return SUCCESS;
+    const unsigned char* src =
+        static_cast<const unsigned char*>(c->srcHost) + c->srcY * c->srcPitch + c->srcXInBytes;
+    const CUdeviceptr dst = c->dstDevice + c->dstY * c->dstPitch + c->dstXInBytes;
+    const size_t src_span = (h - 1) * c->srcPitch + w, dst_span = (h - 1) * c->dstPitch + w;
+    const DeviceAlloc* to = in_device(dst, dst_span);
+    if (!to) {
+        violate("a 2-D host-to-device copy of %zu rows of %zu bytes to %#llx is outside every "
+                "device allocation",
+                h, w, (unsigned long long)dst);
+        return ILLEGAL_ADDRESS;
+    }
+    if (CUresult e = check_stream(stream, "a 2-D host-to-device copy")) return e;
+    if (to->ctx != t_ctx) {
+        violate("a 2-D host-to-device copy into cuda:%d's memory queued with cuda:%d's context "
+                "current",
+                to->ctx->device, t_ctx->device);
+        return INVALID_CONTEXT;
+    }
+    if (!in_pinned((uintptr_t)src, src_span) && touches_pinned((uintptr_t)src, src_span))
+        return INVALID_VALUE;
+    s.htod_2d++;
+    for (size_t r = 0; r < h; r++)
+        if (CUresult e = queue_htod(lock, dst + r * c->dstPitch, src + r * c->srcPitch, w, stream))
+            return e;
+    return SUCCESS;
+}
+
 
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t len) {
     ENTER("cuMemcpyDtoH_v2", ILLEGAL_ADDRESS);
