@@ -181,13 +181,80 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
     }
 }
 
+/// A tensor-parallel rank's columns (and rows) through the command line on every path
+/// to the device: gathered by 2-D copies, from the pinned slots, the registered page
+/// cache, both at once and write-combined staging, or by the CPU with --host-gather;
+/// the digests are the CPU load's of the same rules.
+#[test]
+fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let rules = [
+        "--cols",
+        "embed.bf16=1/4",
+        "--cols",
+        "proj.f16=100:613",
+        "--cols",
+        "experts.e4m3=2/7",
+        "--rows",
+        "head.bf16=1/4",
+        "--chunk-size",
+        "64K",
+        "--staging",
+        "1M",
+    ];
+    let configs: [&[&str]; 7] = [
+        &[],
+        &["--dtype", "F32"],
+        &["--io", "mmap"],
+        &["--io", "mmap", "--dtype", "BF16", "--queue-depth", "3"],
+        &["--registered-share", "balanced"],
+        &["--staging-wc", "--dtype", "F16"],
+        &["--host-gather", "--dtype", "F16"],
+    ];
+    let mut want = std::collections::HashMap::new();
+    for extra in configs {
+        let dtype = dtype_of(extra);
+        let want = want.entry(dtype).or_insert_with(|| {
+            let mut args = vec!["load", idx, "--digest"];
+            args.extend_from_slice(&rules);
+            if let Some(d) = dtype {
+                args.extend(["--dtype", d]);
+            }
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            String::from_utf8(out.stdout).unwrap()
+        });
+        let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
+        args.extend_from_slice(&rules);
+        args.extend_from_slice(extra);
+        let (out, report) = under_fake(&args, &[("FAKE_CUDA_DELAY_US", "20")]);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            *want,
+            "{extra:?}: digests differ from the CPU path"
+        );
+        report.assert_clean(&format!("{extra:?}"));
+        let host = extra.contains(&"--host-gather");
+        assert_eq!(report.get("htod_2d") > 0, !host, "{extra:?}: {report:?}");
+        if extra.contains(&"mmap") || extra.contains(&"balanced") {
+            assert!(report.get("registrations") > 0, "{extra:?}: {report:?}");
+        }
+    }
+}
+
 #[test]
 fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behind() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
     // (driver call:n-th, extra arguments, words the message must hold)
-    let cases: [(&str, &[&str], &str); 19] = [
+    let cases: [(&str, &[&str], &str); 21] = [
         ("cuInit:1", &[], "cuInit"),
         (
             "cuDevicePrimaryCtxRetain:1",
@@ -250,6 +317,16 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             "safetensors: bytes",
         ),
         ("cuMemcpyDtoH_v2:2", &[], "copying a tensor back"),
+        (
+            "cuMemcpy2DAsync_v2:3",
+            &["--cols", "embed.bf16=1/4", "--chunk-size", "64K"],
+            "tensor 'embed.bf16': cuMemcpy2DAsync",
+        ),
+        (
+            "cuMemcpy2DAsync_v2:1",
+            &["--cols", "proj.f16=3:900", "--io", "mmap", "--dtype", "F32"],
+            "tensor 'proj.f16': cuMemcpy2DAsync",
+        ),
     ];
     for (fail, extra, words) in cases {
         let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
