@@ -62,8 +62,8 @@ pub use dtype::Dtype;
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, TensorInfo};
 pub use io::{CancelToken, IoBackend};
-pub use loader::{LoadStats, Loader, Model, Split, Storage, Tensor};
+pub use loader::{HostRegion, LoadStats, Loader, Model, Split, Storage, Tensor, TensorSpec};
 pub use plan::{Slice, SliceRule};
 
 #[cfg(feature = "cuda")]
-pub use device::cuda::{DeviceRegion, TensorSpec};
+pub use device::cuda::DeviceRegion;

@@ -7,12 +7,74 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::Checkpoint;
-use crate::device::host::HostSink;
+use crate::device::host::{CallerSink, HostSink};
 use crate::device::{Device, HostBuf, HostPool};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, CancelToken, IoBackend, IoChoice, IoStats, Progress, Sink};
-use crate::plan::{self, Place, Plan, PlanOptions, Slice, SliceRule};
+use crate::plan::{self, FilePlan, Place, Plan, PlanOptions, PlannedTensor, Slice, SliceRule};
+
+/// A tensor that [`Loader::load_into_host`] (or, on CUDA, `Loader::load_into_device`)
+/// is about to load: what will land in the memory given for it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct TensorSpec<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// The file holding it.
+    pub file: &'a Path,
+    /// Dtype in the file.
+    pub file_dtype: Dtype,
+    /// Dtype once loaded (after [`Loader::dtype`]'s conversion).
+    pub dtype: Dtype,
+    /// Shape (of its slice, under [`Loader::rows`] or [`Loader::columns`]).
+    pub shape: &'a [u64],
+    /// Bytes once loaded as `dtype`.
+    pub len: usize,
+    /// Bytes in the file.
+    file_len: u64,
+}
+
+impl<'a> TensorSpec<'a> {
+    /// Planned tensor `t` of file plan `f`.
+    pub(crate) fn of(f: &'a FilePlan, t: &'a PlannedTensor) -> Self {
+        TensorSpec {
+            name: &t.name,
+            file: &f.path,
+            file_dtype: t.src_dtype,
+            dtype: t.dtype,
+            shape: &t.shape,
+            len: usize::try_from(t.len).unwrap_or(usize::MAX),
+            file_len: t.src_len,
+        }
+    }
+
+    /// Bytes of the tensor loaded as `dtype`: its dtype in the file, or F32, F16 or
+    /// BF16 for a floating one; `None` for a dtype it cannot be loaded as.
+    pub fn len_as(&self, dtype: Dtype) -> Option<usize> {
+        if dtype != self.file_dtype
+            && !(self.file_dtype.is_convertible_float() && dtype.is_conversion_target())
+        {
+            return None;
+        }
+        usize::try_from(crate::convert::converted_len(
+            self.file_dtype,
+            dtype,
+            self.file_len,
+        ))
+        .ok()
+    }
+}
+
+/// Host memory the caller gives [`Loader::load_into_host`] for one tensor, and the
+/// dtype to load it as.
+#[derive(Debug)]
+pub struct HostRegion<'m> {
+    /// Exactly the tensor's bytes in `dtype` ([`TensorSpec::len_as`]).
+    pub bytes: &'m mut [u8],
+    /// Its dtype in the file, or F32, F16 or BF16 for a floating tensor.
+    pub dtype: Dtype,
+}
 
 /// When a device load took another path than the I/O choice names: its name, and why.
 pub(crate) type PathOverride = (&'static str, String);
@@ -521,43 +583,179 @@ impl Loader {
                 ))
             }
         };
-        let files = plan
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let (io_path, reason) = match &path {
-                    Some((name, why)) => (*name, why.clone()),
-                    None => (
-                        choice.path_name(i),
-                        choice
-                            .files
-                            .get(i)
-                            .map(|m| m.reason.clone())
-                            .unwrap_or_default(),
-                    ),
-                };
-                FileReport {
-                    path: f.path.clone(),
-                    io_path,
-                    reason,
-                }
-            })
-            .collect();
         Ok(Model {
             tensors,
-            stats: LoadStats {
-                tensor_bytes: plan.tensor_bytes(),
-                output_bytes: plan.output_bytes(),
-                read_bytes: stats.bytes_read,
-                requests: stats.requests,
-                elapsed: start.elapsed(),
+            stats: stats_of(
+                plan,
+                &choice,
+                &stats,
+                path,
+                start,
                 device_init,
                 staging_reused,
-                engine_reason: choice.engine_reason.clone(),
-                files,
-            },
+            ),
         })
+    }
+
+    /// Loads the tensors of `ckpt` into host memory the caller allocated, as a
+    /// framework with its own CPU tensors wants: `dest` is called once for each tensor
+    /// the load selects ([`Loader::only`], [`Loader::rows`], [`Loader::columns`]),
+    /// file by file in offset order, with what will land there (name, dtype in the file
+    /// and as the loader would load it, shape, bytes), and returns the memory for it
+    /// and the dtype to land in (each tensor its own), or `None` to leave the tensor
+    /// out. The memory must be exactly the tensor's length in that dtype
+    /// ([`TensorSpec::len_as`]); any alignment will do.
+    ///
+    /// Raw bytes are read straight into the caller's memory where a read lies within
+    /// one tensor (and, for a file read with O_DIRECT, where its place is aligned to
+    /// 4 KiB); the rest (reads across tensor boundaries, conversions, column
+    /// selections) goes through staging slots and is copied or converted into place.
+    /// I/O path, conversion, progress and cancellation are as
+    /// [`Loader::load_checkpoint`]'s; [`Loader::device`] is not used: the bytes land
+    /// where `dest` says. Returns the load's statistics once every byte is in place.
+    /// A region of the wrong length, or a dtype the tensor cannot be loaded as, is an
+    /// error naming the file and the tensor, before anything is read; so is a callback
+    /// that gives no tensor a region. When the load fails, what the regions hold is
+    /// unspecified: some tensors may be written, wholly or in part.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let spec = tensorstream::synth::SynthSpec::for_size(4 << 20);
+    /// # let path = tensorstream::synth::write_checkpoint(dir.path(), &spec, 1, 7)?;
+    /// use std::collections::BTreeMap;
+    /// use tensorstream::{Checkpoint, Dtype, HostRegion, Loader};
+    ///
+    /// let ckpt = Checkpoint::open(&path)?;
+    /// // The framework's own parameters, as F32 bytes, allocated by the framework.
+    /// let mut params: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    /// for t in ckpt.shards.iter().flat_map(|h| &h.tensors) {
+    ///     params.insert(t.name.clone(), vec![0; 4 * t.shape.iter().product::<u64>() as usize]);
+    /// }
+    /// // Each region handed out once: the borrow checker sees that no two alias.
+    /// let mut free: BTreeMap<&str, &mut Vec<u8>> =
+    ///     params.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
+    /// let stats = Loader::new().load_into_host(&ckpt, |t| {
+    ///     let bytes = free.remove(t.name)?;
+    ///     Some(HostRegion { bytes, dtype: Dtype::F32 })
+    /// })?;
+    /// assert_eq!(stats.output_bytes, params.values().map(|v| v.len() as u64).sum::<u64>());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn load_into_host<'m>(
+        &self,
+        ckpt: &Checkpoint,
+        mut dest: impl FnMut(&TensorSpec<'_>) -> Option<HostRegion<'m>>,
+    ) -> Result<LoadStats> {
+        let start = Instant::now();
+        let all = self.plan_of(ckpt, &|_| Some(None))?;
+        let mut chosen: BTreeMap<String, HostRegion<'m>> = BTreeMap::new();
+        for f in &all.files {
+            for t in &f.tensors {
+                let spec = TensorSpec::of(f, t);
+                let Some(r) = dest(&spec) else {
+                    continue;
+                };
+                let want = spec.len_as(r.dtype).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{}: tensor '{}': cannot load {} as {} (floating tensors convert to \
+                         F32, F16 or BF16; others load as they are)",
+                        f.path.display(),
+                        t.name,
+                        t.src_dtype,
+                        r.dtype
+                    ))
+                })?;
+                if r.bytes.len() != want {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: tensor '{}': given {} bytes of memory, but it is {want} bytes as {}",
+                        f.path.display(),
+                        t.name,
+                        r.bytes.len(),
+                        r.dtype
+                    )));
+                }
+                chosen.insert(t.name.clone(), r);
+            }
+        }
+        if chosen.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: no tensor was given a destination",
+                ckpt.path.display()
+            )));
+        }
+        // Each tensor read on its own and, unless a file is read with O_DIRECT, with no
+        // alignment slack: then every read lies within one tensor and lands in place.
+        let pick = |name: &str| chosen.get(name).map(|r| Some(r.dtype));
+        let choose = |plan: &Plan| {
+            let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
+            io::choose(self.io, &paths)
+        };
+        let mut exact = self.clone();
+        exact.plan.split_at_tensors = true;
+        exact.plan.align = 1;
+        let mut plan = exact.plan_of(ckpt, &pick)?;
+        let mut choice = choose(&plan)?;
+        if choice.files.iter().any(|m| m.direct) {
+            exact.plan = PlanOptions {
+                split_at_tensors: true,
+                ..self.plan.clone()
+            };
+            plan = exact.plan_of(ckpt, &pick)?;
+            choice = choose(&plan)?;
+        }
+        // The regions as (address, length) per file and tensor of the plan; from here
+        // on they are written only through these, by the sink and the engine.
+        let regions = plan
+            .files
+            .iter()
+            .map(|f| {
+                f.tensors
+                    .iter()
+                    .map(|t| {
+                        chosen
+                            .get_mut(&t.name)
+                            .map(|r| (r.bytes.as_mut_ptr(), r.bytes.len()))
+                            .ok_or_else(|| Error::InvalidArgument("internal: region".into()))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let direct = (0..plan.files.len())
+            .map(|i| choice.files.get(i).is_some_and(|m| m.direct))
+            .collect();
+        let mut sink = CallerSink::new(
+            &plan,
+            regions,
+            direct,
+            exact.staging_slots(),
+            exact.plan.slot_len(),
+        )?;
+        let stats = {
+            let fixed = sink.fixed_buffers();
+            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
+            io::execute(
+                &plan,
+                &choice,
+                engine.as_mut(),
+                &mut sink,
+                self.queue_depth,
+                self.cancel.as_ref(),
+                self.progress.as_ref(),
+            )?
+        };
+        drop(sink);
+        drop(chosen);
+        Ok(stats_of(
+            &plan,
+            &choice,
+            &stats,
+            None,
+            start,
+            Duration::ZERO,
+            false,
+        ))
     }
 
     fn load_host(
@@ -605,6 +803,53 @@ impl Loader {
             }
         }
         Ok((tensors, stats))
+    }
+}
+
+/// The statistics of the load of `plan` begun at `start`, read by `choice` (or the
+/// path `path` names) with I/O statistics `stats`.
+fn stats_of(
+    plan: &Plan,
+    choice: &IoChoice,
+    stats: &IoStats,
+    path: Option<PathOverride>,
+    start: Instant,
+    device_init: Duration,
+    staging_reused: bool,
+) -> LoadStats {
+    let files = plan
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (io_path, reason) = match &path {
+                Some((name, why)) => (*name, why.clone()),
+                None => (
+                    choice.path_name(i),
+                    choice
+                        .files
+                        .get(i)
+                        .map(|m| m.reason.clone())
+                        .unwrap_or_default(),
+                ),
+            };
+            FileReport {
+                path: f.path.clone(),
+                io_path,
+                reason,
+            }
+        })
+        .collect();
+    LoadStats {
+        tensor_bytes: plan.tensor_bytes(),
+        output_bytes: plan.output_bytes(),
+        read_bytes: stats.bytes_read,
+        requests: stats.requests,
+        elapsed: start.elapsed(),
+        device_init,
+        staging_reused,
+        engine_reason: choice.engine_reason.clone(),
+        files,
     }
 }
 

@@ -40,6 +40,10 @@ pub struct PlanOptions {
     /// slice of dimension 0 or 1 (the first rule that matches applies). Empty: every
     /// tensor whole.
     pub slices: Vec<SliceRule>,
+    /// Never read two tensors in one read: each raw tensor is a segment of its own
+    /// (`coalesce_gap` then joins nothing), so that with `align` 1 every read lies
+    /// within one tensor, as a load into each tensor's own memory wants.
+    pub split_at_tensors: bool,
 }
 
 /// Which indices along one dimension of a tensor to load.
@@ -186,6 +190,7 @@ impl Default for PlanOptions {
             dtype: None,
             tensor_align: 256,
             slices: Vec::new(),
+            split_at_tensors: false,
         }
     }
 }
@@ -752,7 +757,9 @@ pub(crate) fn plan_where(
                 let a1 = align_up(file_offset + src_len, align)
                     .ok_or_else(|| too_big(&h.path, &t.name))?;
                 let place = match &mut seg {
-                    Some((s, e, dest)) if a0 <= e.saturating_add(opts.coalesce_gap) => {
+                    Some((s, e, dest))
+                        if !opts.split_at_tensors && a0 <= e.saturating_add(opts.coalesce_gap) =>
+                    {
                         *e = (*e).max(a1);
                         Place::Raw(*dest + (file_offset - *s))
                     }

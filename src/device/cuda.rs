@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use crate::device::Device;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
-use crate::loader::{Model, Split, Tensor};
+use crate::loader::{Model, Split, Tensor, TensorSpec};
 use crate::plan::{self, Place, Plan, ReadOp, Target};
 
 /// The conversion kernels, as PTX for the oldest supported driver.
@@ -650,45 +649,6 @@ pub struct DeviceRegion {
     pub dtype: Dtype,
 }
 
-/// A tensor that [`Loader::load_into_device`](crate::Loader::load_into_device) is
-/// about to load: what will land in the memory given for it.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct TensorSpec<'a> {
-    /// Name.
-    pub name: &'a str,
-    /// The file holding it.
-    pub file: &'a Path,
-    /// Dtype in the file.
-    pub file_dtype: Dtype,
-    /// Dtype once loaded (after [`Loader::dtype`](crate::Loader::dtype)'s conversion).
-    pub dtype: Dtype,
-    /// Shape.
-    pub shape: &'a [u64],
-    /// Bytes once loaded as `dtype`.
-    pub len: usize,
-    /// Bytes in the file.
-    file_len: u64,
-}
-
-impl TensorSpec<'_> {
-    /// Bytes of the tensor loaded as `dtype`: its dtype in the file, or F32, F16 or
-    /// BF16 for a floating one; `None` for a dtype it cannot be loaded as.
-    pub fn len_as(&self, dtype: Dtype) -> Option<usize> {
-        if dtype != self.file_dtype
-            && !(self.file_dtype.is_convertible_float() && dtype.is_conversion_target())
-        {
-            return None;
-        }
-        usize::try_from(convert::converted_len(
-            self.file_dtype,
-            dtype,
-            self.file_len,
-        ))
-        .ok()
-    }
-}
-
 /// The caller's device memory of a load, by tensor name. Made only by
 /// [`Loader::load_into_device`](crate::Loader::load_into_device), whose caller
 /// vouches for it.
@@ -783,15 +743,7 @@ impl crate::Loader {
         let mut chosen = BTreeMap::new();
         for f in &all.files {
             for t in &f.tensors {
-                let spec = TensorSpec {
-                    name: &t.name,
-                    file: &f.path,
-                    file_dtype: t.src_dtype,
-                    dtype: t.dtype,
-                    shape: &t.shape,
-                    len: usize::try_from(t.len).unwrap_or(usize::MAX),
-                    file_len: t.src_len,
-                };
+                let spec = TensorSpec::of(f, t);
                 if let Some(r) = dest(&spec) {
                     if spec.len_as(r.dtype).is_none() {
                         return Err(Error::InvalidArgument(format!(

@@ -537,6 +537,219 @@ impl Sink for HostSink<'_> {
     }
 }
 
+/// Loads into host memory the caller gave, tensor by tensor
+/// ([`crate::Loader::load_into_host`]): raw reads that lie within one tensor go
+/// straight into its place, the others through staging slots, copied or converted into
+/// place when they complete.
+pub(crate) struct CallerSink<'p> {
+    plan: &'p Plan,
+    /// Per file, per tensor of the plan: the caller's memory (address, length), which
+    /// the caller does not touch until the load returns.
+    regions: Vec<Vec<(*mut u8, usize)>>,
+    /// Per file: read with O_DIRECT, so a read's destination must be aligned.
+    direct: Vec<bool>,
+    slots: Vec<HostBuf>,
+    free: Vec<usize>,
+    /// Which slot each in-flight staged read uses, by buffer address.
+    busy: Vec<(*mut u8, usize)>,
+}
+
+/// The alignment an O_DIRECT read's destination gets here (the engines' own).
+const DIRECT_ALIGN: usize = 4096;
+
+impl<'p> CallerSink<'p> {
+    /// A sink writing the tensors of `plan` into `regions` (per file and tensor, each
+    /// exactly the tensor's bytes as loaded), with `slots` staging slots of `slot_len`.
+    pub fn new(
+        plan: &'p Plan,
+        regions: Vec<Vec<(*mut u8, usize)>>,
+        direct: Vec<bool>,
+        slots: usize,
+        slot_len: u64,
+    ) -> Result<Self> {
+        for (f, r) in plan.files.iter().zip(&regions) {
+            if f.tensors.len() != r.len()
+                || f.tensors
+                    .iter()
+                    .zip(r)
+                    .any(|(t, &(_, len))| t.len != len as u64)
+            {
+                return Err(bad("regions unlike the plan's tensors"));
+            }
+        }
+        if plan.files.len() != regions.len() {
+            return Err(bad("regions unlike the plan's files"));
+        }
+        let slots = (0..slots.max(1))
+            .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CallerSink {
+            plan,
+            regions,
+            direct,
+            free: (0..slots.len()).collect(),
+            slots,
+            busy: Vec::new(),
+        })
+    }
+
+    /// Where raw read `op` of file `file` may land straight: inside one tensor's
+    /// place, aligned for O_DIRECT when the file is read so.
+    fn in_place(&self, file: usize, op: &ReadOp) -> Option<*mut u8> {
+        let fp = self.plan.files.get(file)?;
+        let end = op.offset.checked_add(op.len)?;
+        let k = fp.tensors.iter().position(|t| {
+            matches!(t.place, Place::Raw(_))
+                && t.file_offset <= op.offset
+                && end <= t.file_offset.saturating_add(t.src_len)
+        })?;
+        let &(base, len) = self.regions.get(file)?.get(k)?;
+        let at = usize::try_from(op.offset - fp.tensors.get(k)?.file_offset).ok()?;
+        if at.checked_add(usize::try_from(op.len).ok()?)? > len {
+            return None;
+        }
+        let ptr = base.wrapping_add(at);
+        if self.direct.get(file).copied().unwrap_or(true)
+            && !(ptr as usize).is_multiple_of(DIRECT_ALIGN)
+        {
+            return None;
+        }
+        Some(ptr)
+    }
+
+    /// The caller's memory (address, length) for tensor `k` of file `file`.
+    fn region_of(&self, file: usize, k: usize) -> Result<(*mut u8, usize)> {
+        self.regions
+            .get(file)
+            .and_then(|r| r.get(k))
+            .copied()
+            .ok_or_else(|| bad("region"))
+    }
+}
+
+/// Bytes `[at, at + n)` of a caller's region `(base, len)` of a [`CallerSink`], for a
+/// staged read's bytes to be copied or converted into; for as long as the caller's
+/// one statement uses it.
+fn region<'a>((base, len): (*mut u8, usize), at: u64, n: u64) -> Result<&'a mut [u8]> {
+    let (at, n) = (to_usize(at)?, to_usize(n)?);
+    if at.checked_add(n).is_none_or(|e| e > len) {
+        return Err(bad("bytes past a region"));
+    }
+    // SAFETY: [base, base + len) is the caller's memory for this tensor, exclusively
+    // the load's until it returns (Loader::load_into_host holds its &mut borrow);
+    // at + n <= len. Nothing else reads or writes these bytes while the slice lives
+    // (the caller's one statement): a read lands straight in a tensor's place only
+    // when it lies wholly inside the tensor, and then no other read covers those bytes
+    // (reads are disjoint, or, each tensor read on its own with aligned ends, overlap
+    // only in the boundary pages of reads that straddle two tensors, which are staged);
+    // staged reads are placed one at a time.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base.add(at), n) })
+}
+
+impl CallerSink<'_> {
+    /// Copies or converts staged read `op` of file `file`, now in slot `slot`, into
+    /// place.
+    fn place(&mut self, file: usize, op: &ReadOp, slot: usize) -> Result<()> {
+        let fp = self.plan.files.get(file).ok_or_else(|| bad("file"))?;
+        match op.target {
+            Target::Raw { .. } => {
+                let (r0, r1) = (op.offset, op.offset.saturating_add(op.required));
+                for (k, t) in fp.tensors.iter().enumerate() {
+                    if !matches!(t.place, Place::Raw(_)) {
+                        continue;
+                    }
+                    let (t0, t1) = (t.file_offset, t.file_offset.saturating_add(t.src_len));
+                    let (a, b) = (t0.max(r0), t1.min(r1));
+                    if a >= b {
+                        continue;
+                    }
+                    let staged = self.slots.get(slot).ok_or_else(|| bad("staging slot"))?;
+                    let src = staged
+                        .as_slice()
+                        .get(to_usize(a - r0)?..to_usize(b - r0)?)
+                        .ok_or_else(|| bad("staged range"))?;
+                    region(self.region_of(file, k)?, a - t0, b - a)?.copy_from_slice(src);
+                }
+                Ok(())
+            }
+            Target::Convert {
+                tensor,
+                first,
+                count,
+                skip,
+                gather,
+            } => {
+                let t = fp.tensors.get(tensor).ok_or_else(|| bad("tensor"))?;
+                let into = self.region_of(file, tensor)?;
+                let staged = self
+                    .slots
+                    .get_mut(slot)
+                    .ok_or_else(|| bad("staging slot"))?;
+                if let Some(g) = &gather {
+                    plan::gather_in_place(staged.as_mut_slice(), skip, g)?;
+                }
+                let (in_size, out_size) = (t.src_dtype.bits() / 8, t.dtype.bits() / 8);
+                let src = staged
+                    .as_slice()
+                    .get(to_usize(skip)?..to_usize(skip + count * in_size)?)
+                    .ok_or_else(|| bad("staged range"))?;
+                let dst = region(into, first * out_size, count * out_size)?;
+                convert::convert_into(t.src_dtype, t.dtype, src, dst)
+            }
+        }
+    }
+}
+
+impl Sink for CallerSink<'_> {
+    fn buffer(&mut self, file: usize, op: &ReadOp) -> Result<Option<Buf>> {
+        if let Target::Raw { .. } = op.target {
+            if let Some(ptr) = self.in_place(file, op) {
+                return Ok(Some(Buf {
+                    ptr,
+                    len: to_usize(op.len)?,
+                    fixed: None,
+                    fresh: false,
+                }));
+            }
+        }
+        let Some(i) = self.free.pop() else {
+            return Ok(None);
+        };
+        let slot = self.slots.get_mut(i).ok_or_else(|| bad("slot"))?;
+        let ptr = slot.ptr_at(0, op.len)?;
+        self.busy.push((ptr, i));
+        Ok(Some(Buf {
+            ptr,
+            len: to_usize(op.len)?,
+            fixed: u16::try_from(i).ok(),
+            fresh: false,
+        }))
+    }
+
+    fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
+        let Some(pos) = self.busy.iter().position(|&(p, _)| p == buf.ptr) else {
+            // Read straight into place.
+            return Ok(());
+        };
+        let (_, slot) = self.busy.swap_remove(pos);
+        let result = self.place(file, op, slot);
+        self.free.push(slot);
+        result
+    }
+
+    fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
+        self.slots.iter().map(|s| (s.base_ptr(), s.len())).collect()
+    }
+
+    fn wait_for_slot(&mut self) -> Result<()> {
+        // Slots are released as soon as their read completes.
+        if self.free.is_empty() {
+            return Err(bad("no staging slot free and no read in flight"));
+        }
+        Ok(())
+    }
+}
+
 fn bad(what: &str) -> Error {
     Error::InvalidArgument(format!("internal error in the host sink: {what}"))
 }

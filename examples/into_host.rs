@@ -1,0 +1,110 @@
+//! A framework with its own CPU parameters loading a checkpoint into them:
+//! `Loader::load_into_host` against loading into the loader's memory and copying each
+//! tensor over, which is what a framework does without it. Both are timed warm (the
+//! checkpoint in the page cache, the parameters already backed by memory, as when a
+//! server reloads weights), alternating, after one untimed round; each round checks
+//! that both left the same bytes in the first three parameters.
+//!
+//! ```text
+//! cargo run --release --example into_host -- PATH [ROUNDS]
+//! ```
+//!
+//! Prints the median seconds and GB/s of each way, and their ratio.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tensorstream::{Checkpoint, HostPool, HostRegion, Loader};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = args.first().ok_or("usage: into_host PATH [ROUNDS]")?;
+    let rounds: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
+    let ckpt = Checkpoint::open(path)?;
+    let bytes = ckpt.total_bytes() as f64;
+
+    // The framework's parameters, in the file's dtypes, backed by memory already.
+    let mut params: BTreeMap<String, Vec<u8>> = ckpt
+        .shards
+        .iter()
+        .flat_map(|h| &h.tensors)
+        .map(|t| (t.name.clone(), vec![0xA5u8; t.len() as usize]))
+        .collect();
+    // The other way keeps its own buffers between loads too (a HostPool), so neither
+    // pays page faults after the first round.
+    let pool = HostPool::new(2 * ckpt.total_bytes());
+    let loader = Loader::new().host_pool(pool);
+
+    let (mut into, mut copied, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        // Into the parameters.
+        let t = Instant::now();
+        let mut free: BTreeMap<&str, &mut Vec<u8>> =
+            params.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
+        loader.load_into_host(&ckpt, |t| {
+            let bytes = free.remove(t.name)?;
+            Some(HostRegion {
+                bytes,
+                dtype: t.file_dtype,
+            })
+        })?;
+        let a = t.elapsed().as_secs_f64();
+        let first: Vec<u8> = params.values().take(3).flatten().copied().collect();
+
+        // Into the loader's memory, then each tensor copied into the parameters.
+        let t = Instant::now();
+        let model = loader.load_checkpoint(&ckpt)?;
+        let own = t.elapsed().as_secs_f64();
+        for tensor in model.tensors() {
+            let dst = params
+                .get_mut(&tensor.name)
+                .ok_or("a tensor without a parameter")?;
+            dst.copy_from_slice(tensor.host_bytes().ok_or("not on the host")?);
+        }
+        let b = t.elapsed().as_secs_f64();
+        drop(model);
+        let again: Vec<u8> = params.values().take(3).flatten().copied().collect();
+        if first != again {
+            return Err("the two ways gave different bytes".into());
+        }
+        println!(
+            "round {round}{}: load_into_host {a:.3} s ({:.2} GB/s), load + copy {b:.3} s \
+             ({:.2} GB/s; the load alone {own:.3} s)",
+            if round == 0 { " (untimed)" } else { "" },
+            bytes / a / 1e9,
+            bytes / b / 1e9
+        );
+        if round > 0 {
+            into.push(a);
+            copied.push(b);
+            alone.push(own);
+        }
+    }
+    let (a, b, own) = (median(into), median(copied), median(alone));
+    println!(
+        "median of {rounds}: load_into_host {a:.3} s ({:.2} GB/s), load + copy {b:.3} s \
+         ({:.2} GB/s): {:.2}x the time; the load alone, into the loader's kept memory, \
+         {own:.3} s ({:.2} GB/s)",
+        bytes / a / 1e9,
+        bytes / b / 1e9,
+        a / b,
+        bytes / own / 1e9
+    );
+    Ok(())
+}
