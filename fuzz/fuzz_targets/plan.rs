@@ -196,6 +196,7 @@ fn options(o: &[u8; OPTION_BYTES], h: &Header) -> PlanOptions {
         dtype,
         tensor_align,
         slices,
+        split_at_tensors: o[2] & 16 != 0,
     }
 }
 
@@ -384,14 +385,35 @@ fn check_file(f: &FilePlan, h: &Header, opts: &PlanOptions) {
             Target::Convert { .. } => None,
         })
         .collect();
-    let mut file_spans: Vec<(u64, u64)> = raw_reads.iter().map(|r| (r.0, r.1)).collect();
-    check_spans(&mut file_spans, u64::MAX, "raw read (file range)");
+    if !opts.split_at_tensors {
+        let mut file_spans: Vec<(u64, u64)> = raw_reads.iter().map(|r| (r.0, r.1)).collect();
+        check_spans(&mut file_spans, u64::MAX, "raw read (file range)");
+    } else {
+        // Each tensor read on its own: every raw read lies within one raw tensor's
+        // aligned range and lands where that tensor's bytes go (reads of neighbours
+        // overlap only in the pages they share).
+        let align = opts.align.max(1);
+        for &(off, len, _, dest) in &raw_reads {
+            let own = f.tensors.iter().any(|t| {
+                let Place::Raw(at) = t.place else {
+                    return false;
+                };
+                let lo = t.file_offset - t.file_offset % align;
+                let hi = u128::from(t.file_offset + t.src_len).next_multiple_of(u128::from(align));
+                lo <= off
+                    && u128::from(off) + u128::from(len) <= hi
+                    && i128::from(dest) - i128::from(off)
+                        == i128::from(at) - i128::from(t.file_offset)
+            });
+            assert!(own, "raw read {off}+{len} is no one tensor's");
+        }
+    }
     let mut dest_spans: Vec<(u64, u64)> = raw_reads.iter().map(|r| (r.3, r.1)).collect();
     check_spans(&mut dest_spans, f.raw_len, "raw read (destination)");
 
     for (idx, t) in f.tensors.iter().enumerate() {
         match t.place {
-            Place::Raw(at) => check_raw_coverage(t, at, &raw_reads),
+            Place::Raw(at) => check_raw_coverage(t, at, &raw_reads, opts.split_at_tensors),
             Place::Converted(_) => {
                 let info = h
                     .tensor(&t.name)
@@ -424,12 +446,17 @@ fn check_spans(spans: &mut [(u64, u64)], limit: u64, what: &str) {
 }
 
 /// Every byte of a raw tensor arrives exactly once, at `at + (byte - file_offset)`.
-fn check_raw_coverage(t: &PlannedTensor, at: u64, reads: &[(u64, u64, u64, u64)]) {
+fn check_raw_coverage(t: &PlannedTensor, at: u64, reads: &[(u64, u64, u64, u64)], split: bool) {
     let (lo, hi) = (t.file_offset, t.file_offset + t.src_len);
     let mut covered = 0u64;
     for &(off, len, required, dest) in reads {
         let (s, e) = (lo.max(off), hi.min(off + len));
         if s >= e {
+            continue;
+        }
+        // Each tensor read on its own: a neighbour's read holding this tensor's
+        // boundary bytes lands in the neighbour's place, not this one's.
+        if split && i128::from(dest) - i128::from(off) != i128::from(at) - i128::from(lo) {
             continue;
         }
         assert!(

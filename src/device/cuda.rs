@@ -1373,10 +1373,13 @@ impl CudaSink<'_> {
                     if let Some(g) = gather {
                         // Rows of selected columns: the copy engine gathers them,
                         // straight to their place or into the scratch to convert.
-                        let span = (g.rows.saturating_sub(1) * g.stride)
-                            .checked_add(g.keep)
+                        let span = g
+                            .rows
+                            .checked_sub(1)
+                            .and_then(|r| r.checked_mul(g.stride))
+                            .and_then(|x| x.checked_add(g.keep))
                             .and_then(|x| x.checked_add(skip));
-                        if g.rows * g.keep != packed || g.keep > g.stride {
+                        if g.rows.checked_mul(g.keep) != Some(packed) || g.keep > g.stride {
                             return Err(internal("gathered rows unlike their elements"));
                         }
                         if span.is_none_or(|x| x > op.required) {
