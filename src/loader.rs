@@ -322,8 +322,10 @@ impl Loader {
     /// are read several at a time. Off (the default): the copies to the device gather
     /// them, one 2-D copy (`cuMemcpy2DAsync`) per read taking each row's selected
     /// bytes, so the CPU does no more than read, and every path (the registered page
-    /// cache, split loads, write-combined staging) serves column selections. On: the
-    /// CPU moves them together in the pinned slot and one plain copy follows; such a
+    /// cache, split loads, write-combined staging) serves column selections; only
+    /// rows of under 512 selected bytes in a pinned slot (not write-combined) are
+    /// moved together by the CPU, which costs little there. On: the CPU moves every
+    /// read's columns together in the pinned slot and one plain copy follows; such a
     /// load runs wholly through the slots. Host loads always gather on the CPU.
     pub fn gather_columns_on_host(mut self, yes: bool) -> Self {
         self.host_gather = yes;
@@ -606,17 +608,22 @@ impl Loader {
     /// out. The memory must be exactly the tensor's length in that dtype
     /// ([`TensorSpec::len_as`]); any alignment will do.
     ///
-    /// Raw bytes are read straight into the caller's memory where a read lies within
-    /// one tensor (and, for a file read with O_DIRECT, where its place is aligned to
-    /// 4 KiB); the rest (reads across tensor boundaries, conversions, column
-    /// selections) goes through staging slots and is copied or converted into place.
+    /// Each tensor is read on its own. Raw bytes are read straight into the caller's
+    /// memory where a read lies within one tensor: every read of a file not read with
+    /// O_DIRECT (there reads need no alignment); under O_DIRECT, the reads of whole
+    /// 4 KiB pages of the file inside the tensor whose place is 4 KiB-aligned. The
+    /// rest (a tensor's unaligned first and last chunk under O_DIRECT, conversions,
+    /// column selections) goes through staging slots and is copied or converted into
+    /// place; [`LoadStats::in_place_bytes`] says how much landed in place.
     /// I/O path, conversion, progress and cancellation are as
     /// [`Loader::load_checkpoint`]'s; [`Loader::device`] is not used: the bytes land
     /// where `dest` says. Returns the load's statistics once every byte is in place.
-    /// A region of the wrong length, or a dtype the tensor cannot be loaded as, is an
-    /// error naming the file and the tensor, before anything is read; so is a callback
-    /// that gives no tensor a region. When the load fails, what the regions hold is
-    /// unspecified: some tensors may be written, wholly or in part.
+    /// Before anything is read, a region of the wrong length, or a dtype the tensor
+    /// cannot be loaded as, is an error naming the file and the tensor; a callback
+    /// that gives no tensor a region is an error naming the checkpoint; so is a
+    /// checkpoint assembled by hand with two tensors of one name. When the load fails,
+    /// what the regions hold is unspecified: some tensors may be written, wholly or in
+    /// part.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -650,6 +657,7 @@ impl Loader {
     ) -> Result<LoadStats> {
         let start = Instant::now();
         let all = self.plan_of(ckpt, &|_| Some(None))?;
+        unique_names(&all)?;
         let mut chosen: BTreeMap<String, HostRegion<'m>> = BTreeMap::new();
         for f in &all.files {
             for t in &f.tensors {
@@ -732,7 +740,7 @@ impl Loader {
             exact.staging_slots(),
             exact.plan.slot_len(),
         )?;
-        let stats = {
+        let mut stats = {
             let fixed = sink.fixed_buffers();
             let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
             io::execute(
@@ -745,6 +753,7 @@ impl Loader {
                 self.progress.as_ref(),
             )?
         };
+        stats.in_place_bytes = sink.in_place;
         drop(sink);
         drop(chosen);
         Ok(stats_of(
@@ -765,7 +774,7 @@ impl Loader {
         slots: usize,
     ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
         let mut sink = HostSink::new(plan, slots, self.plan.slot_len(), self.host_pool.as_ref())?;
-        let stats = {
+        let mut stats = {
             let fixed = sink.fixed_buffers();
             let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
             io::execute(
@@ -778,6 +787,7 @@ impl Loader {
                 self.progress.as_ref(),
             )?
         };
+        stats.in_place_bytes = sink.in_place;
         sink.zero_unwritten()?;
         let raw: Vec<Arc<HostBuf>> = sink.raw.drain(..).map(Arc::new).collect();
         let conv: Vec<Arc<HostBuf>> = sink.converted.drain(..).map(Arc::new).collect();
@@ -804,6 +814,28 @@ impl Loader {
         }
         Ok((tensors, stats))
     }
+}
+
+/// Refuses a plan in which two tensors share a name: a load into the caller's memory
+/// gives each name one region. `Checkpoint::open` refuses such checkpoints; one
+/// assembled by hand may have them.
+pub(crate) fn unique_names(plan: &Plan) -> Result<()> {
+    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for f in &plan.files {
+        for t in &f.tensors {
+            if let Some(first) = seen.insert(&t.name, &f.path) {
+                return Err(Error::InvalidCheckpoint {
+                    path: f.path.clone(),
+                    reason: format!(
+                        "tensor '{}' appears twice (also in {})",
+                        t.name,
+                        first.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The statistics of the load of `plan` begun at `start`, read by `choice` (or the
@@ -845,6 +877,7 @@ fn stats_of(
         output_bytes: plan.output_bytes(),
         read_bytes: stats.bytes_read,
         requests: stats.requests,
+        in_place_bytes: stats.in_place_bytes,
         elapsed: start.elapsed(),
         device_init,
         staging_reused,
@@ -976,6 +1009,13 @@ pub struct LoadStats {
     pub read_bytes: u64,
     /// Read requests issued.
     pub requests: u64,
+    /// Bytes of the reads that landed straight in their final place in host memory,
+    /// with no staging copy (alignment slack and small gaps between tensors included):
+    /// on the CPU, those of every raw tensor (conversions and gathered columns go
+    /// through staging); with [`Loader::load_into_host`], those of the reads that lay
+    /// inside one tensor (and, under O_DIRECT, at an aligned address). Zero on CUDA,
+    /// where everything passes through pinned staging or registered page cache.
+    pub in_place_bytes: u64,
     /// Wall time of the load, planning, allocation and `device_init` included.
     pub elapsed: Duration,
     /// Part of `elapsed` spent getting the device ready: retaining the CUDA primary

@@ -488,6 +488,7 @@ fn load(
             "bytes": s.tensor_bytes,
             "output_bytes": s.output_bytes,
             "read_bytes": s.read_bytes,
+            "in_place_bytes": s.in_place_bytes,
             "seconds": s.elapsed.as_secs_f64(),
             "gbps": s.gbps(),
             "device_init_seconds": s.device_init.as_secs_f64(),

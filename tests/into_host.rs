@@ -170,6 +170,33 @@ fn one_case(seed: u64, chunk: u64, backend: IoBackend, slices: bool) {
         }
         r => r.unwrap(),
     };
+    // Without O_DIRECT every read of a tensor kept raw (its dtype, no columns) lands
+    // straight in the caller's memory, and only those.
+    if matches!(
+        backend,
+        IoBackend::Pread | IoBackend::Buffered | IoBackend::Mmap
+    ) {
+        let file_dtype: BTreeMap<&str, Dtype> = ckpt
+            .shards
+            .iter()
+            .flat_map(|h| &h.tensors)
+            .map(|t| (t.name.as_str(), t.dtype))
+            .collect();
+        let raw: u64 = choices
+            .iter()
+            .filter(|(name, c)| match c {
+                Choice::Skip => false,
+                _ if slices && name.as_str() == "w.cols" => false,
+                Choice::Keep => true,
+                Choice::Convert(d) => *d == file_dtype[name.as_str()],
+            })
+            .map(|(name, _)| want[&None][name].len() as u64)
+            .sum();
+        assert_eq!(
+            stats.in_place_bytes, raw,
+            "seed {seed} chunk {chunk} {backend:?}"
+        );
+    }
     // Every tensor offered once, file by file.
     seen.sort();
     assert_eq!(seen, at.keys().cloned().collect::<Vec<_>>());
@@ -279,6 +306,18 @@ fn wrong_regions_are_refused_before_anything_is_written() {
     let e = l.load_into_host(&ckpt, |_| None).unwrap_err();
     assert!(e.to_string().contains("no tensor was given"), "{e}");
     assert!(a.iter().all(|&x| x == 0x5A) && b.iter().all(|&x| x == 0xA5));
+
+    // A checkpoint assembled by hand with one file twice: its names repeat, and two
+    // tensors would share one region. Refused before the callback is called.
+    let mut twice = Checkpoint::open(&path).unwrap();
+    twice.shards.push(twice.shards[0].clone());
+    let e = l
+        .load_into_host(&twice, |_| -> Option<HostRegion<'_>> {
+            panic!("called for a checkpoint with repeated names")
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidCheckpoint, "{e}");
+    assert!(e.to_string().contains("appears twice"), "{e}");
 
     // A failed read is an error, not a panic.
     let e = Loader::new()

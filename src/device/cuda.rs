@@ -27,6 +27,12 @@ use crate::io::{self, Buf, CancelToken, IoChoice, IoStats, Progress, Sink};
 use crate::loader::{Model, Split, Tensor, TensorSpec};
 use crate::plan::{self, Place, Plan, ReadOp, Target};
 
+/// Selected columns narrower than this (bytes per row) are gathered by the CPU in the
+/// pinned slot rather than by a 2-D copy. A guess, to be settled on a GPU: the copy
+/// engine moves each row of a 2-D copy as a transfer of its own, and rows of a
+/// tensor-parallel shard (a kilobyte and more) are well above it.
+const CPU_GATHER_BELOW: u64 = 512;
+
 /// The conversion kernels, as PTX for the oldest supported driver.
 const PTX: &str = include_str!("../../kernels/convert.ptx");
 
@@ -740,6 +746,7 @@ impl crate::Loader {
             ));
         }
         let all = self.plan_of(ckpt, &|_| Some(None))?;
+        crate::loader::unique_names(&all)?;
         let mut chosen = BTreeMap::new();
         for f in &all.files {
             for t in &f.tensors {
@@ -1187,19 +1194,17 @@ impl<'p> CudaSink<'p> {
             // (rows - 1) * pitch + width bytes at src.
             let from = unsafe { src.add(len(first * pitch)?) };
             let to = dst + first * width;
-            // The driver's pitch limit (CU_DEVICE_ATTRIBUTE_MAX_PITCH) is 2^31 - 1
-            // bytes at least; longer pitches go row by row.
-            if n == 1 || pitch == width || pitch > i32::MAX as u64 {
-                if pitch == width {
-                    self.htod_split(stream, to, from, len(n * width)?, reg_starts)?;
-                    continue;
-                }
-                for r in 0..n {
-                    // SAFETY: as above, row first + r < rows.
-                    let row = unsafe { from.add(len(r * pitch)?) };
-                    self.htod_split(stream, to + r * width, row, len(width)?, reg_starts)?;
-                }
+            if n == 1 || pitch == width {
+                // One row, or rows back to back: one plain copy.
+                let span = len((n - 1) * pitch + width)?;
+                self.htod_split(stream, to, from, span, reg_starts)?;
                 continue;
+            }
+            // Plans gather only rows no longer than a chunk (at most 1 GiB), within the
+            // driver's pitch limit (CU_DEVICE_ATTRIBUTE_MAX_PITCH, 2^31 - 1 on current
+            // GPUs).
+            if pitch > 1 << 30 {
+                return Err(internal("gathered rows longer than a chunk"));
             }
             let copy = sys::CUDA_MEMCPY2D {
                 srcXInBytes: 0,
@@ -1550,7 +1555,12 @@ impl Sink for SlotSink<'_, '_> {
             ..
         } = op.target
         {
-            if sink.host_gather {
+            // Narrow rows are cheap for the CPU to move together and costly for the
+            // copy engine to take one by one (not for write-combined staging, which
+            // the CPU must not read).
+            let narrow =
+                g.keep < CPU_GATHER_BELOW && sink.staging.kind != StagingKind::WriteCombined;
+            if sink.host_gather || narrow {
                 // SAFETY: the slot holds slot.len bytes of pinned memory; its read has
                 // completed, and no copy from it is queued until consume below (its
                 // last copy completed before the slot was handed out), so nothing else

@@ -341,6 +341,8 @@ pub(crate) struct HostSink<'p> {
     free: Vec<usize>,
     /// Which slot each in-flight staged read uses, by buffer address.
     busy: Vec<(*mut u8, usize)>,
+    /// Bytes read straight into the file buffers.
+    pub in_place: u64,
 }
 
 impl<'p> HostSink<'p> {
@@ -380,6 +382,7 @@ impl<'p> HostSink<'p> {
             free: (0..slots.len()).collect(),
             slots,
             busy: Vec::new(),
+            in_place: 0,
         })
     }
 }
@@ -469,6 +472,7 @@ impl Sink for HostSink<'_> {
             gather,
         } = op.target
         else {
+            self.in_place += op.required;
             return Ok(());
         };
         let pos = self
@@ -510,7 +514,7 @@ impl Sink for HostSink<'_> {
             convert::convert_into(t.src_dtype, t.dtype, src, dst)
         })();
         self.free.push(slot);
-        result
+        result.map_err(|e| at_read(self.plan, file, op, e))
     }
 
     fn destination(&mut self, file: usize, op: &ReadOp) -> Option<(*mut u8, usize)> {
@@ -552,6 +556,8 @@ pub(crate) struct CallerSink<'p> {
     free: Vec<usize>,
     /// Which slot each in-flight staged read uses, by buffer address.
     busy: Vec<(*mut u8, usize)>,
+    /// Bytes read straight into the caller's memory.
+    pub in_place: u64,
 }
 
 /// The alignment an O_DIRECT read's destination gets here (the engines' own).
@@ -580,6 +586,20 @@ impl<'p> CallerSink<'p> {
         if plan.files.len() != regions.len() {
             return Err(bad("regions unlike the plan's files"));
         }
+        // No two regions may share a byte (the loader gives each tensor its own).
+        let mut spans: Vec<(usize, usize)> = regions
+            .iter()
+            .flatten()
+            .filter(|r| r.1 > 0)
+            .map(|&(p, len)| (p as usize, len))
+            .collect();
+        spans.sort_unstable();
+        if spans
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a.0.saturating_add(a.1) > b.0))
+        {
+            return Err(bad("two regions overlap"));
+        }
         let slots = (0..slots.max(1))
             .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
             .collect::<Result<Vec<_>>>()?;
@@ -590,6 +610,7 @@ impl<'p> CallerSink<'p> {
             free: (0..slots.len()).collect(),
             slots,
             busy: Vec::new(),
+            in_place: 0,
         })
     }
 
@@ -729,12 +750,13 @@ impl Sink for CallerSink<'_> {
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
         let Some(pos) = self.busy.iter().position(|&(p, _)| p == buf.ptr) else {
             // Read straight into place.
+            self.in_place += op.required;
             return Ok(());
         };
         let (_, slot) = self.busy.swap_remove(pos);
         let result = self.place(file, op, slot);
         self.free.push(slot);
-        result
+        result.map_err(|e| at_read(self.plan, file, op, e))
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
@@ -748,6 +770,38 @@ impl Sink for CallerSink<'_> {
         }
         Ok(())
     }
+}
+
+/// Error `e` of read `op` of file `file` with the file, the bytes and the tensor(s)
+/// in front (errors of other kinds than InvalidArgument name their own).
+fn at_read(plan: &Plan, file: usize, op: &ReadOp, e: Error) -> Error {
+    let (Error::InvalidArgument(msg), Some(fp)) = (&e, plan.files.get(file)) else {
+        return e;
+    };
+    let (r0, r1) = (op.offset, op.offset.saturating_add(op.required));
+    let names: Vec<&str> = match op.target {
+        Target::Convert { tensor, .. } => fp
+            .tensors
+            .get(tensor)
+            .map(|t| t.name.as_str())
+            .into_iter()
+            .collect(),
+        Target::Raw { .. } => fp
+            .tensors
+            .iter()
+            .filter(|t| t.file_offset < r1 && r0 < t.file_offset.saturating_add(t.src_len))
+            .map(|t| t.name.as_str())
+            .collect(),
+    };
+    let tensors = match names.as_slice() {
+        [] => String::new(),
+        [one] => format!(", tensor '{one}'"),
+        [first, rest @ ..] => format!(", tensor '{first}' and {} more", rest.len()),
+    };
+    Error::InvalidArgument(format!(
+        "{}: bytes {r0}..{r1}{tensors}: {msg}",
+        fp.path.display()
+    ))
 }
 
 fn bad(what: &str) -> Error {

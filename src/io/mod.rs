@@ -459,6 +459,9 @@ pub struct IoStats {
     pub requests: u64,
     /// Short or interrupted reads that were resubmitted.
     pub resubmitted: u64,
+    /// Bytes read straight into their final place, with no staging copy (host loads;
+    /// the sink counts them).
+    pub in_place_bytes: u64,
 }
 
 impl IoStats {
@@ -468,6 +471,7 @@ impl IoStats {
         self.bytes_read += other.bytes_read;
         self.requests += other.requests;
         self.resubmitted += other.resubmitted;
+        self.in_place_bytes += other.in_place_bytes;
     }
 }
 
