@@ -1,16 +1,18 @@
 //! A framework with its own CPU parameters loading a checkpoint into them:
 //! `Loader::load_into_host` against loading into the loader's memory and copying each
-//! tensor over, which is what a framework does without it. Both are timed warm (the
-//! checkpoint in the page cache, the parameters already backed by memory, as when a
-//! server reloads weights), alternating, after one untimed round. Before each timed
+//! tensor over, which is what a framework does without it. Both are timed alternating,
+//! after one untimed round, with the parameters already backed by memory (as when a
+//! server reloads weights), warm (the checkpoint in the page cache) or cold. Before each timed
 //! load the parameters are overwritten (untimed), and after it a checksum of all of
 //! them must be the one the loader's own load gives.
 //!
 //! ```text
-//! cargo run --release --example into_host -- PATH [ROUNDS]
+//! cargo run --release --example into_host -- PATH [ROUNDS] [--cold]
 //! ```
 //!
-//! Prints the median seconds and GB/s of each way, and their ratio.
+//! Prints the median seconds and GB/s of each way, and their ratio. `--cold` drops
+//! the page cache (`/proc/sys/vm/drop_caches`, as root) before each load instead, so
+//! every load reads the disk (with `auto`, through O_DIRECT).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -59,6 +61,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let path = args.first().ok_or("usage: into_host PATH [ROUNDS]")?;
     let rounds: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
+    let cold = args.iter().any(|a| a == "--cold");
+    let drop_caches = || -> std::io::Result<()> {
+        if cold {
+            std::process::Command::new("sync").status()?;
+            std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+        }
+        Ok(())
+    };
     let ckpt = Checkpoint::open(path)?;
     let bytes = ckpt.total_bytes() as f64;
 
@@ -79,10 +89,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..=rounds {
         // Into the parameters.
         scribble(&mut params, round);
+        drop_caches()?;
         let t = Instant::now();
         let mut free: BTreeMap<&str, &mut Vec<u8>> =
             params.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
-        loader.load_into_host(&ckpt, |t| {
+        let stats = loader.load_into_host(&ckpt, |t| {
             let bytes = free.remove(t.name)?;
             Some(HostRegion {
                 bytes,
@@ -92,6 +103,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let a = t.elapsed().as_secs_f64();
         let into_sum = checksum(&params);
         scribble(&mut params, round + 1);
+        drop_caches()?;
 
         // Into the loader's memory, then each tensor copied into the parameters.
         let t = Instant::now();
@@ -111,10 +123,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         want = Some(into_sum);
         println!(
-            "round {round}{}: load_into_host {a:.3} s ({:.2} GB/s), load + copy {b:.3} s \
-             ({:.2} GB/s; the load alone {own:.3} s)",
+            "round {round}{}: load_into_host {a:.3} s ({:.2} GB/s, {:.0}% in place), load + \
+             copy {b:.3} s ({:.2} GB/s; the load alone {own:.3} s)",
             if round == 0 { " (untimed)" } else { "" },
             bytes / a / 1e9,
+            stats.in_place_bytes as f64 * 100.0 / bytes,
             bytes / b / 1e9
         );
         if round > 0 {
