@@ -753,6 +753,7 @@ impl Loader {
                 self.progress.as_ref(),
             )?
         };
+        sink.finish()?;
         stats.in_place_bytes = sink.in_place;
         drop(sink);
         drop(chosen);
@@ -787,6 +788,7 @@ impl Loader {
                 self.progress.as_ref(),
             )?
         };
+        sink.finish()?;
         stats.in_place_bytes = sink.in_place;
         sink.zero_unwritten()?;
         let raw: Vec<Arc<HostBuf>> = sink.raw.drain(..).map(Arc::new).collect();

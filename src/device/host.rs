@@ -1,16 +1,17 @@
-//! Host memory: aligned buffers and the sink that loads into them. Raw tensor bytes
+//! Host memory: aligned buffers and the sinks that load into them. Raw tensor bytes
 //! are read straight into their final place (no staging copy); tensors that need a
-//! conversion go through a small ring of staging slots.
+//! conversion go through a small ring of staging slots, converted into place by a pool
+//! of threads beside the reads.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::convert;
+use crate::device::placer::{Done, Job, Placer, Work};
 use crate::error::{Error, Result};
 use crate::io::{Buf, Sink};
-use crate::plan::{self, Place, Plan, ReadOp, Target};
+use crate::plan::{Place, Plan, ReadOp, Target};
 
 /// Page-aligned, zero-initialised host memory. Large buffers are anonymous maps of
 /// their own, returned to the system as soon as they are dropped.
@@ -328,8 +329,133 @@ impl std::fmt::Debug for HostBuf {
     }
 }
 
+/// Staging slots whose reads a [`Placer`] copies or converts into place: which are
+/// free, which hold a read in flight.
+struct Staged {
+    /// First, so that it is dropped (its threads done with the slots and the
+    /// destinations) before them.
+    placer: Placer,
+    slots: Vec<HostBuf>,
+    free: Vec<usize>,
+    /// Which slot each in-flight staged read uses, by buffer address.
+    busy: Vec<(*mut u8, usize)>,
+}
+
+/// Threads that place staged reads: a load's conversions and staged copies run on
+/// them, beside the reads (at most 8).
+fn placing_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+impl Staged {
+    /// `n` slots of `slot_len` bytes, placed by a pool when there are any.
+    fn new(n: usize, slot_len: u64) -> Result<Staged> {
+        let slots = (0..n)
+            .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Staged {
+            placer: Placer::new(if n > 0 { placing_threads() } else { 0 }),
+            free: (0..slots.len()).collect(),
+            slots,
+            busy: Vec::new(),
+        })
+    }
+
+    /// A slot's memory for a read of `len` bytes, once the placed reads' slots are
+    /// back; `None` when every slot is busy.
+    fn take(&mut self, plan: &Plan, len: u64) -> Result<Option<Buf>> {
+        while let Some(d) = self.placer.try_done() {
+            self.placed(plan, d)?;
+        }
+        let Some(i) = self.free.pop() else {
+            return Ok(None);
+        };
+        let slot = self.slots.get_mut(i).ok_or_else(|| bad("slot"))?;
+        let ptr = slot.ptr_at(0, len)?;
+        self.busy.push((ptr, i));
+        Ok(Some(Buf {
+            ptr,
+            len: to_usize(len)?,
+            fixed: u16::try_from(i).ok(),
+            fresh: false,
+        }))
+    }
+
+    /// The slot a completed read at `ptr` used, if it was staged.
+    fn finished(&mut self, ptr: *mut u8) -> Option<usize> {
+        let pos = self.busy.iter().position(|&(p, _)| p == ptr)?;
+        Some(self.busy.swap_remove(pos).1)
+    }
+
+    /// Hands slot `slot`'s read `op` of file `file` to the placer with `work`, or,
+    /// when `work` could not be made, frees the slot and gives the error.
+    fn place(
+        &mut self,
+        plan: &Plan,
+        file: usize,
+        op: &ReadOp,
+        slot: usize,
+        work: Result<Vec<Work>>,
+    ) -> Result<()> {
+        let staged = self.slots.get(slot).map(|s| (s.base_ptr(), s.len()));
+        match (work, staged) {
+            (Ok(work), Some((staged, staged_len))) => {
+                self.placer.submit(Job {
+                    file,
+                    op: *op,
+                    slot,
+                    staged,
+                    staged_len,
+                    work,
+                });
+                Ok(())
+            }
+            (Err(e), _) => {
+                self.free.push(slot);
+                Err(at_read(plan, file, op, e))
+            }
+            (Ok(_), None) => Err(bad("staging slot")),
+        }
+    }
+
+    /// Takes a placed read's outcome: its slot is free again.
+    fn placed(&mut self, plan: &Plan, (slot, file, op, result): Done) -> Result<()> {
+        self.free.push(slot);
+        result.map_err(|e| at_read(plan, file, &op, e))
+    }
+
+    /// When every slot is busy and no read is in flight: waits for a placed read.
+    fn wait(&mut self, plan: &Plan) -> Result<()> {
+        if self.free.is_empty() {
+            match self.placer.wait_done() {
+                Some(d) => self.placed(plan, d)?,
+                None => return Err(bad("no staging slot free and no read in flight")),
+            }
+        }
+        Ok(())
+    }
+
+    /// After the reads: waits for every staged read to be placed; the first error.
+    fn finish(&mut self, plan: &Plan) -> Result<()> {
+        let mut first = Ok(());
+        while let Some(d) = self.placer.wait_done() {
+            let r = self.placed(plan, d);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
+        self.slots.iter().map(|s| (s.base_ptr(), s.len())).collect()
+    }
+}
+
 /// Loads into host memory: per file one raw buffer and one converted area.
 pub(crate) struct HostSink<'p> {
+    /// First, so that its placing threads are done before the areas are freed.
+    staged: Staged,
     plan: &'p Plan,
     pub raw: Vec<HostBuf>,
     /// Per raw buffer: freshly mapped (rather than reused from a pool).
@@ -337,10 +463,6 @@ pub(crate) struct HostSink<'p> {
     /// Per converted area: freshly mapped.
     converted_fresh: Vec<bool>,
     pub converted: Vec<HostBuf>,
-    slots: Vec<HostBuf>,
-    free: Vec<usize>,
-    /// Which slot each in-flight staged read uses, by buffer address.
-    busy: Vec<(*mut u8, usize)>,
     /// Bytes read straight into the file buffers.
     pub in_place: u64,
 }
@@ -370,20 +492,20 @@ impl<'p> HostSink<'p> {
             any_convert |= f.converted_len > 0;
         }
         let n = if any_convert { slots.max(1) } else { 0 };
-        let slots = (0..n)
-            .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
-            .collect::<Result<Vec<_>>>()?;
         Ok(HostSink {
+            staged: Staged::new(n, slot_len)?,
             plan,
             raw,
             raw_fresh,
             converted_fresh,
             converted,
-            free: (0..slots.len()).collect(),
-            slots,
-            busy: Vec::new(),
             in_place: 0,
         })
+    }
+
+    /// After the reads: waits for every conversion to land; the first error.
+    pub fn finish(&mut self) -> Result<()> {
+        self.staged.finish(self.plan)
     }
 }
 
@@ -446,20 +568,7 @@ impl Sink for HostSink<'_> {
                     fresh: self.raw_fresh.get(file).copied().unwrap_or(false),
                 }))
             }
-            Target::Convert { .. } => {
-                let Some(i) = self.free.pop() else {
-                    return Ok(None);
-                };
-                let slot = self.slots.get_mut(i).ok_or_else(|| bad("slot"))?;
-                let ptr = slot.ptr_at(0, op.len)?;
-                self.busy.push((ptr, i));
-                Ok(Some(Buf {
-                    ptr,
-                    len: op.len as usize,
-                    fixed: u16::try_from(i).ok(),
-                    fresh: false,
-                }))
-            }
+            Target::Convert { .. } => self.staged.take(self.plan, op.len),
         }
     }
 
@@ -475,46 +584,32 @@ impl Sink for HostSink<'_> {
             self.in_place += op.required;
             return Ok(());
         };
-        let pos = self
-            .busy
-            .iter()
-            .position(|&(p, _)| p == buf.ptr)
+        let slot = self
+            .staged
+            .finished(buf.ptr)
             .ok_or_else(|| bad("staging slot"))?;
-        let (_, slot) = self.busy.swap_remove(pos);
-        let result = (|| {
+        let work = (|| {
             let fp = self.plan.files.get(file).ok_or_else(|| bad("file"))?;
             let t = fp.tensors.get(tensor).ok_or_else(|| bad("tensor"))?;
             let Place::Converted(base) = t.place else {
                 return Err(bad("place"));
             };
-            let in_size = t.src_dtype.bits() / 8;
             let out_size = t.dtype.bits() / 8;
-            if let Some(g) = &gather {
-                let staged = self
-                    .slots
-                    .get_mut(slot)
-                    .ok_or_else(|| bad("staging slot"))?;
-                plan::gather_in_place(staged.as_mut_slice(), skip, g)?;
-            }
-            let src = self
-                .slots
-                .get(slot)
-                .and_then(|s| {
-                    s.as_slice()
-                        .get(to_usize(skip).ok()?..to_usize(skip + count * in_size).ok()?)
-                })
-                .ok_or_else(|| bad("staged range"))?;
-            let out_start = to_usize(base + first * out_size)?;
-            let out_end = to_usize(base + (first + count) * out_size)?;
-            let dst = self
+            let to = self
                 .converted
                 .get_mut(file)
-                .and_then(|c| c.as_mut_slice().get_mut(out_start..out_end))
-                .ok_or_else(|| bad("converted range"))?;
-            convert::convert_into(t.src_dtype, t.dtype, src, dst)
+                .ok_or_else(|| bad("file"))?
+                .ptr_at(base + first * out_size, count * out_size)?;
+            Ok(vec![Work::Convert {
+                skip,
+                count,
+                gather,
+                src: t.src_dtype,
+                dst: t.dtype,
+                to,
+            }])
         })();
-        self.free.push(slot);
-        result.map_err(|e| at_read(self.plan, file, op, e))
+        self.staged.place(self.plan, file, op, slot, work)
     }
 
     fn destination(&mut self, file: usize, op: &ReadOp) -> Option<(*mut u8, usize)> {
@@ -529,33 +624,28 @@ impl Sink for HostSink<'_> {
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
-        self.slots.iter().map(|s| (s.base_ptr(), s.len())).collect()
+        self.staged.fixed_buffers()
     }
 
     fn wait_for_slot(&mut self) -> Result<()> {
-        // Host slots are released as soon as their read completes.
-        if self.free.is_empty() {
-            return Err(bad("no staging slot free and no read in flight"));
-        }
-        Ok(())
+        self.staged.wait(self.plan)
     }
 }
 
 /// Loads into host memory the caller gave, tensor by tensor
 /// ([`crate::Loader::load_into_host`]): raw reads that lie within one tensor go
 /// straight into its place, the others through staging slots, copied or converted into
-/// place when they complete.
+/// place by a [`Placer`].
 pub(crate) struct CallerSink<'p> {
+    /// First, so that its placing threads are done before the slots are freed (the
+    /// caller's memory outlives the sink).
+    staged: Staged,
     plan: &'p Plan,
     /// Per file, per tensor of the plan: the caller's memory (address, length), which
     /// the caller does not touch until the load returns.
     regions: Vec<Vec<(*mut u8, usize)>>,
     /// Per file: read with O_DIRECT, so a read's destination must be aligned.
     direct: Vec<bool>,
-    slots: Vec<HostBuf>,
-    free: Vec<usize>,
-    /// Which slot each in-flight staged read uses, by buffer address.
-    busy: Vec<(*mut u8, usize)>,
     /// Bytes read straight into the caller's memory.
     pub in_place: u64,
 }
@@ -600,18 +690,18 @@ impl<'p> CallerSink<'p> {
         {
             return Err(bad("two regions overlap"));
         }
-        let slots = (0..slots.max(1))
-            .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
-            .collect::<Result<Vec<_>>>()?;
         Ok(CallerSink {
+            staged: Staged::new(slots.max(1), slot_len)?,
             plan,
             regions,
             direct,
-            free: (0..slots.len()).collect(),
-            slots,
-            busy: Vec::new(),
             in_place: 0,
         })
+    }
+
+    /// After the reads: waits for every staged read to land; the first error.
+    pub fn finish(&mut self) -> Result<()> {
+        self.staged.finish(self.plan)
     }
 
     /// Where raw read `op` of file `file` may land straight: inside one tensor's
@@ -638,60 +728,44 @@ impl<'p> CallerSink<'p> {
         Some(ptr)
     }
 
-    /// The caller's memory (address, length) for tensor `k` of file `file`.
-    fn region_of(&self, file: usize, k: usize) -> Result<(*mut u8, usize)> {
-        self.regions
+    /// The caller's bytes `[at, at + n)` of tensor `k` of file `file`, for a staged
+    /// read's bytes to be copied or converted into.
+    fn target(&self, file: usize, k: usize, at: u64, n: u64) -> Result<*mut u8> {
+        let &(base, len) = self
+            .regions
             .get(file)
             .and_then(|r| r.get(k))
-            .copied()
-            .ok_or_else(|| bad("region"))
+            .ok_or_else(|| bad("region"))?;
+        let (at, n) = (to_usize(at)?, to_usize(n)?);
+        if at.checked_add(n).is_none_or(|e| e > len) {
+            return Err(bad("bytes past a region"));
+        }
+        Ok(base.wrapping_add(at))
     }
-}
 
-/// Bytes `[at, at + n)` of a caller's region `(base, len)` of a [`CallerSink`], for a
-/// staged read's bytes to be copied or converted into; for as long as the caller's
-/// one statement uses it.
-fn region<'a>((base, len): (*mut u8, usize), at: u64, n: u64) -> Result<&'a mut [u8]> {
-    let (at, n) = (to_usize(at)?, to_usize(n)?);
-    if at.checked_add(n).is_none_or(|e| e > len) {
-        return Err(bad("bytes past a region"));
-    }
-    // SAFETY: [base, base + len) is the caller's memory for this tensor, exclusively
-    // the load's until it returns (Loader::load_into_host holds its &mut borrow);
-    // at + n <= len. Nothing else reads or writes these bytes while the slice lives
-    // (the caller's one statement): a read lands straight in a tensor's place only
-    // when it lies wholly inside the tensor, and then no other read covers those bytes
-    // (reads are disjoint, or, each tensor read on its own with aligned ends, overlap
-    // only in the boundary pages of reads that straddle two tensors, which are staged);
-    // staged reads are placed one at a time.
-    Ok(unsafe { std::slice::from_raw_parts_mut(base.add(at), n) })
-}
-
-impl CallerSink<'_> {
-    /// Copies or converts staged read `op` of file `file`, now in slot `slot`, into
-    /// place.
-    fn place(&mut self, file: usize, op: &ReadOp, slot: usize) -> Result<()> {
+    /// What to do with staged read `op` of file `file`: copy each raw tensor's part of
+    /// it, or convert its elements, into the caller's memory.
+    fn work(&self, file: usize, op: &ReadOp) -> Result<Vec<Work>> {
         let fp = self.plan.files.get(file).ok_or_else(|| bad("file"))?;
         match op.target {
             Target::Raw { .. } => {
                 let (r0, r1) = (op.offset, op.offset.saturating_add(op.required));
+                let mut work = Vec::new();
                 for (k, t) in fp.tensors.iter().enumerate() {
                     if !matches!(t.place, Place::Raw(_)) {
                         continue;
                     }
                     let (t0, t1) = (t.file_offset, t.file_offset.saturating_add(t.src_len));
                     let (a, b) = (t0.max(r0), t1.min(r1));
-                    if a >= b {
-                        continue;
+                    if a < b {
+                        work.push(Work::Copy {
+                            from: to_usize(a - r0)?,
+                            to: self.target(file, k, a - t0, b - a)?,
+                            len: to_usize(b - a)?,
+                        });
                     }
-                    let staged = self.slots.get(slot).ok_or_else(|| bad("staging slot"))?;
-                    let src = staged
-                        .as_slice()
-                        .get(to_usize(a - r0)?..to_usize(b - r0)?)
-                        .ok_or_else(|| bad("staged range"))?;
-                    region(self.region_of(file, k)?, a - t0, b - a)?.copy_from_slice(src);
                 }
-                Ok(())
+                Ok(work)
             }
             Target::Convert {
                 tensor,
@@ -701,21 +775,15 @@ impl CallerSink<'_> {
                 gather,
             } => {
                 let t = fp.tensors.get(tensor).ok_or_else(|| bad("tensor"))?;
-                let into = self.region_of(file, tensor)?;
-                let staged = self
-                    .slots
-                    .get_mut(slot)
-                    .ok_or_else(|| bad("staging slot"))?;
-                if let Some(g) = &gather {
-                    plan::gather_in_place(staged.as_mut_slice(), skip, g)?;
-                }
-                let (in_size, out_size) = (t.src_dtype.bits() / 8, t.dtype.bits() / 8);
-                let src = staged
-                    .as_slice()
-                    .get(to_usize(skip)?..to_usize(skip + count * in_size)?)
-                    .ok_or_else(|| bad("staged range"))?;
-                let dst = region(into, first * out_size, count * out_size)?;
-                convert::convert_into(t.src_dtype, t.dtype, src, dst)
+                let out_size = t.dtype.bits() / 8;
+                Ok(vec![Work::Convert {
+                    skip,
+                    count,
+                    gather,
+                    src: t.src_dtype,
+                    dst: t.dtype,
+                    to: self.target(file, tensor, first * out_size, count * out_size)?,
+                }])
             }
         }
     }
@@ -733,42 +801,25 @@ impl Sink for CallerSink<'_> {
                 }));
             }
         }
-        let Some(i) = self.free.pop() else {
-            return Ok(None);
-        };
-        let slot = self.slots.get_mut(i).ok_or_else(|| bad("slot"))?;
-        let ptr = slot.ptr_at(0, op.len)?;
-        self.busy.push((ptr, i));
-        Ok(Some(Buf {
-            ptr,
-            len: to_usize(op.len)?,
-            fixed: u16::try_from(i).ok(),
-            fresh: false,
-        }))
+        self.staged.take(self.plan, op.len)
     }
 
     fn complete(&mut self, file: usize, op: &ReadOp, buf: Buf) -> Result<()> {
-        let Some(pos) = self.busy.iter().position(|&(p, _)| p == buf.ptr) else {
+        let Some(slot) = self.staged.finished(buf.ptr) else {
             // Read straight into place.
             self.in_place += op.required;
             return Ok(());
         };
-        let (_, slot) = self.busy.swap_remove(pos);
-        let result = self.place(file, op, slot);
-        self.free.push(slot);
-        result.map_err(|e| at_read(self.plan, file, op, e))
+        let work = self.work(file, op);
+        self.staged.place(self.plan, file, op, slot, work)
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {
-        self.slots.iter().map(|s| (s.base_ptr(), s.len())).collect()
+        self.staged.fixed_buffers()
     }
 
     fn wait_for_slot(&mut self) -> Result<()> {
-        // Slots are released as soon as their read completes.
-        if self.free.is_empty() {
-            return Err(bad("no staging slot free and no read in flight"));
-        }
-        Ok(())
+        self.staged.wait(self.plan)
     }
 }
 

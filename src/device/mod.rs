@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub(crate) mod host;
+pub(crate) mod placer;
 pub use host::{host_memory, reset_host_peak, HostBuf, HostPool};
 
 #[cfg(feature = "cuda")]

@@ -1,0 +1,204 @@
+//! Staged reads placed off the I/O coordinator: a small pool of threads copies or
+//! converts each staged read's bytes into their destination, so that conversions
+//! (and gathers, and copies into a caller's memory) run in parallel with each other
+//! and with the reads, instead of one after another on the thread that submits them.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::convert;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::plan::{self, Gather, ReadOp};
+
+/// One thing to do with a staged read's bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Work {
+    /// Copy `len` bytes from `from` (offset in the slot) to `to`.
+    Copy {
+        from: usize,
+        to: *mut u8,
+        len: usize,
+    },
+    /// Gather `gather`'s rows first (when given), then convert `count` elements from
+    /// `skip` in the slot, `src` to `dst`, into `to` (`count` elements of `dst`).
+    Convert {
+        skip: u64,
+        count: u64,
+        gather: Option<Gather>,
+        src: Dtype,
+        dst: Dtype,
+        to: *mut u8,
+    },
+}
+
+/// A staged read to place: its slot (index, memory) and what to do with it.
+pub(crate) struct Job {
+    /// File index and read, for the error's context.
+    pub file: usize,
+    pub op: ReadOp,
+    pub slot: usize,
+    pub staged: *mut u8,
+    pub staged_len: usize,
+    pub work: Vec<Work>,
+}
+
+// SAFETY: a Job's pointers are to the slot it names and to destination ranges that
+// the sink hands to no one else until the job's result comes back (the slot is not
+// reused, the ranges are disjoint from every other job's and from every read's), and
+// that outlive it (the sink waits for every job before it frees or hands out memory).
+unsafe impl Send for Job {}
+
+/// A job's outcome: its slot (free again), file and read, and result.
+pub(crate) type Done = (usize, usize, ReadOp, Result<()>);
+
+/// The pool: jobs in, outcomes out. With one thread or none, jobs run inline.
+pub(crate) struct Placer {
+    jobs: Option<Sender<Job>>,
+    done_tx: Sender<Done>,
+    done: Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+    /// Jobs sent whose outcome has not been taken.
+    pending: usize,
+}
+
+impl Placer {
+    /// A pool of `threads` threads (0 or 1: jobs run on the caller's thread).
+    pub fn new(threads: usize) -> Placer {
+        let (done_tx, done) = mpsc::channel::<Done>();
+        if threads <= 1 {
+            return Placer {
+                jobs: None,
+                done_tx,
+                done,
+                workers: Vec::new(),
+                pending: 0,
+            };
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..threads)
+            .filter_map(|i| {
+                let rx = Arc::clone(&rx);
+                let out = done_tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("tensorstream-place-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else {
+                            return;
+                        };
+                        // A panic (a bug) is an error of this job, not a lost outcome
+                        // that would leave the sink waiting for it.
+                        let result =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
+                                .unwrap_or_else(|_| Err(bad("a placing thread panicked")));
+                        if out.send((job.slot, job.file, job.op, result)).is_err() {
+                            return;
+                        }
+                    })
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        Placer {
+            jobs: (!workers.is_empty()).then_some(tx),
+            done_tx,
+            done,
+            workers,
+            pending: 0,
+        }
+    }
+
+    /// Places `job`: on a thread of the pool, or here when there is none.
+    pub fn submit(&mut self, job: Job) {
+        self.pending += 1;
+        let job = match &self.jobs {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let result = run(&job);
+        // The receiver lives in self: this cannot fail.
+        let _ = self.done_tx.send((job.slot, job.file, job.op, result));
+    }
+
+    /// An outcome that is ready, if any.
+    pub fn try_done(&mut self) -> Option<Done> {
+        let d = self.done.try_recv().ok()?;
+        self.pending -= 1;
+        Some(d)
+    }
+
+    /// The next outcome, waiting for it; `None` when no job is pending.
+    pub fn wait_done(&mut self) -> Option<Done> {
+        if self.pending == 0 {
+            return None;
+        }
+        let d = self.done.recv().ok()?;
+        self.pending -= 1;
+        Some(d)
+    }
+}
+
+impl Drop for Placer {
+    fn drop(&mut self) {
+        // Every job finishes before the memory it uses can be freed: close the queue,
+        // let the workers drain it, and join them.
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Carries out `job`.
+fn run(job: &Job) -> Result<()> {
+    // SAFETY: the slot's staged_len bytes are this job's alone until its outcome is
+    // taken (see Job's Send).
+    let staged = unsafe { std::slice::from_raw_parts_mut(job.staged, job.staged_len) };
+    for w in &job.work {
+        match *w {
+            Work::Copy { from, to, len } => {
+                let src = from
+                    .checked_add(len)
+                    .and_then(|end| staged.get(from..end))
+                    .ok_or_else(|| bad("copy past the staged bytes"))?;
+                // SAFETY: `to` holds `len` bytes that are this job's alone (Job's Send);
+                // they do not overlap the slot.
+                let dst = unsafe { std::slice::from_raw_parts_mut(to, len) };
+                dst.copy_from_slice(src);
+            }
+            Work::Convert {
+                skip,
+                count,
+                gather,
+                src,
+                dst,
+                to,
+            } => {
+                if let Some(g) = &gather {
+                    plan::gather_in_place(staged, skip, g)?;
+                }
+                let (in_size, out_size) = (src.bits() / 8, dst.bits() / 8);
+                let span = |n: u64| usize::try_from(n).map_err(|_| bad("length"));
+                let (a, b) = (span(skip)?, span(skip + count * in_size)?);
+                let input = staged.get(a..b).ok_or_else(|| bad("staged range"))?;
+                // SAFETY: `to` holds count * out_size bytes that are this job's alone
+                // (Job's Send); they do not overlap the slot.
+                let output = unsafe { std::slice::from_raw_parts_mut(to, span(count * out_size)?) };
+                convert::convert_into(src, dst, input, output)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bad(what: &str) -> Error {
+    Error::InvalidArgument(format!("internal error placing a staged read: {what}"))
+}
