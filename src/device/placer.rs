@@ -202,3 +202,115 @@ fn run(job: &Job) -> Result<()> {
 fn bad(what: &str) -> Error {
     Error::InvalidArgument(format!("internal error placing a staged read: {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Target;
+
+    fn op() -> ReadOp {
+        ReadOp {
+            offset: 0,
+            len: 0,
+            required: 0,
+            target: Target::Raw { dest: 0 },
+        }
+    }
+
+    #[test]
+    fn jobs_run_on_the_pool_or_inline_and_every_outcome_comes_back() {
+        for threads in [0, 1, 3] {
+            let mut p = Placer::new(threads);
+            // Slot i holds 8 bytes of i; each job copies them, converts them as 4 F16
+            // to F32, or runs past the slot (an error, not a panic).
+            let mut slots: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i; 8]).collect();
+            let mut out: Vec<Vec<u8>> = (0..30).map(|_| vec![0u8; 16]).collect();
+            for (i, (slot, o)) in slots.iter_mut().zip(out.iter_mut()).enumerate() {
+                let work = match i % 3 {
+                    0 => Work::Copy {
+                        from: 0,
+                        to: o.as_mut_ptr(),
+                        len: 8,
+                    },
+                    1 => Work::Convert {
+                        skip: 0,
+                        count: 4,
+                        gather: None,
+                        src: Dtype::F16,
+                        dst: Dtype::F32,
+                        to: o.as_mut_ptr(),
+                    },
+                    _ => Work::Copy {
+                        from: 4,
+                        to: o.as_mut_ptr(),
+                        len: 8,
+                    },
+                };
+                p.submit(Job {
+                    file: i,
+                    op: op(),
+                    slot: i,
+                    staged: slot.as_mut_ptr(),
+                    staged_len: slot.len(),
+                    work: vec![work],
+                });
+            }
+            let mut seen = [false; 30];
+            while let Some((slot, file, _, result)) = p.wait_done() {
+                assert_eq!(slot, file);
+                assert!(!std::mem::replace(&mut seen[slot], true), "{slot} twice");
+                assert_eq!(
+                    result.is_err(),
+                    slot % 3 == 2,
+                    "{threads} threads, job {slot}"
+                );
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "{threads} threads: an outcome is missing"
+            );
+            assert!(p.try_done().is_none());
+            for (i, o) in out.iter().enumerate() {
+                let b = i as u8;
+                match i % 3 {
+                    0 => assert_eq!(&o[..8], &[b; 8]),
+                    1 => {
+                        let h = half::f16::from_bits(u16::from_le_bytes([b, b]));
+                        let f = f32::from(h);
+                        if !f.is_nan() {
+                            assert_eq!(&o[..4], &f.to_le_bytes(), "{i}");
+                        }
+                    }
+                    _ => assert_eq!(o, &vec![0u8; 16]),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_the_pool_waits_for_the_jobs_queued() {
+        let mut slot = vec![7u8; 1 << 20];
+        let mut out = vec![0u8; 1 << 20];
+        {
+            let mut p = Placer::new(2);
+            for k in 0..64 {
+                let at = k * (1 << 14);
+                // Each job its own part of the slot memory, as each its own slot.
+                p.submit(Job {
+                    file: 0,
+                    op: op(),
+                    slot: k,
+                    staged: slot[at..].as_mut_ptr(),
+                    staged_len: 1 << 14,
+                    work: vec![Work::Copy {
+                        from: 0,
+                        to: out[at..].as_mut_ptr(),
+                        len: 1 << 14,
+                    }],
+                });
+            }
+            // Dropped here, outcomes untaken.
+        }
+        assert!(out.iter().all(|&b| b == 7));
+    }
+}
