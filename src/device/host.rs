@@ -348,13 +348,14 @@ fn placing_threads() -> usize {
 }
 
 impl Staged {
-    /// `n` slots of `slot_len` bytes, placed by a pool when there are any.
+    /// `n` slots of `slot_len` bytes, placed by a pool of no more threads than slots
+    /// (started only if a read is staged).
     fn new(n: usize, slot_len: u64) -> Result<Staged> {
         let slots = (0..n)
             .map(|_| HostBuf::zeroed(to_usize(slot_len)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Staged {
-            placer: Placer::new(if n > 0 { placing_threads() } else { 0 }),
+            placer: Placer::new(placing_threads().min(n)),
             free: (0..slots.len()).collect(),
             slots,
             busy: Vec::new(),
@@ -744,15 +745,23 @@ impl<'p> CallerSink<'p> {
     }
 
     /// What to do with staged read `op` of file `file`: copy each raw tensor's part of
-    /// it, or convert its elements, into the caller's memory.
+    /// it, or convert its elements, into the caller's memory. A raw read copies only
+    /// the tensors of its own segment (those it lands in the raw layout for): with
+    /// each tensor read on its own and 4 KiB alignment, a neighbour's read also holds
+    /// the page two tensors share, and two reads' copies must not write the same
+    /// bytes (they run on different threads).
     fn work(&self, file: usize, op: &ReadOp) -> Result<Vec<Work>> {
         let fp = self.plan.files.get(file).ok_or_else(|| bad("file"))?;
         match op.target {
-            Target::Raw { .. } => {
+            Target::Raw { dest } => {
                 let (r0, r1) = (op.offset, op.offset.saturating_add(op.required));
+                let shift = i128::from(dest) - i128::from(r0);
                 let mut work = Vec::new();
                 for (k, t) in fp.tensors.iter().enumerate() {
-                    if !matches!(t.place, Place::Raw(_)) {
+                    let Place::Raw(at) = t.place else {
+                        continue;
+                    };
+                    if i128::from(at) - i128::from(t.file_offset) != shift {
                         continue;
                     }
                     let (t0, t1) = (t.file_offset, t.file_offset.saturating_add(t.src_len));
@@ -857,4 +866,66 @@ fn at_read(plan: &Plan, file: usize, op: &ReadOp, e: Error) -> Error {
 
 fn bad(what: &str) -> Error {
     Error::InvalidArgument(format!("internal error in the host sink: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, PlanOptions};
+
+    /// Each tensor read on its own at 4 KiB alignment, neighbours' reads share pages:
+    /// still, no two staged reads of a load into the caller's memory copy to the same
+    /// byte (their copies run on different threads), and together they cover every
+    /// raw tensor byte once.
+    #[test]
+    fn staged_raw_copies_into_the_callers_memory_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::synth::SynthSpec::for_size(1 << 20);
+        let path = crate::synth::write_checkpoint(dir.path(), &spec, 1, 3).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        for chunk in [4096, 16384] {
+            let opts = PlanOptions {
+                split_at_tensors: true,
+                chunk_size: chunk,
+                ..PlanOptions::default()
+            };
+            let p = plan(&ckpt, &opts).unwrap();
+            let mut memory: Vec<Vec<Vec<u8>>> = p
+                .files
+                .iter()
+                .map(|f| {
+                    f.tensors
+                        .iter()
+                        .map(|t| vec![0u8; t.len as usize])
+                        .collect()
+                })
+                .collect();
+            let regions = memory
+                .iter_mut()
+                .map(|f| f.iter_mut().map(|m| (m.as_mut_ptr(), m.len())).collect())
+                .collect();
+            let sink = CallerSink::new(&p, regions, vec![true; p.files.len()], 2, opts.slot_len())
+                .unwrap();
+            let mut spans = Vec::new();
+            for (i, f) in p.files.iter().enumerate() {
+                for op in &f.reads {
+                    for w in sink.work(i, op).unwrap() {
+                        if let Work::Copy { to, len, .. } = w {
+                            spans.push((to as usize, len));
+                        }
+                    }
+                }
+            }
+            spans.sort_unstable();
+            for w in spans.windows(2) {
+                assert!(
+                    w[0].0 + w[0].1 <= w[1].0,
+                    "chunk {chunk}: copies overlap: {w:?}"
+                );
+            }
+            let copied: usize = spans.iter().map(|s| s.1).sum();
+            let raw: u64 = p.files.iter().flat_map(|f| &f.tensors).map(|t| t.len).sum();
+            assert_eq!(copied as u64, raw, "chunk {chunk}");
+        }
+    }
 }

@@ -53,8 +53,11 @@ unsafe impl Send for Job {}
 /// A job's outcome: its slot (free again), file and read, and result.
 pub(crate) type Done = (usize, usize, ReadOp, Result<()>);
 
-/// The pool: jobs in, outcomes out. With one thread or none, jobs run inline.
+/// The pool: jobs in, outcomes out. With one thread or none, jobs run inline. Its
+/// threads start with the first job, so a load that stages nothing starts none.
 pub(crate) struct Placer {
+    /// Threads to start with the first job.
+    threads: usize,
     jobs: Option<Sender<Job>>,
     done_tx: Sender<Done>,
     done: Receiver<Done>,
@@ -67,21 +70,28 @@ impl Placer {
     /// A pool of `threads` threads (0 or 1: jobs run on the caller's thread).
     pub fn new(threads: usize) -> Placer {
         let (done_tx, done) = mpsc::channel::<Done>();
+        Placer {
+            threads,
+            jobs: None,
+            done_tx,
+            done,
+            workers: Vec::new(),
+            pending: 0,
+        }
+    }
+
+    /// Starts the threads (once, with the first job; none for fewer than 2).
+    fn start(&mut self) {
+        let threads = std::mem::take(&mut self.threads);
         if threads <= 1 {
-            return Placer {
-                jobs: None,
-                done_tx,
-                done,
-                workers: Vec::new(),
-                pending: 0,
-            };
+            return;
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers = (0..threads)
+        self.workers = (0..threads)
             .filter_map(|i| {
                 let rx = Arc::clone(&rx);
-                let out = done_tx.clone();
+                let out = self.done_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("tensorstream-place-{i}"))
                     .spawn(move || loop {
@@ -96,7 +106,14 @@ impl Placer {
                         // that would leave the sink waiting for it.
                         let result =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
-                                .unwrap_or_else(|_| Err(bad("a placing thread panicked")));
+                                .unwrap_or_else(|p| {
+                                    let why = p
+                                        .downcast_ref::<&str>()
+                                        .map(|s| s.to_string())
+                                        .or_else(|| p.downcast_ref::<String>().cloned())
+                                        .unwrap_or_default();
+                                    Err(bad(&format!("a placing thread panicked: {why}")))
+                                });
                         if out.send((job.slot, job.file, job.op, result)).is_err() {
                             return;
                         }
@@ -104,17 +121,16 @@ impl Placer {
                     .ok()
             })
             .collect::<Vec<_>>();
-        Placer {
-            jobs: (!workers.is_empty()).then_some(tx),
-            done_tx,
-            done,
-            workers,
-            pending: 0,
-        }
+        // A worker ends only when the queue closes (in Drop) or the outcomes' receiver
+        // is gone (with self): while the pool lives, every job sent gets an outcome.
+        self.jobs = (!self.workers.is_empty()).then_some(tx);
     }
 
     /// Places `job`: on a thread of the pool, or here when there is none.
     pub fn submit(&mut self, job: Job) {
+        if self.threads > 0 {
+            self.start();
+        }
         self.pending += 1;
         let job = match &self.jobs {
             Some(tx) => match tx.send(job) {
@@ -291,6 +307,7 @@ mod tests {
     fn dropping_the_pool_waits_for_the_jobs_queued() {
         let mut slot = vec![7u8; 1 << 20];
         let mut out = vec![0u8; 1 << 20];
+        let (slot_at, out_at) = (slot.as_mut_ptr(), out.as_mut_ptr());
         {
             let mut p = Placer::new(2);
             for k in 0..64 {
@@ -300,11 +317,11 @@ mod tests {
                     file: 0,
                     op: op(),
                     slot: k,
-                    staged: slot[at..].as_mut_ptr(),
+                    staged: slot_at.wrapping_add(at),
                     staged_len: 1 << 14,
                     work: vec![Work::Copy {
                         from: 0,
-                        to: out[at..].as_mut_ptr(),
+                        to: out_at.wrapping_add(at),
                         len: 1 << 14,
                     }],
                 });
