@@ -49,6 +49,20 @@ impl<'a> TensorSpec<'a> {
         }
     }
 
+    /// [`TensorSpec::len_as`], or the error naming the file and the tensor that a
+    /// load into the caller's memory gives for a dtype it cannot be loaded as.
+    pub(crate) fn len_for(&self, dtype: Dtype) -> Result<usize> {
+        self.len_as(dtype).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: tensor '{}': cannot load {} as {dtype} (floating tensors convert to F32, \
+                 F16 or BF16; others load as they are)",
+                self.file.display(),
+                self.name,
+                self.file_dtype
+            ))
+        })
+    }
+
     /// Bytes of the tensor loaded as `dtype`: its dtype in the file, or F32, F16 or
     /// BF16 for a floating one; `None` for a dtype it cannot be loaded as.
     pub fn len_as(&self, dtype: Dtype) -> Option<usize> {
@@ -665,16 +679,7 @@ impl Loader {
                 let Some(r) = dest(&spec) else {
                     continue;
                 };
-                let want = spec.len_as(r.dtype).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "{}: tensor '{}': cannot load {} as {} (floating tensors convert to \
-                         F32, F16 or BF16; others load as they are)",
-                        f.path.display(),
-                        t.name,
-                        t.src_dtype,
-                        r.dtype
-                    ))
-                })?;
+                let want = spec.len_for(r.dtype)?;
                 if r.bytes.len() != want {
                     return Err(Error::InvalidArgument(format!(
                         "{}: tensor '{}': given {} bytes of memory, but it is {want} bytes as {}",
@@ -740,19 +745,7 @@ impl Loader {
             exact.staging_slots(),
             exact.plan.slot_len(),
         )?;
-        let mut stats = {
-            let fixed = sink.fixed_buffers();
-            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
-            io::execute(
-                &plan,
-                &choice,
-                engine.as_mut(),
-                &mut sink,
-                self.queue_depth,
-                self.cancel.as_ref(),
-                self.progress.as_ref(),
-            )?
-        };
+        let mut stats = self.read(&plan, &choice, &mut sink)?;
         sink.finish()?;
         stats.in_place_bytes = sink.in_place;
         drop(sink);
@@ -768,6 +761,21 @@ impl Loader {
         ))
     }
 
+    /// Runs the reads of `plan` through `choice`'s engine into `sink`.
+    fn read(&self, plan: &Plan, choice: &IoChoice, sink: &mut dyn Sink) -> Result<IoStats> {
+        let fixed = sink.fixed_buffers();
+        let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
+        io::execute(
+            plan,
+            choice,
+            engine.as_mut(),
+            sink,
+            self.queue_depth,
+            self.cancel.as_ref(),
+            self.progress.as_ref(),
+        )
+    }
+
     fn load_host(
         &self,
         plan: &Plan,
@@ -775,19 +783,7 @@ impl Loader {
         slots: usize,
     ) -> Result<(BTreeMap<String, Tensor>, IoStats)> {
         let mut sink = HostSink::new(plan, slots, self.plan.slot_len(), self.host_pool.as_ref())?;
-        let mut stats = {
-            let fixed = sink.fixed_buffers();
-            let mut engine = self.engine(io::new_engine(choice.engine, self.queue_depth, &fixed)?);
-            io::execute(
-                plan,
-                choice,
-                engine.as_mut(),
-                &mut sink,
-                self.queue_depth,
-                self.cancel.as_ref(),
-                self.progress.as_ref(),
-            )?
-        };
+        let mut stats = self.read(plan, choice, &mut sink)?;
         sink.finish()?;
         stats.in_place_bytes = sink.in_place;
         sink.zero_unwritten()?;

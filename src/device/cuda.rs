@@ -752,16 +752,7 @@ impl crate::Loader {
             for t in &f.tensors {
                 let spec = TensorSpec::of(f, t);
                 if let Some(r) = dest(&spec) {
-                    if spec.len_as(r.dtype).is_none() {
-                        return Err(Error::InvalidArgument(format!(
-                            "{}: tensor '{}': cannot load {} as {} (floating tensors convert \
-                             to F32, F16 or BF16; others load as they are)",
-                            f.path.display(),
-                            t.name,
-                            t.src_dtype,
-                            r.dtype
-                        )));
-                    }
+                    spec.len_for(r.dtype)?;
                     chosen.insert(t.name.clone(), r);
                 }
             }

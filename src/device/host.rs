@@ -601,14 +601,7 @@ impl Sink for HostSink<'_> {
                 .get_mut(file)
                 .ok_or_else(|| bad("file"))?
                 .ptr_at(base + first * out_size, count * out_size)?;
-            Ok(vec![Work::Convert {
-                skip,
-                count,
-                gather,
-                src: t.src_dtype,
-                dst: t.dtype,
-                to,
-            }])
+            Ok(vec![Work::convert(t, (skip, count, gather), to)])
         })();
         self.staged.place(self.plan, file, op, slot, work)
     }
@@ -785,14 +778,8 @@ impl<'p> CallerSink<'p> {
             } => {
                 let t = fp.tensors.get(tensor).ok_or_else(|| bad("tensor"))?;
                 let out_size = t.dtype.bits() / 8;
-                Ok(vec![Work::Convert {
-                    skip,
-                    count,
-                    gather,
-                    src: t.src_dtype,
-                    dst: t.dtype,
-                    to: self.target(file, tensor, first * out_size, count * out_size)?,
-                }])
+                let to = self.target(file, tensor, first * out_size, count * out_size)?;
+                Ok(vec![Work::convert(t, (skip, count, gather), to)])
             }
         }
     }

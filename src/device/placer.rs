@@ -33,6 +33,25 @@ pub(crate) enum Work {
     },
 }
 
+impl Work {
+    /// Converting `count` elements of planned tensor `t` from `skip` in the slot
+    /// (gathering `gather`'s rows first) into `to`.
+    pub fn convert(
+        t: &crate::plan::PlannedTensor,
+        (skip, count, gather): (u64, u64, Option<Gather>),
+        to: *mut u8,
+    ) -> Work {
+        Work::Convert {
+            skip,
+            count,
+            gather,
+            src: t.src_dtype,
+            dst: t.dtype,
+            to,
+        }
+    }
+}
+
 /// A staged read to place: its slot (index, memory) and what to do with it.
 pub(crate) struct Job {
     /// File index and read, for the error's context.
