@@ -701,22 +701,19 @@ impl Loader {
         // Each tensor read on its own and, unless a file is read with O_DIRECT, with no
         // alignment slack: then every read lies within one tensor and lands in place.
         let pick = |name: &str| chosen.get(name).map(|r| Some(r.dtype));
-        let choose = |plan: &Plan| {
-            let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
-            io::choose(self.io, &paths)
-        };
         let mut exact = self.clone();
         exact.plan.split_at_tensors = true;
         exact.plan.align = 1;
         let mut plan = exact.plan_of(ckpt, &pick)?;
-        let mut choice = choose(&plan)?;
+        let paths: Vec<&Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
+        let choice = io::choose(self.io, &paths)?;
         if choice.files.iter().any(|m| m.direct) {
+            // The same tensors, so the same files as the choice's, read aligned.
             exact.plan = PlanOptions {
                 split_at_tensors: true,
                 ..self.plan.clone()
             };
             plan = exact.plan_of(ckpt, &pick)?;
-            choice = choose(&plan)?;
         }
         // The regions as (address, length) per file and tensor of the plan; from here
         // on they are written only through these, by the sink and the engine.

@@ -70,7 +70,13 @@ fn under_fake(args: &[&str], env: Env) -> (Output, fake_cuda::Report) {
 }
 
 fn cpu_digests(index: &Path, dtype: Option<&str>) -> String {
+    cpu_digests_with(index, &[], dtype)
+}
+
+/// [`cpu_digests`] with `extra` arguments (row and column rules) too.
+fn cpu_digests_with(index: &Path, extra: &[&str], dtype: Option<&str>) -> String {
     let mut args = vec!["load", index.to_str().unwrap(), "--digest"];
+    args.extend_from_slice(extra);
     if let Some(d) = dtype {
         args.extend(["--dtype", d]);
     }
@@ -88,6 +94,23 @@ fn cpu_digests(index: &Path, dtype: Option<&str>) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Loads `idx` to cuda with `--digest` and `args` under the fake driver (each queued
+/// operation delayed by `delay_us`): it succeeds, gives the digests `want`, and leaves
+/// the driver clean. Returns the driver's report.
+fn cuda_digests_equal(idx: &str, args: &[&str], delay_us: &str, want: &str) -> fake_cuda::Report {
+    let mut all = vec!["load", idx, "--device", "cuda", "--digest"];
+    all.extend_from_slice(args);
+    let (out, report) = under_fake(&all, &[("FAKE_CUDA_DELAY_US", delay_us)]);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        want,
+        "{args:?}: digests differ from the CPU path"
+    );
+    report.assert_clean(&format!("{args:?}"));
+    report
 }
 
 fn dtype_of(extra: &[&str]) -> Option<&'static str> {
@@ -157,16 +180,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         let want = want
             .entry(dtype)
             .or_insert_with(|| cpu_digests(&index, dtype));
-        let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
-        args.extend_from_slice(extra);
-        let (out, report) = under_fake(&args, &[("FAKE_CUDA_DELAY_US", "100")]);
-        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            *want,
-            "{extra:?}: digests differ from the CPU path"
-        );
-        report.assert_clean(&format!("{extra:?}"));
+        let report = cuda_digests_equal(idx, extra, "100", want);
         assert_eq!(report.get("htod_pageable"), 0, "{extra:?}: a pageable copy");
         assert!(report.get("htod_pinned") > 0, "{extra:?}: {report:?}");
         let mmap = extra.contains(&"mmap") || extra.contains(&"--registered-share");
@@ -216,30 +230,11 @@ fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
     let mut want = std::collections::HashMap::new();
     for extra in configs {
         let dtype = dtype_of(extra);
-        let want = want.entry(dtype).or_insert_with(|| {
-            let mut args = vec!["load", idx, "--digest"];
-            args.extend_from_slice(&rules);
-            if let Some(d) = dtype {
-                args.extend(["--dtype", d]);
-            }
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tensorstream"))
-                .args(&args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", stderr(&out));
-            String::from_utf8(out.stdout).unwrap()
-        });
-        let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
-        args.extend_from_slice(&rules);
-        args.extend_from_slice(extra);
-        let (out, report) = under_fake(&args, &[("FAKE_CUDA_DELAY_US", "20")]);
-        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            *want,
-            "{extra:?}: digests differ from the CPU path"
-        );
-        report.assert_clean(&format!("{extra:?}"));
+        let want = want
+            .entry(dtype)
+            .or_insert_with(|| cpu_digests_with(&index, &rules, dtype));
+        let args: Vec<&str> = rules.iter().chain(extra).copied().collect();
+        let report = cuda_digests_equal(idx, &args, "20", want);
         let host = extra.contains(&"--host-gather");
         assert_eq!(report.get("htod_2d") > 0, !host, "{extra:?}: {report:?}");
         if extra.contains(&"mmap") || extra.contains(&"balanced") {
