@@ -70,6 +70,8 @@ else
 fi
 
 BEST="--io pread --queue-depth 32 --chunk-size 2M"
+# (Passed as --ts-best-warm="$BEST": as a separate word, a value that starts with "--"
+# is taken by compare.py's argument parser for an option, and it exits 2.)
 # sweep.py keeps its whole run, the checkpoint it may write and its tail (steady state,
 # host ceiling, phases) included, inside --budget-s; 30 s more is the margin its last
 # loads may run past it, and what compare.py needs at least is checked below.
@@ -102,7 +104,7 @@ CMP=$(( $(left) - 15 ))
 if [ "$CMP" -gt 60 ]; then
     echo "== 3. compare.py --budget-s $CMP --ts-best-warm '$BEST'  [t=$((SECONDS - START))s]"
     timeout $((CMP + 45)) python3 "$B/gpu/compare.py" --bin "$B/bin/tensorstream" --wheels "$B/wheels" --out "$OUT" \
-        --size 8G --runs 3 --budget-s "$CMP" --ts-best-warm "$BEST" >/dev/null 2>&1
+        --size 8G --runs 3 --budget-s "$CMP" --ts-best-warm="$BEST" >/dev/null 2>&1
     echo "   exit $?"
     sed -n '/^loader /,$p' "$OUT/compare.log"
 else

@@ -132,14 +132,16 @@ pub struct Loader {
     io: IoBackend,
     plan: PlanOptions,
     queue_depth: usize,
-    staging_bytes: u64,
+    /// None: the device's default ([`Loader::staging_bytes`]).
+    staging_bytes: Option<u64>,
     progress: Option<Progress>,
     cancel: Option<CancelToken>,
     per_tensor: bool,
     host_pool: Option<HostPool>,
     fail_nth: Option<u64>,
     staging_write_combined: bool,
-    staging_huge_pages: bool,
+    /// None: the default (huge pages unless write-combined).
+    staging_huge_pages: Option<bool>,
     host_gather: bool,
     split: Split,
     keep_staging: bool,
@@ -162,7 +164,7 @@ impl std::fmt::Debug for Loader {
             .field("io", &self.io)
             .field("plan", &self.plan)
             .field("queue_depth", &self.queue_depth)
-            .field("staging_bytes", &self.staging_bytes)
+            .field("staging_bytes", &self.staging_bytes_value())
             .finish_non_exhaustive()
     }
 }
@@ -175,14 +177,14 @@ impl Loader {
             io: IoBackend::Auto,
             plan: PlanOptions::default(),
             queue_depth: 16,
-            staging_bytes: 64 << 20,
+            staging_bytes: None,
             progress: None,
             cancel: None,
             per_tensor: false,
             host_pool: None,
             fail_nth: None,
             staging_write_combined: false,
-            staging_huge_pages: false,
+            staging_huge_pages: None,
             host_gather: false,
             split: Split::Off,
             keep_staging: true,
@@ -220,11 +222,20 @@ impl Loader {
     }
 
     /// Bytes of staging memory (pinned on CUDA) in slots of the chunk size. By
-    /// default, 64 MiB. Host loads without conversion read straight into their
-    /// destination and use no staging.
+    /// default, 128 MiB on CUDA (the smallest that kept the copy engine busy on an
+    /// H200: see BENCHMARKS.md) and 64 MiB on the host. Host loads without conversion
+    /// read straight into their destination and use no staging.
     pub fn staging_bytes(mut self, bytes: u64) -> Self {
-        self.staging_bytes = bytes;
+        self.staging_bytes = Some(bytes);
         self
+    }
+
+    /// The staging size this loader's loads use.
+    fn staging_bytes_value(&self) -> u64 {
+        self.staging_bytes.unwrap_or(match self.device {
+            Device::Cpu => 64 << 20,
+            Device::Cuda(_) => 128 << 20,
+        })
     }
 
     /// Loads only tensors whose whole name matches this glob (`*`, `?`); may be given
@@ -355,11 +366,14 @@ impl Loader {
     /// On CUDA, allocate the staging as ordinary memory on transparent huge pages
     /// (where the kernel allows them), populate it, and pin it with
     /// `cuMemHostRegister`, instead of `cuMemHostAlloc`: fewer, larger pages to pin
-    /// and to translate while the CPU copies into them. Excludes
-    /// [`Loader::write_combined_staging`] (a load with both is refused). Off by
-    /// default.
+    /// and to translate while the CPU copies into them.
+    ///
+    /// By default on (unless [`Loader::write_combined_staging`] is), falling back to
+    /// `cuMemHostAlloc` where the kernel has transparent huge pages off or the driver
+    /// refuses to pin such memory. `true` insists: a refusal fails the load, and asking
+    /// for write-combined staging too is refused. `false`: always `cuMemHostAlloc`.
     pub fn huge_page_staging(mut self, yes: bool) -> Self {
-        self.staging_huge_pages = yes;
+        self.staging_huge_pages = Some(yes);
         self
     }
 
@@ -394,10 +408,11 @@ impl Loader {
     fn staging_kind(&self) -> Result<crate::device::cuda::StagingKind> {
         use crate::device::cuda::StagingKind;
         match (self.staging_write_combined, self.staging_huge_pages) {
-            (false, false) => Ok(StagingKind::HostAlloc),
-            (true, false) => Ok(StagingKind::WriteCombined),
-            (false, true) => Ok(StagingKind::HugePages),
-            (true, true) => Err(Error::InvalidArgument(
+            (false, None) => Ok(StagingKind::Default),
+            (false, Some(false)) => Ok(StagingKind::HostAlloc),
+            (true, None | Some(false)) => Ok(StagingKind::WriteCombined),
+            (false, Some(true)) => Ok(StagingKind::HugePages),
+            (true, Some(true)) => Err(Error::InvalidArgument(
                 "write-combined and huge-page staging exclude each other".into(),
             )),
         }
@@ -453,7 +468,7 @@ impl Loader {
     }
 
     fn staging_slots(&self) -> usize {
-        (self.staging_bytes / self.plan.chunk_size).max(1) as usize
+        (self.staging_bytes_value() / self.plan.chunk_size).max(1) as usize
     }
 
     /// Host loads take their file buffers from `pool` when it has fitting ones, and

@@ -140,7 +140,7 @@ struct LoadOpts {
     /// each a threads' share of the staging size).
     #[arg(long)]
     queue_depth: Option<usize>,
-    /// Staging memory (e.g. 64M).
+    /// Staging memory (e.g. 64M) [default: 128M on CUDA, 64M on the host].
     #[arg(long, value_parser = parse_size)]
     staging: Option<u64>,
     /// CUDA: allocate the pinned staging write-combined.
@@ -150,9 +150,14 @@ struct LoadOpts {
     /// 2-D copies to the device (then all through pinned slots).
     #[arg(long)]
     host_gather: bool,
-    /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister.
-    #[arg(long, conflicts_with = "staging_wc")]
+    /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister, and fail
+    /// where that is refused (the default does so too, unless --staging-wc, but falls
+    /// back to cuMemHostAlloc).
+    #[arg(long, conflicts_with_all = ["staging_wc", "no_staging_huge"])]
     staging_huge: bool,
+    /// CUDA: pin the staging with cuMemHostAlloc, not on huge pages.
+    #[arg(long)]
+    no_staging_huge: bool,
     /// CUDA, cached files: copy this share (0 to 1) of each file straight from the
     /// registered page cache while the pinned slots take the rest; `balanced`: each
     /// read to whichever of the two reaches it first.
@@ -185,8 +190,10 @@ impl LoadOpts {
         if let Some(s) = self.staging {
             l = l.staging_bytes(s);
         }
+        if self.staging_huge || self.no_staging_huge {
+            l = l.huge_page_staging(self.staging_huge);
+        }
         l.write_combined_staging(self.staging_wc)
-            .huge_page_staging(self.staging_huge)
             .gather_columns_on_host(self.host_gather)
             .split(self.registered_share.unwrap_or_default())
     }

@@ -1342,7 +1342,10 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
             .io(io)
             .dtype(Some(Dtype::F16))
             .chunk_size(64 << 10)
-            .staging_bytes(512 << 10);
+            .staging_bytes(512 << 10)
+            // Slots pinned with cuMemHostAlloc: the registrations counted are the
+            // page cache's.
+            .huge_page_staging(false);
         // SAFETY: every region lies in the live arena, no two overlap.
         let r = unsafe {
             l.load_into_device(&ckpt, |t| {

@@ -113,6 +113,13 @@ fn cuda_digests_equal(idx: &str, args: &[&str], delay_us: &str, want: &str) -> f
     report
 }
 
+/// Whether the kernel gives transparent huge pages to memory that asks for them (the
+/// loader's default staging is then on huge pages, pinned by registering it).
+fn thp() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+}
+
 fn dtype_of(extra: &[&str]) -> Option<&'static str> {
     let i = extra.iter().position(|a| *a == "--dtype")?;
     ["F32", "F16", "BF16"]
@@ -125,7 +132,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
-    let configs: [&[&str]; 17] = [
+    let configs: [&[&str]; 18] = [
         &[],
         &["--io", "pread"],
         &["--io", "buffered"],
@@ -161,6 +168,13 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
             "128K",
         ],
         &["--staging-huge"],
+        &[
+            "--no-staging-huge",
+            "--staging",
+            "1M",
+            "--chunk-size",
+            "128K",
+        ],
         &["--staging-wc", "--staging", "1M", "--chunk-size", "128K"],
         &["--dtype", "F32"],
         &["--dtype", "F16", "--staging", "1M", "--chunk-size", "64K"],
@@ -184,10 +198,11 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         assert_eq!(report.get("htod_pageable"), 0, "{extra:?}: a pageable copy");
         assert!(report.get("htod_pinned") > 0, "{extra:?}: {report:?}");
         let mmap = extra.contains(&"mmap") || extra.contains(&"--registered-share");
-        assert_eq!(
-            report.get("registrations") > 0,
-            mmap || extra.contains(&"--staging-huge")
-        );
+        // The slots are on huge pages (pinned by registering them) unless asked not to
+        // be, or write-combined, or the kernel has no transparent huge pages.
+        let huge = extra.contains(&"--staging-huge")
+            || (thp() && !extra.contains(&"--staging-wc") && !extra.contains(&"--no-staging-huge"));
+        assert_eq!(report.get("registrations") > 0, mmap || huge, "{extra:?}");
         assert_eq!(report.get("launches") > 0, dtype.is_some(), "{extra:?}");
         if extra.contains(&"0.5") || extra.contains(&"balanced") {
             assert_eq!(report.get("max_busy_streams"), 2, "{extra:?}: {report:?}");
@@ -266,7 +281,11 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             &[],
             "model-00002-of-00002.safetensors: allocating",
         ),
-        ("cuMemHostAlloc:2", &[], "pinned host memory"),
+        (
+            "cuMemHostAlloc:2",
+            &["--no-staging-huge"],
+            "pinned host memory",
+        ),
         ("cuStreamCreate:1", &[], "cuStreamCreate"),
         ("cuEventCreate:3", &[], "cuEventCreate"),
         ("cuMemcpyHtoDAsync_v2:4", &[], "safetensors: bytes"),
@@ -293,7 +312,15 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             // order, so the third is never the first window's (whose refusal is a
             // fallback to the slots, not an error).
             "cuMemHostRegister_v2:3",
-            &["--io", "mmap", "--staging", "1M", "--queue-depth", "1"],
+            &[
+                "--io",
+                "mmap",
+                "--staging",
+                "1M",
+                "--queue-depth",
+                "1",
+                "--no-staging-huge",
+            ],
             "registering bytes",
         ),
         (
@@ -416,13 +443,14 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
     let idx = index.to_str().unwrap();
     let want = cpu_digests(&index, None);
     // (variable, value, arguments, what -v says)
-    let cases: [(&str, &str, &[&str], &str); 6] = [
+    let cases: [(&str, &str, &[&str], &str); 8] = [
         ("FAKE_CUDA_NO_REGISTER", "1", &["--io", "mmap"], "refused"),
         (
             "FAKE_CUDA_FAIL",
             "cuMemHostRegister_v2:1",
-            // One registering thread: the first call is the first window's.
-            &["--io", "mmap", "--queue-depth", "1"],
+            // One registering thread and the slots not on huge pages: the first call
+            // is the first window's.
+            &["--io", "mmap", "--queue-depth", "1", "--no-staging-huge"],
             "refused",
         ),
         (
@@ -449,6 +477,7 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
                 "1M",
                 "--queue-depth",
                 "4",
+                "--no-staging-huge",
             ],
             "refused",
         ),
@@ -466,9 +495,19 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
                 "128K",
                 "--queue-depth",
                 "4",
+                "--no-staging-huge",
             ],
             "the pinned slots take the rest",
         ),
+        // The default staging on huge pages, its pinning refused: cuMemHostAlloc
+        // instead, for the first slot and every later one.
+        (
+            "FAKE_CUDA_FAIL",
+            "cuMemHostRegister_v2:1",
+            &[],
+            "with cuMemHostAlloc",
+        ),
+        ("FAKE_CUDA_NO_REGISTER", "1", &[], "with cuMemHostAlloc"),
     ];
     for (key, value, extra, says) in cases {
         let mut args = vec!["load", idx, "--device", "cuda", "--digest", "-v"];

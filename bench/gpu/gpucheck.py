@@ -446,6 +446,7 @@ def cmd_diff(a):
             ("auto split", "auto", ["--registered-share", "0.5"]),
             ("auto balanced", "auto", ["--registered-share", "balanced"]),
             ("auto huge", "auto", ["--staging-huge"]),
+            ("auto plain", "auto", ["--no-staging-huge"]),
         ]
         # Row and column selections (tensor-parallel parts, ranges across chunks),
         # converted and not: against the CPU load of the same slices.

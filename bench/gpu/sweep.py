@@ -18,7 +18,7 @@ about 25 s for them):
     fair trial);
   - the host's copy ceiling (pread into reused host memory, no device) with 1
     thread (on a part of the checkpoint) and with 8, 16 and 32;
-  - a `-v` phase profile of auto, auto --staging-wc and the best.
+  - a `-v` phase profile of auto, the old default (64M plain), auto --staging-wc and the best.
 Writes OUT/sweep.json (after each part, so that a cut-off run keeps what it got).
 A configuration the binary rejects (an older binary without a flag) or that
 hangs (30 s) fails alone and is not retried.
@@ -39,7 +39,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tsbench as tb  # noqa: E402
 
-# (name, `tensorstream load` arguments). Measured slower on an H200 and dropped: mmap
+# (name, `tensorstream load` arguments). Run E (H200) moved the default to 128 MiB of
+# huge-page staging; dropped after it: auto --staging-huge (now the default), pread q16
+# 4M 80M, auto split 40%, balanced q32, mmap q32 512M, mmap q16 (all slower than auto).
+# Measured slower on an H200 and dropped before: mmap
 # 256M, mmap 1G (one registering thread), pread q64 4M 256M, pread q16 16M 256M,
 # pread q8, pread q32 128M, pread q32 8M 256M (more staging to pin costs more than it
 # saves); pread q32 2M 32M, pread q16 1M 16M with and without --staging-wc (too little
@@ -48,29 +51,25 @@ import tsbench as tb  # noqa: E402
 # to make room: pread q16 (what auto runs on cached files), pread q32 2M 64M wc and
 # pread q32 4M 64M (within the noise of the others in runs B-D).
 CONFIGS = [
+    # The default since run E: 128 MiB of staging on transparent huge pages.
     ("auto", []),
+    # The default before run E: 64 MiB pinned with cuMemHostAlloc.
+    ("auto 64M plain", ["--staging", "64M", "--no-staging-huge"]),
+    ("auto --no-staging-huge", ["--no-staging-huge"]),
     ("auto --staging-wc", ["--staging-wc"]),
-    # Staging on transparent huge pages, pinned with cuMemHostRegister.
-    ("auto --staging-huge", ["--staging-huge"]),
-    ("pread q32 2M 64M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
-    # More slots than reads in flight: a slot whose copy is still running when a read
-    # completes is not yet free, and the coordinator then waits for the next read.
-    ("pread q16 4M 80M", ["--io", "pread", "--staging", "80M"]),
+    ("auto 96M", ["--staging", "96M"]),
+    ("pread q32 2M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
     # Split loads: this share of each file straight from the registered page cache
     # (4 registering threads), the rest through the pinned slots, both at once.
+    # Balanced: each read to whichever side reaches it first; the share that came of
+    # it is in the load's report. Run E: 22-27 GB/s against auto's 36.
     ("auto split 25%", ["--registered-share", "0.25"]),
-    ("auto split 40%", ["--registered-share", "0.4"]),
-    # Balanced: each read to whichever side reaches it first (the slots forwards from
-    # the first shard, the registered page cache backwards from the last); the share
-    # that came of it is in the load's report.
     ("auto split balanced", ["--registered-share", "balanced"]),
-    ("auto split balanced q32", ["--registered-share", "balanced", "--queue-depth", "32"]),
     # The registered page cache alone: --queue-depth threads register windows of
-    # staging / depth ahead of the copies. q1 64M is the one-thread path runs A-D timed.
-    ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1"]),
-    ("mmap", ["--io", "mmap"]),
+    # staging / depth ahead of the copies. Run E: q1 64M 17 GB/s, q8 256M 16, q16
+    # (4 MiB windows) 7.
+    ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1", "--staging", "64M"]),
     ("mmap q8 256M", ["--io", "mmap", "--queue-depth", "8", "--staging", "256M"]),
-    ("mmap q32 512M", ["--io", "mmap", "--queue-depth", "32", "--staging", "512M"]),
 ]
 # Rank 1 of 8 of a tensor-parallel layout: rows of the column-parallel weights, columns
 # of o_proj and down_proj, their selected columns gathered by 2-D copies (the default)
@@ -89,10 +88,9 @@ CONFIGS += [
 # whose cost in a fresh process is pinning more staging, which a kept staging pays
 # once, and balanced split loads, whose registered side pins page cache every load.
 STEADY_CONFIGS = [
-    ("pread q32 4M 256M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "4M", "--staging", "256M"]),
-    ("pread q16 8M 256M", ["--io", "pread", "--chunk-size", "8M", "--staging", "256M"]),
-    ("pread q32 2M 128M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M", "--staging", "128M"]),
-    ("auto split balanced", ["--registered-share", "balanced"]),
+    ("auto 64M plain", ["--staging", "64M", "--no-staging-huge"]),
+    ("auto 256M", ["--staging", "256M"]),
+    ("pread q32 2M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
 ]
 TAIL_S = 45  # the steady state, the host ceiling and the phase profile, after the loop
 
@@ -250,7 +248,7 @@ def main():
     # and copies, final sync).
     phases = {}
     out["phases"] = phases
-    prof = [(n, g) for n, g in CONFIGS if n in ("auto", "auto --staging-wc", "auto --staging-huge") and n not in unsupported]
+    prof = [(n, g) for n, g in CONFIGS if n in ("auto", "auto 64M plain", "auto --staging-wc") and n not in unsupported]
     if best and best["name"] not in dict(prof):
         prof.append((best["name"], best["args"]))
     for name, args in prof:

@@ -342,8 +342,11 @@ impl Drop for DeviceBuf {
 /// How the staging slots' host memory is allocated and pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum StagingKind {
-    /// `cuMemHostAlloc`.
+    /// The default: [`StagingKind::HugePages`] where the kernel has transparent huge
+    /// pages on and the driver pins such memory, else [`StagingKind::HostAlloc`].
     #[default]
+    Default,
+    /// `cuMemHostAlloc`.
     HostAlloc,
     /// `cuMemHostAlloc`, write-combined.
     WriteCombined,
@@ -354,6 +357,13 @@ pub(crate) enum StagingKind {
 
 /// Alignment (and so page size) of huge-page staging.
 const HUGE_PAGE: usize = 2 << 20;
+
+/// Whether the kernel gives transparent huge pages to memory advised to have them
+/// (`always` or `madvise`); false where it says `never` or cannot tell.
+fn transparent_huge_pages() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+}
 
 /// Pinned host memory of one slot.
 struct HostMem {
@@ -375,6 +385,7 @@ impl HostMem {
             StagingKind::HostAlloc => 0,
             StagingKind::WriteCombined => sys::CU_MEMHOSTALLOC_WRITECOMBINED,
             StagingKind::HugePages => return HostMem::huge(len),
+            StagingKind::Default => return Err(internal("staging kind left undecided")),
         };
         // SAFETY: a context is current (the caller's contract); the pointer is freed
         // by `free`.
@@ -451,7 +462,11 @@ impl Slot {
     /// copy out of them has finished. The context must be current on the calling
     /// thread.
     fn alloc(len: usize, kind: StagingKind) -> Result<Slot> {
-        let mem = HostMem::alloc(len, kind)?;
+        Slot::with_mem(HostMem::alloc(len, kind)?, len)
+    }
+
+    /// A slot of `len` bytes of pinned `mem` (freed on failure) and its event.
+    fn with_mem(mem: HostMem, len: usize) -> Result<Slot> {
         let event = match result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
             Ok(ev) => ev,
             Err(e) => {
@@ -488,6 +503,10 @@ pub(crate) struct Staging {
     slot_len: usize,
     /// How the slots are allocated.
     kind: StagingKind,
+    /// For [`StagingKind::Default`]: pinning huge-page memory was refused (or the
+    /// kernel has no transparent huge pages), so slots are allocated with
+    /// `cuMemHostAlloc`.
+    huge_refused: bool,
 }
 
 // SAFETY: the slots' pinned memory and events, and the stream, are driver objects that
@@ -509,6 +528,10 @@ impl std::fmt::Debug for Staging {
 impl Staging {
     /// A stream on `ctx` and no slots yet.
     fn new(ctx: Arc<Context>, slot_len: usize, kind: StagingKind) -> Result<Staging> {
+        let huge_refused = kind == StagingKind::Default && !transparent_huge_pages();
+        if huge_refused {
+            tracing::debug!("no transparent huge pages here: pinning staging with cuMemHostAlloc");
+        }
         ctx.bind()?;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| cuda_err("cuStreamCreate", e))?;
@@ -518,6 +541,7 @@ impl Staging {
             slots: Vec::new(),
             slot_len,
             kind,
+            huge_refused,
         })
     }
 
@@ -525,7 +549,21 @@ impl Staging {
     fn fill(&mut self, count: usize) -> Result<()> {
         self.ctx.bind()?;
         while self.slots.len() < count {
-            self.slots.push(Slot::alloc(self.slot_len, self.kind)?);
+            let slot = match self.kind {
+                StagingKind::Default if !self.huge_refused => match HostMem::huge(self.slot_len) {
+                    Ok(mem) => Slot::with_mem(mem, self.slot_len)?,
+                    Err(e) => {
+                        tracing::debug!(
+                            "huge-page staging refused ({e}); pinning staging with cuMemHostAlloc"
+                        );
+                        self.huge_refused = true;
+                        Slot::alloc(self.slot_len, StagingKind::HostAlloc)?
+                    }
+                },
+                StagingKind::Default => Slot::alloc(self.slot_len, StagingKind::HostAlloc)?,
+                kind => Slot::alloc(self.slot_len, kind)?,
+            };
+            self.slots.push(slot);
         }
         Ok(())
     }
@@ -1069,6 +1107,7 @@ impl<'p> CudaSink<'p> {
             slots: std::mem::take(&mut st.slots),
             slot_len: st.slot_len,
             kind: st.kind,
+            huge_refused: st.huge_refused,
         }
     }
 
