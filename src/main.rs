@@ -94,7 +94,7 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Backends to compare, comma-separated (default: auto, and each of
-        /// direct,buffered,pread,mmap when --io is not given).
+        /// direct,buffered,pread,pread-direct,mmap when --io is not given).
         #[arg(long, value_delimiter = ',')]
         backends: Vec<IoBackend>,
         /// Keep host memory between runs (a HostPool), as a server loading model
@@ -115,7 +115,7 @@ struct LoadOpts {
     /// Convert floating tensors to F32, F16 or BF16.
     #[arg(long)]
     dtype: Option<Dtype>,
-    /// auto, direct, buffered, pread or mmap.
+    /// auto, direct, buffered, pread, pread-direct or mmap.
     #[arg(long)]
     io: Option<IoBackend>,
     /// Load only tensors whose whole name matches this glob (repeatable).
@@ -589,13 +589,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
     } else if let Some(io) = a.opts.io {
         vec![io]
     } else {
-        vec![
-            IoBackend::Auto,
-            IoBackend::Direct,
-            IoBackend::Buffered,
-            IoBackend::Pread,
-            IoBackend::Mmap,
-        ]
+        IoBackend::ALL.to_vec()
     };
     let mut temps = Vec::new();
     if a.cold {
@@ -682,7 +676,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             rates.sort_by(f64::total_cmp);
             let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
             let temp = if cold { "cold" } else { "warm" };
-            let name = format!("{backend:?}").to_lowercase();
+            let name = backend.name();
             if a.json {
                 println!(
                     "{}",
@@ -691,7 +685,7 @@ fn bench(a: BenchArgs) -> tensorstream::Result<ExitCode> {
             } else {
                 let runs: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();
                 println!(
-                    "{temp:<5} {name:<9} {median:>7.2} GB/s median  [{}]  via {io_path}{}{note}",
+                    "{temp:<5} {name:<12} {median:>7.2} GB/s median  [{}]  via {io_path}{}{note}",
                     runs.join(" "),
                     if a.reuse_memory {
                         ", memory reused"

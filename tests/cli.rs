@@ -339,7 +339,14 @@ fn check_digests(o: &Output, expected: &BTreeMap<String, RefTensor>, dtype: Opti
 #[test]
 fn load_digest_matches_reference_bytes_on_every_backend() {
     for fx in [single(), sharded()] {
-        for io in ["auto", "direct", "buffered", "pread", "mmap"] {
+        for io in [
+            "auto",
+            "direct",
+            "buffered",
+            "pread",
+            "pread-direct",
+            "mmap",
+        ] {
             let o = run([
                 OsStr::new("load"),
                 fx.path.as_os_str(),
@@ -347,9 +354,11 @@ fn load_digest_matches_reference_bytes_on_every_backend() {
                 OsStr::new("--io"),
                 OsStr::new(io),
             ]);
+            // This machine refusing io_uring, or O_DIRECT on the fixture's file system.
             if code(&o) == 1
-                && matches!(io, "direct" | "buffered")
-                && stderr(&o).contains("not available")
+                && (matches!(io, "direct" | "buffered") && stderr(&o).contains("not available")
+                    || matches!(io, "direct" | "pread-direct")
+                        && stderr(&o).contains("O_DIRECT is not supported"))
             {
                 eprintln!("skipping --io {io}: {}", stderr(&o));
                 continue;
@@ -397,6 +406,83 @@ fn load_json_summary() {
     let summary: serde_json::Value =
         serde_json::from_str(stderr(&o).trim()).expect("JSON summary on stderr");
     assert_eq!(summary["tensors"], fx.expected.len());
+}
+
+/// `--io pread-direct` reports the pread pool with O_DIRECT for every file in
+/// `load --json`, and loads the bytes `--io pread` does.
+#[test]
+fn load_json_pread_direct_reports_its_path() {
+    let fx = sharded();
+    let load = |io: &str| {
+        run([
+            OsStr::new("load"),
+            fx.path.as_os_str(),
+            OsStr::new("--json"),
+            OsStr::new("--digest"),
+            OsStr::new("--io"),
+            OsStr::new(io),
+        ])
+    };
+    let o = load("pread-direct");
+    if code(&o) == 1 && stderr(&o).contains("O_DIRECT is not supported") {
+        eprintln!("skipping: {}", stderr(&o));
+        return;
+    }
+    assert_code(&o, 0, "load --io pread-direct");
+    check_digests(&o, &fx.expected, None);
+    let v: serde_json::Value =
+        serde_json::from_str(stderr(&o).trim()).expect("JSON summary on stderr");
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), fx.files.len());
+    for f in files {
+        assert_eq!(f["io"], "pread+O_DIRECT", "{v}");
+    }
+    let p = load("pread");
+    assert_code(&p, 0, "load --io pread");
+    assert_eq!(stdout(&o), stdout(&p), "digests of pread-direct and pread");
+}
+
+/// On a file system that refuses O_DIRECT (tmpfs at /dev/shm), `--io direct` and
+/// `--io pread-direct` fail with exit 1 and a message naming the file, not a fallback.
+#[test]
+fn o_direct_backends_refused_on_tmpfs_name_the_file() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipping: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).expect("temp dir in /dev/shm");
+    let p = dir.path().join("model.safetensors");
+    let mut r = rng(6);
+    write_file(&p, &[Spec::random("w", Dtype::F32, &[100], &mut r)], 0);
+    if tensorstream::io::supports_direct(&p) {
+        eprintln!("skipping: /dev/shm accepts O_DIRECT here");
+        return;
+    }
+    for io in ["direct", "pread-direct"] {
+        let o = run([
+            OsStr::new("load"),
+            p.as_os_str(),
+            OsStr::new("--io"),
+            OsStr::new(io),
+        ]);
+        if io == "direct" && code(&o) == 1 && stderr(&o).contains("io_uring is not available") {
+            eprintln!("skipping --io direct: {}", stderr(&o));
+            continue;
+        }
+        assert_code(&o, 1, io);
+        let e = stderr(&o);
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("O_DIRECT"),
+            "{io}: {e}"
+        );
+    }
+    let e = tensorstream::Loader::new()
+        .io(tensorstream::IoBackend::PreadDirect)
+        .load(&p)
+        .unwrap_err();
+    assert_eq!(e.kind(), tensorstream::ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains(&p.display().to_string()), "{e}");
 }
 
 #[test]

@@ -159,6 +159,7 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
             IoBackend::Direct,
             IoBackend::Buffered,
             IoBackend::Pread,
+            IoBackend::PreadDirect,
         ] {
             for per_tensor in [false, true] {
                 let l = Loader::new()

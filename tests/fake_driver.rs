@@ -353,7 +353,13 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
     for (fail, extra, words) in cases {
         let mut args = vec!["load", idx, "--device", "cuda", "--digest"];
         args.extend_from_slice(extra);
-        let (out, report) = under_fake(&args, &[("FAKE_CUDA_FAIL", fail)]);
+        // A wait for a staging slot happens only while every slot's copy is still
+        // queued: slow copies make sure of it rather than the threads' timing.
+        let delay = if words == "staging slot" { "3000" } else { "0" };
+        let (out, report) = under_fake(
+            &args,
+            &[("FAKE_CUDA_FAIL", fail), ("FAKE_CUDA_DELAY_US", delay)],
+        );
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{fail} {extra:?}: {err}");
         assert!(!err.contains("panicked"), "{fail} {extra:?}: {err}");

@@ -19,11 +19,12 @@ fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const BACKENDS: [IoBackend; 5] = [
+const BACKENDS: [IoBackend; 6] = [
     IoBackend::Auto,
     IoBackend::Direct,
     IoBackend::Buffered,
     IoBackend::Pread,
+    IoBackend::PreadDirect,
     IoBackend::Mmap,
 ];
 

@@ -10,7 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{disk_tempdir, random_dtype, rng, write_file, write_index, Spec, BACKENDS};
+use common::{
+    disk_tempdir, random_dtype, refused_here, rng, write_file, write_index, Spec, BACKENDS,
+};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
@@ -161,10 +163,7 @@ fn one_case(seed: u64, chunk: u64, backend: IoBackend, slices: bool) {
         })
     });
     let stats = match result {
-        Err(e)
-            if e.kind() == ErrorKind::Unsupported
-                && matches!(backend, IoBackend::Direct | IoBackend::Buffered) =>
-        {
+        Err(e) if refused_here(backend, &e) => {
             eprintln!("skipping {backend:?}: {e}");
             return;
         }

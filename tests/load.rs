@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{
-    disk_tempdir, load_or_skip, random_dtype, reference_files, rng, sha256_hex, whole_bytes,
-    write_file, write_index, RefTensor, Spec, BACKENDS,
+    disk_tempdir, load_or_skip, random_dtype, reference_files, refused_here, rng, sha256_hex,
+    whole_bytes, write_file, write_index, RefTensor, Spec, BACKENDS,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -381,10 +381,7 @@ fn file_changed_between_open_and_load() {
             drop(f);
             match Loader::new().io(backend).load_checkpoint(&ckpt) {
                 Ok(_) => panic!("{backend:?}: loaded a file that changed size (grow: {grow})"),
-                Err(e)
-                    if e.kind() == ErrorKind::Unsupported
-                        && matches!(backend, IoBackend::Direct | IoBackend::Buffered) =>
-                {
+                Err(e) if refused_here(backend, &e) => {
                     eprintln!("skipping backend {backend:?}: {e}");
                 }
                 Err(e) => {
@@ -439,10 +436,7 @@ fn cancelled_before_the_load() {
             .load_checkpoint(&ckpt)
         {
             Ok(_) => panic!("{backend:?}: a cancelled load returned tensors"),
-            Err(e)
-                if e.kind() == ErrorKind::Unsupported
-                    && matches!(backend, IoBackend::Direct | IoBackend::Buffered) =>
-            {
+            Err(e) if refused_here(backend, &e) => {
                 eprintln!("skipping backend {backend:?}: {e}");
             }
             Err(e) => assert_eq!(e.kind(), ErrorKind::Cancelled, "{backend:?}: {e}"),
@@ -475,10 +469,7 @@ fn cancelled_during_the_load() {
             .cancel_token(token);
         match loader.load_checkpoint(&ckpt) {
             Ok(_) => panic!("{backend:?}: cancelled after the first of 256 reads, yet completed"),
-            Err(e)
-                if e.kind() == ErrorKind::Unsupported
-                    && matches!(backend, IoBackend::Direct | IoBackend::Buffered) =>
-            {
+            Err(e) if refused_here(backend, &e) => {
                 eprintln!("skipping backend {backend:?}: {e}");
                 continue;
             }
@@ -650,6 +641,61 @@ fn default_options_every_backend() {
         seen.contains("pread buffered") && seen.contains("mmap"),
         "{seen:?}"
     );
+}
+
+/// `pread-direct` reads every file with O_DIRECT on the pread pool, and gives the bytes a
+/// buffered pread load gives: raw tensors read in place, converted ones through staging,
+/// with 4 KiB chunks (many reads, a short one at each end of file) and larger ones.
+#[test]
+fn pread_direct_reads_with_o_direct_and_equals_pread() {
+    let fx = random_checkpoint(96, &[6, 5], &[3, 4095], false, 300_000);
+    let ckpt = Checkpoint::open(&fx.path).unwrap();
+    for dtype in [None, Some(Dtype::F32)] {
+        for chunk in [4096, 64 << 10] {
+            let what = format!("{dtype:?} chunk {chunk}");
+            let loader = Loader::new().dtype(dtype).chunk_size(chunk).queue_depth(8);
+            let want = loader
+                .clone()
+                .io(IoBackend::Pread)
+                .load_checkpoint(&ckpt)
+                .unwrap();
+            let got = match loader.io(IoBackend::PreadDirect).load_checkpoint(&ckpt) {
+                Ok(m) => m,
+                Err(e) if refused_here(IoBackend::PreadDirect, &e) => {
+                    eprintln!("skipping: O_DIRECT refused here: {e}");
+                    return;
+                }
+                Err(e) => panic!("{what}: {e}"),
+            };
+            let paths = |m: &Model| -> Vec<&'static str> {
+                m.stats().files.iter().map(|f| f.io_path).collect()
+            };
+            assert_eq!(
+                paths(&got),
+                vec!["pread+O_DIRECT"; fx.files.len()],
+                "{what}"
+            );
+            assert_eq!(
+                paths(&want),
+                vec!["pread buffered"; fx.files.len()],
+                "{what}"
+            );
+            let bytes = |m: &Model| -> Vec<(String, Dtype, Vec<u64>, Vec<u8>)> {
+                m.tensors()
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            t.dtype,
+                            t.shape.clone(),
+                            t.to_host().unwrap(),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(bytes(&got), bytes(&want), "{what}");
+            check_model(&got, &fx.expected, dtype, &what).unwrap();
+        }
+    }
 }
 
 /// `Loader::load` on the three kinds of path gives the same tensors.

@@ -441,7 +441,7 @@ def cmd_diff(a):
         ref = run_load(bin_, base[0], "cpu", timeout=a.timeout)
         # The file is cached now (the CPU load read it): the split and registered
         # variants copy from the page cache.
-        variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "mmap")] + [
+        variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "pread-direct", "mmap")] + [
             ("mmap q1", "mmap", ["--queue-depth", "1"]),
             ("auto split", "auto", ["--registered-share", "0.5"]),
             ("auto balanced", "auto", ["--registered-share", "balanced"]),

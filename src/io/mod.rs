@@ -3,8 +3,9 @@
 //! the model size.
 //!
 //! Backends behind one `Engine` interface: io_uring (O_DIRECT or buffered, per
-//! file), a pread thread pool (portable, always built) and mmap. `auto` chooses per
-//! file and falls back when the kernel refuses io_uring or O_DIRECT.
+//! file), a pread thread pool (O_DIRECT or buffered, per file; portable, always built)
+//! and mmap. `auto` chooses per file and falls back when the kernel refuses io_uring or
+//! O_DIRECT.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -47,6 +48,11 @@ pub enum IoBackend {
     Buffered,
     /// A pool of threads calling pread (through the page cache).
     Pread,
+    /// A pool of threads calling pread on files opened with O_DIRECT; an error when
+    /// O_DIRECT is unavailable. Many reads are in the kernel at once, each from its own
+    /// thread, which on a multi-queue block device spreads them over the device's
+    /// queues (io_uring submits from one thread). Needs no io_uring.
+    PreadDirect,
     /// Copy from a memory map of each file. A file truncated by another process while
     /// it is mapped kills the process with SIGBUS: use only on files you control.
     ///
@@ -58,21 +64,46 @@ pub enum IoBackend {
     Mmap,
 }
 
+impl IoBackend {
+    /// Every backend, in the order `--io` lists them.
+    pub const ALL: [IoBackend; 6] = [
+        IoBackend::Auto,
+        IoBackend::Direct,
+        IoBackend::Buffered,
+        IoBackend::Pread,
+        IoBackend::PreadDirect,
+        IoBackend::Mmap,
+    ];
+
+    /// The name `--io` and [`FromStr`] take ("auto", "pread-direct", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Direct => "direct",
+            IoBackend::Buffered => "buffered",
+            IoBackend::Pread => "pread",
+            IoBackend::PreadDirect => "pread-direct",
+            IoBackend::Mmap => "mmap",
+        }
+    }
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl FromStr for IoBackend {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s {
-            "auto" => IoBackend::Auto,
-            "direct" => IoBackend::Direct,
-            "buffered" => IoBackend::Buffered,
-            "pread" => IoBackend::Pread,
-            "mmap" => IoBackend::Mmap,
-            _ => {
-                return Err(format!(
-                    "unknown io backend '{s}' (auto, direct, buffered, pread, mmap)"
-                ))
-            }
-        })
+        IoBackend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = IoBackend::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown io backend '{s}' ({})", names.join(", "))
+            })
     }
 }
 
@@ -363,7 +394,7 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
                 .map_err(|e| Error::Unsupported(format!("io_uring is not available here: {e}")))?;
             (EngineKind::Uring, "requested".to_string())
         }
-        IoBackend::Pread => (EngineKind::Pread, "requested".to_string()),
+        IoBackend::Pread | IoBackend::PreadDirect => (EngineKind::Pread, "requested".to_string()),
         IoBackend::Mmap => (EngineKind::Mmap, "requested".to_string()),
         // Decided below, once it is known whether any file is cold.
         IoBackend::Auto => (EngineKind::Uring, String::new()),
@@ -371,7 +402,7 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
         let mode = match backend {
-            IoBackend::Direct => {
+            IoBackend::Direct | IoBackend::PreadDirect => {
                 open_file(p, true).map_err(|e| {
                     Error::Unsupported(format!(
                         "{}: O_DIRECT is not supported here: {e}",
@@ -557,27 +588,30 @@ fn run(
     let mut done = Vec::with_capacity(depth);
     let mut next = 0usize;
     let mut bytes_done = 0u64;
-    // io_uring reads pin (and so fault in) their destination on this thread; let
-    // another one do that ahead of them. The pread and mmap engines populate on their
-    // own threads as they go.
-    let prefaulter = if choice.engine == EngineKind::Uring {
-        let ranges = jobs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &(f, r))| {
-                let (_, op) = job(plan, f, r).ok()?;
-                let (ptr, len) = sink.destination(f, op)?;
-                Some(prefault::Range {
-                    job: i,
-                    addr: ptr as usize,
-                    len,
-                })
-            })
-            .collect();
-        prefault::Prefaulter::start(ranges)
-    } else {
-        None
+    // An O_DIRECT read pins (and so faults in) its destination page by page when it is
+    // submitted: on this thread for io_uring, in front of each read on the pread pool's
+    // threads. Let another thread populate those destinations ahead of the reads.
+    // Buffered pread and mmap copies populate on their own threads as they go.
+    let ahead = |f: usize| match choice.engine {
+        EngineKind::Uring => true,
+        EngineKind::Pread => choice.files.get(f).is_some_and(|m| m.direct),
+        EngineKind::Mmap => false,
     };
+    let ranges = jobs
+        .iter()
+        .enumerate()
+        .filter(|&(_, &(f, _))| ahead(f))
+        .filter_map(|(i, &(f, r))| {
+            let (_, op) = job(plan, f, r).ok()?;
+            let (ptr, len) = sink.destination(f, op)?;
+            Some(prefault::Range {
+                job: i,
+                addr: ptr as usize,
+                len,
+            })
+        })
+        .collect();
+    let prefaulter = prefault::Prefaulter::start(ranges);
     loop {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled);

@@ -78,9 +78,10 @@ impl Engine for PreadEngine {
             .done
             .recv()
             .map_err(|_| io::Error::other("pread pool stopped"))?;
+        let before = out.len();
         out.push(first);
         out.extend(self.done.try_iter());
-        self.in_flight = self.in_flight.saturating_sub(out.len());
+        self.in_flight = self.in_flight.saturating_sub(out.len() - before);
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 //! An O_DIRECT read pins its destination pages when it is submitted, which faults in
 //! and zeroes every page not yet present, one by one, on the submitting thread. For a
 //! load into freshly allocated memory that work is as large as the reads themselves,
-//! and done on the coordinator it delays every submission behind it. The prefaulter
+//! and done on the coordinator (io_uring) it delays every submission behind it; done by
+//! a pread worker before its O_DIRECT read, that read reaches the disk late. The prefaulter
 //! does it on another core while the disk is busy (one thread: a second one, measured on the
 //! 2-core VM, competed with the coordinator and was slower), in the order the reads will be
 //! submitted, skipping whatever the coordinator has already passed.

@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use tensorstream::{Checkpoint, Dtype, ErrorKind, IoBackend, Loader, Model};
 
 /// Every backend, in the order the tests try them.
-pub const BACKENDS: [IoBackend; 5] = [
+pub const BACKENDS: [IoBackend; 6] = [
     IoBackend::Auto,
     IoBackend::Direct,
     IoBackend::Buffered,
     IoBackend::Pread,
+    IoBackend::PreadDirect,
     IoBackend::Mmap,
 ];
 
@@ -237,15 +238,23 @@ pub fn write_index<'a>(
     p
 }
 
-/// Loads with `loader` through `backend`; `None` (with the reason printed) when the
-/// backend is an io_uring one and io_uring or O_DIRECT is refused here.
+/// Whether `e` is this machine refusing what `backend` needs rather than a failure:
+/// io_uring for `Direct` and `Buffered`, O_DIRECT for `Direct` and `PreadDirect`.
+pub fn refused_here(backend: IoBackend, e: &tensorstream::Error) -> bool {
+    e.kind() == ErrorKind::Unsupported
+        && match backend {
+            IoBackend::Direct | IoBackend::Buffered => true,
+            IoBackend::PreadDirect => e.to_string().contains("O_DIRECT"),
+            _ => false,
+        }
+}
+
+/// Loads with `loader` through `backend`; `None` (with the reason printed) when
+/// io_uring or O_DIRECT, which the backend needs, is refused here.
 pub fn load_or_skip(loader: &Loader, backend: IoBackend, ckpt: &Checkpoint) -> Option<Model> {
     match loader.clone().io(backend).load_checkpoint(ckpt) {
         Ok(m) => Some(m),
-        Err(e)
-            if e.kind() == ErrorKind::Unsupported
-                && matches!(backend, IoBackend::Direct | IoBackend::Buffered) =>
-        {
+        Err(e) if refused_here(backend, &e) => {
             eprintln!("skipping backend {backend:?}: {e}");
             None
         }
