@@ -888,6 +888,8 @@ fn stats_of(
         read_bytes: stats.bytes_read,
         requests: stats.requests,
         in_place_bytes: stats.in_place_bytes,
+        waiting_for_reads: stats.waiting_for_reads,
+        waiting_for_buffers: stats.waiting_for_buffers,
         elapsed: start.elapsed(),
         device_init,
         staging_reused,
@@ -1026,6 +1028,14 @@ pub struct LoadStats {
     /// inside one tensor (and, under O_DIRECT, at an aligned address). Zero on CUDA,
     /// where everything passes through pinned staging or registered page cache.
     pub in_place_bytes: u64,
+    /// Part of `elapsed` the reading thread waited for reads with nothing more to
+    /// submit (see [`crate::IoStats::waiting_for_reads`]): reading is the limit.
+    pub waiting_for_reads: Duration,
+    /// Part of `elapsed` the reading thread waited for a free staging slot (see
+    /// [`crate::IoStats::waiting_for_buffers`]): the copies to the device, conversions
+    /// or placements after the reads are the limit. (A split load's two sides wait
+    /// apart; their waits are added.)
+    pub waiting_for_buffers: Duration,
     /// Wall time of the load, planning, allocation and `device_init` included.
     pub elapsed: Duration,
     /// Part of `elapsed` spent getting the device ready: retaining the CUDA primary

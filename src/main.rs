@@ -497,6 +497,8 @@ fn load(
             "read_bytes": s.read_bytes,
             "in_place_bytes": s.in_place_bytes,
             "seconds": s.elapsed.as_secs_f64(),
+            "waiting_for_reads_seconds": s.waiting_for_reads.as_secs_f64(),
+            "waiting_for_buffers_seconds": s.waiting_for_buffers.as_secs_f64(),
             "gbps": s.gbps(),
             "device_init_seconds": s.device_init.as_secs_f64(),
             "staging_reused": s.staging_reused,

@@ -387,7 +387,12 @@ fn load_json_summary() {
     assert_eq!(v["output_bytes"], bytes);
     assert!(v["read_bytes"].as_u64().unwrap() >= bytes as u64);
     assert_eq!(v["device"], "cpu");
-    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+    let seconds = v["seconds"].as_f64().unwrap();
+    assert!(seconds >= 0.0);
+    // Raw tensors read in place: no wait for a buffer, and no more waiting than loading.
+    assert_eq!(v["waiting_for_buffers_seconds"].as_f64(), Some(0.0));
+    let reads = v["waiting_for_reads_seconds"].as_f64().unwrap();
+    assert!((0.0..=seconds).contains(&reads), "{v}");
     let files = v["files"].as_array().unwrap();
     assert_eq!(files.len(), 3);
     for (f, p) in files.iter().zip(&fx.files) {

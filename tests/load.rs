@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{
     disk_tempdir, load_or_skip, random_dtype, reference_files, refused_here, rng, sha256_hex,
@@ -634,12 +635,40 @@ fn default_options_every_backend() {
             for f in &m.stats().files {
                 seen.insert(f.io_path);
             }
+            // Raw tensors are read straight into their place: the reading thread never
+            // lacks a buffer, and its waits lie within the load.
+            let s = m.stats();
+            assert_eq!(s.waiting_for_buffers, Duration::ZERO, "{backend:?}");
+            assert!(s.waiting_for_reads <= s.elapsed, "{backend:?}: {s:?}");
         }
     }
     eprintln!("io paths used: {seen:?}");
     assert!(
         seen.contains("pread buffered") && seen.contains("mmap"),
         "{seen:?}"
+    );
+}
+
+/// Conversions through one staging slot with eight reads allowed in flight: the
+/// reading thread can never fill the queue, so its waits are for a free buffer.
+#[test]
+fn a_load_short_of_staging_waits_for_buffers() {
+    let fx = random_checkpoint(97, &[5, 5], &[1, 4095], false, 200_000);
+    let ckpt = Checkpoint::open(&fx.path).unwrap();
+    let m = Loader::new()
+        .io(IoBackend::Pread)
+        .dtype(Some(Dtype::F32))
+        .chunk_size(64 << 10)
+        .staging_bytes(64 << 10)
+        .queue_depth(8)
+        .load_checkpoint(&ckpt)
+        .unwrap();
+    check_model(&m, &fx.expected, Some(Dtype::F32), "one slot").unwrap();
+    let s = m.stats();
+    assert!(s.waiting_for_buffers > Duration::ZERO, "{s:?}");
+    assert!(
+        s.waiting_for_buffers + s.waiting_for_reads <= s.elapsed,
+        "{s:?}"
     );
 }
 

@@ -259,6 +259,17 @@ def main():
         print("  %-22s %s" % (name, lines[-1] if lines else "no phase line (rc %s): %s" % (
             r["rc"], (plain.strip().splitlines() or ["-"])[-1][-200:])))
     save()
+    # The steady state's phases: the last of three loads in one process on kept staging,
+    # with the reading thread's waits for reads (reading is the limit) and for a free
+    # slot (the copies to the device are).
+    if left() > 10:
+        r = tb.run_child([a.bin, "-v", "bench", path, "--device", a.device, "--warm", "--runs", "3",
+                          "--io", "auto"], max(15, min(60, left() + 20)))
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", r["stderr"] or "")
+        lines = [ln.strip() for ln in plain.splitlines() if "phases" in ln]
+        phases["steady auto"] = lines
+        print("  %-22s %s" % ("steady auto", lines[-1] if lines else "no phase line (rc %s)" % r["rc"]))
+        save()
     return 0
 
 

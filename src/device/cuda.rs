@@ -2250,7 +2250,8 @@ pub(crate) fn load(
         let synced = init_start.elapsed();
         tracing::debug!(
             "cuda load phases ({what}): context {:.3} s, staging and device allocations {:.3} s{}, \
-             reads and copies enqueued {:.3} s, final synchronize {:.3} s",
+             reads and copies enqueued {:.3} s (of it waiting for reads {:.3} s, for a free \
+             slot {:.3} s), final synchronize {:.3} s",
             init.as_secs_f64(),
             (setup - init).as_secs_f64(),
             if reused {
@@ -2259,6 +2260,8 @@ pub(crate) fn load(
                 ""
             },
             (copied.saturating_sub(setup)).as_secs_f64(),
+            stats.waiting_for_reads.as_secs_f64(),
+            stats.waiting_for_buffers.as_secs_f64(),
             (synced.saturating_sub(copied)).as_secs_f64()
         );
         let tensors = tensors_of(plan, &sink)?;

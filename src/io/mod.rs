@@ -16,7 +16,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, ReadOp};
@@ -493,6 +493,15 @@ pub struct IoStats {
     /// Bytes read straight into their final place, with no staging copy (host loads;
     /// the sink counts them).
     pub in_place_bytes: u64,
+    /// Time the coordinator waited for reads while it had nothing more to submit:
+    /// every read allowed in flight was submitted, or none was left. Long when reading
+    /// (the disk, or the copy out of the page cache) is what limits the load.
+    pub waiting_for_reads: Duration,
+    /// Time the coordinator waited with fewer reads in flight than allowed because the
+    /// sink had no free buffer: every staging slot still held a read whose copy to the
+    /// device, conversion or placement had not finished. Long when what follows the
+    /// reads is what limits the load.
+    pub waiting_for_buffers: Duration,
 }
 
 impl IoStats {
@@ -503,6 +512,8 @@ impl IoStats {
         self.requests += other.requests;
         self.resubmitted += other.resubmitted;
         self.in_place_bytes += other.in_place_bytes;
+        self.waiting_for_reads += other.waiting_for_reads;
+        self.waiting_for_buffers += other.waiting_for_buffers;
     }
 }
 
@@ -616,6 +627,8 @@ fn run(
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled);
         }
+        // Whether submitting stopped for want of a free buffer.
+        let mut starved = false;
         while inflight.len() < depth {
             let Some(&(f, r)) = jobs.get(next) else { break };
             let (fp, op) = job(plan, f, r)?;
@@ -635,6 +648,7 @@ fn run(
             }
             let fd = slot.as_ref().map(|o| o.file.as_raw_fd()).unwrap_or(-1);
             let Some(buf) = sink.buffer(f, op)? else {
+                starved = true;
                 break;
             };
             if buf.len < op.len as usize {
@@ -670,12 +684,20 @@ fn run(
             if next >= jobs.len() {
                 return Ok(());
             }
+            let t = Instant::now();
             sink.wait_for_slot()?;
+            stats.waiting_for_buffers += t.elapsed();
             continue;
         }
+        let t = Instant::now();
         engine
             .wait(&mut done)
             .map_err(|e| Error::io(Path::new("<io engine>"), "wait for reads", e))?;
+        if starved {
+            stats.waiting_for_buffers += t.elapsed();
+        } else {
+            stats.waiting_for_reads += t.elapsed();
+        }
         for d in done.drain(..) {
             let Some(mut j) = inflight.remove(&d.id) else {
                 return Err(internal("completion for an unknown read"));
