@@ -1029,10 +1029,10 @@ pub struct LoadStats {
     /// where everything passes through pinned staging or registered page cache.
     pub in_place_bytes: u64,
     /// Part of `elapsed` the reading thread waited for reads with nothing more to
-    /// submit (see [`crate::IoStats::waiting_for_reads`]): reading is the limit.
+    /// submit (see [`crate::io::IoStats::waiting_for_reads`]): reading is the limit.
     pub waiting_for_reads: Duration,
     /// Part of `elapsed` the reading thread waited for a free staging slot (see
-    /// [`crate::IoStats::waiting_for_buffers`]): the copies to the device, conversions
+    /// [`crate::io::IoStats::waiting_for_buffers`]): the copies to the device, conversions
     /// or placements after the reads are the limit. (A split load's two sides wait
     /// apart; their waits are added.)
     pub waiting_for_buffers: Duration,
