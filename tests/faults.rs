@@ -19,14 +19,7 @@ fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const BACKENDS: [IoBackend; 6] = [
-    IoBackend::Auto,
-    IoBackend::Direct,
-    IoBackend::Buffered,
-    IoBackend::Pread,
-    IoBackend::PreadDirect,
-    IoBackend::Mmap,
-];
+const BACKENDS: [IoBackend; 6] = IoBackend::ALL;
 
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
