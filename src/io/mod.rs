@@ -261,16 +261,16 @@ pub(crate) fn populate(req: &Req) {
 }
 
 /// See [`populate`]: `len` bytes at `addr`, which must be memory the caller may write.
-pub(crate) fn populate_range(addr: usize, len: usize) {
+/// False where the kernel refused (before Linux 5.14, or out of memory): the pages are
+/// then faulted in as they are first touched.
+pub(crate) fn populate_range(addr: usize, len: usize) -> bool {
     const MADV_POPULATE_WRITE: libc::c_int = 23;
     let page = 4096usize;
     let start = addr & !(page - 1);
     let end = addr.saturating_add(len);
     // SAFETY: the range covers writable memory of the caller, rounded out to whole
     // pages that hold some of its bytes and so are mapped; populating changes no byte.
-    unsafe {
-        libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE);
-    }
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) == 0 }
 }
 
 /// A finished read: bytes read (0 at end of file) or the OS error.
