@@ -222,8 +222,9 @@ impl Loader {
     }
 
     /// Bytes of staging memory (pinned on CUDA) in slots of the chunk size. By
-    /// default, 128 MiB on CUDA (the smallest that kept the copy engine busy on an
-    /// H200: see BENCHMARKS.md) and 64 MiB on the host. Host loads without conversion
+    /// default, 128 MiB on CUDA (the best measured on an H200 for a loader that keeps
+    /// its staging, and better than 64 MiB in a fresh process: see BENCHMARKS.md) and
+    /// 64 MiB on the host. Host loads without conversion
     /// read straight into their destination and use no staging.
     pub fn staging_bytes(mut self, bytes: u64) -> Self {
         self.staging_bytes = Some(bytes);
