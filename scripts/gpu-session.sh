@@ -3,17 +3,19 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 120] [--reg-s 40] [--sweep-s 100]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 120] [--reg-s 0] [--sweep-s 100]
 #                                  [--tp-s 0]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
 #      conversion kernels against a D2D copy): $OUT/gpu-check.log, .json; correctness
 #      first, ~90 s on an H200 (the cold/warm figures come from 2 and 3);
-#   1b. gpu/regbench.py (what registering the page cache costs the driver, by 1 to 16
-#      threads, and copies from it against pinned memory; ~15 s; into run.log);
-#   2. gpu/sweep.py (warm settings of tensorstream to cuda, staging up front or not,
-#      the in-process steady state, host copy ceiling, phase profile): $OUT/sweep.json;
+#   1b. with --reg-s N (off by default): gpu/regbench.py (what registering the page cache
+#      costs the driver, by 1 to 16 threads, and copies from it against pinned memory;
+#      ~15 s; into run.log);
+#   2. gpu/sweep.py (warm settings of tensorstream to cuda, the staging's size and kind,
+#      the in-process steady state, host copy ceiling, phase profiles with the reading
+#      thread's waits): $OUT/sweep.json;
 #      run when its share and 30 s more are left;
 #   3. gpu/compare.py against the peers with the rest, with the sweep's best warm
 #      settings as ts-best (3 warm and 3 cold runs of the key loaders first, the
@@ -29,7 +31,9 @@
 set -u
 BUDGET=540
 CHECK=120
-REG=40
+# regbench.py is off by default since run E measured it (bench/results/h200-2026-11-26/
+# e-run.log); --reg-s 40 runs it again.
+REG=0
 SWEEP=100
 TP=0
 while [ $# -gt 0 ]; do
