@@ -407,9 +407,9 @@ impl HostMem {
         // advice asks for huge pages (refused where the kernel has them off: the
         // memory is then in 4 KiB pages, which still works) and keeps a forked child
         // from sharing the pages the device copies from. The pages are populated by
-        // the kernel (MADV_POPULATE_WRITE, Linux 5.14; 128 MiB in 10.8 ms against
-        // 14.5 ms for writing zeros on the 2-core VM), or by writing zeros where it
-        // refuses.
+        // the kernel (MADV_POPULATE_WRITE, Linux 5.14: 128 MiB in 10.6 ms against
+        // 14.3 ms for writing zeros on the 2-core VM, bench/cpu/staging_populate.py),
+        // or by writing zeros where it refuses.
         let host = unsafe {
             let host = region.base().add(skip);
             libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE);
