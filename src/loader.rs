@@ -223,8 +223,9 @@ impl Loader {
 
     /// Bytes of staging memory (pinned on CUDA) in slots of the chunk size. By
     /// default, 128 MiB on CUDA (the best measured on an H200 for a loader that keeps
-    /// its staging, and better than 64 MiB in a fresh process: see BENCHMARKS.md) and
-    /// 64 MiB on the host. Host loads without conversion
+    /// its staging; in a fresh process, on huge pages, the same as 64 MiB, and from
+    /// `cuMemHostAlloc`, where huge pages are off, slower: see BENCHMARKS.md) and 64 MiB
+    /// on the host. Host loads without conversion
     /// read straight into their destination and use no staging.
     pub fn staging_bytes(mut self, bytes: u64) -> Self {
         self.staging_bytes = Some(bytes);
@@ -1034,8 +1035,9 @@ pub struct LoadStats {
     pub waiting_for_reads: Duration,
     /// Part of `elapsed` the reading thread waited for a free staging slot (see
     /// [`crate::io::IoStats::waiting_for_buffers`]): the copies to the device, conversions
-    /// or placements after the reads are the limit. (A split load's two sides wait
-    /// apart; their waits are added.)
+    /// or placements after the reads are the limit. (Only reads through staging slots
+    /// count: the registered page cache's side of a split load, and `--io mmap` to a
+    /// device, record no waits.)
     pub waiting_for_buffers: Duration,
     /// Wall time of the load, planning, allocation and `device_init` included.
     pub elapsed: Duration,

@@ -376,6 +376,19 @@ fn load_digest_matches_reference_bytes_on_every_backend() {
 }
 
 #[test]
+fn contradictory_staging_flags_are_a_usage_error() {
+    let fx = sharded();
+    for flags in [
+        ["--staging-huge", "--no-staging-huge"],
+        ["--staging-huge", "--staging-wc"],
+    ] {
+        let mut args = vec![OsStr::new("load"), fx.path.as_os_str()];
+        args.extend(flags.iter().map(OsStr::new));
+        assert_code(&run(args), 2, &format!("{flags:?}"));
+    }
+}
+
+#[test]
 fn load_json_summary() {
     let fx = sharded();
     let o = run([OsStr::new("load"), fx.dir.as_os_str(), OsStr::new("--json")]);
@@ -445,49 +458,6 @@ fn load_json_pread_direct_reports_its_path() {
     let p = load("pread");
     assert_code(&p, 0, "load --io pread");
     assert_eq!(stdout(&o), stdout(&p), "digests of pread-direct and pread");
-}
-
-/// On a file system that refuses O_DIRECT (tmpfs at /dev/shm), `--io direct` and
-/// `--io pread-direct` fail with exit 1 and a message naming the file, not a fallback.
-#[test]
-fn o_direct_backends_refused_on_tmpfs_name_the_file() {
-    let shm = Path::new("/dev/shm");
-    if !shm.is_dir() {
-        eprintln!("skipping: no /dev/shm");
-        return;
-    }
-    let dir = tempfile::tempdir_in(shm).expect("temp dir in /dev/shm");
-    let p = dir.path().join("model.safetensors");
-    let mut r = rng(6);
-    write_file(&p, &[Spec::random("w", Dtype::F32, &[100], &mut r)], 0);
-    if tensorstream::io::supports_direct(&p) {
-        eprintln!("skipping: /dev/shm accepts O_DIRECT here");
-        return;
-    }
-    for io in ["direct", "pread-direct"] {
-        let o = run([
-            OsStr::new("load"),
-            p.as_os_str(),
-            OsStr::new("--io"),
-            OsStr::new(io),
-        ]);
-        if io == "direct" && code(&o) == 1 && stderr(&o).contains("io_uring is not available") {
-            eprintln!("skipping --io direct: {}", stderr(&o));
-            continue;
-        }
-        assert_code(&o, 1, io);
-        let e = stderr(&o);
-        assert!(
-            e.contains(&p.display().to_string()) && e.contains("O_DIRECT"),
-            "{io}: {e}"
-        );
-    }
-    let e = tensorstream::Loader::new()
-        .io(tensorstream::IoBackend::PreadDirect)
-        .load(&p)
-        .unwrap_err();
-    assert_eq!(e.kind(), tensorstream::ErrorKind::Unsupported, "{e}");
-    assert!(e.to_string().contains(&p.display().to_string()), "{e}");
 }
 
 #[test]

@@ -506,16 +506,27 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
             "the pinned slots take the rest",
         ),
         // The default staging on huge pages, its pinning refused: cuMemHostAlloc
-        // instead, for the first slot and every later one.
+        // instead, for the first slot and every later one (only where the kernel has
+        // transparent huge pages: elsewhere the default never tries them).
         (
             "FAKE_CUDA_FAIL",
             "cuMemHostRegister_v2:1",
             &[],
-            "with cuMemHostAlloc",
+            "huge-page staging refused",
         ),
-        ("FAKE_CUDA_NO_REGISTER", "1", &[], "with cuMemHostAlloc"),
+        (
+            "FAKE_CUDA_NO_REGISTER",
+            "1",
+            &[],
+            "huge-page staging refused",
+        ),
     ];
     for (key, value, extra, says) in cases {
+        let default_staging = extra.is_empty();
+        if default_staging && !thp() {
+            eprintln!("{key}={value}: no transparent huge pages here, nothing to refuse");
+            continue;
+        }
         let mut args = vec!["load", idx, "--device", "cuda", "--digest", "-v"];
         args.extend_from_slice(extra);
         let (out, report) = under_fake(&args, &[(key, value)]);
@@ -528,7 +539,69 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
         );
         report.assert_clean(&format!("{key}={value} {extra:?}"));
         assert_eq!(report.get("live_registrations"), 0);
+        if default_staging {
+            // After the first refusal no slot asks again: nothing was registered.
+            assert_eq!(report.get("registrations"), 0, "{key}={value}");
+        }
     }
+}
+
+/// The default staging's huge pages refused, then cuMemHostAlloc failing too: exit 1
+/// with both reasons, nothing left allocated.
+#[test]
+fn huge_pages_refused_then_no_pinned_memory_is_one_clear_error() {
+    if !thp() {
+        eprintln!("no transparent huge pages here: the default never tries them");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let (out, report) = under_fake(
+        &["load", idx, "--device", "cuda", "--digest"],
+        &[
+            ("FAKE_CUDA_NO_REGISTER", "1"),
+            ("FAKE_CUDA_FAIL", "cuMemHostAlloc:1"),
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pinned host memory") && err.contains("after huge-page staging was refused"),
+        "{err}"
+    );
+    report.assert_clean("huge pages refused, then cuMemHostAlloc");
+}
+
+/// Copies to the device slower than the reads (each queued copy delayed): the reading
+/// thread's waits are for free slots, and load --json says so.
+#[test]
+fn slow_copies_show_as_waiting_for_buffers() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let index = checkpoint(dir.path());
+    let idx = index.to_str().unwrap();
+    let (out, report) = under_fake(
+        &[
+            "load",
+            idx,
+            "--device",
+            "cuda",
+            "--json",
+            "--io",
+            "pread",
+            "--staging",
+            "1M",
+            "--chunk-size",
+            "128K",
+        ],
+        &[("FAKE_CUDA_DELAY_US", "2000")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let buffers = v["waiting_for_buffers_seconds"].as_f64().unwrap();
+    let reads = v["waiting_for_reads_seconds"].as_f64().unwrap();
+    assert!(buffers > 2.0 * reads, "{v}");
+    report.assert_clean("slow copies");
 }
 
 #[test]

@@ -406,19 +406,31 @@ impl HostMem {
         // len + HUGE_PAGE bytes; it is writable and nothing else uses it yet. The
         // advice asks for huge pages (refused where the kernel has them off: the
         // memory is then in 4 KiB pages, which still works) and keeps a forked child
-        // from sharing the pages the device copies from. The pages are populated by
-        // the kernel (MADV_POPULATE_WRITE, Linux 5.14: 128 MiB in 10.6 ms against
-        // 14.3 ms for writing zeros on the 2-core VM, bench/cpu/staging_populate.py),
-        // or by writing zeros where it refuses.
+        // from sharing the pages the device copies from.
         let host = unsafe {
             let host = region.base().add(skip);
             libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE);
             libc::madvise(host.cast(), len, libc::MADV_DONTFORK);
-            if !crate::io::populate_range(host as usize, len) {
-                std::ptr::write_bytes(host, 0, len);
-            }
             host
         };
+        // The pages are populated by the kernel (MADV_POPULATE_WRITE, Linux 5.14:
+        // 128 MiB in 10.6 ms against 14.3 ms for writing zeros on the 2-core VM,
+        // bench/cpu/staging_populate.py), or by writing zeros where the kernel does not
+        // know the advice; any other refusal (out of memory) is an error, not a fault
+        // in the middle of a write.
+        match crate::io::populate_range(host as usize, len) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // SAFETY: [host, host + len) lies in the writable mapping (above), which
+                // nothing else uses yet.
+                unsafe { std::ptr::write_bytes(host, 0, len) };
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "out of host memory populating {len} bytes of huge-page staging: {e}"
+                )))
+            }
+        }
         // SAFETY: [host, host + len) is mapped, writable and populated; it stays
         // mapped until `free`, which gives the registration back first (and a failed
         // registration leaves nothing to give back).
@@ -434,6 +446,14 @@ impl HostMem {
             host,
             map: Some(region),
         })
+    }
+
+    /// Leaves the memory to the process, when the driver cannot take it back: a
+    /// registered mapping is never unmapped under its registration.
+    fn leak(self) {
+        if let Some(region) = self.map {
+            std::mem::forget(region);
+        }
     }
 
     /// Frees the memory. The context must be current and no copy may still read it.
@@ -490,7 +510,7 @@ impl Slot {
     /// Frees the memory and the event. The context must be current and no copy may
     /// still read the slot (its stream has drained).
     fn free(self) {
-        // SAFETY: created in `alloc`, destroyed once here (the slot is consumed).
+        // SAFETY: created in `with_mem`, destroyed once here (the slot is consumed).
         let _ = unsafe { result::event::destroy(self.event) };
         self.mem.free();
     }
@@ -562,7 +582,14 @@ impl Staging {
                             "huge-page staging refused ({e}); pinning staging with cuMemHostAlloc"
                         );
                         self.huge_refused = true;
-                        Slot::alloc(self.slot_len, StagingKind::HostAlloc)?
+                        Slot::alloc(self.slot_len, StagingKind::HostAlloc).map_err(
+                            |e2| match e2 {
+                                Error::Cuda(m) => Error::Cuda(format!(
+                                    "{m} (after huge-page staging was refused: {e})"
+                                )),
+                                other => other,
+                            },
+                        )?
                     }
                 },
                 StagingKind::Default => Slot::alloc(self.slot_len, StagingKind::HostAlloc)?,
@@ -610,6 +637,12 @@ impl Drop for Staging {
     fn drop(&mut self) {
         let _restore = Restore::new();
         if self.ctx.bind().is_err() {
+            // Nothing can be given back to the driver. Huge-page slots stay mapped: their
+            // registrations still name those pages, and a new mapping at the same
+            // addresses must not inherit them.
+            for s in self.slots.drain(..) {
+                s.mem.leak();
+            }
             return;
         }
         if !self.stream.is_null() {
@@ -1630,6 +1663,11 @@ impl Sink for SlotSink<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    fn held_after_reads(&self) -> bool {
+        // Slots whose copies were queued and had not finished when last asked.
+        !self.order.is_empty()
     }
 
     fn fixed_buffers(&self) -> Vec<(*mut u8, usize)> {

@@ -425,6 +425,11 @@ impl Staged {
         result.map_err(|e| at_read(plan, file, &op, e))
     }
 
+    /// Whether some slot holds a read that is being placed (neither free nor in flight).
+    fn placing(&self) -> bool {
+        self.free.len() + self.busy.len() < self.slots.len()
+    }
+
     /// When every slot is busy and no read is in flight: waits for a placed read.
     fn wait(&mut self, plan: &Plan) -> Result<()> {
         if self.free.is_empty() {
@@ -624,6 +629,10 @@ impl Sink for HostSink<'_> {
     fn wait_for_slot(&mut self) -> Result<()> {
         self.staged.wait(self.plan)
     }
+
+    fn held_after_reads(&self) -> bool {
+        self.staged.placing()
+    }
 }
 
 /// Loads into host memory the caller gave, tensor by tensor
@@ -816,6 +825,10 @@ impl Sink for CallerSink<'_> {
 
     fn wait_for_slot(&mut self) -> Result<()> {
         self.staged.wait(self.plan)
+    }
+
+    fn held_after_reads(&self) -> bool {
+        self.staged.placing()
     }
 }
 

@@ -221,6 +221,13 @@ pub(crate) trait Sink {
     fn destination(&mut self, _file: usize, _op: &ReadOp) -> Option<(*mut u8, usize)> {
         None
     }
+    /// Whether some staging slot is held by a read that has finished but whose bytes
+    /// are still being copied, converted or placed (so a `None` from
+    /// [`Sink::buffer`] is what follows the reads holding the load back, not the reads
+    /// themselves). By default none.
+    fn held_after_reads(&self) -> bool {
+        false
+    }
     /// Whether this load does read `read` of file `file` now; a load that shares its
     /// reads with another path (a balanced split to a CUDA device) leaves the ones the
     /// other path claimed. By default every read.
@@ -256,21 +263,26 @@ const POPULATE_MIN: usize = 64 << 10;
 /// kernel without the call, or any error, just leaves the pages to be faulted in.
 pub(crate) fn populate(req: &Req) {
     if req.fresh && req.len >= POPULATE_MIN {
-        populate_range(req.ptr as usize, req.len);
+        let _ = populate_range(req.ptr as usize, req.len);
     }
 }
 
 /// See [`populate`]: `len` bytes at `addr`, which must be memory the caller may write.
-/// False where the kernel refused (before Linux 5.14, or out of memory): the pages are
-/// then faulted in as they are first touched.
-pub(crate) fn populate_range(addr: usize, len: usize) -> bool {
+/// The kernel's error where it refused: `EINVAL` before Linux 5.14 (the pages are then
+/// faulted in as they are first touched), `ENOMEM` when memory ran out.
+pub(crate) fn populate_range(addr: usize, len: usize) -> io::Result<()> {
     const MADV_POPULATE_WRITE: libc::c_int = 23;
     let page = 4096usize;
     let start = addr & !(page - 1);
     let end = addr.saturating_add(len);
     // SAFETY: the range covers writable memory of the caller, rounded out to whole
     // pages that hold some of its bytes and so are mapped; populating changes no byte.
-    unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) == 0 }
+    let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A finished read: bytes read (0 at end of file) or the OS error.
@@ -498,9 +510,10 @@ pub struct IoStats {
     /// (the disk, or the copy out of the page cache) is what limits the load.
     pub waiting_for_reads: Duration,
     /// Time the coordinator waited with fewer reads in flight than allowed because the
-    /// sink had no free buffer: every staging slot still held a read whose copy to the
-    /// device, conversion or placement had not finished. Long when what follows the
-    /// reads is what limits the load.
+    /// sink had no free buffer and some staging slot held a finished read whose copy to
+    /// the device, conversion or placement had not finished. Long when what follows
+    /// the reads is what limits the load. (Slots all held by reads in flight count as
+    /// waiting for reads.)
     pub waiting_for_buffers: Duration,
 }
 
@@ -599,10 +612,11 @@ fn run(
     let mut done = Vec::with_capacity(depth);
     let mut next = 0usize;
     let mut bytes_done = 0u64;
-    // An O_DIRECT read pins (and so faults in) its destination page by page when it is
-    // submitted: on this thread for io_uring, in front of each read on the pread pool's
-    // threads. Let another thread populate those destinations ahead of the reads.
-    // Buffered pread and mmap copies populate on their own threads as they go.
+    // An io_uring read faults in its fresh destination on this thread (O_DIRECT pins it
+    // page by page at submission; a buffered read copies into it), and an O_DIRECT read
+    // on the pread pool pins its destination in front of the read on that worker. Let
+    // another thread populate those destinations ahead of the reads. Buffered pread and
+    // mmap copies populate on their own threads as they go.
     let ahead = |f: usize| match choice.engine {
         EngineKind::Uring => true,
         EngineKind::Pread => choice.files.get(f).is_some_and(|m| m.direct),
@@ -627,7 +641,8 @@ fn run(
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled);
         }
-        // Whether submitting stopped for want of a free buffer.
+        // Whether submitting stopped for want of a buffer that a finished read still
+        // holds (not one whose read is in flight: then reading is the limit).
         let mut starved = false;
         while inflight.len() < depth {
             let Some(&(f, r)) = jobs.get(next) else { break };
@@ -648,7 +663,7 @@ fn run(
             }
             let fd = slot.as_ref().map(|o| o.file.as_raw_fd()).unwrap_or(-1);
             let Some(buf) = sink.buffer(f, op)? else {
-                starved = true;
+                starved = sink.held_after_reads();
                 break;
             };
             if buf.len < op.len as usize {

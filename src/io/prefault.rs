@@ -69,7 +69,7 @@ fn work(ranges: &[Range], stop: &AtomicBool, cursor: &AtomicUsize) {
                 break;
             }
             let len = STEP.min(r.len - off);
-            super::populate_range(r.addr + off, len);
+            let _ = super::populate_range(r.addr + off, len);
             off += len;
         }
     }
