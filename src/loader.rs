@@ -589,6 +589,12 @@ impl Loader {
         let (tensors, stats, path, device_init, staging_reused): Loaded = match self.device {
             Device::Cpu => {
                 let (t, s) = self.load_host(plan, &choice, slots)?;
+                tracing::debug!(
+                    "host load: {:.3} s, of it waiting for reads {:.3} s, for a free staging slot {:.3} s",
+                    start.elapsed().as_secs_f64(),
+                    s.waiting_for_reads.as_secs_f64(),
+                    s.waiting_for_buffers.as_secs_f64()
+                );
                 (t, s, None, Duration::ZERO, false)
             }
             #[cfg(feature = "cuda")]
