@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::loader::{Model, Tensor};
+use crate::{Model, Tensor};
 
 /// Lowercase hex SHA-256 of the tensor's bytes as loaded (copied back from a device).
 pub fn tensor_sha256(t: &Tensor) -> Result<String> {

@@ -1,11 +1,16 @@
 //! tensorstream loads safetensors checkpoints into host or GPU memory as fast as the
 //! hardware allows, and safely.
 //!
-//! Headers are parsed and validated strictly on the CPU ([`Header`], [`Checkpoint`]);
-//! a pure [`plan`] turns the selected tensors into large aligned reads; the [`io`]
-//! engine (io_uring with O_DIRECT or buffered, a pread pool, or mmap) moves the bytes
-//! with a bounded number in flight; a sink puts them in host memory or, with the
-//! `cuda` feature, streams them through pinned staging buffers to a GPU.
+//! Open a [`Checkpoint`] (a file, a directory of shards or an index; every header
+//! validated strictly), choose what to load with a [`Loader`], and get a [`Model`]
+//! of [`Tensor`]s, or fill memory of your own with [`Loader::load_into_host`] (and, with
+//! the `cuda` feature, `Loader::load_into_device`). Every load runs one pipeline:
+//! the selected tensors are planned into large aligned reads, an I/O engine
+//! ([`IoBackend`]: io_uring with O_DIRECT or buffered, a pread pool, or mmap) moves
+//! the bytes with a bounded number in flight, and a sink puts them in host memory or
+//! streams them through pinned staging to a GPU, converting dtypes on the way.
+//! Errors are one [`Error`] whose message names the file, the tensor and the rule
+//! broken.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,26 +49,43 @@
     )
 )]
 
-pub mod checkpoint;
+mod error;
+mod format;
+mod io;
+mod load;
+mod sink;
+
+// The stages that the CLI, the tests, the benches and the fuzz targets reach into:
+// public for them, hidden from the documentation, not part of the library's API.
+#[doc(hidden)]
 pub mod convert;
-pub mod device;
+#[doc(hidden)]
 pub mod digest;
-pub mod dtype;
-pub mod error;
-pub mod header;
-pub mod io;
-pub mod loader;
+#[doc(hidden)]
 pub mod plan;
+#[doc(hidden)]
 pub mod synth;
+#[doc(hidden)]
+pub use format::{checkpoint, dtype, header};
 
-pub use checkpoint::Checkpoint;
-pub use device::{Device, HostPool};
-pub use dtype::Dtype;
+/// What the CLI and the tests use beyond the library's API (hidden from its docs).
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::io::{drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
+    #[cfg(feature = "cuda")]
+    pub use crate::sink::cuda::Context;
+    pub use crate::sink::host_mem::{host_memory, reset_host_peak};
+}
+
 pub use error::{Error, ErrorKind, Result};
-pub use header::{Header, TensorInfo};
+pub use format::checkpoint::Checkpoint;
+pub use format::dtype::Dtype;
+pub use format::header::{Header, TensorInfo};
 pub use io::{CancelToken, IoBackend};
-pub use loader::{HostRegion, LoadStats, Loader, Model, Split, Storage, Tensor, TensorSpec};
+pub use load::model::{FileReport, LoadStats, Model, Storage, Tensor};
+pub use load::regions::{HostRegion, TensorSpec};
+pub use load::{Device, Loader};
 pub use plan::{Slice, SliceRule};
-
 #[cfg(feature = "cuda")]
-pub use device::cuda::DeviceRegion;
+pub use sink::cuda::{DeviceBuf, DeviceRegion};
+pub use sink::host_mem::{HostBuf, HostPool};

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use tensorstream::checkpoint::dtype_totals;
+use tensorstream::internals as tio;
 use tensorstream::synth::{write_checkpoint, SynthSpec};
 use tensorstream::{
-    digest, io as tio, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, SliceRule,
-    Split,
+    digest, Checkpoint, Device, Dtype, Error, HostPool, IoBackend, Loader, SliceRule,
 };
 
 #[derive(Parser)]
@@ -146,10 +146,6 @@ struct LoadOpts {
     /// CUDA: allocate the pinned staging write-combined.
     #[arg(long)]
     staging_wc: bool,
-    /// CUDA: gather --cols' selected columns by the CPU in the pinned staging, not by
-    /// 2-D copies to the device (then all through pinned slots).
-    #[arg(long)]
-    host_gather: bool,
     /// CUDA: put the staging on huge pages and pin it with cuMemHostRegister, and fail
     /// where that is refused (the default does so too, unless --staging-wc, but falls
     /// back to cuMemHostAlloc).
@@ -158,11 +154,6 @@ struct LoadOpts {
     /// CUDA: pin the staging with cuMemHostAlloc, not on huge pages.
     #[arg(long)]
     no_staging_huge: bool,
-    /// CUDA, cached files: copy this share (0 to 1) of each file straight from the
-    /// registered page cache while the pinned slots take the rest; `balanced`: each
-    /// read to whichever of the two reaches it first.
-    #[arg(long, value_parser = parse_share)]
-    registered_share: Option<Split>,
 }
 
 impl LoadOpts {
@@ -194,18 +185,6 @@ impl LoadOpts {
             l = l.huge_page_staging(self.staging_huge);
         }
         l.write_combined_staging(self.staging_wc)
-            .gather_columns_on_host(self.host_gather)
-            .split(self.registered_share.unwrap_or_default())
-    }
-}
-
-fn parse_share(s: &str) -> Result<Split, String> {
-    match s.parse::<f64>() {
-        _ if s == "balanced" => Ok(Split::Balanced),
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(Split::Share(v)),
-        _ => Err(format!(
-            "'{s}' is neither a share from 0 to 1 nor 'balanced'"
-        )),
     }
 }
 

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
-use tensorstream::device::cuda::Context;
-use tensorstream::loader::FileReport;
-use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader, Model, Split};
+use tensorstream::internals::Context;
+use tensorstream::FileReport;
+use tensorstream::{Device, Dtype, ErrorKind, IoBackend, Loader, Model};
 
 /// Whether a GPU is usable; prints the reason when not.
 fn gpu() -> bool {
@@ -196,12 +196,10 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
     }
 }
 
-/// `--io mmap` on CUDA: copies straight from the registered page cache (or, where
-/// the device refuses read-only registration, through the pinned slots, saying so).
-/// Small staging makes many registration windows, registered by one thread or several;
-/// conversions put raw and converted reads on shared pages.
+/// `--io mmap` on CUDA: the mapped file is copied through the pinned slots, for small
+/// and large staging, raw and converted, one allocation per file or per tensor.
 #[test]
-fn the_registered_page_cache_path_equals_host_loads() {
+fn the_mmap_path_equals_host_loads() {
     if !gpu() {
         return;
     }
@@ -223,71 +221,13 @@ fn the_registered_page_cache_path_equals_host_loads() {
                 let l = cuda_loader(IoBackend::Mmap, dtype, chunk, staging, depth)
                     .per_tensor_allocations(per_tensor);
                 let (got, report) = loaded_via(l, &path, &what);
-                assert!(
-                    report.io_path == "mmap+registered"
-                        || (report.io_path == "mmap" && report.reason.contains("refused")),
-                    "{what}: {report:?}"
-                );
+                assert_eq!(report.io_path, "mmap", "{what}: {report:?}");
                 assert_eq!(got.len(), want.len(), "{what}");
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g, w, "{} differs ({what})", w.0);
                 }
             }
         }
-    }
-}
-
-/// A cached file split between the registered page cache and the pinned slots
-/// (`Loader::split`), both at once: equal to the host load for every share, dtype,
-/// allocation mode and window size; a failed read stops the load with an error and
-/// the loader's next load is right.
-#[test]
-fn a_split_load_equals_host_loads() {
-    if !gpu() {
-        return;
-    }
-    let (_dir, path) = cached_fixture(8);
-    for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
-        let want = host_bytes(Loader::new().dtype(dtype), &path);
-        for (chunk, staging, depth) in [(4 << 20, 64 << 20, 16), (64 << 10, 256 << 10, 4)] {
-            for share in [
-                Split::Share(0.2),
-                Split::Share(0.5),
-                Split::Share(1.0),
-                Split::Balanced,
-            ] {
-                for per_tensor in [false, true] {
-                    let what = format!(
-                        "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
-                         share {share:?}, per_tensor {per_tensor}"
-                    );
-                    let l = cuda_loader(IoBackend::Pread, dtype, chunk, staging, depth)
-                        .split(share)
-                        .per_tensor_allocations(per_tensor);
-                    let (got, report) = loaded_via(l, &path, &what);
-                    assert!(
-                        report.io_path == "split+registered" || report.reason.contains("refused"),
-                        "{what}: {report:?}"
-                    );
-                    assert_eq!(got, want, "{what}");
-                }
-            }
-        }
-    }
-    let l = Loader::new()
-        .device(Device::Cuda(0))
-        .io(IoBackend::Pread)
-        .dtype(Some(Dtype::F16))
-        .chunk_size(64 << 10)
-        .staging_bytes(256 << 10);
-    for split in [Split::Share(0.5), Split::Balanced] {
-        let l = l.clone().split(split);
-        let e = l.clone().fail_nth_read(3).load(&path).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Io, "{split:?}: {e}");
-        assert_eq!(
-            host_bytes(l, &path),
-            host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path)
-        );
     }
 }
 
@@ -305,16 +245,11 @@ fn the_callers_current_context_is_left_as_it_was() {
     let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
     let current = || result::ctx::get_current().unwrap();
     let loads = |had: Option<cudarc::driver::sys::CUcontext>| {
-        for (io, split) in [
-            (IoBackend::Pread, Split::Off),
-            (IoBackend::Mmap, Split::Off),
-            (IoBackend::Pread, Split::Balanced),
-        ] {
-            let what = format!("{io:?} {split:?}");
+        for io in [IoBackend::Pread, IoBackend::Mmap, IoBackend::Direct] {
+            let what = format!("{io:?}");
             let l = Loader::new()
                 .device(Device::Cuda(0))
                 .io(io)
-                .split(split)
                 .dtype(Some(Dtype::F16))
                 .per_tensor_allocations(true);
             let m = l.load(&path).unwrap();
@@ -352,54 +287,6 @@ fn the_callers_current_context_is_left_as_it_was() {
     });
 }
 
-/// A balanced split of a sharded checkpoint: the slots go forwards from the first
-/// shard while the registered page cache goes backwards from the last, each read to
-/// the side that claims it first. Equal to the host load for conversions, window
-/// sizes and allocation modes, with both sides copying something; the report gives
-/// the share.
-#[test]
-fn a_balanced_split_of_shards_equals_host_loads() {
-    if !gpu() {
-        return;
-    }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = sharded_fixture(dir.path(), 20, 3);
-    for f in std::fs::read_dir(&path).unwrap() {
-        std::fs::read(f.unwrap().path()).unwrap(); // into the page cache
-    }
-    for dtype in [None, Some(Dtype::F32), Some(Dtype::BF16)] {
-        let want = host_bytes(Loader::new().dtype(dtype), &path);
-        for (chunk, staging, depth) in [
-            (4 << 20, 64 << 20, 16),
-            (64 << 10, 256 << 10, 4),
-            (64 << 10, 1 << 20, 32),
-        ] {
-            for per_tensor in [false, true] {
-                let what = format!(
-                    "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, \
-                     per_tensor {per_tensor}"
-                );
-                let l = cuda_loader(IoBackend::Pread, dtype, chunk, staging, depth)
-                    .split(Split::Balanced)
-                    .per_tensor_allocations(per_tensor);
-                let (got, report) = loaded_via(l, &path, &what);
-                assert_eq!(got, want, "{what}");
-                if report.reason.contains("refused") {
-                    continue;
-                }
-                assert_eq!(report.io_path, "split+registered", "{what}: {report:?}");
-                assert!(report.reason.contains("balanced"), "{what}: {report:?}");
-                let share: f64 = report.reason.split('%').next().unwrap().parse().unwrap();
-                // With staging a small part of the checkpoint, neither side can take it
-                // all before the other starts (64 MiB of staging holds all 19 MB).
-                if staging < 4 << 20 {
-                    assert!(share > 0.0 && share < 100.0, "{what}: {report:?}");
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn filters_and_small_staging_on_cuda() {
     if !gpu() {
@@ -422,7 +309,7 @@ fn filters_and_small_staging_on_cuda() {
 
 /// A tensor-parallel rank's rows and columns (and other ranges, one crossing many
 /// chunks, columns of rows longer than a read) on every path to the device, raw and
-/// converted, the columns gathered by 2-D copies or by the CPU, as the host loads
+/// converted, the columns gathered by 2-D copies (or by the CPU, narrow ones), as the host loads
 /// them; and into memory the caller allocated, where each tensor is described by its
 /// slice.
 #[test]
@@ -453,29 +340,17 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     };
     for (dtype, chunk) in [(None, 64 << 10), (Some(Dtype::F16), 64 << 10), (None, 4096)] {
         let want = host_bytes(sliced(Loader::new().dtype(dtype)), &path);
-        for (io, split) in [
-            (IoBackend::Pread, Split::Off),
-            (IoBackend::Direct, Split::Off),
-            (IoBackend::Buffered, Split::Off),
-            (IoBackend::Mmap, Split::Off),
-            (IoBackend::Pread, Split::Share(0.5)),
-            (IoBackend::Pread, Split::Balanced),
+        for io in [
+            IoBackend::Pread,
+            IoBackend::Direct,
+            IoBackend::Buffered,
+            IoBackend::Mmap,
         ] {
-            for (per_tensor, host_gather, wc) in [
-                (false, false, false),
-                (true, false, false),
-                (false, true, false),
-                (true, true, false),
-                (false, false, true),
-            ] {
-                let what = format!(
-                    "{dtype:?} {chunk} {io:?} {split:?} per_tensor {per_tensor} host gather \
-                     {host_gather} write-combined {wc}"
-                );
+            for (per_tensor, wc) in [(false, false), (true, false), (false, true)] {
+                let what =
+                    format!("{dtype:?} {chunk} {io:?} per_tensor {per_tensor} write-combined {wc}");
                 let l = sliced(cuda_loader(io, dtype, chunk, 1 << 20, 8))
-                    .split(split)
                     .per_tensor_allocations(per_tensor)
-                    .gather_columns_on_host(host_gather)
                     .write_combined_staging(wc);
                 let m = match l.load(&path) {
                     Err(e) if e.kind() == ErrorKind::Unsupported => {
@@ -486,35 +361,22 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
                 };
                 assert_eq!(m.get("b.f16").unwrap().shape, vec![1000, 2], "{what}");
                 assert_eq!(on_host(&m), want, "{what}");
-                let r = &m.stats().files[0];
-                if matches!(io, IoBackend::Mmap) || split != Split::Off {
-                    // Gathered by the CPU: only in the slots. By 2-D copies: from the
-                    // registered page cache too, where the driver allows registering.
-                    let slots = r.reason.contains("column selections");
-                    assert_eq!(slots, host_gather, "{what}: {r:?}");
-                    if !host_gather && !r.reason.contains("refused") {
-                        assert!(r.io_path.contains("registered"), "{what}: {r:?}");
-                    }
-                }
             }
         }
     }
-    // Rows only: the registered page cache serves them.
+    // Rows only, through the mapped file.
     let rows_only = |l: Loader| l.rows("k.big.bf16", Slice::Part { rank: 1, world: 3 });
     let want = host_bytes(rows_only(Loader::new()), &path);
-    let (got, report) = loaded_via(
+    let (got, _) = loaded_via(
         rows_only(cuda_loader(IoBackend::Mmap, None, 64 << 10, 1 << 20, 2)),
         &path,
-        "rows, registered",
+        "rows, mmap",
     );
     assert_eq!(got, want);
-    if !report.reason.contains("refused") {
-        assert_eq!(report.io_path, "mmap+registered", "{report:?}");
-    }
 
     // Columns of rows longer than a read: each row's selected bytes are read on their
-    // own, nothing is gathered, so the registered page cache copies them, raw and
-    // converted, straight to their places.
+    // own, nothing is gathered, and they are copied, raw and converted, straight to
+    // their places.
     let long = dir_of(&path).join("long-rows.safetensors");
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut data = vec![0u8; 3 * 5000 * 4];
@@ -525,24 +387,15 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     for dtype in [None, Some(Dtype::BF16)] {
         let part = |l: Loader| l.columns("w", Slice::Part { rank: 2, world: 4 });
         let want = host_bytes(part(Loader::new().dtype(dtype).chunk_size(4096)), &long);
-        let (got, report) = loaded_via(
-            part(cuda_loader(IoBackend::Mmap, dtype, 4096, 1 << 20, 2)),
-            &long,
-            "long rows, registered",
-        );
-        assert_eq!(got, want, "{dtype:?}");
-        if !report.reason.contains("refused") {
-            assert_eq!(report.io_path, "mmap+registered", "{report:?}");
+        for io in [IoBackend::Mmap, IoBackend::Pread] {
+            let (got, _) = loaded_via(
+                part(cuda_loader(io, dtype, 4096, 1 << 20, 2)),
+                &long,
+                "long rows",
+            );
+            assert_eq!(got, want, "{dtype:?} {io:?}");
         }
     }
-    // The CPU cannot gather in write-combined staging: refused before anything is read.
-    let e = sliced(Loader::new().device(Device::Cuda(0)))
-        .write_combined_staging(true)
-        .gather_columns_on_host(true)
-        .load(&path)
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    assert!(e.to_string().contains("write-combined"), "{e}");
 
     let ckpt = Checkpoint::open(&path).unwrap();
     let want = host_bytes(sliced(Loader::new().dtype(Some(Dtype::F32))), &path);
@@ -628,9 +481,8 @@ fn without_a_gpu_the_error_is_clear_and_not_a_panic() {
 /// One loader (and its clones) keeps its pinned staging between loads: later loads
 /// reuse it, also after a failed load, from three threads at once (two of them
 /// allocate their own), and after `prepare`; kept or not, write-combined, on huge
-/// pages or neither (the second kept load of a kind reuses the first's), over the registered page
-/// cache (which pins only two slots), pread and O_DIRECT: each load still equals the
-/// host load.
+/// pages or neither (the second kept load of a kind reuses the first's), over mmap,
+/// pread and O_DIRECT: each load still equals the host load.
 #[test]
 fn a_loader_reuses_its_staging_across_loads_and_threads() {
     if !gpu() {
@@ -689,8 +541,6 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
         (true, false, true),
         (false, false, true),
     ] {
-        // The registered path pins two slots; the pread load after it grows the kept
-        // staging (and its conversion scratch) to the full count.
         for io in [IoBackend::Mmap, IoBackend::Pread, IoBackend::Direct] {
             let l = l
                 .clone()
@@ -789,7 +639,7 @@ fn every_code_point_converts_on_the_gpu_as_on_the_host() {
 }
 
 /// A token cancelled from the progress callback stops a CUDA load on every path
-/// (pinned slots, registered page cache with one thread or several, split) with
+/// (pread, mmap, a queue of one read or several) with
 /// `Cancelled` and no tensors; the device and the same loader's settings then load
 /// the file right. (Under the fake driver, the report also shows nothing given back
 /// before the copies reading it ran, and nothing left allocated.)
@@ -800,14 +650,13 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
     }
     let (_dir, path) = cached_fixture(9);
     let want = host_bytes(Loader::new().dtype(Some(Dtype::BF16)), &path);
-    let paths: [(&str, IoBackend, usize, Split); 5] = [
-        ("slots", IoBackend::Pread, 4, Split::Off),
-        ("registered, 1 thread", IoBackend::Mmap, 1, Split::Off),
-        ("registered, 4 threads", IoBackend::Mmap, 4, Split::Off),
-        ("split", IoBackend::Pread, 8, Split::Share(0.5)),
-        ("balanced split", IoBackend::Pread, 8, Split::Balanced),
+    let paths: [(&str, IoBackend, usize); 4] = [
+        ("pread", IoBackend::Pread, 4),
+        ("pread, depth 1", IoBackend::Pread, 1),
+        ("mmap, depth 1", IoBackend::Mmap, 1),
+        ("mmap", IoBackend::Mmap, 8),
     ];
-    for (what, io, depth, share) in paths {
+    for (what, io, depth) in paths {
         for per_tensor in [false, true] {
             let l = Loader::new()
                 .device(Device::Cuda(0))
@@ -816,7 +665,6 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
                 .chunk_size(64 << 10)
                 .staging_bytes(256 << 10)
                 .queue_depth(depth)
-                .split(share)
                 .per_tensor_allocations(per_tensor);
             let token = tensorstream::CancelToken::new();
             let t2 = token.clone();
@@ -895,8 +743,8 @@ fn device_tensors_outlive_their_loader_and_free_one_by_one_on_any_thread() {
 
 /// Two devices at once, as a tensor-parallel server loads its ranks: a thread per
 /// device, each loading twice with a clone of one loader (whose kept staging the
-/// clones share, so it passes from one device to the other), through the slots,
-/// the registered page cache and a split load, with a conversion: every tensor is
+/// clones share, so it passes from one device to the other), by pread and by mmap,
+/// with a conversion: every tensor is
 /// on its thread's device and equals the host load. Needs two devices (the fake
 /// driver provides them).
 #[test]
@@ -915,25 +763,16 @@ fn two_devices_load_at_once_from_two_threads() {
         .dtype(Some(Dtype::F16))
         .chunk_size(256 << 10)
         .staging_bytes(2 << 20);
-    for (io, share) in [
-        (IoBackend::Pread, Split::Off),
-        (IoBackend::Mmap, Split::Off),
-        (IoBackend::Pread, Split::Share(0.5)),
-        (IoBackend::Pread, Split::Balanced),
-    ] {
+    for io in [IoBackend::Pread, IoBackend::Mmap] {
         std::thread::scope(|scope| {
             for d in [0, 1] {
-                let l = shared.clone().device(Device::Cuda(d)).io(io).split(share);
+                let l = shared.clone().device(Device::Cuda(d)).io(io);
                 let (path, want) = (&path, &want);
                 scope.spawn(move || {
                     for round in 0..2 {
                         let m = l.load(path).unwrap();
                         assert!(m.tensors().all(|t| t.device() == Device::Cuda(d)));
-                        assert_eq!(
-                            on_host(&m),
-                            *want,
-                            "cuda:{d} {io:?} {share:?} round {round}"
-                        );
+                        assert_eq!(on_host(&m), *want, "cuda:{d} {io:?} round {round}");
                     }
                 });
             }
@@ -1027,8 +866,7 @@ fn arena_layout(want: &HostTensors) -> (std::collections::BTreeMap<String, usize
 }
 
 /// A framework's own memory as the destination: every path (slots over pread,
-/// buffered io_uring and O_DIRECT, the registered page cache, a fixed and a balanced
-/// split), raw and converted, two shards, one tensor left out. Each tensor lands in its region, byte for byte as
+/// buffered io_uring and O_DIRECT, mmap), raw and converted, two shards, one tensor left out. Each tensor lands in its region, byte for byte as
 /// the host loads it; every byte around and between the regions keeps its poison;
 /// the model's tensors are views of the regions and free nothing when dropped.
 #[test]
@@ -1041,18 +879,17 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
     let path = sharded_fixture(dir.path(), 40, 2);
     let ckpt = Checkpoint::open(&path).unwrap();
     let skipped = "s1.b.f16";
-    for (round, (dtype, io, split, cached)) in [
-        (Some(Dtype::F16), IoBackend::Pread, Split::Off, true),
-        (None, IoBackend::Direct, Split::Off, false),
-        (Some(Dtype::BF16), IoBackend::Buffered, Split::Off, true),
-        (Some(Dtype::F32), IoBackend::Mmap, Split::Off, true),
-        (Some(Dtype::F16), IoBackend::Pread, Split::Share(0.5), true),
-        (Some(Dtype::BF16), IoBackend::Pread, Split::Balanced, true),
+    for (round, (dtype, io, cached)) in [
+        (Some(Dtype::F16), IoBackend::Pread, true),
+        (None, IoBackend::Direct, false),
+        (Some(Dtype::BF16), IoBackend::Buffered, true),
+        (Some(Dtype::F32), IoBackend::Mmap, true),
+        (Some(Dtype::BF16), IoBackend::PreadDirect, false),
     ]
     .into_iter()
     .enumerate()
     {
-        let what = format!("{dtype:?} {io:?} {split:?}");
+        let what = format!("{dtype:?} {io:?}");
         if cached {
             for f in std::fs::read_dir(&path).unwrap() {
                 std::fs::read(f.unwrap().path()).unwrap();
@@ -1064,7 +901,6 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
         let l = Loader::new()
             .device(Device::Cuda(0))
             .io(io)
-            .split(split)
             .dtype(dtype)
             .chunk_size(64 << 10)
             .staging_bytes(1 << 20);
@@ -1230,11 +1066,6 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
             IoBackend::Direct,
             IoBackend::Mmap,
         ][rng.gen_range(0..4)];
-        let split = if io == IoBackend::Pread {
-            [Split::Off, Split::Share(0.3), Split::Balanced][rng.gen_range(0..3)]
-        } else {
-            Split::Off
-        };
         let chunk = 4096u64 << rng.gen_range(0..6);
         let staging = chunk * rng.gen_range(2..9);
         let depth = rng.gen_range(1..9);
@@ -1246,9 +1077,9 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
         let mut layout: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         let mut end = 0usize;
         let what = format!(
-            "round {round}: {io:?} {split:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?} slices {slice}"
+            "round {round}: {io:?} chunk {chunk} staging {staging} depth {depth} dtype {global:?} slices {slice}"
         );
-        let l = cuda_loader(io, global, chunk, staging, depth).split(split);
+        let l = cuda_loader(io, global, chunk, staging, depth);
         let l = if slice { sliced(l) } else { l };
         // A first pass decides and lays out; the arena is then made to fit. The load's
         // callback replays the decisions.
@@ -1380,7 +1211,6 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
         ("pread", "cuLaunchKernel:2"),
         ("pread", "cuEventRecord:2"),
         ("mmap", "cuMemcpyHtoDAsync_v2:5"),
-        ("mmap", "cuMemHostRegister_v2:2"),
     ] {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let report = dir.path().join("report.txt");
@@ -1508,18 +1338,6 @@ fn a_refused_load_into_the_callers_memory_keeps_the_loaders_staging() {
         fresh.load(&path).unwrap().stats().staging_reused,
         "after prepare"
     );
-    // The registered page cache keeps two slots pinned: the next load through the
-    // slots pins the rest, and says so; the one after it pins nothing.
-    let reg = cuda_loader(IoBackend::Mmap, None, 64 << 10, 1 << 20, 4);
-    let m = reg.load(&path).unwrap();
-    if m.stats().files[0].io_path == "mmap+registered" {
-        let slots = reg.clone().io(IoBackend::Pread);
-        assert!(!slots.load(&path).unwrap().stats().staging_reused, "grown");
-        assert!(
-            slots.load(&path).unwrap().stats().staging_reused,
-            "after growing"
-        );
-    }
 }
 
 /// Regions that cannot be right are refused before any byte is written, each with
@@ -1788,8 +1606,8 @@ fn a_load_into_memory_the_caller_allocated_waits_for_work_queued_on_it() {
 /// driver, with each queued copy and kernel delayed so that a staging slot reused,
 /// a registration given back or a buffer freed before the work reading it ran
 /// would be caught. The fake's report must show the work really ran there (copies
-/// from pinned slots and registered page cache, kernels, two streams busy at once
-/// in split loads), no violation, and nothing left allocated at exit. The fake has
+/// from pinned slots, 2-D copies, kernels, huge-page staging registered, two streams
+/// busy at once in the two-device test), no violation, and nothing left allocated at exit. The fake has
 /// two devices, and checks that work is queued only in the current device's
 /// context.
 #[test]

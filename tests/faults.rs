@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
-use tensorstream::device::{host_memory, reset_host_peak};
+use tensorstream::internals::{host_memory, reset_host_peak};
 use tensorstream::{CancelToken, Checkpoint, Dtype, ErrorKind, IoBackend, Loader};
 
 /// Host-memory counters are process-wide: tests that read them run one at a time.

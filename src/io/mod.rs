@@ -156,8 +156,6 @@ impl IoChoice {
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken {
     flag: Arc<AtomicBool>,
-    /// A child token (see [`CancelToken::child`]) is also cancelled with this.
-    parent: Option<Arc<AtomicBool>>,
 }
 
 impl CancelToken {
@@ -169,22 +167,9 @@ impl CancelToken {
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::Relaxed);
     }
-    /// Whether [`CancelToken::cancel`] was called (on this token or its parent).
+    /// Whether [`CancelToken::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
-            || self
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.load(Ordering::Relaxed))
-    }
-    /// A new token, cancelled by its own `cancel` or by `parent`'s: one part of a
-    /// load stops the others without cancelling the caller's token.
-    #[cfg(any(feature = "cuda", test))]
-    pub(crate) fn child(parent: Option<&CancelToken>) -> CancelToken {
-        CancelToken {
-            flag: Arc::default(),
-            parent: parent.map(|p| Arc::clone(&p.flag)),
-        }
     }
 }
 
@@ -227,12 +212,6 @@ pub(crate) trait Sink {
     /// themselves). By default none.
     fn held_after_reads(&self) -> bool {
         false
-    }
-    /// Whether this load does read `read` of file `file` now; a load that shares its
-    /// reads with another path (a balanced split to a CUDA device) leaves the ones the
-    /// other path claimed. By default every read.
-    fn wants(&mut self, _file: usize, _read: usize) -> bool {
-        true
     }
 }
 
@@ -375,11 +354,6 @@ pub fn resident_fraction(path: &Path) -> Result<f64> {
     mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
 }
 
-/// Whether the file can be opened with O_DIRECT (tmpfs and some others refuse it).
-pub fn supports_direct(path: &Path) -> bool {
-    open_file(path, true).is_ok()
-}
-
 /// Opens `path` for reading, with O_DIRECT when `direct`.
 pub(crate) fn open_file(path: &Path, direct: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
@@ -517,32 +491,11 @@ pub struct IoStats {
     pub waiting_for_buffers: Duration,
 }
 
-impl IoStats {
-    /// Adds `other`'s counts (another part of the same load).
-    #[cfg(feature = "cuda")]
-    pub(crate) fn merge(&mut self, other: &IoStats) {
-        self.bytes_read += other.bytes_read;
-        self.requests += other.requests;
-        self.resubmitted += other.resubmitted;
-        self.in_place_bytes += other.in_place_bytes;
-        self.waiting_for_reads += other.waiting_for_reads;
-        self.waiting_for_buffers += other.waiting_for_buffers;
-    }
-}
-
 /// A file opened for a load, with the size and mtime it had then.
 pub(crate) struct OpenFile {
     file: File,
     len: u64,
     mtime: Option<SystemTime>,
-}
-
-impl OpenFile {
-    /// The open file.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 struct InFlight {
@@ -647,15 +600,6 @@ fn run(
         while inflight.len() < depth {
             let Some(&(f, r)) = jobs.get(next) else { break };
             let (fp, op) = job(plan, f, r)?;
-            if !sink.wants(f, r) {
-                // Another path has this read: done here, as far as the file goes.
-                next += 1;
-                if let Some(p) = &prefaulter {
-                    p.advance(next);
-                }
-                read_done(&mut remaining, open, engine, f, &fp.path)?;
-                continue;
-            }
             let slot = open.get_mut(f).ok_or_else(|| internal("file index"))?;
             if slot.is_none() {
                 let direct = choice.files.get(f).is_some_and(|m| m.direct);
@@ -899,7 +843,6 @@ pub fn drop_page_cache(path: &Path) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::CancelToken;
 
     /// An engine that never completes a read: `drain` checks that the file descriptor
     /// of every read it was handed is still open (a read submitted on a closed one reads
@@ -950,7 +893,7 @@ mod tests {
         let plan = crate::plan::plan(&ckpt, &opts).unwrap();
         let paths: Vec<&std::path::Path> = plan.files.iter().map(|f| f.path.as_path()).collect();
         let choice = super::choose(super::IoBackend::Pread, &paths).unwrap();
-        let mut sink = crate::device::host::HostSink::new(&plan, 1, opts.slot_len(), None).unwrap();
+        let mut sink = crate::sink::host::HostSink::new(&plan, 1, opts.slot_len(), None).unwrap();
         let mut engine = FdCheck {
             fds: Vec::new(),
             closed_at_drain: Vec::new(),
@@ -963,20 +906,5 @@ mod tests {
             "reads queued on closed descriptors {:?}",
             engine.closed_at_drain
         );
-    }
-
-    #[test]
-    fn a_child_token_stops_with_its_parent_but_not_the_other_way() {
-        let parent = CancelToken::new();
-        let (a, b) = (
-            CancelToken::child(Some(&parent)),
-            CancelToken::child(Some(&parent)),
-        );
-        let orphan = CancelToken::child(None);
-        a.cancel();
-        assert!(a.is_cancelled() && !b.is_cancelled() && !parent.is_cancelled());
-        assert!(!orphan.is_cancelled());
-        parent.cancel();
-        assert!(b.is_cancelled() && parent.is_cancelled() && !orphan.is_cancelled());
     }
 }
