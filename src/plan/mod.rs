@@ -13,13 +13,18 @@
 //! a conversion, reading several whole rows at a time and gathering their selected
 //! columns, or each row's selected bytes alone when a row is longer than a read).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::convert;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::header::TensorInfo;
+use crate::header::{Header, TensorInfo};
+
+mod slice;
+
+use slice::{select, Selection};
+pub use slice::{Slice, SliceRule};
 
 /// Options that shape a plan.
 #[derive(Debug, Clone)]
@@ -44,131 +49,6 @@ pub struct PlanOptions {
     /// (`coalesce_gap` then joins nothing), so that with `align` 1 every read lies
     /// within one tensor, as a load into each tensor's own memory wants.
     pub split_at_tensors: bool,
-}
-
-/// Which indices along one dimension of a tensor to load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slice {
-    /// Indices `start..end`.
-    Range {
-        /// First index loaded.
-        start: u64,
-        /// One past the last index loaded.
-        end: u64,
-    },
-    /// Part `rank` of `world` equal parts, as a tensor-parallel rank loads its shard:
-    /// indices `rank * d / world .. (rank + 1) * d / world` of `d`, where `d` must
-    /// divide by `world`.
-    Part {
-        /// This part, from 0.
-        rank: u64,
-        /// Number of parts.
-        world: u64,
-    },
-}
-
-impl Slice {
-    /// The indices `start..end` this selects of a dimension of size `size`, or why
-    /// none.
-    pub fn resolve(&self, size: u64) -> std::result::Result<(u64, u64), String> {
-        match *self {
-            Slice::Range { start, end } if start <= end && end <= size => Ok((start, end)),
-            Slice::Range { start, end } if start > end => {
-                Err(format!("{start}..{end} ends before it starts"))
-            }
-            Slice::Range { start, end } => {
-                Err(format!("{start}..{end} is not within its size {size}"))
-            }
-            Slice::Part { rank, world } if rank >= world => Err(format!(
-                "part {rank} of {world} does not exist (parts count from 0)"
-            )),
-            Slice::Part { world, .. } if !size.is_multiple_of(world) => Err(format!(
-                "its size {size} does not split into {world} equal parts"
-            )),
-            Slice::Part { rank, world } => {
-                let per = size / world;
-                Ok((rank * per, (rank + 1) * per))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Slice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slice::Range { start, end } => write!(f, "{start}:{end}"),
-            Slice::Part { rank, world } => write!(f, "{rank}/{world}"),
-        }
-    }
-}
-
-impl std::str::FromStr for Slice {
-    type Err = String;
-
-    /// `START:END` (indices START..END) or `RANK/WORLD` (part RANK of WORLD).
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let num = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("'{v}' in '{s}' is not a whole number"))
-        };
-        if let Some((a, b)) = s.split_once(':') {
-            Ok(Slice::Range {
-                start: num(a)?,
-                end: num(b)?,
-            })
-        } else if let Some((r, w)) = s.split_once('/') {
-            match (num(r)?, num(w)?) {
-                (_, 0) => Err(format!("'{s}': the number of parts must be at least 1")),
-                (rank, world) if rank >= world => Err(format!(
-                    "'{s}': part {rank} of {world} does not exist (parts count from 0)"
-                )),
-                (rank, world) => Ok(Slice::Part { rank, world }),
-            }
-        } else {
-            Err(format!(
-                "'{s}' is neither START:END (a range) nor RANK/WORLD (an equal part)"
-            ))
-        }
-    }
-}
-
-/// Loads only `slice` of dimension `dim` (0: rows, 1: columns) of the tensors whose
-/// whole name matches `pattern`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SliceRule {
-    /// Whole-name glob (`*`, `?`).
-    pub pattern: String,
-    /// The dimension sliced: 0 or 1.
-    pub dim: usize,
-    /// The indices kept.
-    pub slice: Slice,
-}
-
-impl SliceRule {
-    /// `GLOB=START:END` or `GLOB=RANK/WORLD`, for dimension `dim`.
-    pub fn parse(s: &str, dim: usize) -> std::result::Result<SliceRule, String> {
-        let (pattern, slice) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("'{s}' is not GLOB=START:END or GLOB=RANK/WORLD"))?;
-        if pattern.is_empty() {
-            return Err(format!("'{s}' names no tensors before '='"));
-        }
-        Ok(SliceRule {
-            pattern: pattern.to_string(),
-            dim,
-            slice: slice.parse()?,
-        })
-    }
-
-    /// "rows 1/4", "columns 0:8": what the rule selects, in words.
-    pub(crate) fn what(&self) -> String {
-        match self.dim {
-            0 => format!("rows {}", self.slice),
-            1 => format!("columns {}", self.slice),
-            d => format!("{} of dimension {d}", self.slice),
-        }
-    }
 }
 
 impl PlanOptions {
@@ -400,106 +280,6 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
-/// What a slice rule selects of a tensor.
-enum Selection {
-    /// Contiguous bytes: `len` bytes from `offset` into the tensor (whole rows).
-    Rows {
-        offset: u64,
-        len: u64,
-        shape: Vec<u64>,
-    },
-    /// The same `keep` bytes, `start` bytes into each of `rows` rows of `stride`.
-    Columns {
-        rows: u64,
-        stride: u64,
-        start: u64,
-        keep: u64,
-        shape: Vec<u64>,
-    },
-}
-
-/// What `rule` selects of `t`, or why it cannot.
-fn select(t: &TensorInfo, rule: &SliceRule) -> std::result::Result<Selection, String> {
-    let what = rule.what();
-    let cannot = |why: &dyn std::fmt::Display| format!("cannot load {what} of it: {why}");
-    match rule.dim {
-        0 => {
-            let Some((&d0, rest)) = t.shape.split_first() else {
-                return Err(cannot(&"it is a scalar"));
-            };
-            let (a, b) = rule.slice.resolve(d0).map_err(|w| cannot(&w))?;
-            if d0 > 0 && !t.len().is_multiple_of(d0) {
-                return Err(cannot(&format_args!(
-                    "a row of {} {} elements is not a whole number of bytes",
-                    rest.iter().product::<u64>(),
-                    t.dtype
-                )));
-            }
-            // A tensor of no rows has rows of no bytes.
-            let row = t.len().checked_div(d0).unwrap_or(0);
-            let mut shape = t.shape.clone();
-            if let Some(d) = shape.first_mut() {
-                *d = b - a;
-            }
-            Ok(Selection::Rows {
-                offset: a * row,
-                len: (b - a) * row,
-                shape,
-            })
-        }
-        1 => {
-            let [d0, d1, inner @ ..] = t.shape.as_slice() else {
-                return Err(cannot(&"it has fewer than two dimensions"));
-            };
-            let (a, b) = rule.slice.resolve(*d1).map_err(|w| cannot(&w))?;
-            if !t.dtype.bits().is_multiple_of(8) {
-                return Err(cannot(&format_args!(
-                    "columns of {} (elements smaller than a byte) are not supported",
-                    t.dtype
-                )));
-            }
-            // Bytes per column, per row and selected. They fit 64 bits unless the
-            // tensor is empty (a zero dimension), whose rows then hold nothing to read.
-            let fits = |x: Option<u64>| {
-                x.or_else(|| t.is_empty().then_some(0))
-                    .ok_or_else(|| cannot(&"its rows are too large"))
-            };
-            let unit = fits(
-                inner
-                    .iter()
-                    .try_fold(t.dtype.bits() / 8, |acc, &d| acc.checked_mul(d)),
-            )?;
-            let stride = fits(d1.checked_mul(unit))?;
-            let start = fits(a.checked_mul(unit))?;
-            let keep = fits((b - a).checked_mul(unit))?;
-            let mut shape = t.shape.clone();
-            if let Some(d) = shape.get_mut(1) {
-                *d = b - a;
-            }
-            if *d0 <= 1 || keep == stride {
-                // One row, or every column: contiguous bytes, read like rows.
-                return Ok(Selection::Rows {
-                    offset: if *d0 == 0 { 0 } else { start },
-                    len: fits(d0.checked_mul(keep))?,
-                    shape,
-                });
-            }
-            Ok(Selection::Columns {
-                rows: *d0,
-                stride,
-                start,
-                keep,
-                shape,
-            })
-        }
-        // Refused with the options, before any tensor.
-        d => Err(format!(
-            "{} of dimension {d} cannot be selected",
-            rule.slice
-        )),
-    }
-}
-
 /// The aligned read whose bytes `b` (from the first element to the end of the last)
 /// convert elements `first..first + count` of tensor `tensor`. `None` on overflow.
 fn convert_read(
@@ -627,6 +407,28 @@ pub(crate) fn plan_where(
     opts: &PlanOptions,
     pick: &dyn Fn(&str) -> Option<Option<Dtype>>,
 ) -> Result<Plan> {
+    check_options(opts)?;
+    let mut files = Vec::new();
+    for (shard, h) in ckpt.shards.iter().enumerate() {
+        let mut file = FileBuilder::new(h, opts);
+        for t in &h.tensors {
+            if !opts.only.is_empty() && !opts.only.iter().any(|p| glob_match(p, &t.name)) {
+                continue;
+            }
+            let Some(requested) = pick(&t.name) else {
+                continue;
+            };
+            file.add(t, requested.or(opts.dtype))?;
+        }
+        if let Some(f) = file.finish(shard) {
+            files.push(f);
+        }
+    }
+    Ok(Plan { files })
+}
+
+/// Refuses options no plan can follow: alignments, chunk size, target dtype, slices.
+fn check_options(opts: &PlanOptions) -> Result<()> {
     const MAX_ALIGN: u64 = 1 << 30;
     for (what, a) in [
         ("alignment", opts.align),
@@ -638,17 +440,16 @@ pub(crate) fn plan_where(
             )));
         }
     }
-    let align = opts.align;
     if opts.chunk_size > MAX_ALIGN {
         return Err(Error::InvalidArgument(format!(
             "chunk size {} is larger than {MAX_ALIGN}",
             opts.chunk_size
         )));
     }
-    if opts.chunk_size == 0 || !opts.chunk_size.is_multiple_of(align) {
+    if opts.chunk_size == 0 || !opts.chunk_size.is_multiple_of(opts.align) {
         return Err(Error::InvalidArgument(format!(
-            "chunk size {} must be a non-zero multiple of the alignment {align}",
-            opts.chunk_size
+            "chunk size {} must be a non-zero multiple of the alignment {}",
+            opts.chunk_size, opts.align
         )));
     }
     if let Some(d) = opts.dtype {
@@ -665,181 +466,195 @@ pub(crate) fn plan_where(
             r.pattern, r.slice, r.dim
         )));
     }
-    let tensor_align = opts.tensor_align;
-    let too_big = |path: &std::path::Path, name: &str| {
-        Error::tensor_err(
-            path,
-            name,
-            "offsets overflow 64 bits once aligned or converted",
-        )
+    Ok(())
+}
+
+/// The bytes of tensor `t` of the file at `path` that a load reads under the slice
+/// rules of `opts`: (file offset, length, shape once loaded, and for a column
+/// selection its (rows, stride, start, keep)).
+type Extent = (u64, u64, Vec<u64>, Option<(u64, u64, u64, u64)>);
+
+fn extent(path: &Path, data_start: u64, t: &TensorInfo, opts: &PlanOptions) -> Result<Extent> {
+    let in_err = |why: String| {
+        Error::InvalidArgument(format!("{}: tensor '{}': {why}", path.display(), t.name))
     };
-    let mut files = Vec::new();
-    for (shard, h) in ckpt.shards.iter().enumerate() {
-        let data_start = h.data_start();
-        let mut tensors = Vec::new();
-        let mut raw_len = 0u64;
-        let mut converted_len = 0u64;
-        let mut reads = Vec::new();
-        // Current raw segment: aligned file range [seg_start, seg_end) and its dest base.
-        let mut seg: Option<(u64, u64, u64)> = None;
-        let flush = |seg: &mut Option<(u64, u64, u64)>, reads: &mut Vec<ReadOp>| {
-            if let Some((start, end, dest)) = seg.take() {
-                let mut off = start;
-                while off < end {
-                    let len = opts.chunk_size.min(end - off);
-                    reads.push(ReadOp {
-                        offset: off,
-                        len,
-                        required: h.file_len.min(off + len).saturating_sub(off),
-                        target: Target::Raw {
-                            dest: dest + (off - start),
-                        },
-                    });
-                    off += len;
-                }
+    let mut rules = opts
+        .slices
+        .iter()
+        .filter(|r| glob_match(&r.pattern, &t.name));
+    let selection = match rules.next() {
+        None => None,
+        Some(rule) => {
+            // Rules of one dimension may overlap (the first applies); rows and
+            // columns both matching one tensor is a mistake to report.
+            if let Some(other) = rules.find(|r| r.dim != rule.dim) {
+                return Err(in_err(format!(
+                    "it matches both '{}' ({}) and '{}' ({}): a tensor takes rows or \
+                     columns, not both",
+                    rule.pattern,
+                    rule.what(),
+                    other.pattern,
+                    other.what()
+                )));
             }
-        };
-        for t in &h.tensors {
-            if !opts.only.is_empty() && !opts.only.iter().any(|p| glob_match(p, &t.name)) {
-                continue;
-            }
-            let Some(requested) = pick(&t.name) else {
-                continue;
-            };
-            let in_err = |why: String| {
-                Error::InvalidArgument(format!("{}: tensor '{}': {why}", h.path.display(), t.name))
-            };
-            let mut rules = opts
-                .slices
-                .iter()
-                .filter(|r| glob_match(&r.pattern, &t.name));
-            let selection = match rules.next() {
-                None => None,
-                Some(rule) => {
-                    // Rules of one dimension may overlap (the first applies); rows and
-                    // columns both matching one tensor is a mistake to report.
-                    if let Some(other) = rules.find(|r| r.dim != rule.dim) {
-                        return Err(in_err(format!(
-                            "it matches both '{}' ({}) and '{}' ({}): a tensor takes rows or \
-                             columns, not both",
-                            rule.pattern,
-                            rule.what(),
-                            other.pattern,
-                            other.what()
-                        )));
-                    }
-                    Some(select(t, rule).map_err(in_err)?)
-                }
-            };
-            let tensor_offset = data_start + t.begin;
-            let (file_offset, src_len, shape, columns) = match selection {
-                None => (tensor_offset, t.len(), t.shape.clone(), None),
-                Some(Selection::Rows { offset, len, shape }) => {
-                    (tensor_offset + offset, len, shape, None)
-                }
-                Some(Selection::Columns {
-                    rows,
-                    stride,
-                    start,
-                    keep,
-                    shape,
-                }) => (
-                    tensor_offset,
-                    rows.checked_mul(keep)
-                        .ok_or_else(|| too_big(&h.path, &t.name))?,
-                    shape,
-                    Some((rows, stride, start, keep)),
-                ),
-            };
-            let out_dtype = convert::output_dtype(t.dtype, requested.or(opts.dtype));
-            if out_dtype == t.dtype && columns.is_none() {
-                let a0 = align_down(file_offset, align);
-                let a1 = align_up(file_offset + src_len, align)
-                    .ok_or_else(|| too_big(&h.path, &t.name))?;
-                let place = match &mut seg {
-                    Some((s, e, dest))
-                        if !opts.split_at_tensors && a0 <= e.saturating_add(opts.coalesce_gap) =>
-                    {
-                        *e = (*e).max(a1);
-                        Place::Raw(*dest + (file_offset - *s))
-                    }
-                    _ => {
-                        flush(&mut seg, &mut reads);
-                        let dest = raw_len;
-                        seg = Some((a0, a1, dest));
-                        Place::Raw(dest + (file_offset - a0))
-                    }
-                };
-                tensors.push(PlannedTensor {
-                    name: t.name.clone(),
-                    src_dtype: t.dtype,
-                    dtype: t.dtype,
-                    shape,
-                    file_offset,
-                    src_len,
-                    len: src_len,
-                    place,
-                });
-                raw_len = seg.map(|(s, e, d)| d + (e - s)).unwrap_or(raw_len);
-                continue;
-            }
-            // A converted tensor, or selected columns (converted or not): chunks of
-            // whole elements through staging, each read aligned.
-            let esize = t.dtype.bits() / 8;
-            let out_len = convert::converted_len(t.dtype, out_dtype, src_len);
-            let place_off =
-                align_up(converted_len, tensor_align).ok_or_else(|| too_big(&h.path, &t.name))?;
-            converted_len = place_off
-                .checked_add(out_len)
-                .ok_or_else(|| too_big(&h.path, &t.name))?;
-            let idx = tensors.len();
-            tensors.push(PlannedTensor {
-                name: t.name.clone(),
-                src_dtype: t.dtype,
-                dtype: out_dtype,
-                shape,
-                file_offset,
-                src_len,
-                len: out_len,
-                place: Place::Converted(place_off),
-            });
-            let planned = match columns {
-                None => element_reads(
-                    &mut reads,
-                    opts,
-                    idx,
-                    file_offset,
-                    0,
-                    src_len.checked_div(esize).unwrap_or(0),
-                    esize,
-                ),
-                Some((rows, stride, start, keep)) => column_reads(
-                    &mut reads,
-                    opts,
-                    idx,
-                    file_offset,
-                    (rows, stride, start, keep),
-                    esize,
-                ),
-            };
-            planned.ok_or_else(|| too_big(&h.path, &t.name))?;
+            Some(select(t, rule).map_err(in_err)?)
         }
-        flush(&mut seg, &mut reads);
-        if tensors.is_empty() {
-            continue;
+    };
+    let tensor_offset = data_start + t.begin;
+    Ok(match selection {
+        None => (tensor_offset, t.len(), t.shape.clone(), None),
+        Some(Selection::Rows { offset, len, shape }) => (tensor_offset + offset, len, shape, None),
+        Some(Selection::Columns {
+            rows,
+            stride,
+            start,
+            keep,
+            shape,
+        }) => (
+            tensor_offset,
+            rows.checked_mul(keep)
+                .ok_or_else(|| too_big(path, &t.name))?,
+            shape,
+            Some((rows, stride, start, keep)),
+        ),
+    })
+}
+
+/// The error of a tensor whose offsets do not fit in 64 bits.
+fn too_big(path: &Path, name: &str) -> Error {
+    Error::tensor_err(
+        path,
+        name,
+        "offsets overflow 64 bits once aligned or converted",
+    )
+}
+
+/// One file's plan as its tensors are added in file order.
+struct FileBuilder<'a> {
+    h: &'a Header,
+    opts: &'a PlanOptions,
+    tensors: Vec<PlannedTensor>,
+    raw_len: u64,
+    converted_len: u64,
+    reads: Vec<ReadOp>,
+    /// Current raw segment: aligned file range [start, end) and its destination base.
+    seg: Option<(u64, u64, u64)>,
+}
+
+impl<'a> FileBuilder<'a> {
+    fn new(h: &'a Header, opts: &'a PlanOptions) -> Self {
+        FileBuilder {
+            h,
+            opts,
+            tensors: Vec::new(),
+            raw_len: 0,
+            converted_len: 0,
+            reads: Vec::new(),
+            seg: None,
         }
-        reads.sort_by_key(|r| r.offset);
-        files.push(FilePlan {
-            shard,
-            path: h.path.clone(),
-            file_len: h.file_len,
-            tensors,
-            raw_len,
-            converted_len,
-            reads,
-        });
     }
-    Ok(Plan { files })
+
+    /// Adds tensor `t`, converted to `dtype` where it converts.
+    fn add(&mut self, t: &TensorInfo, dtype: Option<Dtype>) -> Result<()> {
+        let (file_offset, src_len, shape, columns) =
+            extent(&self.h.path, self.h.data_start(), t, self.opts)?;
+        let out_dtype = convert::output_dtype(t.dtype, dtype);
+        let mut planned = PlannedTensor {
+            name: t.name.clone(),
+            src_dtype: t.dtype,
+            dtype: out_dtype,
+            shape,
+            file_offset,
+            src_len,
+            len: src_len,
+            place: Place::Raw(0),
+        };
+        if out_dtype == t.dtype && columns.is_none() {
+            planned.place = self.raw_place(file_offset, src_len, &t.name)?;
+            self.tensors.push(planned);
+            self.raw_len = self
+                .seg
+                .map(|(s, e, d)| d + (e - s))
+                .unwrap_or(self.raw_len);
+            return Ok(());
+        }
+        // A converted tensor, or selected columns (converted or not): chunks of whole
+        // elements through staging, each read aligned.
+        let too_big = || too_big(&self.h.path, &t.name);
+        let esize = t.dtype.bits() / 8;
+        let out_len = convert::converted_len(t.dtype, out_dtype, src_len);
+        let place_off = align_up(self.converted_len, self.opts.tensor_align).ok_or_else(too_big)?;
+        self.converted_len = place_off.checked_add(out_len).ok_or_else(too_big)?;
+        planned.len = out_len;
+        planned.place = Place::Converted(place_off);
+        let idx = self.tensors.len();
+        self.tensors.push(planned);
+        let (reads, opts) = (&mut self.reads, self.opts);
+        let done = match columns {
+            None => {
+                let count = src_len.checked_div(esize).unwrap_or(0);
+                element_reads(reads, opts, idx, file_offset, 0, count, esize)
+            }
+            Some(c) => column_reads(reads, opts, idx, file_offset, c, esize),
+        };
+        done.ok_or_else(too_big)
+    }
+
+    /// The place of a raw tensor at `file_offset` of `len` bytes: in the current raw
+    /// segment when near enough, else at the start of a new one.
+    fn raw_place(&mut self, file_offset: u64, len: u64, name: &str) -> Result<Place> {
+        let (align, gap) = (self.opts.align, self.opts.coalesce_gap);
+        let a0 = align_down(file_offset, align);
+        let a1 = align_up(file_offset + len, align).ok_or_else(|| too_big(&self.h.path, name))?;
+        if let Some((s, e, dest)) = &mut self.seg {
+            if !self.opts.split_at_tensors && a0 <= e.saturating_add(gap) {
+                *e = (*e).max(a1);
+                return Ok(Place::Raw(*dest + (file_offset - *s)));
+            }
+        }
+        self.flush();
+        let dest = self.raw_len;
+        self.seg = Some((a0, a1, dest));
+        Ok(Place::Raw(dest + (file_offset - a0)))
+    }
+
+    /// Cuts the current raw segment into reads of at most a chunk.
+    fn flush(&mut self) {
+        let Some((start, end, dest)) = self.seg.take() else {
+            return;
+        };
+        let mut off = start;
+        while off < end {
+            let len = self.opts.chunk_size.min(end - off);
+            self.reads.push(ReadOp {
+                offset: off,
+                len,
+                required: self.h.file_len.min(off + len).saturating_sub(off),
+                target: Target::Raw {
+                    dest: dest + (off - start),
+                },
+            });
+            off += len;
+        }
+    }
+
+    /// The file's plan (shard number `shard`), or none when no tensor was added.
+    fn finish(mut self, shard: usize) -> Option<FilePlan> {
+        self.flush();
+        if self.tensors.is_empty() {
+            return None;
+        }
+        self.reads.sort_by_key(|r| r.offset);
+        Some(FilePlan {
+            shard,
+            path: self.h.path.clone(),
+            file_len: self.h.file_len,
+            tensors: self.tensors,
+            raw_len: self.raw_len,
+            converted_len: self.converted_len,
+            reads: self.reads,
+        })
+    }
 }
 
 #[cfg(test)]
