@@ -56,14 +56,10 @@ pub enum IoBackend {
     /// thread, which on a multi-queue block device spreads them over the device's
     /// queues (io_uring submits from one thread). Needs no io_uring.
     PreadDirect,
-    /// Copy from a memory map of each file. A file truncated by another process while
-    /// it is mapped kills the process with SIGBUS: use only on files you control.
-    ///
-    /// On a CUDA device (feature `cuda`) the map is instead registered with the driver,
-    /// read-only, window by window, and copied to the device straight from the page
-    /// cache with no CPU copy (the process never reads the map, so no SIGBUS there);
-    /// where the device or driver refuses read-only registration it copies through the
-    /// pinned slots and the file report says why.
+    /// Copy from a memory map of each file (into host memory, or into the pinned
+    /// staging on CUDA). Never chosen by `Auto`: opting in is explicit. A file
+    /// truncated by another process while it is mapped kills the whole process with
+    /// SIGBUS, which no error can report: use it only on files nothing else writes.
     Mmap,
 }
 
