@@ -762,15 +762,12 @@ impl Kernels {
 
     /// Queues on `stream` the conversion of `n` elements of `src` at byte `at` of
     /// `input` to `dst` at byte `out_at` of `output`; both ranges are checked.
-    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         stream: &Stream,
         (src, dst): (Dtype, Dtype),
-        input: &DeviceBuf,
-        at: u64,
-        output: &DeviceBuf,
-        out_at: u64,
+        (input, at): (&DeviceBuf, u64),
+        (output, out_at): (&DeviceBuf, u64),
         n: u64,
     ) -> Result<()> {
         let func = *self

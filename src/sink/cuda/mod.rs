@@ -422,10 +422,8 @@ impl<'p> CudaSink<'p> {
             kernels.launch(
                 stream,
                 (t.src_dtype, t.dtype),
-                input,
-                at,
-                out,
-                out_at,
+                (input, at),
+                (out, out_at),
                 count,
             )?;
             // The scratch is reused once the slot's event says the kernel has run.
