@@ -132,7 +132,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
-    let configs: [&[&str]; 18] = [
+    let configs: [&[&str]; 13] = [
         &[],
         &["--io", "pread"],
         &["--io", "buffered"],
@@ -140,33 +140,6 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         &["--io", "mmap"],
         &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
         &["--io", "mmap", "--queue-depth", "8", "--staging", "2M"],
-        &[
-            "--registered-share",
-            "0.5",
-            "--staging",
-            "2M",
-            "--chunk-size",
-            "256K",
-        ],
-        &["--registered-share", "1"],
-        &[
-            "--registered-share",
-            "balanced",
-            "--staging",
-            "2M",
-            "--chunk-size",
-            "128K",
-        ],
-        &[
-            "--registered-share",
-            "balanced",
-            "--dtype",
-            "BF16",
-            "--staging",
-            "1M",
-            "--chunk-size",
-            "128K",
-        ],
         &["--staging-huge"],
         &[
             "--no-staging-huge",
@@ -179,14 +152,6 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         &["--dtype", "F32"],
         &["--dtype", "F16", "--staging", "1M", "--chunk-size", "64K"],
         &["--dtype", "BF16", "--io", "mmap", "--staging", "1M"],
-        &[
-            "--dtype",
-            "F32",
-            "--registered-share",
-            "0.4",
-            "--staging",
-            "2M",
-        ],
     ];
     let mut want = std::collections::HashMap::new();
     for extra in configs {
@@ -197,23 +162,19 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         let report = cuda_digests_equal(idx, extra, "100", want);
         assert_eq!(report.get("htod_pageable"), 0, "{extra:?}: a pageable copy");
         assert!(report.get("htod_pinned") > 0, "{extra:?}: {report:?}");
-        let mmap = extra.contains(&"mmap") || extra.contains(&"--registered-share");
+        let mmap = extra.contains(&"mmap");
         // The slots are on huge pages (pinned by registering them) unless asked not to
         // be, or write-combined, or the kernel has no transparent huge pages.
         let huge = extra.contains(&"--staging-huge")
             || (thp() && !extra.contains(&"--staging-wc") && !extra.contains(&"--no-staging-huge"));
         assert_eq!(report.get("registrations") > 0, mmap || huge, "{extra:?}");
         assert_eq!(report.get("launches") > 0, dtype.is_some(), "{extra:?}");
-        if extra.contains(&"0.5") || extra.contains(&"balanced") {
-            assert_eq!(report.get("max_busy_streams"), 2, "{extra:?}: {report:?}");
-        }
     }
 }
 
 /// A tensor-parallel rank's columns (and rows) through the command line on every path
 /// to the device: gathered by 2-D copies, from the pinned slots, the registered page
-/// cache, both at once and write-combined staging, or by the CPU with --host-gather;
-/// the digests are the CPU load's of the same rules.
+/// cache and write-combined staging; the digests are the CPU load's of the same rules.
 #[test]
 fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -233,14 +194,12 @@ fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
         "--staging",
         "1M",
     ];
-    let configs: [&[&str]; 7] = [
+    let configs: [&[&str]; 5] = [
         &[],
         &["--dtype", "F32"],
         &["--io", "mmap"],
         &["--io", "mmap", "--dtype", "BF16", "--queue-depth", "3"],
-        &["--registered-share", "balanced"],
         &["--staging-wc", "--dtype", "F16"],
-        &["--host-gather", "--dtype", "F16"],
     ];
     let mut want = std::collections::HashMap::new();
     for extra in configs {
@@ -250,9 +209,8 @@ fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
             .or_insert_with(|| cpu_digests_with(&index, &rules, dtype));
         let args: Vec<&str> = rules.iter().chain(extra).copied().collect();
         let report = cuda_digests_equal(idx, &args, "20", want);
-        let host = extra.contains(&"--host-gather");
-        assert_eq!(report.get("htod_2d") > 0, !host, "{extra:?}: {report:?}");
-        if extra.contains(&"mmap") || extra.contains(&"balanced") {
+        assert!(report.get("htod_2d") > 0, "{extra:?}: {report:?}");
+        if extra.contains(&"mmap") {
             assert!(report.get("registrations") > 0, "{extra:?}: {report:?}");
         }
     }
@@ -264,7 +222,7 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
     // (driver call:n-th, extra arguments, words the message must hold)
-    let cases: [(&str, &[&str], &str); 21] = [
+    let cases: [(&str, &[&str], &str); 19] = [
         ("cuInit:1", &[], "cuInit"),
         (
             "cuDevicePrimaryCtxRetain:1",
@@ -327,16 +285,6 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
             "cuMemHostRegister_v2:1",
             &["--staging-huge"],
             "huge-page staging",
-        ),
-        (
-            "cuMemcpyHtoDAsync_v2:3",
-            &["--registered-share", "0.5", "--staging", "2M"],
-            "safetensors: bytes",
-        ),
-        (
-            "cuMemcpyHtoDAsync_v2:3",
-            &["--registered-share", "balanced", "--staging", "2M"],
-            "safetensors: bytes",
         ),
         ("cuMemcpyDtoH_v2:2", &[], "copying a tensor back"),
         (
@@ -449,7 +397,7 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
     let idx = index.to_str().unwrap();
     let want = cpu_digests(&index, None);
     // (variable, value, arguments, what -v says)
-    let cases: [(&str, &str, &[&str], &str); 8] = [
+    let cases: [(&str, &str, &[&str], &str); 4] = [
         ("FAKE_CUDA_NO_REGISTER", "1", &["--io", "mmap"], "refused"),
         (
             "FAKE_CUDA_FAIL",
@@ -458,52 +406,6 @@ fn refused_registrations_fall_back_to_the_pinned_slots_and_say_so() {
             // is the first window's.
             &["--io", "mmap", "--queue-depth", "1", "--no-staging-huge"],
             "refused",
-        ),
-        (
-            "FAKE_CUDA_NO_REGISTER",
-            "1",
-            &["--registered-share", "0.5"],
-            "refused",
-        ),
-        (
-            "FAKE_CUDA_NO_REGISTER",
-            "1",
-            &["--registered-share", "balanced"],
-            "refused",
-        ),
-        (
-            "FAKE_CUDA_FAIL",
-            "cuMemHostRegister_v2:1",
-            // A quarter of the queue depth registers: one thread, so the first call is
-            // the first window's.
-            &[
-                "--registered-share",
-                "balanced",
-                "--staging",
-                "1M",
-                "--queue-depth",
-                "4",
-                "--no-staging-huge",
-            ],
-            "refused",
-        ),
-        // Balanced, a later registration refused: the registered side stops there and
-        // the slots take the rest (where a fixed share or --io mmap fail the load).
-        (
-            "FAKE_CUDA_FAIL",
-            "cuMemHostRegister_v2:3",
-            &[
-                "--registered-share",
-                "balanced",
-                "--staging",
-                "1M",
-                "--chunk-size",
-                "128K",
-                "--queue-depth",
-                "4",
-                "--no-staging-huge",
-            ],
-            "the pinned slots take the rest",
         ),
         // The default staging on huge pages, its pinning refused: cuMemHostAlloc
         // instead, for the first slot and every later one (only where the kernel has
@@ -657,26 +559,10 @@ fn a_device_fault_in_queued_work_is_exit_1_on_every_path() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let index = checkpoint(dir.path());
     let idx = index.to_str().unwrap();
-    let paths: [&[&str]; 7] = [
+    let paths: [&[&str]; 5] = [
         &["--staging", "1M", "--chunk-size", "256K"],
-        &[
-            "--registered-share",
-            "balanced",
-            "--staging",
-            "1M",
-            "--chunk-size",
-            "256K",
-        ],
         &["--io", "mmap", "--staging", "1M"],
         &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
-        &[
-            "--registered-share",
-            "0.5",
-            "--staging",
-            "1M",
-            "--chunk-size",
-            "256K",
-        ],
         &["--dtype", "F16", "--staging", "1M", "--chunk-size", "256K"],
         &["--staging-huge", "--staging", "1M", "--chunk-size", "256K"],
     ];
