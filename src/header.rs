@@ -281,22 +281,21 @@ impl Header {
 /// say which, instead of quoting a length read from it.
 fn not_safetensors(path: &Path, prefix: &[u8; PREFIX_LEN as usize], e: Error) -> Error {
     let looks = match prefix {
-        [b'P', b'K', 3, 4, ..] => "a zip archive, such as a PyTorch checkpoint (pytorch_model.bin)",
-        [0x80, 2..=5, ..] => "a PyTorch pickle checkpoint (legacy format)",
+        [b'P', b'K', 3, 4, ..] => {
+            "a PyTorch zip checkpoint (pytorch_model.bin) or another zip archive; convert it to safetensors first"
+        }
+        [0x80, 2..=5, ..] => "a legacy PyTorch pickle checkpoint; convert it to safetensors first",
         _ => match prefix.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{' | b'[') => "a JSON file",
+            Some(b'{' | b'[') => {
+                "JSON (a safetensors file starts with an 8-byte header length; for a sharded \
+                 checkpoint give its model.safetensors.index.json or its directory)"
+            }
             _ => return e,
         },
     };
-    let hint = if looks.starts_with("a JSON") {
-        "(a safetensors file starts with an 8-byte header length; to load a sharded \
-         checkpoint, give its model.safetensors.index.json or its directory)"
-    } else {
-        "(convert it to safetensors first)"
-    };
     Error::header(
         path,
-        format_args!("not a safetensors file: looks like {looks} {hint}"),
+        format_args!("not a safetensors file: looks like {looks}"),
     )
 }
 

@@ -121,6 +121,7 @@ fn too_many_files(e: &Error) -> bool {
 /// The exit code of a finished subcommand; an error said on stderr, on one line with
 /// control characters escaped, and for EMFILE the shard count and what to do.
 pub fn finish(r: CmdResult, path: Option<&Path>) -> ExitCode {
+    super::signals::wait_if_interrupted();
     match r {
         Ok(code) => code,
         Err(Fail::Out(e)) => {
@@ -131,12 +132,11 @@ pub fn finish(r: CmdResult, path: Option<&Path>) -> ExitCode {
             let mut msg = error::escape_line(&e.to_string()).into_owned();
             if too_many_files(&e) {
                 // Validation opens one file at a time; the load opens every shard.
-                let shards = path
-                    .and_then(|p| Checkpoint::open(p).ok())
-                    .map_or(0, |c| c.shards.len());
-                msg.push_str(&format!(
-                    "; too many open files: the checkpoint has {shards} shards; raise the limit (ulimit -n)"
-                ));
+                msg.push_str("; too many open files: ");
+                if let Some(c) = path.and_then(|p| Checkpoint::open(p).ok()) {
+                    msg.push_str(&format!("the checkpoint has {} shards; ", c.shards.len()));
+                }
+                msg.push_str("raise the limit (ulimit -n)");
             }
             note(format_args!("error: {msg}"));
             ExitCode::from(1)

@@ -2,8 +2,21 @@
 //! signals are blocked in every thread and taken by one thread that waits for them.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::output::note;
+
+/// Set once a signal has been taken: the program is about to end by it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// When a signal has been taken, waits for the thread that took it to end the
+/// process (so that a load failing because its files were just removed does not
+/// report that, nor exit first with its own code).
+pub fn wait_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards, and
 /// starts a thread that waits for either: it removes `dir`, then ends the process by
@@ -53,6 +66,7 @@ fn wait_and_remove(dir: PathBuf) {
     if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
         return;
     }
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let _ = std::fs::remove_dir_all(&dir);
     // SAFETY: restoring the default action of a valid signal, unblocking it in this
     // thread and raising it here: the process ends as the signal's default says.
