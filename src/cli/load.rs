@@ -24,15 +24,15 @@ pub struct Args {
     pub digest: bool,
     /// Print the summary as JSON. Fields: tensors; bytes (tensor bytes selected, as
     /// stored); output_bytes (after --dtype conversion); read_bytes (bytes read from
-    /// disk: more than bytes, since reads are aligned and take whole rows, and can
-    /// exceed a file's size by the alignment); in_place_bytes (bytes of the reads that
+    /// disk: can exceed bytes, since reads are aligned and --cols reads whole rows, and
+    /// can exceed a file's size by the alignment); in_place_bytes (bytes of the reads that
     /// landed straight in their final place, without a staging copy, alignment slack
     /// included: so it can exceed bytes); seconds; waiting_for_reads_seconds and
     /// waiting_for_buffers_seconds (parts of seconds the reading thread waited);
     /// gbps (bytes / seconds / 10^9); device_init_seconds; staging_reused; device;
     /// engine_reason; files (path, io path, reason; paths as UTF-8, bytes that are not
     /// replaced by U+FFFD).
-    #[arg(long, verbatim_doc_comment)]
+    #[arg(long)]
     pub json: bool,
 }
 
