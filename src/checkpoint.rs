@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use crate::dtype::Dtype;
-use crate::error::{clip_json, quoted, Error, Result};
+use crate::error::{bounded, clip_json, quoted, Error, Result};
 use crate::header::{Header, TensorInfo};
 
 /// Largest index file accepted, in bytes (real ones are a few MiB at most).
@@ -106,7 +106,7 @@ impl Checkpoint {
                             format_args!(
                                 "weight_map puts tensor {} in {}, which has no such tensor",
                                 quoted(name),
-                                quoted(file)
+                                bounded(file)
                             ),
                         ));
                     }
@@ -180,10 +180,13 @@ pub fn dtype_totals<'a>(headers: impl Iterator<Item = &'a Header>) -> BTreeMap<D
     m
 }
 
+/// A file's name for a message: lossy UTF-8, control characters escaped.
 fn file_name(p: &Path) -> String {
-    p.file_name()
+    let name = p
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.display().to_string())
+        .unwrap_or_else(|| p.display().to_string());
+    crate::error::escape(&name).into_owned()
 }
 
 /// A parsed `*.safetensors.index.json`.
@@ -367,11 +370,15 @@ fn discover(path: &Path) -> std::result::Result<(Vec<PathBuf>, Option<Index>), V
     let one = |e| vec![e];
     let meta = match fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let why = not_a_file(path).unwrap_or_else(|| e.to_string());
-            return Err(one(Error::checkpoint(path, why)));
+        // A dangling link says where it points; anything else missing is the OS's error.
+        Err(e) => {
+            return Err(one(match fs::read_link(path) {
+                Ok(_) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Error::checkpoint(path, not_a_file(path).unwrap_or_default())
+                }
+                _ => Error::io(path, "open", e),
+            }))
         }
-        Err(e) => return Err(one(Error::io(path, "open", e))),
     };
     if meta.is_file() {
         if is_index(path) {
@@ -413,16 +420,33 @@ fn discover(path: &Path) -> std::result::Result<(Vec<PathBuf>, Option<Index>), V
         return Err(problems);
     }
     match indexes.as_slice() {
-        [] if shards.is_empty() => Err(one(Error::checkpoint(
-            path,
-            "directory holds no .safetensors files and no .safetensors.index.json",
-        ))),
         [] => {
-            for p in &shards {
-                if let Some(why) = not_a_file(p) {
-                    problems.push(Error::checkpoint(p, why));
+            let mut bad = Vec::new();
+            shards.retain(|p| match not_a_file(p) {
+                None => true,
+                Some(why) => {
+                    bad.push((p.clone(), why));
+                    false
                 }
+            });
+            if shards.is_empty() {
+                let odd: Vec<String> = bad
+                    .iter()
+                    .map(|(p, why)| format!("{} {why}", file_name(p)))
+                    .collect();
+                let odd = if odd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", odd.join("; "))
+                };
+                return Err(one(Error::checkpoint(
+                    path,
+                    format_args!(
+                        "directory holds no .safetensors files and no .safetensors.index.json{odd}"
+                    ),
+                )));
             }
+            problems.extend(bad.into_iter().map(|(p, why)| Error::checkpoint(&p, why)));
             problems.extend(missing_numbered(path, &shards));
             if problems.is_empty() {
                 Ok((shards, None))
@@ -533,7 +557,7 @@ fn index_files(idx: &Index) -> Result<Vec<PathBuf>> {
                 &idx.path,
                 format_args!(
                     "shard {} (holding tensor {}, among others) {why}",
-                    quoted(n),
+                    bounded(n),
                     quoted(tensor)
                 ),
             ));

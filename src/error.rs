@@ -263,6 +263,18 @@ pub(crate) fn quoted(s: &str) -> String {
     }
 }
 
+/// As [`quoted`], without the quotes (for a file name from an index, shown as a name).
+pub(crate) fn bounded(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX) {
+        None => escape(s).into_owned(),
+        Some((cut, _)) => format!(
+            "{}… ({} bytes)",
+            escape(s.get(..cut).unwrap_or_default()),
+            s.len()
+        ),
+    }
+}
+
 /// A parser's message, which may repeat input of any length: control characters
 /// escaped, and cut after 400 characters with the whole size said.
 pub(crate) fn clip(s: &str) -> String {

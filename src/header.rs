@@ -346,20 +346,62 @@ struct RawTensor {
     data_offsets: (u64, u64),
 }
 
-/// A dtype name, refused with the name quoted (escaped and cut: it comes from the file).
+/// A dtype, as the derived deserializer reads it (a string, or the one-key form
+/// `{"U8": null}` that the reference crate also accepts), but refused with the name
+/// quoted (escaped and cut: it comes from the file) and the names listed.
 fn dtype_field<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Dtype, D::Error> {
-    let name = std::borrow::Cow::<str>::deserialize(d)?;
-    Dtype::ALL
-        .into_iter()
-        .find(|t| t.name() == name)
-        .ok_or_else(|| {
-            let all: Vec<&str> = Dtype::ALL.iter().map(|t| t.name()).collect();
-            de::Error::custom(format_args!(
-                "unknown dtype {} (one of: {})",
-                quoted(&name),
-                all.join(", ")
-            ))
-        })
+    struct DtypeVisitor;
+    impl<'de> Visitor<'de> for DtypeVisitor {
+        type Value = Dtype;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a dtype name")
+        }
+
+        fn visit_enum<A: de::EnumAccess<'de>>(
+            self,
+            data: A,
+        ) -> std::result::Result<Dtype, A::Error> {
+            let (name, variant): (String, _) = data.variant()?;
+            de::VariantAccess::unit_variant(variant)?;
+            Dtype::ALL
+                .into_iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = Dtype::ALL.iter().map(|t| t.name()).collect();
+                    de::Error::custom(format_args!(
+                        "unknown dtype {} (one of: {})",
+                        quoted(&name),
+                        all.join(", ")
+                    ))
+                })
+        }
+    }
+    const NAMES: [&str; 22] = [
+        "BOOL",
+        "F4",
+        "F6_E2M3",
+        "F6_E3M2",
+        "U8",
+        "I8",
+        "F8_E5M2",
+        "F8_E4M3",
+        "F8_E8M0",
+        "F8_E4M3FNUZ",
+        "F8_E5M2FNUZ",
+        "I16",
+        "U16",
+        "F16",
+        "BF16",
+        "I32",
+        "U32",
+        "F32",
+        "C64",
+        "F64",
+        "I64",
+        "U64",
+    ];
+    d.deserialize_enum("Dtype", &NAMES, DtypeVisitor)
 }
 
 impl<'de> Deserialize<'de> for RawHeader {

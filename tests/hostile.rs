@@ -144,6 +144,17 @@ fn entries_named_like_shards_that_are_not_files_are_errors() {
     std::fs::remove_file(&odd).unwrap();
     std::os::unix::fs::symlink("nowhere", &odd).unwrap();
     all_refuse(d.path(), &["odd.safetensors", "symbolic link to nowhere"]);
+    // Alone in its directory, the entry is named in the "no files" message.
+    let alone = d.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::os::unix::fs::symlink("../blobs/x", alone.join("model.safetensors")).unwrap();
+    all_refuse(
+        &alone,
+        &[
+            "holds no .safetensors files",
+            "model.safetensors is a symbolic link to ../blobs/x, which does not exist",
+        ],
+    );
     // A dangling index is not passed over for the shards beside it.
     std::fs::remove_file(&odd).unwrap();
     std::os::unix::fs::symlink("gone.json", d.path().join("model.safetensors.index.json")).unwrap();
