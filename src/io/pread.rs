@@ -32,6 +32,12 @@ impl PreadEngine {
             let rx = Arc::clone(&jobs_rx);
             let tx = done_tx.clone();
             let name = format!("tensorstream-pread-{i}");
+            // A refusal by pthread_create (EAGAIN: a process, thread or memory limit)
+            // comes back here. Under an address-space limit (ulimit -v) a few failures
+            // abort instead, before any of our code runs and out of reach of any
+            // caller: std mapping the new thread's signal stack ("failed to allocate an
+            // alternative stack"), glibc registering its TLS destructors, or any
+            // allocation of the Rust runtime ("memory allocation of N bytes failed").
             match std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || worker(&rx, &tx))
