@@ -35,7 +35,7 @@ pub enum Error {
         reason: String,
     },
     /// One tensor entry of a header breaks a format rule.
-    #[error("{}: tensor '{tensor}': {reason}", path.display())]
+    #[error("{}: tensor {}: {reason}", path.display(), quoted(tensor))]
     InvalidTensor {
         /// The file concerned.
         path: PathBuf,
@@ -142,6 +142,17 @@ impl Error {
         }
     }
 
+    /// A thread the library needed could not be started (the OS refused it: a limit
+    /// on processes or memory). An I/O error whose path is the thread's name:
+    /// "tensorstream-place-1: could not start the thread: Resource temporarily unavailable".
+    pub(crate) fn thread(name: &str, source: io::Error) -> Self {
+        Error::Io {
+            path: PathBuf::from(name),
+            op: "could not start the thread",
+            source,
+        }
+    }
+
     pub(crate) fn header(path: &Path, reason: impl fmt::Display) -> Self {
         Error::InvalidHeader {
             path: path.to_path_buf(),
@@ -169,5 +180,143 @@ impl Error {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// Longest stretch of file-controlled text a message quotes, in characters.
+const QUOTE_MAX: usize = 200;
+
+/// Longest message of a parser (serde_json) shown whole, in characters.
+const CLIP_MAX: usize = 400;
+
+/// Whether `c` is shown escaped: control characters, and the invisible formatting
+/// characters that reorder or hide text on a terminal (bidi overrides and isolates,
+/// zero-width characters, line and paragraph separators, the byte-order mark).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+fn push_escaped(out: &mut String, c: char, backslash: bool) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\0' => out.push_str("\\0"),
+        '\\' if backslash => out.push_str("\\\\"),
+        c if hidden(c) => {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+        c => out.push(c),
+    }
+}
+
+/// Text from a file (a tensor name, a metadata value) made safe to show on a
+/// terminal: control characters, bidi overrides and other invisible formatting
+/// characters appear as escapes (`\n`, `\u{1b}`, `\u{202e}`), a backslash as `\\`;
+/// letters of every script stay as they are. Nothing is cut.
+#[doc(hidden)]
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, true)
+}
+
+/// A whole message made safe for one terminal line: control and invisible formatting
+/// characters escaped as [`escape`] does, backslashes left alone (the message's quoted
+/// parts are escaped already).
+#[doc(hidden)]
+pub fn escape_line(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, false)
+}
+
+fn escape_with(s: &str, backslash: bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| hidden(c) || (backslash && c == '\\')) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        push_escaped(&mut out, c, backslash);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// File-controlled text as a message quotes it: escaped (see [`escape`]) between single
+/// quotes, and cut after 200 characters with the whole size said:
+/// `'aaaa…' (10000000 bytes)`.
+pub(crate) fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX) {
+        None => format!("'{}'", escape(s)),
+        Some((cut, _)) => format!(
+            "'{}…' ({} bytes)",
+            escape(s.get(..cut).unwrap_or_default()),
+            s.len()
+        ),
+    }
+}
+
+/// As [`quoted`], without the quotes (for a file name from an index, shown as a name).
+pub(crate) fn bounded(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX) {
+        None => escape(s).into_owned(),
+        Some((cut, _)) => format!(
+            "{}… ({} bytes)",
+            escape(s.get(..cut).unwrap_or_default()),
+            s.len()
+        ),
+    }
+}
+
+/// A parser's message, which may repeat input of any length: control characters
+/// escaped, and cut after 400 characters with the whole size said.
+pub(crate) fn clip(s: &str) -> String {
+    match s.char_indices().nth(CLIP_MAX) {
+        None => escape_line(s).into_owned(),
+        Some((cut, _)) => format!(
+            "{}… ({} bytes)",
+            escape_line(s.get(..cut).unwrap_or_default()),
+            s.len()
+        ),
+    }
+}
+
+/// A parser's error with its position kept: `clip`ped, then ` at line L column C`.
+pub(crate) fn clip_json(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&at) {
+        Some(msg) if e.line() > 0 => format!("{}{at}", clip(msg)),
+        _ => clip(&full),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_escapes_controls_and_bidi_but_keeps_letters() {
+        assert_eq!(quoted("k\u{1b}[2J"), "'k\\u{1b}[2J'");
+        assert_eq!(quoted("a\nb\r\0"), "'a\\nb\\r\\0'");
+        assert_eq!(quoted("x\u{202e}y\\"), "'x\\u{202e}y\\\\'");
+        assert_eq!(quoted("поле_权重_é"), "'поле_权重_é'");
+        assert_eq!(escape_line("a\\b\u{7}"), "a\\b\\u{7}");
+    }
+
+    #[test]
+    fn quoted_cuts_long_text_and_says_its_size() {
+        let long = "é".repeat(5_000_000);
+        let q = quoted(&long);
+        assert_eq!(q, format!("'{}…' (10000000 bytes)", "é".repeat(200)));
+        let c = clip(&"x".repeat(1000));
+        assert!(c.ends_with("… (1000 bytes)") && c.len() < 420, "{c}");
     }
 }

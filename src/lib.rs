@@ -71,6 +71,7 @@ pub use format::{checkpoint, dtype, header};
 /// What the CLI and the tests use beyond the library's API (hidden from its docs).
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::error::{escape, escape_line};
     pub use crate::io::{drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
     #[cfg(feature = "cuda")]
     pub use crate::sink::cuda::Context;

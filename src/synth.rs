@@ -81,18 +81,31 @@ impl SynthSpec {
     }
 }
 
-/// Writes the model as `shards` safetensors files in `dir` (plus a
-/// `model.safetensors.index.json` when `shards > 1`); returns the path to load.
+/// Writes the model as exactly `shards` safetensors files in `dir` (plus a
+/// `model.safetensors.index.json` when `shards > 1`); returns the path to load. More
+/// shards than the model has tensors is an error saying so.
 pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, shards: usize, seed: u64) -> Result<PathBuf> {
     let tensors = spec.tensors();
     let total = spec.bytes();
     let shards = shards.max(1);
+    let count = tensors.len();
+    if shards > count {
+        return Err(Error::InvalidArgument(format!(
+            "cannot write {shards} shards: a synthetic model of {total} bytes has {} layers \
+             and {count} tensors, so at most {count} shards (ask for fewer shards or a \
+             larger size)",
+            spec.layers
+        )));
+    }
     let per_shard = total.div_ceil(shards as u64);
     let mut groups: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new()];
     let mut acc = 0u64;
-    for t in tensors {
+    for (i, t) in tensors.into_iter().enumerate() {
         let len = 2 * t.1.iter().product::<u64>();
-        if acc >= per_shard && groups.len() < shards {
+        // A new shard when this one is full, or when each tensor left must start one
+        // for the count to come out exact.
+        let must = count - i <= shards - groups.len();
+        if (acc >= per_shard || must) && acc > 0 && groups.len() < shards {
             groups.push(Vec::new());
             acc = 0;
         }
@@ -208,5 +221,32 @@ mod tests {
         // The smallest geometry: one layer, whatever is asked.
         assert_eq!(SynthSpec::for_size(0).layers, 1);
         assert_eq!(SynthSpec::for_size(0).hidden, 64);
+    }
+
+    #[test]
+    fn writes_exactly_the_shards_asked_or_refuses() {
+        let spec = SynthSpec::for_size(1 << 20);
+        let count = spec.tensors().len();
+        for shards in [1, 2, 5, count] {
+            let dir = tempfile::tempdir().unwrap();
+            super::write_checkpoint(dir.path(), &spec, shards, 7).unwrap();
+            let files = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "safetensors")
+                })
+                .count();
+            assert_eq!(files, shards);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let e = super::write_checkpoint(dir.path(), &spec, count + 1, 7).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("at most {count} shards")),
+            "{e}"
+        );
     }
 }

@@ -650,8 +650,6 @@ fn usage_errors_exit_two() {
         &["bench", "--size", "-5M"],
         &["bench", "--cold", "--warm"],
         &["load", p, "--staging-wc", "--staging-huge"],
-        &["load", p, "--registered-share", "1.5"],
-        &["load", p, "--registered-share", "half"],
     ];
     for args in cases {
         let o = run(*args);

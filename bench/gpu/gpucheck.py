@@ -439,12 +439,10 @@ def cmd_diff(a):
     if cuda_state == "yes":
         base = [p for p in paths if p.endswith("dtypes.safetensors")] or paths[:1]
         ref = run_load(bin_, base[0], "cpu", timeout=a.timeout)
-        # The file is cached now (the CPU load read it): the split and registered
-        # variants copy from the page cache.
+        # The file is cached now (the CPU load read it): the mmap variants copy from
+        # the page cache.
         variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "pread-direct", "mmap")] + [
             ("mmap q1", "mmap", ["--queue-depth", "1"]),
-            ("auto split", "auto", ["--registered-share", "0.5"]),
-            ("auto balanced", "auto", ["--registered-share", "balanced"]),
             ("auto huge", "auto", ["--staging-huge"]),
             ("auto plain", "auto", ["--no-staging-huge"]),
         ]
@@ -458,14 +456,12 @@ def cmd_diff(a):
         for rule in ("dtypes.f16.odd=250:750", "dtypes.i16.odd=1/3", "dtypes.f32.odd=1/5",
                      "dtypes.f8_e5m2.odd=3:30"):
             cols += ["--cols", rule]
-        # Columns are gathered by 2-D copies on every path (the registered page cache,
-        # split loads, write-combined staging), or by the CPU with --host-gather.
+        # Columns are gathered by 2-D copies on every path (mmap, write-combined
+        # staging too).
         variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows),
                      ("auto cols", "auto", cols), ("pread cols", "pread", cols + ["--dtype", "BF16"]),
                      ("mmap cols", "mmap", cols + ["--dtype", "F32"]),
-                     ("balanced cols", "auto", cols + ["--registered-share", "balanced"]),
-                     ("wc cols", "auto", cols + ["--staging-wc", "--dtype", "F16"]),
-                     ("host-gather cols", "auto", cols + ["--host-gather"])]
+                     ("wc cols", "auto", cols + ["--staging-wc", "--dtype", "F16"])]
         refs_by_extra = {}
         for label, io, extra in variants:
             r = run_load(bin_, base[0], a.device, io=io, timeout=a.timeout, extra=extra)

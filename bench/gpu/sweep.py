@@ -59,21 +59,15 @@ CONFIGS = [
     ("auto --staging-wc", ["--staging-wc"]),
     ("auto 96M", ["--staging", "96M"]),
     ("pread q32 2M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
-    # Split loads: this share of each file straight from the registered page cache
-    # (4 registering threads), the rest through the pinned slots, both at once.
-    # Balanced: each read to whichever side reaches it first; the share that came of
-    # it is in the load's report. Run E: 22-27 GB/s against auto's 36.
-    ("auto split 25%", ["--registered-share", "0.25"]),
-    ("auto split balanced", ["--registered-share", "balanced"]),
-    # The registered page cache alone: --queue-depth threads register windows of
-    # staging / depth ahead of the copies. Run E: q1 64M 17 GB/s, q8 256M 16, q16
-    # (4 MiB windows) 7.
+    # Split loads (--registered-share) and the registered page cache were removed
+    # (runs E and F: 21-27 and 7-17 GB/s against auto's 36-38; BENCHMARKS.md). Since
+    # then `--io mmap` to CUDA copies the mapped file through the pinned slots.
     ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1", "--staging", "64M"]),
     ("mmap q8 256M", ["--io", "mmap", "--queue-depth", "8", "--staging", "256M"]),
 ]
 # Rank 1 of 8 of a tensor-parallel layout: rows of the column-parallel weights, columns
-# of o_proj and down_proj, their selected columns gathered by 2-D copies (the default)
-# or by the CPU in the pinned slots. Their GB/s count the rank's bytes, an eighth of the
+# of o_proj and down_proj, their selected columns gathered by 2-D copies. (Gathering
+# by the CPU, --host-gather, was removed: 8.63 against 9.25 GB/s.) Their GB/s count the rank's bytes, an eighth of the
 # checkpoint: compare them with each other, not with the whole loads above.
 RANK = []
 for _p in ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.gate_proj.weight",
@@ -82,7 +76,6 @@ for _p in ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.gate_proj
 RANK += ["--cols", "*.o_proj.weight=1/8", "--cols", "*.down_proj.weight=1/8"]
 CONFIGS += [
     ("rank 1/8 cols 2-D", RANK),
-    ("rank 1/8 cols host gather", RANK + ["--host-gather"]),
 ]
 # In-process steady state (after auto and the fastest configuration above): settings
 # whose cost in a fresh process is pinning more staging, which a kept staging pays

@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::{clip_json, quoted, Error, Result};
 
 /// Largest header the format allows, in bytes.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -118,7 +118,7 @@ impl Header {
         file.read_exact(&mut prefix)
             .map_err(|e| Error::io(path, "read header length", e))?;
         let n = u64::from_le_bytes(prefix);
-        check_header_len(path, n, file_len)?;
+        check_header_len(path, n, file_len).map_err(|e| not_safetensors(path, &prefix, e))?;
         let mut json = vec![0u8; n as usize];
         file.read_exact(&mut json)
             .map_err(|e| Error::io(path, "read header", e))?;
@@ -140,7 +140,7 @@ impl Header {
         let mut le = [0u8; PREFIX_LEN as usize];
         le.copy_from_slice(prefix);
         let n = u64::from_le_bytes(le);
-        check_header_len(path, n, file_len)?;
+        check_header_len(path, n, file_len).map_err(|e| not_safetensors(path, &le, e))?;
         let json = usize::try_from(PREFIX_LEN + n)
             .ok()
             .and_then(|stop| bytes.get(PREFIX_LEN as usize..stop))
@@ -166,8 +166,12 @@ impl Header {
                 format_args!("header is not valid UTF-8 (at byte {})", e.valid_up_to()),
             )
         })?;
-        let raw: RawHeader = serde_json::from_str(text)
-            .map_err(|e| Error::header(path, format_args!("header is not valid JSON: {e}")))?;
+        let raw: RawHeader = serde_json::from_str(text).map_err(|e| {
+            Error::header(
+                path,
+                format_args!("header is not valid JSON: {}", clip_json(&e)),
+            )
+        })?;
         let mut tensors = raw.tensors;
         tensors.sort_by_key(|t| (t.begin, t.end));
         // Sorting names finds duplicates without hashing, and serves lookups after.
@@ -203,16 +207,19 @@ impl Header {
                     path,
                     &t.name,
                     format_args!(
-                        "data_offsets [{}, {}) overlap the previous tensor '{}', which ends at {expected}",
+                        "data_offsets [{}, {}) overlap the previous tensor {}, which ends at {expected}",
                         t.begin,
                         t.end,
-                        prev.unwrap_or_default()
+                        quoted(prev.unwrap_or_default())
                     ),
                 ));
             }
             if t.begin > expected {
                 let what = match prev {
-                    Some(p) => format!("the previous tensor '{p}', which ends at {expected}"),
+                    Some(p) => format!(
+                        "the previous tensor {}, which ends at {expected}",
+                        quoted(p)
+                    ),
                     None => "the start of the data section (offset 0)".to_string(),
                 };
                 return Err(Error::tensor_err(
@@ -270,6 +277,28 @@ impl Header {
     }
 }
 
+/// A length prefix that fails [`check_header_len`] often means another kind of file:
+/// say which, instead of quoting a length read from it.
+fn not_safetensors(path: &Path, prefix: &[u8; PREFIX_LEN as usize], e: Error) -> Error {
+    let looks = match prefix {
+        [b'P', b'K', 3, 4, ..] => {
+            "a PyTorch zip checkpoint (pytorch_model.bin) or another zip archive; convert it to safetensors first"
+        }
+        [0x80, 2..=5, ..] => "a legacy PyTorch pickle checkpoint; convert it to safetensors first",
+        _ => match prefix.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{' | b'[') => {
+                "JSON (a safetensors file starts with an 8-byte header length; for a sharded \
+                 checkpoint give its model.safetensors.index.json or its directory)"
+            }
+            _ => return e,
+        },
+    };
+    Error::header(
+        path,
+        format_args!("not a safetensors file: looks like {looks}"),
+    )
+}
+
 fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<()> {
     if n > MAX_HEADER_LEN {
         return Err(Error::header(
@@ -311,9 +340,68 @@ struct RawHeader {
 
 #[derive(Deserialize)]
 struct RawTensor {
+    #[serde(deserialize_with = "dtype_field")]
     dtype: Dtype,
     shape: Vec<u64>,
     data_offsets: (u64, u64),
+}
+
+/// A dtype, as the derived deserializer reads it (a string, or the one-key form
+/// `{"U8": null}` that the reference crate also accepts), but refused with the name
+/// quoted (escaped and cut: it comes from the file) and the names listed.
+fn dtype_field<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Dtype, D::Error> {
+    struct DtypeVisitor;
+    impl<'de> Visitor<'de> for DtypeVisitor {
+        type Value = Dtype;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a dtype name")
+        }
+
+        fn visit_enum<A: de::EnumAccess<'de>>(
+            self,
+            data: A,
+        ) -> std::result::Result<Dtype, A::Error> {
+            let (name, variant): (String, _) = data.variant()?;
+            de::VariantAccess::unit_variant(variant)?;
+            Dtype::ALL
+                .into_iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| {
+                    let all: Vec<&str> = Dtype::ALL.iter().map(|t| t.name()).collect();
+                    de::Error::custom(format_args!(
+                        "unknown dtype {} (one of: {})",
+                        quoted(&name),
+                        all.join(", ")
+                    ))
+                })
+        }
+    }
+    const NAMES: [&str; 22] = [
+        "BOOL",
+        "F4",
+        "F6_E2M3",
+        "F6_E3M2",
+        "U8",
+        "I8",
+        "F8_E5M2",
+        "F8_E4M3",
+        "F8_E8M0",
+        "F8_E4M3FNUZ",
+        "F8_E5M2FNUZ",
+        "I16",
+        "U16",
+        "F16",
+        "BF16",
+        "I32",
+        "U32",
+        "F32",
+        "C64",
+        "F64",
+        "I64",
+        "U64",
+    ];
+    d.deserialize_enum("Dtype", &NAMES, DtypeVisitor)
 }
 
 impl<'de> Deserialize<'de> for RawHeader {

@@ -41,9 +41,14 @@ impl Prefaulter {
         let stop = Arc::new(AtomicBool::new(false));
         let cursor = Arc::new(AtomicUsize::new(0));
         let (s, c) = (Arc::clone(&stop), Arc::clone(&cursor));
+        // The prefaulter only saves time: when the OS refuses the thread, the load goes
+        // on without it (its reads fault the pages in themselves), and says so.
         let handle = std::thread::Builder::new()
             .name("tensorstream-prefault".into())
             .spawn(move || work(&ranges, &s, &c))
+            .map_err(|e| {
+                tracing::warn!("could not start thread tensorstream-prefault ({e}): reads fault in their own pages")
+            })
             .ok()?;
         Some(Prefaulter {
             stop,

@@ -12,7 +12,7 @@ use super::regions::{HostRegion, TensorSpec};
 use super::{Device, Loader};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::io::{self, IoChoice, IoStats, Sink};
 use crate::plan::{self, Plan, PlanOptions};
 #[cfg(feature = "cuda")]
@@ -121,9 +121,9 @@ impl Loader {
             let want = spec.len_for(r.dtype)?;
             if r.bytes.len() != want {
                 return Err(Error::InvalidArgument(format!(
-                    "{}: tensor '{}': given {} bytes of memory, but it is {want} bytes as {}",
+                    "{}: tensor {}: given {} bytes of memory, but it is {want} bytes as {}",
                     spec.file.display(),
-                    spec.name,
+                    quoted(spec.name),
                     r.bytes.len(),
                     r.dtype
                 )));
@@ -465,8 +465,8 @@ fn unique_names(plan: &Plan) -> Result<()> {
                 return Err(Error::InvalidCheckpoint {
                     path: f.path.clone(),
                     reason: format!(
-                        "tensor '{}' appears twice (also in {})",
-                        t.name,
+                        "tensor {} appears twice (also in {})",
+                        quoted(&t.name),
                         first.display()
                     ),
                 });

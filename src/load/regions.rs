@@ -6,7 +6,7 @@ use std::path::Path;
 #[cfg(doc)]
 use super::Loader;
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::plan::{FilePlan, PlannedTensor};
 
 /// A tensor that [`Loader::load_into_host`] (or, on CUDA, `Loader::load_into_device`)
@@ -49,10 +49,10 @@ impl<'a> TensorSpec<'a> {
     pub(crate) fn len_for(&self, dtype: Dtype) -> Result<usize> {
         self.len_as(dtype).ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "{}: tensor '{}': cannot load {} as {dtype} (floating tensors convert to F32, \
+                "{}: tensor {}: cannot load {} as {dtype} (floating tensors convert to F32, \
                  F16 or BF16; others load as they are)",
                 self.file.display(),
-                self.name,
+                quoted(self.name),
                 self.file_dtype
             ))
         })

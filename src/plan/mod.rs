@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::Checkpoint;
 use crate::convert;
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::header::{Header, TensorInfo};
 
 mod slice;
@@ -476,7 +476,11 @@ type Extent = (u64, u64, Vec<u64>, Option<(u64, u64, u64, u64)>);
 
 fn extent(path: &Path, data_start: u64, t: &TensorInfo, opts: &PlanOptions) -> Result<Extent> {
     let in_err = |why: String| {
-        Error::InvalidArgument(format!("{}: tensor '{}': {why}", path.display(), t.name))
+        Error::InvalidArgument(format!(
+            "{}: tensor {}: {why}",
+            path.display(),
+            quoted(&t.name)
+        ))
     };
     let mut rules = opts
         .slices

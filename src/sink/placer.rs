@@ -83,6 +83,9 @@ pub(crate) struct Placer {
     workers: Vec<JoinHandle<()>>,
     /// Jobs sent whose outcome has not been taken.
     pending: usize,
+    /// A thread the OS refused to start (its name, the OS error): the pool was
+    /// stopped, and every job's outcome is this error.
+    failed: Option<(String, std::io::ErrorKind, Option<i32>)>,
 }
 
 impl Placer {
@@ -96,10 +99,12 @@ impl Placer {
             done,
             workers: Vec::new(),
             pending: 0,
+            failed: None,
         }
     }
 
-    /// Starts the threads (once, with the first job; none for fewer than 2).
+    /// Starts the threads (once, with the first job; none for fewer than 2). When the
+    /// OS refuses one, those started are stopped and joined, and the failure recorded.
     fn start(&mut self) {
         let threads = std::mem::take(&mut self.threads);
         if threads <= 1 {
@@ -107,42 +112,28 @@ impl Placer {
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        self.workers = (0..threads)
-            .filter_map(|i| {
-                let rx = Arc::clone(&rx);
-                let out = self.done_tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("tensorstream-place-{i}"))
-                    .spawn(move || loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else {
-                            return;
-                        };
-                        // A panic (a bug) is an error of this job, not a lost outcome
-                        // that would leave the sink waiting for it.
-                        let result =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
-                                .unwrap_or_else(|p| {
-                                    let why = p
-                                        .downcast_ref::<&str>()
-                                        .map(|s| s.to_string())
-                                        .or_else(|| p.downcast_ref::<String>().cloned())
-                                        .unwrap_or_default();
-                                    Err(bad(&format!("a placing thread panicked: {why}")))
-                                });
-                        if out.send((job.slot, job.file, job.op, result)).is_err() {
-                            return;
-                        }
-                    })
-                    .ok()
-            })
-            .collect::<Vec<_>>();
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            let out = self.done_tx.clone();
+            let name = format!("tensorstream-place-{i}");
+            match std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker(&rx, &out))
+            {
+                Ok(h) => self.workers.push(h),
+                Err(e) => {
+                    self.failed = Some((name, e.kind(), e.raw_os_error()));
+                    drop(tx);
+                    for w in self.workers.drain(..) {
+                        let _ = w.join();
+                    }
+                    return;
+                }
+            }
+        }
         // A worker ends only when the queue closes (in Drop) or the outcomes' receiver
         // is gone (with self): while the pool lives, every job sent gets an outcome.
-        self.jobs = (!self.workers.is_empty()).then_some(tx);
+        self.jobs = Some(tx);
     }
 
     /// Places `job`: on a thread of the pool, or here when there is none.
@@ -151,6 +142,16 @@ impl Placer {
             self.start();
         }
         self.pending += 1;
+        if let Some((name, kind, os)) = &self.failed {
+            let e = match os {
+                Some(code) => std::io::Error::from_raw_os_error(*code),
+                None => std::io::Error::from(*kind),
+            };
+            let _ = self
+                .done_tx
+                .send((job.slot, job.file, job.op, Err(Error::thread(name, e))));
+            return;
+        }
         let job = match &self.jobs {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
@@ -178,6 +179,33 @@ impl Placer {
         let d = self.done.recv().ok()?;
         self.pending -= 1;
         Some(d)
+    }
+}
+
+/// A placing thread: jobs from the queue until it closes, each outcome sent back.
+fn worker(rx: &Mutex<Receiver<Job>>, out: &Sender<Done>) {
+    loop {
+        let job = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        // A panic (a bug) is an error of this job, not a lost outcome that would leave
+        // the sink waiting for it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
+            .unwrap_or_else(|p| {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(bad(&format!("a placing thread panicked: {why}")))
+            });
+        if out.send((job.slot, job.file, job.op, result)).is_err() {
+            return;
+        }
     }
 }
 

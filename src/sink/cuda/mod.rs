@@ -26,7 +26,7 @@ pub(crate) use staging::{prepare, StagingCache};
 use staging::{Slot, Staging};
 
 use super::Landed;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::io::{Buf, IoStats, Sink};
 use crate::plan::{self, Place, Plan, ReadOp, Target};
 
@@ -226,7 +226,10 @@ fn device_buffers(
                     DeviceBuf::alloc(ctx, t.len as usize)
                         .map(|b| Some(Arc::new(b)))
                         .map_err(|e| {
-                            located(e, format_args!("{}: tensor '{}'", f.path.display(), t.name))
+                            located(
+                                e,
+                                format_args!("{}: tensor {}", f.path.display(), quoted(&t.name)),
+                            )
                         })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -476,21 +479,21 @@ impl<'p> CudaSink<'p> {
         if let Target::Convert { tensor, skip, .. } = op.target {
             let t = fp.tensors.get(tensor)?;
             return Some(format!(
-                "{}: bytes {}..{r1}, tensor '{}'",
+                "{}: bytes {}..{r1}, tensor {}",
                 fp.path.display(),
                 r0 + skip,
-                t.name
+                quoted(&t.name)
             ));
         }
         let mut names = fp
             .tensors
             .iter()
             .filter(|t| t.file_offset < r1 && r0 < t.file_offset + t.src_len)
-            .map(|t| t.name.as_str());
+            .map(|t| quoted(&t.name));
         let tensors = match (names.next(), names.count()) {
             (None, _) => String::new(),
-            (Some(n), 0) => format!(", tensor '{n}'"),
-            (Some(n), more) => format!(", tensor '{n}' and {more} more"),
+            (Some(n), 0) => format!(", tensor {n}"),
+            (Some(n), more) => format!(", tensor {n} and {more} more"),
         };
         Some(format!("{}: bytes {r0}..{r1}{tensors}", fp.path.display()))
     }

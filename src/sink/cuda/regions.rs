@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::driver::{check_region, internal, Context};
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::plan::Plan;
 
 /// Device memory the caller allocated, for one tensor of
@@ -39,7 +39,7 @@ pub(crate) fn check_destinations(
     for f in &plan.files {
         let mut regions = Vec::with_capacity(f.tensors.len());
         for t in &f.tensors {
-            let at = format!("{}: tensor '{}'", f.path.display(), t.name);
+            let at = format!("{}: tensor {}", f.path.display(), quoted(&t.name));
             let r = *dests
                 .get(&t.name)
                 .ok_or_else(|| internal("a tensor without a destination"))?;
