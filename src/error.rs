@@ -253,23 +253,22 @@ fn escape_with(s: &str, backslash: bool) -> std::borrow::Cow<'_, str> {
 /// quotes, and cut after 200 characters with the whole size said:
 /// `'aaaa…' (10000000 bytes)`.
 pub(crate) fn quoted(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_MAX) {
-        None => format!("'{}'", escape(s)),
-        Some((cut, _)) => format!(
-            "'{}…' ({} bytes)",
-            escape(s.get(..cut).unwrap_or_default()),
-            s.len()
-        ),
-    }
+    cut(s, QUOTE_MAX, "'", escape)
 }
 
 /// As [`quoted`], without the quotes (for a file name from an index, shown as a name).
 pub(crate) fn bounded(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_MAX) {
-        None => escape(s).into_owned(),
-        Some((cut, _)) => format!(
-            "{}… ({} bytes)",
-            escape(s.get(..cut).unwrap_or_default()),
+    cut(s, QUOTE_MAX, "", escape)
+}
+
+/// `s` shown by `show` between `quote`s, cut after `max` characters with the whole
+/// size said after the closing quote.
+fn cut(s: &str, max: usize, quote: &str, show: fn(&str) -> std::borrow::Cow<'_, str>) -> String {
+    match s.char_indices().nth(max) {
+        None => format!("{quote}{}{quote}", show(s)),
+        Some((at, _)) => format!(
+            "{quote}{}…{quote} ({} bytes)",
+            show(s.get(..at).unwrap_or_default()),
             s.len()
         ),
     }
@@ -278,14 +277,7 @@ pub(crate) fn bounded(s: &str) -> String {
 /// A parser's message, which may repeat input of any length: control characters
 /// escaped, and cut after 400 characters with the whole size said.
 pub(crate) fn clip(s: &str) -> String {
-    match s.char_indices().nth(CLIP_MAX) {
-        None => escape_line(s).into_owned(),
-        Some((cut, _)) => format!(
-            "{}… ({} bytes)",
-            escape_line(s.get(..cut).unwrap_or_default()),
-            s.len()
-        ),
-    }
+    cut(s, CLIP_MAX, "", escape_line)
 }
 
 /// A parser's error with its position kept: `clip`ped, then ` at line L column C`.
