@@ -53,6 +53,7 @@ mod error;
 mod format;
 mod io;
 mod load;
+mod pickle;
 mod sink;
 
 // The stages that the CLI, the tests, the benches and the fuzz targets reach into:
@@ -72,6 +73,7 @@ pub use format::{checkpoint, dtype, header};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::error::{escape, escape_line};
+    pub use crate::pickle::{convert_pytorch, unpickle, ConvertReport, PickleError};
     pub use crate::io::{drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
     #[cfg(feature = "cuda")]
     pub use crate::sink::cuda::Context;

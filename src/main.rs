@@ -46,6 +46,10 @@ enum Cmd {
     /// Load tensors and report bytes, seconds and GB/s.
     #[command(after_help = AFTER_HELP)]
     Load(cli::load::Args),
+    /// Convert a PyTorch zip checkpoint to safetensors without executing it (-v lists
+    /// the non-tensor entries skipped).
+    #[command(after_help = AFTER_HELP)]
+    Convert(cli::convert::Args),
     /// Write a synthetic Llama-layout checkpoint (for benchmarks and comparisons).
     #[command(after_help = AFTER_HELP)]
     Synth(cli::synth::Args),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => (cli::inspect::run(a), Some(&a.path)),
         Cmd::Verify(a) => (cli::verify::run(a), Some(&a.path)),
         Cmd::Load(a) => (cli::load::run(a), Some(&a.path)),
+        Cmd::Convert(a) => (cli::convert::run(a, cli.verbose), Some(&a.input)),
         Cmd::Synth(a) => (cli::synth::run(a), None),
         Cmd::Bench(a) => (cli::bench::run(a), a.path.as_deref()),
     };

@@ -1,0 +1,292 @@
+//! PyTorch zip checkpoints (`torch.save`, PyTorch 1.6 and newer) to safetensors,
+//! read by a restricted unpickler that executes nothing.
+//!
+//! The rules:
+//! - only the zip format is read; the legacy (pre-1.6) format is refused;
+//! - the pickle may name only the globals `torch.save` writes for tensors
+//!   (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2/v3`,
+//!   `torch._utils._rebuild_parameter`, the `torch.*Storage` classes of the
+//!   dtypes safetensors has, `torch.device`, `torch.<dtype>`); any other global is
+//!   an error naming it, and nothing is ever imported or called;
+//! - the state dict is the top-level dict, or the dict under `state_dict`, `model`,
+//!   `model_state_dict` or `module` when the top level holds no tensor itself;
+//!   nested dicts give dotted names; values that are not tensors are skipped and
+//!   listed in [`ConvertReport::skipped`];
+//! - every tensor is written contiguous, in C order (strided views are gathered);
+//! - tensors that share a storage (tied weights, views of one buffer) are each
+//!   written as a copy of their own bytes: the output has no aliasing, and a tied
+//!   pair costs its bytes twice;
+//! - each storage's bytes are checked against its zip entry, and each tensor's
+//!   offset, shape and strides against its storage, before anything is read.
+
+mod tensors;
+mod unpickle;
+mod zip;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::convert::{convert_into, converted_len, output_dtype};
+use crate::error::{escape, Error, Result};
+use crate::format::dtype::Dtype;
+
+pub use unpickle::{unpickle, PickleError};
+
+/// Largest `data.pkl` read, in bytes (a state dict's pickle is kilobytes to megabytes).
+const MAX_PICKLE: u64 = 256 << 20;
+
+/// What [`convert_pytorch`] did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// The checkpoint file read.
+    pub input: PathBuf,
+    /// The safetensors file written.
+    pub output: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data written.
+    pub bytes: u64,
+    /// Entries that are not tensors, each with what it is (`"epoch (int)"`).
+    pub skipped: Vec<String>,
+}
+
+/// Finds the checkpoint file: `input` itself, or in a directory
+/// `pytorch_model.bin`, else its only `.bin`, `.pt` or `.pth` file.
+fn resolve(input: &Path) -> Result<PathBuf> {
+    let sharded = |p: &Path| {
+        Error::Unsupported(format!(
+            "{}: sharded PyTorch checkpoints (an index.json) are not supported yet; \
+             convert each shard file on its own",
+            p.display()
+        ))
+    };
+    if !input.is_dir() {
+        if input.to_string_lossy().ends_with(".index.json") {
+            return Err(sharded(input));
+        }
+        return Ok(input.to_path_buf());
+    }
+    let one = input.join("pytorch_model.bin");
+    if one.is_file() {
+        return Ok(one);
+    }
+    if input.join("pytorch_model.bin.index.json").is_file() {
+        return Err(sharded(input));
+    }
+    let read = std::fs::read_dir(input).map_err(|e| Error::io(input, "read directory", e))?;
+    let mut found = Vec::new();
+    for e in read {
+        let p = e.map_err(|e| Error::io(input, "read directory", e))?.path();
+        let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
+        if matches!(ext, "bin" | "pt" | "pth") && p.is_file() {
+            found.push(p);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.swap_remove(0)),
+        0 => Err(Error::checkpoint(input, "no .bin, .pt or .pth checkpoint in this directory")),
+        n => Err(Error::checkpoint(
+            input,
+            format!("{n} checkpoint files in this directory; name the one to convert"),
+        )),
+    }
+}
+
+/// One tensor ready to be written.
+struct Planned {
+    name: String,
+    t: unpickle::TensorRef,
+    layout: tensors::Layout,
+    /// Absolute offset of `layout.first` in the file.
+    at: u64,
+    out_dtype: Dtype,
+    out_len: u64,
+}
+
+/// The archive's prefix folder (`archive`, or the name the file was saved under).
+fn prefix(path: &Path, a: &zip::Archive) -> Result<String> {
+    let mut found = a.entries.keys().filter_map(|k| {
+        k.strip_suffix("/data.pkl")
+            .filter(|p| !p.is_empty() && !p.contains('/'))
+    });
+    match (found.next(), found.next()) {
+        (Some(p), None) => Ok(p.to_string()),
+        (None, _) => Err(Error::checkpoint(
+            path,
+            "not a PyTorch checkpoint: the zip archive has no <folder>/data.pkl",
+        )),
+        _ => Err(Error::checkpoint(path, "the zip archive holds more than one data.pkl")),
+    }
+}
+
+fn read_entry(file: &File, path: &Path, e: zip::Entry, max: u64, what: &str) -> Result<Vec<u8>> {
+    if e.len > max {
+        return Err(Error::checkpoint(path, format!("{what} is larger than {max} bytes")));
+    }
+    let n = usize::try_from(e.len).map_err(|_| Error::checkpoint(path, "entry too large"))?;
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, e.start)
+        .map_err(|err| Error::io(path, "read", err))?;
+    Ok(buf)
+}
+
+/// Opens the archive, checks its byte order, unpickles `data.pkl` and plans every
+/// tensor, each checked against its storage entry.
+fn plan(file: &File, path: &Path, dtype: Option<Dtype>) -> Result<(Vec<Planned>, Vec<String>)> {
+    let mut magic = [0u8; 4];
+    let n = file
+        .read_at(&mut magic, 0)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if magic.get(..n) != Some(&b"PK\x03\x04"[..]) {
+        let reason = if magic.first() == Some(&0x80) {
+            "a legacy (pre-1.6, non-zip) PyTorch checkpoint; only the zip format \
+             (torch.save in PyTorch 1.6 and newer) is read"
+        } else {
+            "not a PyTorch zip checkpoint (no zip signature)"
+        };
+        return Err(Error::checkpoint(path, reason));
+    }
+    let archive = zip::read_archive(file, path)?;
+    let pre = prefix(path, &archive)?;
+    let entry = |name: &str| archive.entries.get(&format!("{pre}/{name}")).copied();
+    if let Some(e) = entry("byteorder") {
+        let order = read_entry(file, path, e, 16, "byteorder")?;
+        if order != b"little" {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "byte order {:?}: only little-endian checkpoints are read",
+                    escape(&String::from_utf8_lossy(&order))
+                ),
+            ));
+        }
+    }
+    let pkl = entry("data.pkl").ok_or_else(|| Error::checkpoint(path, "no data.pkl"))?;
+    let pkl = read_entry(file, path, pkl, MAX_PICKLE, "data.pkl")?;
+    let tree = unpickle(&pkl)
+        .map_err(|e| Error::checkpoint(path, format!("{}/data.pkl: {e}", escape(&pre))))?;
+    let found = tensors::collect(&tree)
+        .map_err(|e| Error::checkpoint(path, format!("{}/data.pkl: {e}", escape(&pre))))?;
+    let mut planned = Vec::with_capacity(found.tensors.len());
+    for (name, t) in found.tensors {
+        if name == "__metadata__" {
+            return Err(Error::tensor_err(path, &name, "this name is reserved by safetensors"));
+        }
+        let key = format!("data/{}", t.storage.key);
+        let e = entry(&key).ok_or_else(|| {
+            Error::tensor_err(path, &name, format!("storage entry {} is missing", escape(&key)))
+        })?;
+        let layout = tensors::layout(&t, e.len).map_err(|r| Error::tensor_err(path, &name, r))?;
+        let at = e
+            .start
+            .checked_add(layout.first)
+            .ok_or_else(|| Error::tensor_err(path, &name, "offset overflows"))?;
+        let out_dtype = output_dtype(t.dtype, dtype);
+        let out_len = converted_len(t.dtype, out_dtype, layout.numel * layout.elem);
+        planned.push(Planned {
+            name,
+            t,
+            layout,
+            at,
+            out_dtype,
+            out_len,
+        });
+    }
+    planned.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((planned, found.skipped))
+}
+
+/// The safetensors header for `planned`, in order, padded with spaces to 8 bytes.
+fn header(planned: &[Planned]) -> Result<Vec<u8>> {
+    let mut h = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    let mut offset = 0u64;
+    for p in planned {
+        let end = offset
+            .checked_add(p.out_len)
+            .ok_or_else(|| Error::InvalidArgument("total size overflows".into()))?;
+        let name = serde_json::to_string(&p.name)
+            .map_err(|e| Error::InvalidArgument(format!("tensor name: {e}")))?;
+        let shape: Vec<String> = p.t.size.iter().map(u64::to_string).collect();
+        h.push_str(&format!(
+            r#",{name}:{{"dtype":"{}","shape":[{}],"data_offsets":[{offset},{end}]}}"#,
+            p.out_dtype.name(),
+            shape.join(",")
+        ));
+        offset = end;
+    }
+    h.push('}');
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    Ok(out)
+}
+
+/// Reads one tensor's bytes, contiguous and in its output dtype.
+fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |r: &str| Error::tensor_err(path, &p.name, r);
+    let span = usize::try_from(p.layout.span).map_err(|_| bad("too large for memory"))?;
+    buf.clear();
+    buf.resize(span, 0);
+    file.read_exact_at(buf, p.at)
+        .map_err(|e| Error::io(path, "read", e))?;
+    let mut bytes = Vec::new();
+    if p.layout.contiguous {
+        std::mem::swap(&mut bytes, buf);
+    } else {
+        tensors::gather(&p.t, &p.layout, buf, &mut bytes)
+            .ok_or_else(|| bad("strides disagree with the storage"))?;
+    }
+    if p.out_dtype == p.t.dtype {
+        return Ok(bytes);
+    }
+    let n = usize::try_from(p.out_len).map_err(|_| bad("too large for memory"))?;
+    let mut out = vec![0u8; n];
+    convert_into(p.t.dtype, p.out_dtype, &bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Converts the PyTorch zip checkpoint `input` (a file, or a directory holding
+/// `pytorch_model.bin` or one `.bin`/`.pt`/`.pth` file) into `out_dir/model.safetensors`,
+/// with `__metadata__` `{"format":"pt"}` and tensors sorted by name. `dtype`
+/// converts floating tensors as [`crate::Loader::dtype`] does. Nothing in the
+/// checkpoint is executed; see the module rules for what is accepted. The output
+/// appears only when the conversion succeeded.
+pub fn convert_pytorch(input: &Path, out_dir: &Path, dtype: Option<Dtype>) -> Result<ConvertReport> {
+    let path = resolve(input)?;
+    let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+    let (planned, skipped) = plan(&file, &path, dtype)?;
+    let head = header(&planned)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create directory", e))?;
+    let output = out_dir.join("model.safetensors");
+    let tmp = tempfile::NamedTempFile::new_in(out_dir)
+        .map_err(|e| Error::io(out_dir, "create a temporary file", e))?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    tmp.as_file()
+        .set_permissions(mode)
+        .map_err(|e| Error::io(out_dir, "set permissions", e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let werr = |e| Error::io(&output, "write", e);
+    w.write_all(&head).map_err(werr)?;
+    let mut buf = Vec::new();
+    let mut bytes = 0u64;
+    for p in &planned {
+        let data = tensor_bytes(&file, &path, p, &mut buf)?;
+        w.write_all(&data).map_err(werr)?;
+        bytes += data.len() as u64;
+    }
+    w.flush().map_err(werr)?;
+    drop(w);
+    tmp.persist(&output)
+        .map_err(|e| Error::io(&output, "rename into place", e.error))?;
+    Ok(ConvertReport {
+        input: path,
+        output,
+        tensors: planned.len(),
+        bytes,
+        skipped,
+    })
+}
