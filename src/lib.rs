@@ -73,8 +73,8 @@ pub use format::{checkpoint, dtype, header};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::error::{escape, escape_line};
-    pub use crate::pickle::{convert_pytorch, unpickle, ConvertReport, PickleError};
     pub use crate::io::{drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
+    pub use crate::pickle::{convert_pytorch, unpickle, ConvertReport, PickleError};
     #[cfg(feature = "cuda")]
     pub use crate::sink::cuda::Context;
     pub use crate::sink::host_mem::{host_memory, reset_host_peak};

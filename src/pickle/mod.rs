@@ -86,7 +86,10 @@ fn resolve(input: &Path) -> Result<PathBuf> {
     }
     match found.len() {
         1 => Ok(found.swap_remove(0)),
-        0 => Err(Error::checkpoint(input, "no .bin, .pt or .pth checkpoint in this directory")),
+        0 => Err(Error::checkpoint(
+            input,
+            "no .bin, .pt or .pth checkpoint in this directory",
+        )),
         n => Err(Error::checkpoint(
             input,
             format!("{n} checkpoint files in this directory; name the one to convert"),
@@ -117,13 +120,19 @@ fn prefix(path: &Path, a: &zip::Archive) -> Result<String> {
             path,
             "not a PyTorch checkpoint: the zip archive has no <folder>/data.pkl",
         )),
-        _ => Err(Error::checkpoint(path, "the zip archive holds more than one data.pkl")),
+        _ => Err(Error::checkpoint(
+            path,
+            "the zip archive holds more than one data.pkl",
+        )),
     }
 }
 
 fn read_entry(file: &File, path: &Path, e: zip::Entry, max: u64, what: &str) -> Result<Vec<u8>> {
     if e.len > max {
-        return Err(Error::checkpoint(path, format!("{what} is larger than {max} bytes")));
+        return Err(Error::checkpoint(
+            path,
+            format!("{what} is larger than {max} bytes"),
+        ));
     }
     let n = usize::try_from(e.len).map_err(|_| Error::checkpoint(path, "entry too large"))?;
     let mut buf = vec![0u8; n];
@@ -172,11 +181,19 @@ fn plan(file: &File, path: &Path, dtype: Option<Dtype>) -> Result<(Vec<Planned>,
     let mut planned = Vec::with_capacity(found.tensors.len());
     for (name, t) in found.tensors {
         if name == "__metadata__" {
-            return Err(Error::tensor_err(path, &name, "this name is reserved by safetensors"));
+            return Err(Error::tensor_err(
+                path,
+                &name,
+                "this name is reserved by safetensors",
+            ));
         }
         let key = format!("data/{}", t.storage.key);
         let e = entry(&key).ok_or_else(|| {
-            Error::tensor_err(path, &name, format!("storage entry {} is missing", escape(&key)))
+            Error::tensor_err(
+                path,
+                &name,
+                format!("storage entry {} is missing", escape(&key)),
+            )
         })?;
         let layout = tensors::layout(&t, e.len).map_err(|r| Error::tensor_err(path, &name, r))?;
         let at = e
@@ -255,7 +272,11 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
 /// converts floating tensors as [`crate::Loader::dtype`] does. Nothing in the
 /// checkpoint is executed; see the module rules for what is accepted. The output
 /// appears only when the conversion succeeded.
-pub fn convert_pytorch(input: &Path, out_dir: &Path, dtype: Option<Dtype>) -> Result<ConvertReport> {
+pub fn convert_pytorch(
+    input: &Path,
+    out_dir: &Path,
+    dtype: Option<Dtype>,
+) -> Result<ConvertReport> {
     let path = resolve(input)?;
     let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
     let (planned, skipped) = plan(&file, &path, dtype)?;

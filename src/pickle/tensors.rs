@@ -25,7 +25,10 @@ fn ints(v: &impl Values, id: Id, what: &str) -> Result<Vec<u64>, String> {
         return Err(format!("{what} is not a tuple"));
     };
     if items.len() > MAX_RANK {
-        return Err(format!("{what} has {} dimensions (limit {MAX_RANK})", items.len()));
+        return Err(format!(
+            "{what} has {} dimensions (limit {MAX_RANK})",
+            items.len()
+        ));
     }
     items.iter().map(|&i| int(v, i, what)).collect()
 }
@@ -246,7 +249,9 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn dict(&mut self, id: Id, prefix: &str, depth: usize) -> Result<(), String> {
         if depth > MAX_DEPTH {
-            return Err(format!("dicts nested deeper than {MAX_DEPTH} (at {prefix})"));
+            return Err(format!(
+                "dicts nested deeper than {MAX_DEPTH} (at {prefix})"
+            ));
         }
         let Some(Node::Dict(items)) = self.tree.get(id) else {
             return Ok(());
@@ -260,7 +265,9 @@ impl Walk<'_> {
                 Some(Node::Str(s)) => format!("{prefix}{s}"),
                 Some(Node::Int(i)) => format!("{prefix}{i}"),
                 other => {
-                    self.out.skipped.push(format!("{prefix}<{} key>", kind(other)));
+                    self.out
+                        .skipped
+                        .push(format!("{prefix}<{} key>", kind(other)));
                     continue;
                 }
             };

@@ -195,12 +195,19 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn err<T>(&self, what: impl std::fmt::Display) -> R<T> {
-        Err(PickleError::Malformed(format!("pickle byte {}: {what}", self.pos)))
+        Err(PickleError::Malformed(format!(
+            "pickle byte {}: {what}",
+            self.pos
+        )))
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let data = self.data;
-        match self.pos.checked_add(n).and_then(|end| data.get(self.pos..end)) {
+        match self
+            .pos
+            .checked_add(n)
+            .and_then(|end| data.get(self.pos..end))
+        {
             Some(s) => {
                 self.pos += n;
                 Ok(s)
@@ -611,14 +618,19 @@ mod tests {
     #[test]
     fn refuses_os_system() {
         let p = b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00echo\x85R.";
-        assert_eq!(unpickle(p).unwrap_err(), PickleError::Global("os.system".into()));
+        assert_eq!(
+            unpickle(p).unwrap_err(),
+            PickleError::Global("os.system".into())
+        );
     }
 
     #[test]
     fn builds_a_dict() {
         let p = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x05X\x01\x00\x00\x00bJ\xff\xff\xff\xffu.";
         let t = unpickle(p).unwrap();
-        let Node::Dict(d) = &t.nodes[t.root] else { panic!() };
+        let Node::Dict(d) = &t.nodes[t.root] else {
+            panic!()
+        };
         assert_eq!(d.len(), 2);
         assert_eq!(t.nodes[d[1].1], Node::Int(-1));
     }

@@ -196,8 +196,8 @@ fn parse_record(c: &mut Cursor<'_>, path: &Path) -> Result<Record> {
     c.take(8).ok_or_else(short)?;
     let mut local = u64::from(c.u32().ok_or_else(short)?);
     let name = c.take(name_len).ok_or_else(short)?;
-    let name = String::from_utf8(name.to_vec())
-        .map_err(|_| bad(path, "an entry name is not UTF-8"))?;
+    let name =
+        String::from_utf8(name.to_vec()).map_err(|_| bad(path, "an entry name is not UTF-8"))?;
     let extra = c.take(extra_len).ok_or_else(short)?;
     c.take(comment_len).ok_or_else(short)?;
     // Zip64 extra field (id 1): the overflowing fields, in this order.
@@ -208,7 +208,12 @@ fn parse_record(c: &mut Cursor<'_>, path: &Path) -> Result<Record> {
             continue;
         }
         let mut z = Cursor::new(body);
-        let msg = || bad(path, format!("entry {}: Zip64 field cut short", escape(&name)));
+        let msg = || {
+            bad(
+                path,
+                format!("entry {}: Zip64 field cut short", escape(&name)),
+            )
+        };
         if usize == 0xFFFF_FFFF {
             usize = z.u64().ok_or_else(msg)?;
         }
@@ -238,13 +243,23 @@ pub fn read_archive(file: &File, path: &Path) -> Result<Archive> {
         .len();
     let dir = find_directory(file, path, file_len)?;
     if dir.count > MAX_ENTRIES {
-        return Err(bad(path, format!("{} entries (limit {MAX_ENTRIES})", dir.count)));
+        return Err(bad(
+            path,
+            format!("{} entries (limit {MAX_ENTRIES})", dir.count),
+        ));
     }
     if dir.size > MAX_CENTRAL_DIR {
         return Err(bad(path, "central directory too large"));
     }
-    if dir.offset.checked_add(dir.size).is_none_or(|end| end > file_len) {
-        return Err(bad(path, "central directory lies past the end of the file (truncated?)"));
+    if dir
+        .offset
+        .checked_add(dir.size)
+        .is_none_or(|end| end > file_len)
+    {
+        return Err(bad(
+            path,
+            "central directory lies past the end of the file (truncated?)",
+        ));
     }
     let cd = read_at(file, path, dir.offset, dir.size)?;
     let mut c = Cursor::new(&cd);
@@ -270,9 +285,21 @@ pub fn read_archive(file: &File, path: &Path) -> Result<Archive> {
         }
         let start = data_start(file, path, file_len, &r)?;
         if start.checked_add(r.usize).is_none_or(|end| end > file_len) {
-            return Err(bad(path, format!("entry {name} runs past the end of the file (truncated?)")));
+            return Err(bad(
+                path,
+                format!("entry {name} runs past the end of the file (truncated?)"),
+            ));
         }
-        if entries.insert(r.name, Entry { start, len: r.usize }).is_some() {
+        if entries
+            .insert(
+                r.name,
+                Entry {
+                    start,
+                    len: r.usize,
+                },
+            )
+            .is_some()
+        {
             return Err(bad(path, format!("entry {name} appears twice")));
         }
     }
@@ -283,13 +310,19 @@ pub fn read_archive(file: &File, path: &Path) -> Result<Archive> {
 fn data_start(file: &File, path: &Path, file_len: u64, r: &Record) -> Result<u64> {
     let name = escape(&r.name);
     if r.local.checked_add(30).is_none_or(|end| end > file_len) {
-        return Err(bad(path, format!("entry {name}: local header past the end of the file")));
+        return Err(bad(
+            path,
+            format!("entry {name}: local header past the end of the file"),
+        ));
     }
     let h = read_at(file, path, r.local, 30)?;
     let mut c = Cursor::new(&h);
     let short = || bad(path, format!("entry {name}: local header cut short"));
     if c.u32() != Some(SIG_LOCAL) {
-        return Err(bad(path, format!("entry {name}: bad local header signature")));
+        return Err(bad(
+            path,
+            format!("entry {name}: bad local header signature"),
+        ));
     }
     c.take(22).ok_or_else(short)?;
     let name_len = u64::from(c.u16().ok_or_else(short)?);
