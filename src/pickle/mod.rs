@@ -234,7 +234,7 @@ fn header(planned: &[Planned]) -> Result<Vec<u8>> {
         offset = end;
     }
     h.push('}');
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -112,7 +112,7 @@ pub struct Layout {
 /// Checks a tensor against its storage (`storage_bytes` long) and says which bytes
 /// it reads. Every product and sum is checked.
 pub fn layout(t: &TensorRef, storage_bytes: u64) -> Result<Layout, String> {
-    if t.dtype.bits() % 8 != 0 {
+    if !t.dtype.bits().is_multiple_of(8) {
         return Err(format!("dtype {} is not whole bytes", t.dtype.name()));
     }
     let elem = t.dtype.bits() / 8;
