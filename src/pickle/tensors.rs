@@ -1,98 +1,15 @@
-//! From the unpickled tree to tensors: persistent ids to storages, rebuild calls
-//! to tensor layouts, the state dict found and named, and strided views gathered
+//! From the unpickled tree to tensors: the state dict found and named, each
+//! tensor's layout checked against its storage, and strided views gathered
 //! into contiguous bytes. Pure: no I/O.
 
 use std::collections::BTreeSet;
 
-use super::unpickle::{Global, Id, Node, StorageRef, TensorRef, Tree, Values};
+use super::unpickle::{Id, Node, TensorRef, Tree};
 /// Deepest nesting of dicts followed, and most values visited, while naming tensors.
 const MAX_DEPTH: usize = 64;
 const MAX_VISITS: usize = 1 << 22;
-/// Most dimensions a tensor may have.
-const MAX_RANK: usize = 64;
 /// Keys under which a checkpoint commonly nests its state dict.
 const NESTED_KEYS: [&str; 4] = ["state_dict", "model", "model_state_dict", "module"];
-
-fn int(v: &impl Values, id: Id, what: &str) -> Result<u64, String> {
-    match v.value(id) {
-        Some(Node::Int(i)) => u64::try_from(*i).map_err(|_| format!("{what} is negative ({i})")),
-        _ => Err(format!("{what} is not an integer")),
-    }
-}
-
-fn ints(v: &impl Values, id: Id, what: &str) -> Result<Vec<u64>, String> {
-    let Some(Node::Tuple(items)) = v.value(id) else {
-        return Err(format!("{what} is not a tuple"));
-    };
-    if items.len() > MAX_RANK {
-        return Err(format!(
-            "{what} has {} dimensions (limit {MAX_RANK})",
-            items.len()
-        ));
-    }
-    items.iter().map(|&i| int(v, i, what)).collect()
-}
-
-/// Reads a persistent id `('storage', type, key, location, numel)`.
-pub fn storage_from_pid(v: &impl Values, pid: Id) -> Result<StorageRef, String> {
-    let Some(Node::Tuple(t)) = v.value(pid) else {
-        return Err("a persistent id that is not a tuple".into());
-    };
-    let [tag, ty, key, _location, numel] = t.as_slice() else {
-        return Err(format!("a persistent id of {} items (5 expected)", t.len()));
-    };
-    if !matches!(v.value(*tag), Some(Node::Str(s)) if s == "storage") {
-        return Err("a persistent id that is not a storage".into());
-    }
-    let Some(Node::Global(Global::Storage(dtype))) = v.value(*ty) else {
-        return Err("a storage whose type is not a torch storage class".into());
-    };
-    let Some(Node::Str(key)) = v.value(*key) else {
-        return Err("a storage whose key is not a string".into());
-    };
-    if key.is_empty() || key.contains('/') || key == "." || key == ".." {
-        return Err(format!("a storage key {:?} that is not a plain name", key));
-    }
-    Ok(StorageRef {
-        dtype: *dtype,
-        key: key.clone(),
-        numel: int(v, *numel, "a storage's element count")?,
-    })
-}
-
-/// Reads the arguments of `_rebuild_tensor_v2` (storage, offset, size, stride, ...)
-/// or `_rebuild_tensor_v3` (the same, then the dtype).
-pub fn tensor_from_args(v: &impl Values, g: Global, args: &[Id]) -> Result<TensorRef, String> {
-    let (Some(&s), Some(&off), Some(&size), Some(&stride)) =
-        (args.first(), args.get(1), args.get(2), args.get(3))
-    else {
-        return Err("a tensor rebuilt from too few arguments".into());
-    };
-    let Some(Node::Storage(storage)) = v.value(s) else {
-        return Err("a tensor whose storage is not a persistent storage".into());
-    };
-    let dtype = match g {
-        Global::RebuildV3 => match args.get(6).and_then(|&d| v.value(d)) {
-            Some(Node::Global(Global::TorchDtype(d))) => *d,
-            _ => return Err("_rebuild_tensor_v3 without a known torch dtype".into()),
-        },
-        _ => storage
-            .dtype
-            .ok_or("_rebuild_tensor_v2 of an untyped storage")?,
-    };
-    let size = ints(v, size, "a tensor's size")?;
-    let stride = ints(v, stride, "a tensor's stride")?;
-    if size.len() != stride.len() {
-        return Err("a tensor's size and stride differ in length".into());
-    }
-    Ok(TensorRef {
-        storage: storage.clone(),
-        dtype,
-        offset: int(v, off, "a tensor's storage offset")?,
-        size,
-        stride,
-    })
-}
 
 /// Where a tensor's bytes lie in its storage entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +251,7 @@ pub fn collect(tree: &Tree) -> Result<Collected, String> {
 mod tests {
     use super::*;
     use crate::format::dtype::Dtype;
+    use crate::pickle::unpickle::StorageRef;
 
     fn t(size: Vec<u64>, stride: Vec<u64>, offset: u64, numel: u64) -> TensorRef {
         TensorRef {

@@ -16,6 +16,8 @@ const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 20;
 /// Most nested MARKs.
 const MAX_MARKS: usize = 4096;
+/// Most dimensions a tensor may have.
+const MAX_RANK: usize = 64;
 
 /// The globals a `torch.save` state dict may name; everything else is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,7 +400,7 @@ impl<'a> Machine<'a> {
 
     fn persid(&mut self) -> R<()> {
         let pid = self.pop()?;
-        let storage = super::tensors::storage_from_pid(self, pid);
+        let storage = storage_from_pid(self, pid);
         match storage {
             Ok(s) => self.push(Node::Storage(s)),
             Err(e) => self.err(e),
@@ -417,12 +419,10 @@ impl<'a> Machine<'a> {
         let a = a.clone();
         let node = match g {
             Global::OrderedDict if a.is_empty() => Node::Dict(Vec::new()),
-            Global::RebuildV2 | Global::RebuildV3 => {
-                match super::tensors::tensor_from_args(self, g, &a) {
-                    Ok(t) => Node::Tensor(t),
-                    Err(e) => return self.err(e),
-                }
-            }
+            Global::RebuildV2 | Global::RebuildV3 => match tensor_from_args(self, g, &a) {
+                Ok(t) => Node::Tensor(t),
+                Err(e) => return self.err(e),
+            },
             Global::RebuildParameter => match a.first().map(|&t| self.node(t)) {
                 Some(Ok(n @ Node::Tensor(_))) => n.clone(),
                 _ => return self.err("_rebuild_parameter of a value that is not a tensor"),
@@ -574,8 +574,8 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Lets the tensor rules read values while the machine runs.
-pub trait Values {
+/// Lets the argument rules read values while the machine runs.
+trait Values {
     /// The value `id`.
     fn value(&self, id: Id) -> Option<&Node>;
 }
@@ -586,14 +586,91 @@ impl Values for Machine<'_> {
     }
 }
 
-impl Values for Tree {
-    fn value(&self, id: Id) -> Option<&Node> {
-        self.get(id)
+fn int(v: &impl Values, id: Id, what: &str) -> Result<u64, String> {
+    match v.value(id) {
+        Some(Node::Int(i)) => u64::try_from(*i).map_err(|_| format!("{what} is negative ({i})")),
+        _ => Err(format!("{what} is not an integer")),
     }
 }
 
+fn ints(v: &impl Values, id: Id, what: &str) -> Result<Vec<u64>, String> {
+    let Some(Node::Tuple(items)) = v.value(id) else {
+        return Err(format!("{what} is not a tuple"));
+    };
+    if items.len() > MAX_RANK {
+        return Err(format!(
+            "{what} has {} dimensions (limit {MAX_RANK})",
+            items.len()
+        ));
+    }
+    items.iter().map(|&i| int(v, i, what)).collect()
+}
+
+/// Reads a persistent id `('storage', type, key, location, numel)`.
+fn storage_from_pid(v: &impl Values, pid: Id) -> Result<StorageRef, String> {
+    let Some(Node::Tuple(t)) = v.value(pid) else {
+        return Err("a persistent id that is not a tuple".into());
+    };
+    let [tag, ty, key, _location, numel] = t.as_slice() else {
+        return Err(format!("a persistent id of {} items (5 expected)", t.len()));
+    };
+    if !matches!(v.value(*tag), Some(Node::Str(s)) if s == "storage") {
+        return Err("a persistent id that is not a storage".into());
+    }
+    let Some(Node::Global(Global::Storage(dtype))) = v.value(*ty) else {
+        return Err("a storage whose type is not a torch storage class".into());
+    };
+    let Some(Node::Str(key)) = v.value(*key) else {
+        return Err("a storage whose key is not a string".into());
+    };
+    if key.is_empty() || key.contains('/') || key == "." || key == ".." {
+        return Err(format!("a storage key {:?} that is not a plain name", key));
+    }
+    Ok(StorageRef {
+        dtype: *dtype,
+        key: key.clone(),
+        numel: int(v, *numel, "a storage's element count")?,
+    })
+}
+
+/// Reads the arguments of `_rebuild_tensor_v2` (storage, offset, size, stride, ...)
+/// or `_rebuild_tensor_v3` (the same, then the dtype).
+fn tensor_from_args(v: &impl Values, g: Global, args: &[Id]) -> Result<TensorRef, String> {
+    let (Some(&s), Some(&off), Some(&size), Some(&stride)) =
+        (args.first(), args.get(1), args.get(2), args.get(3))
+    else {
+        return Err("a tensor rebuilt from too few arguments".into());
+    };
+    let Some(Node::Storage(storage)) = v.value(s) else {
+        return Err("a tensor whose storage is not a persistent storage".into());
+    };
+    let dtype = match g {
+        Global::RebuildV3 => match args.get(6).and_then(|&d| v.value(d)) {
+            Some(Node::Global(Global::TorchDtype(d))) => *d,
+            _ => return Err("_rebuild_tensor_v3 without a known torch dtype".into()),
+        },
+        _ => storage
+            .dtype
+            .ok_or("_rebuild_tensor_v2 of an untyped storage")?,
+    };
+    let size = ints(v, size, "a tensor's size")?;
+    let stride = ints(v, stride, "a tensor's stride")?;
+    if size.len() != stride.len() {
+        return Err("a tensor's size and stride differ in length".into());
+    }
+    Ok(TensorRef {
+        storage: storage.clone(),
+        dtype,
+        offset: int(v, off, "a tensor's storage offset")?,
+        size,
+        stride,
+    })
+}
+
 /// Interprets `data` as a pickle and returns the tree it builds. Never executes or
-/// imports anything; refuses any global outside [`allowed`].
+/// imports anything; refuses any global outside the allowlist
+/// (`collections.OrderedDict`, the `torch._utils` rebuild functions, `torch` storage
+/// classes, dtypes and `torch.device`).
 pub fn unpickle(data: &[u8]) -> std::result::Result<Tree, PickleError> {
     let mut m = Machine {
         data,
