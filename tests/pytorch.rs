@@ -88,7 +88,7 @@ fn every_dtype_view_and_tied_weight_round_trips() {
     let (input, want) = fixture(dir.path(), "basic");
     assert!(want["transposed"].bytes.len() == 60 && want.contains_key("fp8"));
     let out = dir.path().join("out");
-    let r = convert_pytorch(&input, &out, None).unwrap();
+    let r = convert_pytorch(&input, &out, None, u64::MAX).unwrap();
     assert_eq!(r.tensors, want.len());
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     check_output(&out.join("model.safetensors"), &want);
@@ -106,7 +106,7 @@ fn zip64_archive_converts() {
         "fixture uses Zip64"
     );
     let out = dir.path().join("out");
-    convert_pytorch(&input, &out, None).unwrap();
+    convert_pytorch(&input, &out, None, u64::MAX).unwrap();
     check_output(&out.join("model.safetensors"), &want);
 }
 
@@ -139,7 +139,7 @@ fn dtype_option_converts_floats_only() {
     let dir = tempfile::tempdir().unwrap();
     let (input, want) = fixture(dir.path(), "basic");
     let out = dir.path().join("out");
-    convert_pytorch(&input, &out, Some(Dtype::BF16)).unwrap();
+    convert_pytorch(&input, &out, Some(Dtype::BF16), u64::MAX).unwrap();
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let w = st.tensor("embed.weight").unwrap();
@@ -163,7 +163,7 @@ fn refused(case: &str, names: &[&str]) -> tensorstream::Error {
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = fixture(dir.path(), case);
     let out = dir.path().join("out");
-    let e = convert_pytorch(&input, &out, None).unwrap_err();
+    let e = convert_pytorch(&input, &out, None, u64::MAX).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains(&input.display().to_string()), "{msg}");
     for n in names {
@@ -188,7 +188,7 @@ fn os_system_global_is_refused_and_nothing_runs() {
     // The fixture's payload would have created `<file>.pwned`.
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = fixture(dir.path(), "os_system");
-    let _ = convert_pytorch(&input, &dir.path().join("out"), None);
+    let _ = convert_pytorch(&input, &dir.path().join("out"), None, u64::MAX);
     assert!(!dir.path().join("os_system.bin.pwned").exists());
 }
 
@@ -251,6 +251,161 @@ fn every_truncation_and_byte_flip_is_an_error_not_a_panic() {
             }
         }
         std::fs::write(&bad, &b).unwrap();
-        let _ = convert_pytorch(&bad, &out, None);
+        let _ = convert_pytorch(&bad, &out, None, u64::MAX);
     }
+}
+
+#[test]
+fn two_shard_input_converts_to_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, want) = fixture(dir.path(), "sharded");
+    assert!(input.join("pytorch_model-00002-of-00002.bin").is_file());
+    let out = dir.path().join("out");
+    // The directory, and the index named directly.
+    let r = convert_pytorch(&input, &out, None, u64::MAX).unwrap();
+    assert_eq!(r.tensors, want.len());
+    assert_eq!(r.files, vec![out.join("model.safetensors")]);
+    check_output(&out.join("model.safetensors"), &want);
+    let out2 = dir.path().join("out2");
+    let index = input.join("pytorch_model.bin.index.json");
+    convert_pytorch(&index, &out2, None, u64::MAX).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(out2.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn tiny_max_shard_size_writes_shards_and_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, want) = fixture(dir.path(), "sharded");
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+        .args(["convert", "--max-shard-size", "40"])
+        .arg(&input)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Expected grouping: name order, at most 40 bytes, a bigger tensor alone.
+    let mut groups: Vec<Vec<&String>> = vec![vec![]];
+    let mut cur = 0;
+    for (name, w) in &want {
+        let last = groups.last_mut().unwrap();
+        if !last.is_empty() && cur + w.bytes.len() > 40 {
+            groups.push(vec![name]);
+            cur = w.bytes.len();
+        } else {
+            last.push(name);
+            cur += w.bytes.len();
+        }
+    }
+    let n = groups.len();
+    assert!(n > 3, "{n} shards");
+    let mut entries: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    let mut names: Vec<String> = (1..=n)
+        .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
+        .collect();
+    names.push("model.safetensors.index.json".into());
+    assert_eq!(entries, names, "no temporary files left");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let total: usize = want.values().map(|w| w.bytes.len()).sum();
+    assert_eq!(index["metadata"]["total_size"], total as u64);
+    let map = index["weight_map"].as_object().unwrap();
+    assert_eq!(map.len(), want.len());
+    for (i, g) in groups.iter().enumerate() {
+        let file = &names[i];
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let format = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format").cloned());
+        assert_eq!(format.as_deref(), Some("pt"), "{file}");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), g.len(), "{file}");
+        for name in g {
+            assert_eq!(map[name.as_str()], file.as_str(), "{name}");
+            let v = st.tensor(name).unwrap();
+            let w = &want[name.as_str()];
+            assert_eq!(format!("{:?}", v.dtype()), w.dtype, "{name}");
+            assert_eq!(v.shape(), &w.shape[..], "{name}");
+            assert_eq!(v.data(), &w.bytes[..], "{name}");
+        }
+    }
+    // tensorstream's own loader reads the set through its index.
+    let model = Loader::new().load(&out).unwrap();
+    assert_eq!(model.len(), want.len());
+    for (name, w) in &want {
+        let t = model.get(name).unwrap();
+        assert_eq!(t.dtype.name(), w.dtype, "{name}");
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        assert_eq!(shape, w.shape, "{name}");
+        assert_eq!(t.host_bytes().unwrap(), &w.bytes[..], "{name}");
+    }
+}
+
+/// Converts a hostile sharded fixture (a directory): an error naming each of
+/// `names`, exit 1 from the CLI, and no output left.
+fn refused_sharded(case: &str, names: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = fixture(dir.path(), case);
+    let out = dir.path().join("out");
+    let msg = convert_pytorch(&input, &out, None, 100)
+        .unwrap_err()
+        .to_string();
+    for n in names {
+        assert!(msg.contains(n), "{case}: {msg}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+        .args(["convert", "--max-shard-size", "100"])
+        .arg(&input)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{case}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for n in names {
+        assert!(stderr.contains(n), "{case}: {stderr}");
+    }
+    let left = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "{case}: output left behind");
+}
+
+#[test]
+fn sharded_index_naming_a_parent_path_is_refused() {
+    refused_sharded(
+        "shard_escape",
+        &["../x.bin", "pytorch_model.bin.index.json"],
+    );
+}
+
+#[test]
+fn tensor_in_the_map_but_missing_from_its_shard_is_refused() {
+    refused_sharded(
+        "shard_missing",
+        &[
+            "ghost.weight",
+            "pytorch_model-00001-of-00002.bin",
+            "does not hold it",
+        ],
+    );
+}
+
+#[test]
+fn tensor_in_two_shards_is_refused() {
+    refused_sharded(
+        "shard_twice",
+        &[
+            "bf16",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model-00001-of-00002.bin",
+        ],
+    );
 }

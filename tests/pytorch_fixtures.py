@@ -199,6 +199,30 @@ def tensors_of(d, prefix=""):
     return out
 
 
+def save_sharded(sd, out_dir, case):
+    """Writes sd as two shards and pytorch_model.bin.index.json into out_dir,
+    broken as `case` asks."""
+    os.makedirs(out_dir)
+    names = sorted(sd)
+    half = len(names) // 2
+    files = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    parts = [names[:half], names[half:]]
+    if case == "shard_twice":
+        parts[1] = parts[1] + [names[0]]
+    weight_map = {n: files[i] for i, part in enumerate(parts) for n in part}
+    weight_map[names[0]] = files[0]
+    if case == "shard_escape":
+        weight_map[names[1]] = "../x.bin"
+    if case == "shard_missing":
+        weight_map["ghost.weight"] = files[0]
+    for f, part in zip(files, parts):
+        shard = collections.OrderedDict((n, sd[n]) for n in part)
+        save(shard, os.path.join(out_dir, f))
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    with open(os.path.join(out_dir, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump(index, f)
+
+
 def main():
     global MARKER
     case, path = sys.argv[1], sys.argv[2]
@@ -241,6 +265,8 @@ def main():
         save(sd, path, compress=True)
     elif case == "big_endian":
         save(sd, path, byteorder="big")
+    elif case in ("sharded", "shard_escape", "shard_missing", "shard_twice"):
+        save_sharded(sd, path, case)
     elif case == "legacy":
         open(path, "wb").write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
     else:

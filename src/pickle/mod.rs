@@ -19,6 +19,7 @@
 //! - each storage's bytes are checked against its zip entry, and each tensor's
 //!   offset, shape and strides against its storage, before anything is read.
 
+mod shard;
 mod tensors;
 mod unpickle;
 mod zip;
@@ -40,10 +41,12 @@ const MAX_PICKLE: u64 = 256 << 20;
 /// What [`convert_pytorch`] did.
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
-    /// The checkpoint file read.
+    /// The checkpoint file read, or the index of a sharded set.
     pub input: PathBuf,
-    /// The safetensors file written.
+    /// `model.safetensors`, or the `model.safetensors.index.json` of sharded output.
     pub output: PathBuf,
+    /// Every file written, shards first.
+    pub files: Vec<PathBuf>,
     /// Tensors written.
     pub tensors: usize,
     /// Bytes of tensor data written.
@@ -55,25 +58,12 @@ pub struct ConvertReport {
 /// Finds the checkpoint file: `input` itself, or in a directory
 /// `pytorch_model.bin`, else its only `.bin`, `.pt` or `.pth` file.
 fn resolve(input: &Path) -> Result<PathBuf> {
-    let sharded = |p: &Path| {
-        Error::Unsupported(format!(
-            "{}: sharded PyTorch checkpoints (an index.json) are not supported yet; \
-             convert each shard file on its own",
-            p.display()
-        ))
-    };
     if !input.is_dir() {
-        if input.to_string_lossy().ends_with(".index.json") {
-            return Err(sharded(input));
-        }
         return Ok(input.to_path_buf());
     }
     let one = input.join("pytorch_model.bin");
     if one.is_file() {
         return Ok(one);
-    }
-    if input.join("pytorch_model.bin.index.json").is_file() {
-        return Err(sharded(input));
     }
     let read = std::fs::read_dir(input).map_err(|e| Error::io(input, "read directory", e))?;
     let mut found = Vec::new();
@@ -99,6 +89,8 @@ fn resolve(input: &Path) -> Result<PathBuf> {
 
 /// One tensor ready to be written.
 struct Planned {
+    /// Which input file (index into the source's files).
+    src: usize,
     name: String,
     t: unpickle::TensorRef,
     layout: tensors::Layout,
@@ -143,7 +135,12 @@ fn read_entry(file: &File, path: &Path, e: zip::Entry, max: u64, what: &str) -> 
 
 /// Opens the archive, checks its byte order, unpickles `data.pkl` and plans every
 /// tensor, each checked against its storage entry.
-fn plan(file: &File, path: &Path, dtype: Option<Dtype>) -> Result<(Vec<Planned>, Vec<String>)> {
+fn plan(
+    file: &File,
+    path: &Path,
+    src: usize,
+    dtype: Option<Dtype>,
+) -> Result<(Vec<Planned>, Vec<String>)> {
     let mut magic = [0u8; 4];
     let n = file
         .read_at(&mut magic, 0)
@@ -203,6 +200,7 @@ fn plan(file: &File, path: &Path, dtype: Option<Dtype>) -> Result<(Vec<Planned>,
         let out_dtype = output_dtype(t.dtype, dtype);
         let out_len = converted_len(t.dtype, out_dtype, layout.numel * layout.elem);
         planned.push(Planned {
+            src,
             name,
             t,
             layout,
@@ -211,7 +209,6 @@ fn plan(file: &File, path: &Path, dtype: Option<Dtype>) -> Result<(Vec<Planned>,
             out_len,
         });
     }
-    planned.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((planned, found.skipped))
 }
 
@@ -266,46 +263,129 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
-/// Converts the PyTorch zip checkpoint `input` (a file, or a directory holding
-/// `pytorch_model.bin` or one `.bin`/`.pt`/`.pth` file) into `out_dir/model.safetensors`,
-/// with `__metadata__` `{"format":"pt"}` and tensors sorted by name. `dtype`
-/// converts floating tensors as [`crate::Loader::dtype`] does. Nothing in the
-/// checkpoint is executed; see the module rules for what is accepted. The output
-/// appears only when the conversion succeeded.
-pub fn convert_pytorch(
-    input: &Path,
-    out_dir: &Path,
-    dtype: Option<Dtype>,
-) -> Result<ConvertReport> {
-    let path = resolve(input)?;
-    let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-    let (planned, skipped) = plan(&file, &path, dtype)?;
-    let head = header(&planned)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create directory", e))?;
-    let output = out_dir.join("model.safetensors");
-    let tmp = tempfile::NamedTempFile::new_in(out_dir)
-        .map_err(|e| Error::io(out_dir, "create a temporary file", e))?;
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-    tmp.as_file()
-        .set_permissions(mode)
-        .map_err(|e| Error::io(out_dir, "set permissions", e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+/// An open input file and its path.
+type Input = (File, PathBuf);
+
+/// Writes the safetensors file `name` into `dir` with the tensors `planned`, in order.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    planned: &[Planned],
+    inputs: &[(File, PathBuf)],
+) -> Result<u64> {
+    let output = dir.join(name);
+    let head = header(planned)?;
+    let f = File::create(&output).map_err(|e| Error::io(&output, "create", e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
     let werr = |e| Error::io(&output, "write", e);
     w.write_all(&head).map_err(werr)?;
     let mut buf = Vec::new();
     let mut bytes = 0u64;
-    for p in &planned {
-        let data = tensor_bytes(&file, &path, p, &mut buf)?;
+    for p in planned {
+        let (file, path) = inputs
+            .get(p.src)
+            .ok_or_else(|| Error::InvalidArgument("input file index".into()))?;
+        let data = tensor_bytes(file, path, p, &mut buf)?;
         w.write_all(&data).map_err(werr)?;
         bytes += data.len() as u64;
     }
     w.flush().map_err(werr)?;
-    drop(w);
-    tmp.persist(&output)
-        .map_err(|e| Error::io(&output, "rename into place", e.error))?;
+    Ok(bytes)
+}
+
+/// Opens and plans every input file, checking shards against their index; the
+/// tensors come back sorted by name, each name once.
+fn plan_all(
+    src: &shard::Source,
+    dtype: Option<Dtype>,
+) -> Result<(Vec<Input>, Vec<Planned>, Vec<String>)> {
+    let mut inputs = Vec::new();
+    let mut all = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, (path, expect)) in src.files.iter().enumerate() {
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let (planned, sk) = plan(&file, path, i, dtype)?;
+        if let Some(expect) = expect {
+            shard::check_shard(src, path, expect, planned.iter().map(|p| p.name.as_str()))?;
+        }
+        all.extend(planned);
+        skipped.extend(sk);
+        inputs.push((file, path.clone()));
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    for w in all.windows(2) {
+        if let [a, b] = w {
+            if a.name == b.name {
+                let path = inputs
+                    .get(b.src)
+                    .map(|f| f.1.as_path())
+                    .unwrap_or(&src.path);
+                return Err(Error::tensor_err(path, &b.name, "this name appears twice"));
+            }
+        }
+    }
+    Ok((inputs, all, skipped))
+}
+
+/// Converts the PyTorch zip checkpoint `input` into safetensors in `out_dir`.
+/// `input` is a checkpoint file, a `pytorch_model.bin.index.json` sharded set, or a
+/// directory holding `pytorch_model.bin`, that index, or one `.bin`/`.pt`/`.pth`
+/// file. Every shard of a set must hold exactly the tensors its index assigns it.
+/// The output is `out_dir/model.safetensors` when all tensor data fits in
+/// `max_shard` bytes; otherwise `model-0000N-of-0000M.safetensors` shards, filled
+/// in name order (a tensor larger than `max_shard` alone in its shard), and
+/// `model.safetensors.index.json`. Each file has `__metadata__` `{"format":"pt"}`
+/// and tensors sorted by name. `dtype` converts floating tensors as
+/// [`crate::Loader::dtype`] does. Nothing in the checkpoint is executed; see the
+/// module rules for what is accepted. The output appears only when the
+/// conversion succeeded.
+pub fn convert_pytorch(
+    input: &Path,
+    out_dir: &Path,
+    dtype: Option<Dtype>,
+    max_shard: u64,
+) -> Result<ConvertReport> {
+    let src = shard::source(input, resolve)?;
+    let (inputs, planned, skipped) = plan_all(&src, dtype)?;
+    let sizes: Vec<u64> = planned.iter().map(|p| p.out_len).collect();
+    let groups = shard::split(&sizes, max_shard.max(1));
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create directory", e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tensorstream-convert")
+        .tempdir_in(out_dir)
+        .map_err(|e| Error::io(out_dir, "create a temporary directory", e))?;
+    let mut names = Vec::with_capacity(groups.len() + 1);
+    let mut weight_map = std::collections::BTreeMap::new();
+    let mut bytes = 0u64;
+    for (i, g) in groups.iter().enumerate() {
+        let name = shard::shard_name(i, groups.len());
+        let part = planned
+            .get(g.clone())
+            .ok_or_else(|| Error::InvalidArgument("shard range".into()))?;
+        bytes += write_file(tmp.path(), &name, part, &inputs)?;
+        for p in part {
+            weight_map.insert(p.name.clone(), name.clone());
+        }
+        names.push(name);
+    }
+    if groups.len() > 1 {
+        let name = "model.safetensors.index.json".to_string();
+        let at = tmp.path().join(&name);
+        std::fs::write(&at, shard::index_json(bytes, &weight_map)?)
+            .map_err(|e| Error::io(&at, "write", e))?;
+        names.push(name);
+    }
+    for n in &names {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        let at = tmp.path().join(n);
+        std::fs::set_permissions(&at, mode).map_err(|e| Error::io(&at, "set permissions", e))?;
+    }
+    shard::publish(tmp.path(), out_dir, &names)?;
+    let files: Vec<PathBuf> = names.iter().map(|n| out_dir.join(n)).collect();
     Ok(ConvertReport {
-        input: path,
-        output,
+        input: src.path,
+        output: files.last().cloned().unwrap_or_default(),
+        files,
         tensors: planned.len(),
         bytes,
         skipped,
