@@ -327,6 +327,50 @@ fn plan_all(
     Ok((inputs, all, skipped))
 }
 
+/// Writes `planned`, split into `groups`, into a temporary directory inside
+/// `out_dir` (created if missing), then moves the files into place. Returns the
+/// files written and the bytes of tensor data.
+fn write_output(
+    out_dir: &Path,
+    planned: &[Planned],
+    groups: &[std::ops::Range<usize>],
+    inputs: &[Input],
+) -> Result<(Vec<PathBuf>, u64)> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create directory", e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tensorstream-convert")
+        .tempdir_in(out_dir)
+        .map_err(|e| Error::io(out_dir, "create a temporary directory", e))?;
+    let mut names = Vec::with_capacity(groups.len() + 1);
+    let mut weight_map = std::collections::BTreeMap::new();
+    let mut bytes = 0u64;
+    for (i, g) in groups.iter().enumerate() {
+        let name = shard::shard_name(i, groups.len());
+        let part = planned
+            .get(g.clone())
+            .ok_or_else(|| Error::InvalidArgument("shard range".into()))?;
+        bytes += write_file(tmp.path(), &name, part, inputs)?;
+        for p in part {
+            weight_map.insert(p.name.clone(), name.clone());
+        }
+        names.push(name);
+    }
+    if groups.len() > 1 {
+        let name = "model.safetensors.index.json".to_string();
+        let at = tmp.path().join(&name);
+        std::fs::write(&at, shard::index_json(bytes, &weight_map)?)
+            .map_err(|e| Error::io(&at, "write", e))?;
+        names.push(name);
+    }
+    for n in &names {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        let at = tmp.path().join(n);
+        std::fs::set_permissions(&at, mode).map_err(|e| Error::io(&at, "set permissions", e))?;
+    }
+    shard::publish(tmp.path(), out_dir, &names)?;
+    Ok((names.iter().map(|n| out_dir.join(n)).collect(), bytes))
+}
+
 /// Converts the PyTorch zip checkpoint `input` into safetensors in `out_dir`.
 /// `input` is a checkpoint file, a `pytorch_model.bin.index.json` sharded set, or a
 /// directory holding `pytorch_model.bin`, that index, or one `.bin`/`.pt`/`.pth`
@@ -349,39 +393,13 @@ pub fn convert_pytorch(
     let (inputs, planned, skipped) = plan_all(&src, dtype)?;
     let sizes: Vec<u64> = planned.iter().map(|p| p.out_len).collect();
     let groups = shard::split(&sizes, max_shard.max(1));
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create directory", e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tensorstream-convert")
-        .tempdir_in(out_dir)
-        .map_err(|e| Error::io(out_dir, "create a temporary directory", e))?;
-    let mut names = Vec::with_capacity(groups.len() + 1);
-    let mut weight_map = std::collections::BTreeMap::new();
-    let mut bytes = 0u64;
-    for (i, g) in groups.iter().enumerate() {
-        let name = shard::shard_name(i, groups.len());
-        let part = planned
-            .get(g.clone())
-            .ok_or_else(|| Error::InvalidArgument("shard range".into()))?;
-        bytes += write_file(tmp.path(), &name, part, &inputs)?;
-        for p in part {
-            weight_map.insert(p.name.clone(), name.clone());
-        }
-        names.push(name);
+    let created = !out_dir.exists();
+    let written = write_output(out_dir, &planned, &groups, &inputs);
+    if created && written.is_err() {
+        // Only an empty directory goes: what was created here for this output.
+        let _ = std::fs::remove_dir(out_dir);
     }
-    if groups.len() > 1 {
-        let name = "model.safetensors.index.json".to_string();
-        let at = tmp.path().join(&name);
-        std::fs::write(&at, shard::index_json(bytes, &weight_map)?)
-            .map_err(|e| Error::io(&at, "write", e))?;
-        names.push(name);
-    }
-    for n in &names {
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-        let at = tmp.path().join(n);
-        std::fs::set_permissions(&at, mode).map_err(|e| Error::io(&at, "set permissions", e))?;
-    }
-    shard::publish(tmp.path(), out_dir, &names)?;
-    let files: Vec<PathBuf> = names.iter().map(|n| out_dir.join(n)).collect();
+    let (files, bytes) = written?;
     Ok(ConvertReport {
         input: src.path,
         output: files.last().cloned().unwrap_or_default(),
