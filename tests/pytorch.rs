@@ -409,3 +409,22 @@ fn tensor_in_two_shards_is_refused() {
         ],
     );
 }
+
+#[test]
+fn converting_again_replaces_earlier_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, want) = fixture(dir.path(), "sharded");
+    let out = dir.path().join("out");
+    let r = convert_pytorch(&input, &out, None, 40).unwrap();
+    assert!(r.files.len() > 3);
+    std::fs::write(out.join("notes.txt"), b"kept").unwrap();
+    let r = convert_pytorch(&input, &out, None, u64::MAX).unwrap();
+    assert_eq!(r.files, vec![out.join("model.safetensors")]);
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["model.safetensors", "notes.txt"]);
+    check_output(&out.join("model.safetensors"), &want);
+}

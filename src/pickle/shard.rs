@@ -162,7 +162,7 @@ pub(super) fn index_json(total: u64, weight_map: &BTreeMap<String, String>) -> R
 }
 
 /// Moves every file `names` from `tmp` into `out_dir`; on a failure, removes the
-/// ones already moved.
+/// ones already moved. On success, removes stale outputs of an earlier run.
 pub(super) fn publish(tmp: &Path, out_dir: &Path, names: &[String]) -> Result<()> {
     for (i, n) in names.iter().enumerate() {
         let to = out_dir.join(n);
@@ -173,7 +173,36 @@ pub(super) fn publish(tmp: &Path, out_dir: &Path, names: &[String]) -> Result<()
             return Err(Error::io(&to, "rename into place", e));
         }
     }
+    remove_stale(out_dir, names);
     Ok(())
+}
+
+/// Whether `n` is a name this converter writes (`model.safetensors`, its index, or
+/// a `model-NNNNN-of-NNNNN.safetensors` shard).
+fn ours(n: &str) -> bool {
+    if n == "model.safetensors" || n == "model.safetensors.index.json" {
+        return true;
+    }
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    n.strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .and_then(|r| r.split_once("-of-"))
+        .is_some_and(|(a, b)| digits(a) && digits(b))
+}
+
+/// Removes files of an earlier conversion that this one did not write, so that
+/// `out_dir` holds one consistent checkpoint (as transformers' `save_pretrained`
+/// cleans stale shards). Best effort: a file that cannot be removed stays.
+fn remove_stale(out_dir: &Path, names: &[String]) {
+    let Ok(read) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in read.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if ours(&n) && !names.contains(&n) && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -192,5 +221,7 @@ mod tests {
     fn names_follow_transformers() {
         assert_eq!(shard_name(0, 1), "model.safetensors");
         assert_eq!(shard_name(1, 12), "model-00002-of-00012.safetensors");
+        assert!(ours("model-00002-of-00012.safetensors") && ours("model.safetensors"));
+        assert!(!ours("model-2-of-12.safetensors") && !ours("other.safetensors"));
     }
 }
