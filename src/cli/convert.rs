@@ -1,5 +1,5 @@
-//! `tensorstream convert`: a PyTorch zip checkpoint to `model.safetensors`, without
-//! executing it.
+//! `tensorstream convert`: a PyTorch zip checkpoint or sharded set to
+//! `model.safetensors` (or size-capped shards and an index), without executing it.
 
 use std::io::Write;
 use std::path::PathBuf;

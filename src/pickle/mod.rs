@@ -18,6 +18,9 @@
 //!   pair costs its bytes twice;
 //! - each storage's bytes are checked against its zip entry, and each tensor's
 //!   offset, shape and strides against its storage, before anything is read.
+//! - a sharded set (`pytorch_model.bin.index.json`) names each shard as a plain file
+//!   beside the index, and each shard holds exactly the tensors the index assigns
+//!   it; the output is split by size as transformers splits it (see [`shard`]).
 
 mod shard;
 mod tensors;
