@@ -433,28 +433,10 @@ impl<'a> Machine<'a> {
         self.push(node)
     }
 
-    /// Runs one opcode; `Ok(true)` at STOP.
-    fn step(&mut self) -> R<bool> {
-        let op = self.byte()?;
+    /// Pushes the value of literal opcode `op` (a string, bytes, a number, a bool or
+    /// None); `Ok(false)` when `op` is not a literal.
+    fn literal(&mut self, op: u8) -> R<bool> {
         match op {
-            0x80 => {
-                let v = self.byte()?;
-                if v > 5 {
-                    return self.err(format!("pickle protocol {v} (at most 5 is known)"));
-                }
-            }
-            0x95 => {
-                self.take(8)?;
-            }
-            b'}' => self.push(Node::Dict(Vec::new()))?,
-            b']' => self.push(Node::List(Vec::new()))?,
-            b')' => self.push(Node::Tuple(Vec::new()))?,
-            b'(' => {
-                if self.marks.len() >= MAX_MARKS {
-                    return self.err("MARKs nested too deep");
-                }
-                self.marks.push(self.stack.len());
-            }
             b'X' => {
                 let n = u32::from_le_bytes(self.le()?);
                 self.string(u64::from(n))?
@@ -499,6 +481,36 @@ impl<'a> Machine<'a> {
             0x88 => self.push(Node::Bool(true))?,
             0x89 => self.push(Node::Bool(false))?,
             b'N' => self.push(Node::None)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Runs one opcode; `Ok(true)` at STOP.
+    fn step(&mut self) -> R<bool> {
+        let op = self.byte()?;
+        if self.literal(op)? {
+            return Ok(false);
+        }
+        match op {
+            0x80 => {
+                let v = self.byte()?;
+                if v > 5 {
+                    return self.err(format!("pickle protocol {v} (at most 5 is known)"));
+                }
+            }
+            0x95 => {
+                self.take(8)?;
+            }
+            b'}' => self.push(Node::Dict(Vec::new()))?,
+            b']' => self.push(Node::List(Vec::new()))?,
+            b')' => self.push(Node::Tuple(Vec::new()))?,
+            b'(' => {
+                if self.marks.len() >= MAX_MARKS {
+                    return self.err("MARKs nested too deep");
+                }
+                self.marks.push(self.stack.len());
+            }
             b't' => {
                 let items = self.pop_mark()?;
                 self.push(Node::Tuple(items))?
