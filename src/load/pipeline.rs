@@ -382,7 +382,7 @@ impl Loader {
         let direct = (0..plan.files.len())
             .map(|i| choice.files.get(i).is_some_and(|m| m.direct))
             .collect();
-        let slots = (self.staging_bytes_value() / opts.chunk_size).max(1) as usize;
+        let slots = self.staging_slots();
         let mut sink = CallerSink::new(plan, regions, direct, slots, opts.slot_len())?;
         let mut stats = self.read(plan, choice, &mut sink, self.queue_depth)?;
         sink.finish()?;
