@@ -171,7 +171,6 @@ fn bench_load(c: &mut Criterion) {
         ("buffered", IoBackend::Buffered, false),
         ("pread", IoBackend::Pread, false),
         ("pread-direct", IoBackend::PreadDirect, false),
-        ("mmap", IoBackend::Mmap, false),
         // Host memory kept between loads: what a server switching models gets.
         ("auto+pool", IoBackend::Auto, true),
         ("direct+pool", IoBackend::Direct, true),

@@ -339,14 +339,7 @@ fn check_digests(o: &Output, expected: &BTreeMap<String, RefTensor>, dtype: Opti
 #[test]
 fn load_digest_matches_reference_bytes_on_every_backend() {
     for fx in [single(), sharded()] {
-        for io in [
-            "auto",
-            "direct",
-            "buffered",
-            "pread",
-            "pread-direct",
-            "mmap",
-        ] {
+        for io in ["auto", "direct", "buffered", "pread", "pread-direct"] {
             let o = run([
                 OsStr::new("load"),
                 fx.path.as_os_str(),
@@ -386,6 +379,24 @@ fn contradictory_staging_flags_are_a_usage_error() {
         args.extend(flags.iter().map(OsStr::new));
         assert_code(&run(args), 2, &format!("{flags:?}"));
     }
+}
+
+/// The mmap backend was removed (slower than `auto`): asking for it says so.
+#[test]
+fn the_removed_mmap_backend_is_a_usage_error_saying_why() {
+    let fx = single();
+    let o = run([
+        OsStr::new("load"),
+        fx.path.as_os_str(),
+        OsStr::new("--io"),
+        OsStr::new("mmap"),
+    ]);
+    assert_code(&o, 2, "--io mmap");
+    assert!(
+        stderr(&o).contains("mmap backend was removed"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -877,7 +888,7 @@ fn bench_reusing_memory_says_so_in_json() {
     let o = bench_tiny(
         dir.path(),
         "2",
-        &["--backends", "pread,mmap", "--reuse-memory", "--json"],
+        &["--backends", "pread,buffered", "--reuse-memory", "--json"],
     );
     assert_code(&o, 0, "bench --reuse-memory");
     let out = stdout(&o);

@@ -196,10 +196,10 @@ fn cuda_loads_equal_host_loads_for_every_dtype_conversion_and_backend() {
     }
 }
 
-/// `--io mmap` on CUDA: the mapped file is copied through the pinned slots, for small
-/// and large staging, raw and converted, one allocation per file or per tensor.
+/// The pread pool on CUDA, for small and large staging and chunks, one reading thread
+/// or several, raw and converted, one allocation per file or per tensor.
 #[test]
-fn the_mmap_path_equals_host_loads() {
+fn every_staging_size_and_depth_equals_host_loads() {
     if !gpu() {
         return;
     }
@@ -218,10 +218,10 @@ fn the_mmap_path_equals_host_loads() {
                 let what = format!(
                     "{dtype:?}, chunk {chunk}, staging {staging}, depth {depth}, per_tensor {per_tensor}"
                 );
-                let l = cuda_loader(IoBackend::Mmap, dtype, chunk, staging, depth)
+                let l = cuda_loader(IoBackend::Pread, dtype, chunk, staging, depth)
                     .per_tensor_allocations(per_tensor);
                 let (got, report) = loaded_via(l, &path, &what);
-                assert_eq!(report.io_path, "mmap", "{what}: {report:?}");
+                assert_eq!(report.io_path, "pread buffered", "{what}: {report:?}");
                 assert_eq!(got.len(), want.len(), "{what}");
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g, w, "{} differs ({what})", w.0);
@@ -245,7 +245,7 @@ fn the_callers_current_context_is_left_as_it_was() {
     let want = host_bytes(Loader::new().dtype(Some(Dtype::F16)), &path);
     let current = || result::ctx::get_current().unwrap();
     let loads = |had: Option<cudarc::driver::sys::CUcontext>| {
-        for io in [IoBackend::Pread, IoBackend::Mmap, IoBackend::Direct] {
+        for io in [IoBackend::Pread, IoBackend::Buffered, IoBackend::Direct] {
             let what = format!("{io:?}");
             let l = Loader::new()
                 .device(Device::Cuda(0))
@@ -340,12 +340,7 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     };
     for (dtype, chunk) in [(None, 64 << 10), (Some(Dtype::F16), 64 << 10), (None, 4096)] {
         let want = host_bytes(sliced(Loader::new().dtype(dtype)), &path);
-        for io in [
-            IoBackend::Pread,
-            IoBackend::Direct,
-            IoBackend::Buffered,
-            IoBackend::Mmap,
-        ] {
+        for io in [IoBackend::Pread, IoBackend::Direct, IoBackend::Buffered] {
             for (per_tensor, wc) in [(false, false), (true, false), (false, true)] {
                 let what =
                     format!("{dtype:?} {chunk} {io:?} per_tensor {per_tensor} write-combined {wc}");
@@ -368,9 +363,9 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     let rows_only = |l: Loader| l.rows("k.big.bf16", Slice::Part { rank: 1, world: 3 });
     let want = host_bytes(rows_only(Loader::new()), &path);
     let (got, _) = loaded_via(
-        rows_only(cuda_loader(IoBackend::Mmap, None, 64 << 10, 1 << 20, 2)),
+        rows_only(cuda_loader(IoBackend::Buffered, None, 64 << 10, 1 << 20, 2)),
         &path,
-        "rows, mmap",
+        "rows, buffered",
     );
     assert_eq!(got, want);
 
@@ -387,7 +382,7 @@ fn selected_rows_and_columns_load_on_cuda_as_on_the_host() {
     for dtype in [None, Some(Dtype::BF16)] {
         let part = |l: Loader| l.columns("w", Slice::Part { rank: 2, world: 4 });
         let want = host_bytes(part(Loader::new().dtype(dtype).chunk_size(4096)), &long);
-        for io in [IoBackend::Mmap, IoBackend::Pread] {
+        for io in [IoBackend::Buffered, IoBackend::Pread] {
             let (got, _) = loaded_via(
                 part(cuda_loader(io, dtype, 4096, 1 << 20, 2)),
                 &long,
@@ -541,7 +536,7 @@ fn a_loader_reuses_its_staging_across_loads_and_threads() {
         (true, false, true),
         (false, false, true),
     ] {
-        for io in [IoBackend::Mmap, IoBackend::Pread, IoBackend::Direct] {
+        for io in [IoBackend::Buffered, IoBackend::Pread, IoBackend::Direct] {
             let l = l
                 .clone()
                 .dtype(Some(Dtype::F16))
@@ -653,8 +648,8 @@ fn a_cancelled_cuda_load_stops_cleanly_on_every_path() {
     let paths: [(&str, IoBackend, usize); 4] = [
         ("pread", IoBackend::Pread, 4),
         ("pread, depth 1", IoBackend::Pread, 1),
-        ("mmap, depth 1", IoBackend::Mmap, 1),
-        ("mmap", IoBackend::Mmap, 8),
+        ("buffered, depth 1", IoBackend::Buffered, 1),
+        ("buffered", IoBackend::Buffered, 8),
     ];
     for (what, io, depth) in paths {
         for per_tensor in [false, true] {
@@ -763,7 +758,7 @@ fn two_devices_load_at_once_from_two_threads() {
         .dtype(Some(Dtype::F16))
         .chunk_size(256 << 10)
         .staging_bytes(2 << 20);
-    for io in [IoBackend::Pread, IoBackend::Mmap] {
+    for io in [IoBackend::Pread, IoBackend::Buffered] {
         std::thread::scope(|scope| {
             for d in [0, 1] {
                 let l = shared.clone().device(Device::Cuda(d)).io(io);
@@ -883,7 +878,7 @@ fn a_load_into_memory_the_caller_allocated_fills_exactly_its_regions() {
         (Some(Dtype::F16), IoBackend::Pread, true),
         (None, IoBackend::Direct, false),
         (Some(Dtype::BF16), IoBackend::Buffered, true),
-        (Some(Dtype::F32), IoBackend::Mmap, true),
+        (Some(Dtype::F32), IoBackend::Pread, false),
         (Some(Dtype::BF16), IoBackend::PreadDirect, false),
     ]
     .into_iter()
@@ -1064,7 +1059,7 @@ fn random_loads_into_memory_the_caller_allocated_equal_host_loads() {
             IoBackend::Pread,
             IoBackend::Buffered,
             IoBackend::Direct,
-            IoBackend::Mmap,
+            IoBackend::PreadDirect,
         ][rng.gen_range(0..4)];
         let chunk = 4096u64 << rng.gen_range(0..6);
         let staging = chunk * rng.gen_range(2..9);
@@ -1158,8 +1153,8 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
         let Some(io) = std::env::var_os(CHILD) else {
             return; // under every_test_here_passes_on_the_fake_driver: nothing to do
         };
-        let io = if io == "mmap" {
-            IoBackend::Mmap
+        let io = if io == "buffered" {
+            IoBackend::Buffered
         } else {
             IoBackend::Pread
         };
@@ -1210,7 +1205,7 @@ fn failed_driver_calls_in_a_load_into_memory_the_caller_allocated_leave_nothing_
         ("pread", "cuMemcpyHtoDAsync_v2:3"),
         ("pread", "cuLaunchKernel:2"),
         ("pread", "cuEventRecord:2"),
-        ("mmap", "cuMemcpyHtoDAsync_v2:5"),
+        ("buffered", "cuMemcpyHtoDAsync_v2:5"),
     ] {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let report = dir.path().join("report.txt");

@@ -137,9 +137,9 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         &["--io", "pread"],
         &["--io", "buffered"],
         &["--io", "direct"],
-        &["--io", "mmap"],
-        &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
-        &["--io", "mmap", "--queue-depth", "8", "--staging", "2M"],
+        &["--io", "pread", "--queue-depth", "2"],
+        &["--io", "pread", "--queue-depth", "1", "--staging", "1M"],
+        &["--io", "pread", "--queue-depth", "8", "--staging", "2M"],
         &[
             "--io",
             "pread-direct",
@@ -167,7 +167,7 @@ fn cuda_digests_equal_the_cpu_path_for_every_io_path_staging_and_dtype() {
         &["--staging-wc", "--staging", "1M", "--chunk-size", "128K"],
         &["--dtype", "F32"],
         &["--dtype", "F16", "--staging", "1M", "--chunk-size", "64K"],
-        &["--dtype", "BF16", "--io", "mmap", "--staging", "1M"],
+        &["--dtype", "BF16", "--io", "pread", "--staging", "1M"],
         &["--dtype", "F32", "--io", "direct", "--staging", "2M"],
     ];
     let mut want = std::collections::HashMap::new();
@@ -214,8 +214,8 @@ fn selected_columns_on_every_cuda_path_equal_the_cpu_path() {
     let configs: [&[&str]; 7] = [
         &[],
         &["--dtype", "F32"],
-        &["--io", "mmap"],
-        &["--io", "mmap", "--dtype", "BF16", "--queue-depth", "3"],
+        &["--io", "pread", "--queue-depth", "2"],
+        &["--io", "pread", "--dtype", "BF16", "--queue-depth", "3"],
         &["--io", "direct", "--dtype", "F16"],
         &["--staging-wc", "--dtype", "F16"],
         &["--staging-wc"],
@@ -283,7 +283,7 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
         ),
         (
             "cuMemcpyHtoDAsync_v2:3",
-            &["--io", "mmap", "--staging", "2M"],
+            &["--io", "pread", "--staging", "2M"],
             "safetensors: bytes",
         ),
         ("cuMemcpyDtoH_v2:2", &[], "copying a tensor back"),
@@ -294,7 +294,14 @@ fn a_failed_driver_call_anywhere_is_exit_1_a_clear_message_and_nothing_left_behi
         ),
         (
             "cuMemcpy2DAsync_v2:1",
-            &["--cols", "proj.f16=3:900", "--io", "mmap", "--dtype", "F32"],
+            &[
+                "--cols",
+                "proj.f16=3:900",
+                "--io",
+                "pread",
+                "--dtype",
+                "F32",
+            ],
             "tensor 'proj.f16': cuMemcpy2DAsync",
         ),
     ];
@@ -416,7 +423,7 @@ fn refused_huge_page_registrations_fall_back_to_cu_mem_host_alloc_and_say_so() {
         (
             "FAKE_CUDA_NO_REGISTER",
             "1",
-            &["--io", "mmap"],
+            &["--io", "pread", "--queue-depth", "2"],
             "huge-page staging refused",
         ),
     ];
@@ -558,8 +565,8 @@ fn a_device_fault_in_queued_work_is_exit_1_on_every_path() {
     let idx = index.to_str().unwrap();
     let paths: [&[&str]; 6] = [
         &["--staging", "1M", "--chunk-size", "256K"],
-        &["--io", "mmap", "--staging", "1M"],
-        &["--io", "mmap", "--queue-depth", "1", "--staging", "1M"],
+        &["--io", "pread", "--staging", "1M"],
+        &["--io", "pread", "--queue-depth", "1", "--staging", "1M"],
         &[
             "--io",
             "pread-direct",
@@ -609,7 +616,7 @@ fn bench_to_cuda_runs_every_backend() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let text = String::from_utf8_lossy(&out.stdout);
-    for io in ["direct", "buffered", "pread", "mmap"] {
+    for io in ["direct", "buffered", "pread", "pread-direct"] {
         assert!(text.contains(io), "no {io} in {text}");
     }
     report.assert_clean("bench");

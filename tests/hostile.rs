@@ -303,16 +303,16 @@ fn refused_threads_are_errors_naming_the_thread() {
         "{}",
         text(&o.stderr)
     );
-    // The placing threads (a conversion through the staging slots, read by mmap).
-    let o = refused(&["--io", "mmap", "--dtype", "F32"]);
-    assert_code(&o, 1, "--io mmap --dtype F32");
+    // The placing threads (a conversion through the staging slots, read by io_uring).
+    let o = refused(&["--io", "buffered", "--dtype", "F32"]);
+    assert_code(&o, 1, "--io buffered --dtype F32");
     assert!(
         text(&o.stderr).contains("tensorstream-place-0: could not start the thread"),
         "{}",
         text(&o.stderr)
     );
     // Every backend: exit 0 (no thread needed) or 1 with the thread named.
-    for io in ["auto", "direct", "buffered", "pread-direct", "mmap"] {
+    for io in ["auto", "direct", "buffered", "pread-direct"] {
         for extra in [&[][..], &["--dtype", "BF16"]] {
             let mut args = vec!["--io", io];
             args.extend_from_slice(extra);

@@ -171,10 +171,7 @@ fn one_case(seed: u64, chunk: u64, backend: IoBackend, slices: bool) {
     };
     // Without O_DIRECT every read of a tensor kept raw (its dtype, no columns) lands
     // straight in the caller's memory, and only those.
-    if matches!(
-        backend,
-        IoBackend::Pread | IoBackend::Buffered | IoBackend::Mmap
-    ) {
+    if matches!(backend, IoBackend::Pread | IoBackend::Buffered) {
         let file_dtype: BTreeMap<&str, Dtype> = ckpt
             .shards
             .iter()

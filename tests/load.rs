@@ -644,7 +644,7 @@ fn default_options_every_backend() {
     }
     eprintln!("io paths used: {seen:?}");
     assert!(
-        seen.contains("pread buffered") && seen.contains("mmap"),
+        seen.contains("pread buffered") && seen.contains("io_uring buffered"),
         "{seen:?}"
     );
 }

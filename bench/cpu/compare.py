@@ -136,7 +136,7 @@ def contenders(a):
     ts, peers, py = a.ts, a.peers, sys.executable
     bf16, f16 = a.bf16, a.f16
     c = []
-    for io in ["auto", "direct", "buffered", "pread", "mmap"]:
+    for io in ["auto", "direct", "buffered", "pread", "pread-direct"]:
         c.append(dict(loader=f"tensorstream-{io}", file=bf16, parse=parse_ts,
                       cmd=[ts, "load", bf16, "--device", "cpu", "--io", io, "--json"]))
     # Host memory reused between loads (HostPool), as a server switching models: three

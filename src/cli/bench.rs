@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Backends to compare, comma-separated (default: auto, and each of
-    /// direct,buffered,pread,pread-direct,mmap when --io is not given).
+    /// direct,buffered,pread,pread-direct when --io is not given).
     #[arg(long, value_delimiter = ',')]
     pub backends: Vec<IoBackend>,
     /// Keep host memory between runs (a HostPool), as a server loading model

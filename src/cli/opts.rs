@@ -12,7 +12,7 @@ pub struct LoadOpts {
     /// Convert floating tensors to F32, F16 or BF16 (any case; fp32 and fp16 work too).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<Dtype>,
-    /// auto, direct, buffered, pread, pread-direct or mmap.
+    /// auto, direct, buffered, pread or pread-direct.
     #[arg(long)]
     pub io: Option<IoBackend>,
     /// Load only tensors whose whole name matches this glob (repeatable).

@@ -8,9 +8,11 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use memmap2::Mmap;
+
 #[cfg(target_os = "linux")]
 use super::UringEngine;
-use super::{mmap, open_file, EngineKind, FileMode, IoBackend, IoChoice};
+use super::{open_file, EngineKind, FileMode, IoBackend, IoChoice};
 use crate::error::{Error, Result};
 
 /// Whether io_uring can be set up here (seccomp, sysctl and old kernels refuse it).
@@ -30,7 +32,7 @@ pub fn probe_uring() -> std::result::Result<(), String> {
 /// Fraction of a sample of the file's pages that are in the page cache.
 pub fn resident_fraction(path: &Path) -> Result<f64> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+    sampled_residency(&file).map_err(|e| Error::io(path, "mincore", e))
 }
 
 /// Decides the engine and the per-file mode for `paths`.
@@ -42,7 +44,6 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
             (EngineKind::Uring, "requested".to_string())
         }
         IoBackend::Pread | IoBackend::PreadDirect => (EngineKind::Pread, "requested".to_string()),
-        IoBackend::Mmap => (EngineKind::Mmap, "requested".to_string()),
         // Decided below, once it is known whether any file is cold.
         IoBackend::Auto => (EngineKind::Uring, String::new()),
     };
@@ -61,7 +62,7 @@ pub fn choose(backend: IoBackend, paths: &[&Path]) -> Result<IoChoice> {
                     reason: "requested".into(),
                 }
             }
-            IoBackend::Buffered | IoBackend::Pread | IoBackend::Mmap => FileMode {
+            IoBackend::Buffered | IoBackend::Pread => FileMode {
                 direct: false,
                 reason: "requested".into(),
             },
@@ -142,7 +143,7 @@ pub fn fill_page_cache(path: &Path) -> Result<f64> {
             Err(e) => return Err(Error::io(path, "read", e)),
         }
     }
-    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+    sampled_residency(&file).map_err(|e| Error::io(path, "mincore", e))
 }
 
 /// Drops `path` from the page cache (fdatasync, then POSIX_FADV_DONTNEED) and
@@ -163,5 +164,37 @@ pub fn drop_page_cache(path: &Path) -> Result<f64> {
             ));
         }
     }
-    mmap::resident_fraction(&file).map_err(|e| Error::io(path, "mincore", e))
+    sampled_residency(&file).map_err(|e| Error::io(path, "mincore", e))
+}
+
+/// Fraction of up to 1024 evenly spaced pages of `file` that are in the page cache.
+fn sampled_residency(file: &File) -> io::Result<f64> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(1.0);
+    }
+    // SAFETY: read-only map used only for mincore; no byte of it is read.
+    let map = unsafe { Mmap::map(file)? };
+    let page = 4096usize;
+    let pages = (map.len().div_ceil(page)).max(1);
+    let samples = pages.min(1024);
+    let mut resident = 0usize;
+    for i in 0..samples {
+        let p = i * pages / samples;
+        let mut vec = [0u8; 1];
+        // SAFETY: the address is page-aligned and inside the live map; vec has room
+        // for the one page asked about.
+        let r = unsafe {
+            libc::mincore(
+                map.as_ptr().add(p * page) as *mut libc::c_void,
+                1,
+                vec.as_mut_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        resident += usize::from(vec[0] & 1);
+    }
+    Ok(resident as f64 / samples as f64)
 }

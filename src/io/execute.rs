@@ -82,7 +82,7 @@ pub(crate) fn execute(
 
 /// The destinations an engine would fault in on the reading thread (io_uring, and
 /// O_DIRECT reads on the pread pool), for the prefault thread to populate ahead of
-/// the reads. Buffered pread and mmap copies populate on their own threads.
+/// the reads. Buffered pread copies populate on their own threads.
 fn prefault_ranges(
     plan: &Plan,
     choice: &IoChoice,
@@ -92,7 +92,6 @@ fn prefault_ranges(
     let ahead = |f: usize| match choice.engine {
         EngineKind::Uring => true,
         EngineKind::Pread => choice.files.get(f).is_some_and(|m| m.direct),
-        EngineKind::Mmap => false,
     };
     jobs.iter()
         .enumerate()

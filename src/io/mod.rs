@@ -3,8 +3,8 @@
 //! the model size.
 //!
 //! Backends behind one `Engine` interface: io_uring (O_DIRECT or buffered, per
-//! file), a pread thread pool (O_DIRECT or buffered, per file; portable, always built)
-//! and mmap. `auto` chooses per file and falls back when the kernel refuses io_uring or
+//! file) and a pread thread pool (O_DIRECT or buffered, per file; portable, always
+//! built). `auto` chooses per file and falls back when the kernel refuses io_uring or
 //! O_DIRECT.
 
 use std::fs::{File, OpenOptions};
@@ -22,7 +22,6 @@ use crate::plan::ReadOp;
 
 mod auto;
 mod execute;
-mod mmap;
 mod pread;
 mod prefault;
 #[cfg(target_os = "linux")]
@@ -30,7 +29,6 @@ mod uring;
 
 pub use auto::{choose, drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
 pub(crate) use execute::execute;
-pub(crate) use mmap::MmapEngine;
 pub(crate) use pread::PreadEngine;
 #[cfg(target_os = "linux")]
 pub(crate) use uring::UringEngine;
@@ -56,22 +54,16 @@ pub enum IoBackend {
     /// thread, which on a multi-queue block device spreads them over the device's
     /// queues (io_uring submits from one thread). Needs no io_uring.
     PreadDirect,
-    /// Copy from a memory map of each file (into host memory, or into the pinned
-    /// staging on CUDA). Never chosen by `Auto`: opting in is explicit. A file
-    /// truncated by another process while it is mapped kills the whole process with
-    /// SIGBUS, which no error can report: use it only on files nothing else writes.
-    Mmap,
 }
 
 impl IoBackend {
     /// Every backend, in the order `--io` lists them.
-    pub const ALL: [IoBackend; 6] = [
+    pub const ALL: [IoBackend; 5] = [
         IoBackend::Auto,
         IoBackend::Direct,
         IoBackend::Buffered,
         IoBackend::Pread,
         IoBackend::PreadDirect,
-        IoBackend::Mmap,
     ];
 
     /// The name `--io` and [`FromStr`] take ("auto", "pread-direct", ...).
@@ -82,7 +74,6 @@ impl IoBackend {
             IoBackend::Buffered => "buffered",
             IoBackend::Pread => "pread",
             IoBackend::PreadDirect => "pread-direct",
-            IoBackend::Mmap => "mmap",
         }
     }
 }
@@ -101,7 +92,13 @@ impl FromStr for IoBackend {
             .find(|b| b.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = IoBackend::ALL.iter().map(|b| b.name()).collect();
-                format!("unknown io backend '{s}' ({})", names.join(", "))
+                let names = names.join(", ");
+                if s == "mmap" {
+                    // Measured slower than `auto` on the host and to a GPU (BENCHMARKS.md).
+                    format!("the mmap backend was removed: it was slower than auto ({names})")
+                } else {
+                    format!("unknown io backend '{s}' ({names})")
+                }
             })
     }
 }
@@ -113,8 +110,6 @@ pub enum EngineKind {
     Uring,
     /// pread thread pool.
     Pread,
-    /// mmap + copy.
-    Mmap,
 }
 
 /// How one file is read, decided before the load.
@@ -146,7 +141,6 @@ impl IoChoice {
             (EngineKind::Uring, false) => "io_uring buffered",
             (EngineKind::Pread, true) => "pread+O_DIRECT",
             (EngineKind::Pread, false) => "pread buffered",
-            (EngineKind::Mmap, _) => "mmap",
         }
     }
 }
@@ -329,7 +323,6 @@ pub(crate) fn new_engine(
         #[cfg(not(target_os = "linux"))]
         EngineKind::Uring => Err(Error::Unsupported("io_uring needs Linux".into())),
         EngineKind::Pread => Ok(Box::new(PreadEngine::new(depth))),
-        EngineKind::Mmap => Ok(Box::new(MmapEngine::default())),
     }
 }
 

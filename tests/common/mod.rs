@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tensorstream::{Checkpoint, Dtype, ErrorKind, IoBackend, Loader, Model};
 
 /// Every backend, in the order the tests try them.
-pub const BACKENDS: [IoBackend; 6] = IoBackend::ALL;
+pub const BACKENDS: [IoBackend; 5] = IoBackend::ALL;
 
 /// The reference crate's dtypes, in the format's order (same as `Dtype::ALL`).
 pub const REF_DTYPES: [safetensors::Dtype; 22] = [
