@@ -254,3 +254,44 @@ fn dtype_conversion_of_a_bin_matches_the_converted_file_loaded_plain() {
         assert_eq!(x.host_bytes(), t.host_bytes(), "{}", t.name);
     }
 }
+
+#[cfg(feature = "cuda")]
+mod fake_cuda;
+
+/// The CUDA path under the fake driver of tests/fake_cuda: `load --device cuda
+/// --digest` of a sharded `.bin` set prints what the CPU load of its conversion
+/// prints, through every I/O path, conversion and slice, with queued work delayed,
+/// and leaves the driver clean.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_digests_of_a_bin_equal_the_cpu_digests_of_its_conversion() {
+    let p = pair("loadable_sharded");
+    let (bin, st) = (p.bin.to_str().unwrap(), p.st.to_str().unwrap());
+    let options: [&[&str]; 8] = [
+        &[],
+        &["--io", "pread"],
+        &["--io", "direct", "--staging", "1M", "--chunk-size", "64K"],
+        &["--io", "mmap"],
+        &["--dtype", "F32"],
+        &["--dtype", "F16", "--chunk-size", "64K", "--staging", "1M"],
+        &["--rows", "big=1:3", "--cols", "rows*=1/3"],
+        &["--cols", "big=1/4", "--dtype", "BF16"],
+    ];
+    for extra in options {
+        let mut cpu = vec!["load", st, "--digest"];
+        cpu.extend_from_slice(extra);
+        let want = ok(&cli(&cpu));
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report = dir.path().join("report.txt");
+        let mut c = fake_cuda::command(env!("CARGO_BIN_EXE_tensorstream"), &report);
+        c.args(["load", bin, "--device", "cuda", "--digest"])
+            .args(extra)
+            .env("FAKE_CUDA_DELAY_US", "100")
+            .env_remove("TENSORSTREAM_LOG");
+        let out = c.output().unwrap();
+        assert_eq!(ok(&out), want, "{extra:?}");
+        let r = fake_cuda::Report::read(&report);
+        r.assert_clean(&format!("{extra:?}"));
+        assert!(r.get("htod_pinned") > 0, "{extra:?}");
+    }
+}
