@@ -5,7 +5,9 @@
 //! - only the zip format is read; the legacy (pre-1.6) format is refused;
 //! - the pickle may name only the globals `torch.save` writes for tensors
 //!   (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2/v3`,
-//!   `torch._utils._rebuild_parameter`, the `torch.*Storage` classes of the
+//!   `torch._utils._rebuild_parameter`, `torch._utils._rebuild_parameter_with_state`
+//!   (a parameter's Python attributes are ignored; one holding a tensor is refused),
+//!   the `torch.*Storage` classes of the
 //!   dtypes safetensors has, `torch.device`, `torch.<dtype>`); any other global is
 //!   an error naming it, and nothing is ever imported or called;
 //! - the state dict is the top-level dict, or the dict under `state_dict`, `model`,
