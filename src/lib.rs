@@ -53,6 +53,7 @@ mod error;
 mod format;
 mod io;
 mod load;
+mod open;
 mod pickle;
 mod sink;
 
@@ -74,6 +75,7 @@ pub use format::{checkpoint, dtype, header};
 pub mod internals {
     pub use crate::error::{escape, escape_line};
     pub use crate::io::{drop_page_cache, fill_page_cache, probe_uring, resident_fraction};
+    pub use crate::open::{is_pytorch, open_pytorch, PytorchCheckpoint};
     pub use crate::pickle::{convert_pytorch, unpickle, ConvertReport, PickleError};
     #[cfg(feature = "cuda")]
     pub use crate::sink::cuda::Context;

@@ -230,6 +230,22 @@ def main():
     expected = {"tensors": tensors_of(sd)}
     if case == "basic":
         save(sd, path)
+    elif case in ("loadable", "loadable_sharded", "loadable_nested"):
+        # Every tensor one byte range of its storage (no strided view): what `load`
+        # reads straight from the file. Tied weights, offsets and overlaps kept.
+        narrow = sd.pop("narrow")
+        del sd["transposed"]
+        sd["fp8"] = Tensor(sd["fp8"].storage, [3], offset=4)
+        sd["rows"] = Tensor(narrow.storage, [2, 3], offset=11)
+        sd["rows_overlap"] = Tensor(narrow.storage, [3, 3], offset=8)  # shares 3 elements
+        sd["big"] = Tensor(Storage(50, "BF16", 4 * 70008), [4, 70008])
+        expected = {"tensors": tensors_of(sd)}
+        if case == "loadable":
+            save(sd, path)
+        elif case == "loadable_nested":
+            save({"epoch": 3, "model": sd, "optimizer": {"lr": 0.1}}, path)
+        else:
+            save_sharded(sd, path, case)
     elif case == "nested":
         sd["encoder"] = {"w": Tensor(Storage(20, "F32", 3), [3])}
         sd["step"] = 7

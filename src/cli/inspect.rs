@@ -1,5 +1,6 @@
 //! `tensorstream inspect`: a checkpoint's tensors, totals per dtype, parameter count
-//! and metadata, from the headers alone, as text or streamed JSON.
+//! and metadata, from the headers alone (for a PyTorch checkpoint, from its pickle),
+//! as text or streamed JSON.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use super::output::{esc, json_path, show_path, CmdResult, Out};
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .safetensors file, a directory of shards or a model.safetensors.index.json.
+    /// A .safetensors file, a directory of shards or a model.safetensors.index.json;
+    /// or a PyTorch zip checkpoint (.bin, .pt, .pth), its index or their directory.
     pub path: PathBuf,
     /// Print JSON instead of text (written as it goes, whatever the header's size;
     /// paths as UTF-8, bytes that are not replaced by U+FFFD).
@@ -39,13 +41,17 @@ pub fn run(a: &Args) -> CmdResult {
 /// Names and metadata are escaped (control and bidi characters made visible).
 fn write_text(w: &mut Out, ckpt: &Checkpoint) -> std::io::Result<()> {
     for h in &ckpt.shards {
+        let kind = if h.is_pytorch() {
+            "PyTorch zip".to_string()
+        } else {
+            format!("header {} bytes", h.header_len)
+        };
         writeln!(
             w,
-            "{}  ({} tensors, {} bytes, header {} bytes)",
+            "{}  ({} tensors, {} bytes, {kind})",
             show_path(&h.path),
             h.tensors.len(),
             h.data_len(),
-            h.header_len
         )?;
         if let Some(m) = &h.metadata {
             for (k, v) in m {
@@ -137,7 +143,8 @@ fn write_shard(w: &mut Out, h: &Header) -> std::io::Result<()> {
     json(&mut *w, &json_path(&h.path))?;
     write!(
         w,
-        ",\"file_bytes\":{},\"header_bytes\":{},\"tensor_bytes\":{},\"parameters\":{params},\"metadata\":",
+        ",\"format\":\"{}\",\"file_bytes\":{},\"header_bytes\":{},\"tensor_bytes\":{},\"parameters\":{params},\"metadata\":",
+        if h.is_pytorch() { "pytorch" } else { "safetensors" },
         h.file_len,
         h.header_len,
         h.data_len()

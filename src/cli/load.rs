@@ -13,7 +13,8 @@ use super::output::{json_path, note, CmdResult, Out};
 /// Arguments of `load`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .safetensors file, a directory of shards or a model.safetensors.index.json.
+    /// A .safetensors file, a directory of shards or a model.safetensors.index.json;
+    /// or a PyTorch zip checkpoint (.bin, .pt, .pth), its index or their directory.
     pub path: PathBuf,
     #[command(flatten)]
     pub opts: LoadOpts,

@@ -38,23 +38,10 @@ pub struct TensorRef<'a> {
 }
 
 impl Checkpoint {
-    /// Opens and validates a checkpoint; returns the first problem found.
-    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        let (ckpt, mut problems) = Checkpoint::open_all_problems(path.as_ref());
-        match ckpt {
-            Some(c) if problems.is_empty() => Ok(c),
-            _ => Err(if problems.is_empty() {
-                Error::checkpoint(path.as_ref(), "no checkpoint found")
-            } else {
-                problems.swap_remove(0)
-            }),
-        }
-    }
-
-    /// Opens a checkpoint and collects every problem instead of stopping at the first:
-    /// what `tensorstream verify` reports. The checkpoint is returned only when no
-    /// problem was found.
-    pub fn open_all_problems(path: &Path) -> (Option<Checkpoint>, Vec<Error>) {
+    /// Opens a safetensors checkpoint and collects every problem instead of stopping
+    /// at the first; the checkpoint is returned only when no problem was found.
+    /// [`Checkpoint::open_all_problems`] takes PyTorch checkpoints as well.
+    pub(crate) fn open_safetensors(path: &Path) -> (Option<Checkpoint>, Vec<Error>) {
         let mut problems = Vec::new();
         let (files, index) = match discover(path) {
             Ok(x) => x,

@@ -69,17 +69,65 @@ pub struct Header {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Indices into `tensors`, sorted by name (lookups by binary search).
     by_name: Vec<usize>,
+    /// Absolute file offset that tensor offsets count from: `PREFIX_LEN + header_len`
+    /// for a safetensors file, 0 for a PyTorch zip checkpoint.
+    data_start: u64,
 }
 
 impl Header {
-    /// Absolute file offset where the data section starts.
+    /// Absolute file offset that the tensors' offsets count from: where the data
+    /// section of a safetensors file starts, 0 for a PyTorch zip checkpoint.
     pub fn data_start(&self) -> u64 {
-        PREFIX_LEN + self.header_len
+        self.data_start
     }
 
-    /// Bytes in the data section.
+    /// Bytes of tensor data: the data section of a safetensors file; for a PyTorch zip
+    /// checkpoint the sum of its tensors' lengths (tensors sharing bytes count each).
     pub fn data_len(&self) -> u64 {
-        self.file_len - self.data_start()
+        if self.is_pytorch() {
+            self.tensors.iter().map(TensorInfo::len).sum()
+        } else {
+            self.file_len - self.data_start
+        }
+    }
+
+    /// True when the file is a PyTorch zip checkpoint (see [`Header::from_ranges`]).
+    pub fn is_pytorch(&self) -> bool {
+        self.data_start == 0
+    }
+
+    /// The header of a file that is not safetensors (a PyTorch zip checkpoint): its
+    /// tensors' `begin` and `end` are absolute file offsets, `header_len` is 0 and
+    /// `metadata` is none. Each tensor must lie inside the file and hold exactly its
+    /// shape's bytes, and names must be unique; tensors may leave gaps between them and
+    /// may share bytes (tied weights). Pure: no I/O.
+    pub fn from_ranges(path: &Path, file_len: u64, mut tensors: Vec<TensorInfo>) -> Result<Header> {
+        tensors.sort_by_key(|t| (t.begin, t.end));
+        let by_name = names_sorted(path, &tensors)?;
+        for t in &tensors {
+            let want =
+                tensor_bytes(t.dtype, &t.shape).map_err(|r| Error::tensor_err(path, &t.name, r))?;
+            if t.end < t.begin || t.end > file_len || want != t.len() {
+                return Err(Error::tensor_err(
+                    path,
+                    &t.name,
+                    format_args!(
+                        "bytes [{}, {}) of the {file_len}-byte file do not hold shape {:?} of {} \
+                         ({want} bytes)",
+                        t.begin, t.end, t.shape, t.dtype
+                    ),
+                ));
+            }
+        }
+        Ok(Header {
+            path: path.to_path_buf(),
+            header_len: 0,
+            file_len,
+            tensors,
+            metadata: None,
+            by_name,
+            data_start: 0,
+        })
     }
 
     /// The tensor with this name.
@@ -174,21 +222,7 @@ impl Header {
         })?;
         let mut tensors = raw.tensors;
         tensors.sort_by_key(|t| (t.begin, t.end));
-        // Sorting names finds duplicates without hashing, and serves lookups after.
-        let mut by_name: Vec<usize> = (0..tensors.len()).collect();
-        let name_of = |i: usize| tensors.get(i).map_or("", |t| t.name.as_str());
-        by_name.sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
-        let twice = by_name.windows(2).find_map(|w| match w {
-            &[a, b] if name_of(a) == name_of(b) => Some(a),
-            _ => None,
-        });
-        if let Some(i) = twice {
-            return Err(Error::tensor_err(
-                path,
-                name_of(i),
-                "appears twice in the header (tensor names must be unique)",
-            ));
-        }
+        let by_name = names_sorted(path, &tensors)?;
         let mut expected = 0u64;
         let mut prev: Option<&str> = None;
         for t in &tensors {
@@ -273,8 +307,29 @@ impl Header {
             tensors,
             metadata: raw.metadata,
             by_name,
+            data_start,
         })
     }
+}
+
+/// Indices into `tensors` sorted by name; an error naming a duplicate name.
+fn names_sorted(path: &Path, tensors: &[TensorInfo]) -> Result<Vec<usize>> {
+    // Sorting names finds duplicates without hashing, and serves lookups after.
+    let mut by_name: Vec<usize> = (0..tensors.len()).collect();
+    let name_of = |i: usize| tensors.get(i).map_or("", |t| t.name.as_str());
+    by_name.sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
+    let twice = by_name.windows(2).find_map(|w| match w {
+        &[a, b] if name_of(a) == name_of(b) => Some(a),
+        _ => None,
+    });
+    if let Some(i) = twice {
+        return Err(Error::tensor_err(
+            path,
+            name_of(i),
+            "appears twice in the header (tensor names must be unique)",
+        ));
+    }
+    Ok(by_name)
 }
 
 /// A length prefix that fails [`check_header_len`] often means another kind of file:

@@ -121,7 +121,7 @@ impl Tensor {
 pub struct FileReport {
     /// The file.
     pub path: PathBuf,
-    /// "io_uring+O_DIRECT", "io_uring buffered", "pread buffered", "mmap", ...
+    /// "io_uring+O_DIRECT", "io_uring buffered", "pread buffered", "pread+O_DIRECT"
     pub io_path: &'static str,
     /// Why.
     pub reason: String,

@@ -5,7 +5,9 @@
 //! - only the zip format is read; the legacy (pre-1.6) format is refused;
 //! - the pickle may name only the globals `torch.save` writes for tensors
 //!   (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2/v3`,
-//!   `torch._utils._rebuild_parameter`, the `torch.*Storage` classes of the
+//!   `torch._utils._rebuild_parameter`, `torch._utils._rebuild_parameter_with_state`
+//!   (a parameter's Python attributes are ignored; one holding a tensor is refused),
+//!   the `torch.*Storage` classes of the
 //!   dtypes safetensors has, `torch.device`, `torch.<dtype>`); any other global is
 //!   an error naming it, and nothing is ever imported or called;
 //! - the state dict is the top-level dict, or the dict under `state_dict`, `model`,
@@ -22,13 +24,14 @@
 //!   beside the index, and each shard holds exactly the tensors the index assigns
 //!   it; the output is split by size as transformers splits it (see [`shard`]).
 
+mod open;
 mod shard;
 mod tensors;
 mod unpickle;
 mod zip;
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,7 @@ use crate::convert::{convert_into, converted_len, output_dtype};
 use crate::error::{escape, Error, Result};
 use crate::format::dtype::Dtype;
 
+pub use open::{is_pytorch, open_pytorch, PytorchCheckpoint};
 pub use unpickle::{unpickle, PickleError};
 
 /// Largest `data.pkl` read, in bytes (a state dict's pickle is kilobytes to megabytes).
@@ -136,14 +140,32 @@ fn read_entry(file: &File, path: &Path, e: zip::Entry, max: u64, what: &str) -> 
     Ok(buf)
 }
 
-/// Opens the archive, checks its byte order, unpickles `data.pkl` and plans every
-/// tensor, each checked against its storage entry.
-fn plan(
-    file: &File,
-    path: &Path,
-    src: usize,
-    dtype: Option<Dtype>,
-) -> Result<(Vec<Planned>, Vec<String>)> {
+/// One tensor of a checkpoint file, checked against its storage entry.
+pub(crate) struct Located {
+    /// Its dotted name.
+    pub name: String,
+    /// What the pickle says of it.
+    pub t: unpickle::TensorRef,
+    /// Where its bytes lie in the storage.
+    pub layout: tensors::Layout,
+    /// Absolute offset of `layout.first` in the file.
+    pub at: u64,
+}
+
+/// What [`locate`] finds in one checkpoint file.
+pub(crate) struct Found {
+    /// The tensors that passed every check, in the pickle's order.
+    pub tensors: Vec<Located>,
+    /// One problem per tensor that did not.
+    pub problems: Vec<Error>,
+    /// Entries that are not tensors, each with what it is (`"epoch (int)"`).
+    pub skipped: Vec<String>,
+}
+
+/// Opens the archive, checks its byte order, unpickles `data.pkl` and checks every
+/// tensor against its storage entry. An error stops at the archive or the pickle;
+/// a tensor's problem is collected and the rest go on.
+pub(crate) fn locate(file: &File, path: &Path) -> Result<Found> {
     let mut magic = [0u8; 4];
     let n = file
         .read_at(&mut magic, 0)
@@ -176,42 +198,70 @@ fn plan(
     let pkl = read_entry(file, path, pkl, MAX_PICKLE, "data.pkl")?;
     let tree = unpickle(&pkl)
         .map_err(|e| Error::checkpoint(path, format!("{}/data.pkl: {e}", escape(&pre))))?;
-    let found = tensors::collect(&tree)
+    let collected = tensors::collect(&tree)
         .map_err(|e| Error::checkpoint(path, format!("{}/data.pkl: {e}", escape(&pre))))?;
-    let mut planned = Vec::with_capacity(found.tensors.len());
-    for (name, t) in found.tensors {
-        if name == "__metadata__" {
-            return Err(Error::tensor_err(
-                path,
-                &name,
-                "this name is reserved by safetensors",
-            ));
+    let mut found = Found {
+        tensors: Vec::with_capacity(collected.tensors.len()),
+        problems: Vec::new(),
+        skipped: collected.skipped,
+    };
+    for (name, t) in collected.tensors {
+        let located = (|| {
+            if name == "__metadata__" {
+                return Err("this name is reserved by safetensors".to_string());
+            }
+            let key = format!("data/{}", t.storage.key);
+            let e =
+                entry(&key).ok_or_else(|| format!("storage entry {} is missing", escape(&key)))?;
+            let layout = tensors::layout(&t, e.len)?;
+            let at = e
+                .start
+                .checked_add(layout.first)
+                .ok_or_else(|| "offset overflows".to_string())?;
+            Ok((layout, at))
+        })();
+        match located {
+            Ok((layout, at)) => found.tensors.push(Located {
+                name,
+                t,
+                layout,
+                at,
+            }),
+            Err(r) => found.problems.push(Error::tensor_err(path, &name, r)),
         }
-        let key = format!("data/{}", t.storage.key);
-        let e = entry(&key).ok_or_else(|| {
-            Error::tensor_err(
-                path,
-                &name,
-                format!("storage entry {} is missing", escape(&key)),
-            )
-        })?;
-        let layout = tensors::layout(&t, e.len).map_err(|r| Error::tensor_err(path, &name, r))?;
-        let at = e
-            .start
-            .checked_add(layout.first)
-            .ok_or_else(|| Error::tensor_err(path, &name, "offset overflows"))?;
-        let out_dtype = output_dtype(t.dtype, dtype);
-        let out_len = converted_len(t.dtype, out_dtype, layout.numel * layout.elem);
-        planned.push(Planned {
-            src,
-            name,
-            t,
-            layout,
-            at,
-            out_dtype,
-            out_len,
-        });
     }
+    Ok(found)
+}
+
+/// Locates every tensor of one file (see [`locate`]; the first problem is the
+/// error) and plans it for writing in `dtype`.
+fn plan(
+    file: &File,
+    path: &Path,
+    src: usize,
+    dtype: Option<Dtype>,
+) -> Result<(Vec<Planned>, Vec<String>)> {
+    let mut found = locate(file, path)?;
+    if !found.problems.is_empty() {
+        return Err(found.problems.swap_remove(0));
+    }
+    let planned = found
+        .tensors
+        .into_iter()
+        .map(|l| {
+            let out_dtype = output_dtype(l.t.dtype, dtype);
+            let out_len = converted_len(l.t.dtype, out_dtype, l.layout.numel * l.layout.elem);
+            Planned {
+                src,
+                name: l.name,
+                t: l.t,
+                layout: l.layout,
+                at: l.at,
+                out_dtype,
+                out_len,
+            }
+        })
+        .collect();
     Ok((planned, found.skipped))
 }
 
@@ -266,6 +316,27 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
+/// Appends the bytes of contiguous tensor `p` of `file` to `out` (`copy_file_range`
+/// where the kernel offers it, read and write otherwise); the bytes copied.
+fn copy_range(file: &File, path: &Path, p: &Planned, out: &mut File, output: &Path) -> Result<u64> {
+    let mut src = file;
+    src.seek(SeekFrom::Start(p.at))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let n = std::io::copy(&mut src.take(p.layout.span), out)
+        .map_err(|e| Error::io(output, "copy a tensor's bytes into", e))?;
+    if n != p.layout.span {
+        return Err(Error::tensor_err(
+            path,
+            &p.name,
+            format!(
+                "the file ends {} bytes into the tensor (truncated since it was opened?)",
+                n
+            ),
+        ));
+    }
+    Ok(n)
+}
+
 /// An open input file and its path.
 type Input = (File, PathBuf);
 
@@ -288,6 +359,12 @@ fn write_file(
         let (file, path) = inputs
             .get(p.src)
             .ok_or_else(|| Error::InvalidArgument("input file index".into()))?;
+        if p.layout.contiguous && p.out_dtype == p.t.dtype {
+            // A plain byte range: copied file to file by the kernel where it can.
+            w.flush().map_err(werr)?;
+            bytes += copy_range(file, path, p, w.get_mut(), &output)?;
+            continue;
+        }
         let data = tensor_bytes(file, path, p, &mut buf)?;
         w.write_all(&data).map_err(werr)?;
         bytes += data.len() as u64;

@@ -30,6 +30,9 @@ pub enum Global {
     RebuildV3,
     /// `torch._utils._rebuild_parameter`.
     RebuildParameter,
+    /// `torch._utils._rebuild_parameter_with_state`: a parameter with Python
+    /// attributes, which are ignored (they may not hold tensors).
+    RebuildParameterWithState,
     /// `torch.<X>Storage`: a typed storage class (`None`: `UntypedStorage`, bytes).
     Storage(Option<Dtype>),
     /// `torch.<dtype>`, an argument of `_rebuild_tensor_v3`.
@@ -46,8 +49,10 @@ pub fn allowed(module: &str, name: &str) -> Option<Global> {
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildV2,
         ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildV3,
         ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
         ("torch", "device") => Global::Device,
-        ("torch", "UntypedStorage") => Global::Storage(None),
+        // torch.save names `torch.storage.UntypedStorage` (the class's home).
+        ("torch" | "torch.storage", "UntypedStorage") => Global::Storage(None),
         ("torch", s) if s.ends_with("Storage") => Global::Storage(Some(match s {
             "DoubleStorage" => F64,
             "FloatStorage" => F32,
@@ -427,10 +432,49 @@ impl<'a> Machine<'a> {
                 Some(Ok(n @ Node::Tensor(_))) => n.clone(),
                 _ => return self.err("_rebuild_parameter of a value that is not a tensor"),
             },
+            Global::RebuildParameterWithState => {
+                if let Err(e) = self.plain_state(a.get(3).copied()) {
+                    return self.err(e);
+                }
+                match a.first().map(|&t| self.node(t)) {
+                    Some(Ok(n @ Node::Tensor(_))) => n.clone(),
+                    _ => {
+                        return self
+                            .err("_rebuild_parameter_with_state of a value that is not a tensor")
+                    }
+                }
+            }
             Global::Device => Node::Object("torch.device"),
             _ => return self.err(format!("{g:?} called with these arguments")),
         };
         self.push(node)
+    }
+
+    /// Checks the state of a parameter (`_rebuild_parameter_with_state`): its Python
+    /// attributes, as `__getstate__` gives them (a dict, or a tuple of the dict and a
+    /// dict of slots). They are ignored, so none may be a tensor or a storage.
+    fn plain_state(&self, state: Option<Id>) -> Result<(), String> {
+        let dicts = match state.map(|s| self.node(s)) {
+            Some(Ok(Node::Dict(_))) => vec![state],
+            Some(Ok(Node::Tuple(t))) if t.len() == 2 => t.iter().map(|&d| Some(d)).collect(),
+            Some(Ok(Node::None)) => Vec::new(),
+            _ => return Err("a parameter's state is not a dict of attributes".into()),
+        };
+        for d in dicts {
+            let items = match d.map(|d| self.node(d)) {
+                Some(Ok(Node::Dict(items))) => items,
+                Some(Ok(Node::None)) => continue,
+                _ => return Err("a parameter's state is not a dict of attributes".into()),
+            };
+            for &(_, v) in items {
+                if matches!(self.node(v), Ok(Node::Tensor(_) | Node::Storage(_))) {
+                    return Err(
+                        "a parameter's attributes hold a tensor, which would be lost".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Pushes the value of literal opcode `op` (a string, bytes, a number, a bool or

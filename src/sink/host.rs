@@ -400,13 +400,19 @@ impl<'p> CallerSink<'p> {
         self.staged.finish(self.plan)
     }
 
-    /// Where raw read `op` of file `file` may land straight: inside one tensor's
-    /// place, aligned for O_DIRECT when the file is read so.
+    /// Where raw read `op` of file `file` may land straight: inside the place of the
+    /// tensor whose segment it reads (tensors that share file bytes, as tied weights of
+    /// a PyTorch checkpoint do, each have their own), aligned for O_DIRECT when the
+    /// file is read so.
     fn in_place(&self, file: usize, op: &ReadOp) -> Option<*mut u8> {
         let fp = self.plan.files.get(file)?;
         let end = op.offset.checked_add(op.len)?;
+        let Target::Raw { dest } = op.target else {
+            return None;
+        };
+        let shift = i128::from(dest) - i128::from(op.offset);
         let k = fp.tensors.iter().position(|t| {
-            matches!(t.place, Place::Raw(_))
+            matches!(t.place, Place::Raw(at) if i128::from(at) - i128::from(t.file_offset) == shift)
                 && t.file_offset <= op.offset
                 && end <= t.file_offset.saturating_add(t.src_len)
         })?;

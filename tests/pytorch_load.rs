@@ -1,0 +1,297 @@
+//! `load`, `inspect`, `verify` and the library on PyTorch zip checkpoints written at
+//! test time by tests/pytorch_fixtures.py: every tensor's bytes equal those of the
+//! converted safetensors and the fixture's own record, with every option of a load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tensorstream::internals::convert_pytorch;
+use tensorstream::{Checkpoint, Dtype, HostRegion, IoBackend, Loader, TensorSpec};
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Writes fixture `case` to `dir/NAME` and returns its path and each tensor's bytes.
+fn fixture(dir: &Path, case: &str, name: &str) -> (PathBuf, BTreeMap<String, Vec<u8>>) {
+    let path = dir.join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pytorch_fixtures.py");
+    let st = Command::new("python3")
+        .arg(&script)
+        .arg(case)
+        .arg(&path)
+        .status()
+        .expect("python3 is needed for these tests");
+    assert!(st.success(), "pytorch_fixtures.py {case} failed");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let want = json["tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, t)| (n.clone(), unhex(t["hex"].as_str().unwrap())))
+        .collect();
+    (path, want)
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+        .args(args)
+        .env_remove("TENSORSTREAM_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// The loadable fixture as one file and as a sharded set, each with its conversion.
+struct Pair {
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    st: PathBuf,
+    want: BTreeMap<String, Vec<u8>>,
+}
+
+fn pair(case: &str) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let name = if case == "loadable" { "w.bin" } else { "set" };
+    let (bin, want) = fixture(dir.path(), case, name);
+    let st = dir.path().join("converted");
+    convert_pytorch(&bin, &st, None, 200_000).unwrap();
+    Pair {
+        _dir: dir,
+        bin,
+        st,
+        want,
+    }
+}
+
+#[test]
+fn library_load_gives_each_tensor_its_bytes_as_recorded_and_as_converted() {
+    for case in ["loadable", "loadable_sharded"] {
+        let p = pair(case);
+        let from_bin = Loader::new().load(&p.bin).unwrap();
+        let from_st = Loader::new().load(&p.st).unwrap();
+        assert_eq!(from_bin.len(), p.want.len(), "{case}");
+        for (name, bytes) in &p.want {
+            let t = from_bin.get(name).unwrap();
+            assert_eq!(t.host_bytes().unwrap(), &bytes[..], "{case} {name}");
+            let s = from_st.get(name).unwrap();
+            assert_eq!((t.dtype, &t.shape), (s.dtype, &s.shape), "{case} {name}");
+        }
+        assert!(p.want["embed.weight"] == p.want["lm_head.weight"]);
+        let ckpt = Checkpoint::open(&p.bin).unwrap();
+        assert!(ckpt.shards.iter().all(|h| h.is_pytorch()));
+        assert_eq!(ckpt.index.is_some(), case != "loadable");
+        let total: usize = p.want.values().map(Vec::len).sum();
+        assert_eq!(ckpt.total_bytes(), total as u64);
+    }
+}
+
+#[test]
+fn cli_digests_equal_the_converted_safetensors_for_every_option() {
+    let p = pair("loadable_sharded");
+    let (bin, st) = (p.bin.to_str().unwrap(), p.st.to_str().unwrap());
+    let options: [&[&str]; 12] = [
+        &[],
+        &["--io", "pread"],
+        &["--io", "buffered"],
+        &["--io", "direct"],
+        &["--io", "pread-direct"],
+        &["--dtype", "F32"],
+        &["--dtype", "BF16", "--chunk-size", "64K"],
+        &["--dtype", "F16", "--io", "direct"],
+        &["--only", "layers.*", "--only", "big"],
+        &["--rows", "big=1:3", "--rows", "rows=1/2"],
+        &["--cols", "big=1/3", "--cols", "rows*=0:2"],
+        &["--cols", "big=2/4", "--chunk-size", "16K", "--dtype", "F32"],
+    ];
+    for extra in options {
+        let run = |path: &str| {
+            let mut args = vec!["load", path, "--digest"];
+            args.extend_from_slice(extra);
+            ok(&cli(&args))
+        };
+        let (a, b) = (run(bin), run(st));
+        assert!(a.lines().count() > 1, "{extra:?}: {a}");
+        assert_eq!(a, b, "{extra:?}");
+    }
+}
+
+#[test]
+fn tied_and_overlapping_tensors_load_into_the_callers_memory() {
+    let p = pair("loadable");
+    let ckpt = Checkpoint::open(&p.bin).unwrap();
+    for io in [
+        IoBackend::Auto,
+        IoBackend::Direct,
+        IoBackend::PreadDirect,
+        IoBackend::Pread,
+    ] {
+        let mut bufs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for t in ckpt.shards.iter().flat_map(|h| &h.tensors) {
+            bufs.insert(t.name.clone(), vec![0xA5; t.len() as usize]);
+        }
+        let mut regions: BTreeMap<String, &mut Vec<u8>> =
+            bufs.iter_mut().map(|(k, v)| (k.clone(), v)).collect();
+        Loader::new()
+            .io(io)
+            .load_into_host(&ckpt, |t: &TensorSpec<'_>| {
+                let buf = regions.remove(t.name)?;
+                Some(HostRegion {
+                    bytes: buf.as_mut_slice(),
+                    dtype: t.file_dtype,
+                })
+            })
+            .unwrap();
+        assert_eq!(bufs.len(), p.want.len());
+        for (name, bytes) in &p.want {
+            assert!(bufs[name] == *bytes, "{io:?} {name}");
+        }
+        assert!(bufs["rows"][..] == p.want["rows_overlap"][24..]);
+    }
+}
+
+#[test]
+fn strided_views_are_refused_by_name_and_convert_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = fixture(dir.path(), "basic", "basic.bin");
+    let e = Loader::new().load(&bin).unwrap_err().to_string();
+    assert!(
+        e.contains("'transposed'") && e.contains("tensorstream convert"),
+        "{e}"
+    );
+    let o = cli(&["verify", bin.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for name in ["'transposed'", "'narrow'", "'fp8'"] {
+        assert!(out.contains(name) && out.contains("strided view"), "{out}");
+    }
+    for cmd in ["load", "inspect"] {
+        let o = cli(&[cmd, bin.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("'transposed'"));
+    }
+}
+
+#[test]
+fn verify_names_every_entry_that_is_not_a_tensor_and_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = fixture(dir.path(), "loadable_nested", "nested.bin");
+    let out = ok(&cli(&["verify", bin.to_str().unwrap()]));
+    for s in ["epoch (int)", "optimizer (dict)"] {
+        assert!(out.contains(&format!("not a tensor: {s}\n")), "{out}");
+    }
+    assert!(out.lines().last().unwrap().starts_with("ok: "), "{out}");
+    let p = pair("loadable");
+    let out = ok(&cli(&["verify", p.bin.to_str().unwrap()]));
+    assert!(out.starts_with("tensors only"), "{out}");
+}
+
+#[test]
+fn verify_lists_every_problem_of_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, words) in [
+        ("offset_past", "'bad'"),
+        ("missing_entry", "storage entry data/40 is missing"),
+        ("os_system", "posix.system"),
+        ("big_endian", "only little-endian"),
+        ("deflated", "compressed"),
+        ("truncated", "not a valid zip archive"),
+    ] {
+        let (bin, _) = fixture(dir.path(), case, &format!("{case}.bin"));
+        let o = cli(&["verify", bin.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "{case}: {out}");
+        assert!(out.contains(words), "{case}: {out}");
+        assert!(!dir.path().join(format!("{case}.bin.pwned")).exists());
+        let o = cli(&["load", bin.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{case}");
+    }
+}
+
+#[test]
+fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
+    let p = pair("loadable");
+    let dir = p.bin.parent().unwrap().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&p.bin, dir.join("pytorch_model.bin")).unwrap();
+    let a = ok(&cli(&["load", dir.to_str().unwrap(), "--digest"]));
+    let b = ok(&cli(&["load", p.st.to_str().unwrap(), "--digest"]));
+    assert_eq!(a, b);
+    let inspect = ok(&cli(&["inspect", dir.to_str().unwrap(), "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["shards"][0]["format"], "pytorch");
+    assert_eq!(v["tensor_count"], p.want.len());
+    // Safetensors beside it win: the .bin is not read.
+    let first = std::fs::read_dir(&p.st)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.extension().is_some_and(|x| x == "safetensors"))
+        .unwrap();
+    std::fs::copy(first, dir.join("a.safetensors")).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    assert!(ckpt.shards.iter().all(|h| !h.is_pytorch()));
+}
+
+#[test]
+fn dtype_conversion_of_a_bin_matches_the_converted_file_loaded_plain() {
+    let p = pair("loadable");
+    let a = Loader::new().dtype(Some(Dtype::F32)).load(&p.bin).unwrap();
+    let dir = p.bin.parent().unwrap().join("f32");
+    convert_pytorch(&p.bin, &dir, Some(Dtype::F32), u64::MAX).unwrap();
+    let b = Loader::new().load(&dir).unwrap();
+    for t in b.tensors() {
+        let x = a.get(&t.name).unwrap();
+        assert_eq!(x.dtype, t.dtype, "{}", t.name);
+        assert_eq!(x.host_bytes(), t.host_bytes(), "{}", t.name);
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod fake_cuda;
+
+/// The CUDA path under the fake driver of tests/fake_cuda: `load --device cuda
+/// --digest` of a sharded `.bin` set prints what the CPU load of its conversion
+/// prints, through every I/O path, conversion and slice, with queued work delayed,
+/// and leaves the driver clean.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_digests_of_a_bin_equal_the_cpu_digests_of_its_conversion() {
+    let p = pair("loadable_sharded");
+    let (bin, st) = (p.bin.to_str().unwrap(), p.st.to_str().unwrap());
+    let options: [&[&str]; 8] = [
+        &[],
+        &["--io", "pread"],
+        &["--io", "direct", "--staging", "1M", "--chunk-size", "64K"],
+        &["--io", "buffered", "--queue-depth", "2"],
+        &["--dtype", "F32"],
+        &["--dtype", "F16", "--chunk-size", "64K", "--staging", "1M"],
+        &["--rows", "big=1:3", "--cols", "rows*=1/3"],
+        &["--cols", "big=1/4", "--dtype", "BF16"],
+    ];
+    for extra in options {
+        let mut cpu = vec!["load", st, "--digest"];
+        cpu.extend_from_slice(extra);
+        let want = ok(&cli(&cpu));
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report = dir.path().join("report.txt");
+        let mut c = fake_cuda::command(env!("CARGO_BIN_EXE_tensorstream"), &report);
+        c.args(["load", bin, "--device", "cuda", "--digest"])
+            .args(extra)
+            .env("FAKE_CUDA_DELAY_US", "100")
+            .env_remove("TENSORSTREAM_LOG");
+        let out = c.output().unwrap();
+        assert_eq!(ok(&out), want, "{extra:?}");
+        let r = fake_cuda::Report::read(&report);
+        r.assert_clean(&format!("{extra:?}"));
+        assert!(r.get("htod_pinned") > 0, "{extra:?}");
+    }
+}
