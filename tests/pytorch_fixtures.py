@@ -37,7 +37,8 @@ def _fake(module, name):
     return f
 
 
-for _n in ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter"):
+for _n in ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+           "_rebuild_parameter_with_state"):
     setattr(utils, _n, _fake("torch._utils", _n))
 
 # safetensors dtype -> (storage class, element bytes, torch dtype name)
@@ -87,19 +88,22 @@ class Storage:
 
 
 class Tensor:
-    def __init__(self, storage, size, stride=None, offset=0, param=False):
+    def __init__(self, storage, size, stride=None, offset=0, param=False, state=None):
         if stride is None:
             stride, acc = [], 1
             for d in reversed(size):
                 stride.insert(0, acc)
                 acc *= d
         self.storage, self.size, self.stride = storage, tuple(size), tuple(stride)
-        self.offset, self.param = offset, param
+        self.offset, self.param, self.state = offset, param, state
 
     def __reduce_ex__(self, proto):
         if self.param:
             inner = Tensor(self.storage, self.size, self.stride, self.offset)
-            return (utils._rebuild_parameter, (inner, True, collections.OrderedDict()))
+            hooks = collections.OrderedDict()
+            if self.state is not None:
+                return (utils._rebuild_parameter_with_state, (inner, True, hooks, self.state))
+            return (utils._rebuild_parameter, (inner, True, hooks))
         hooks = collections.OrderedDict()
         args = (self.storage, self.offset, self.size, self.stride, False, hooks)
         if self.storage.untyped:
@@ -246,6 +250,15 @@ def main():
             save({"epoch": 3, "model": sd, "optimizer": {"lr": 0.1}}, path)
         else:
             save_sharded(sd, path, case)
+    elif case in ("param_state", "param_state_tensor"):
+        # A parameter with Python attributes, as torch.save writes one.
+        st = Storage(60, "F32", 4)
+        state = {"tag": "x", "n": 3}
+        if case == "param_state_tensor":
+            state["extra"] = Tensor(Storage(61, "F32", 2), [2])
+        sd = collections.OrderedDict(p=Tensor(st, [4], param=True, state=state))
+        expected = {"tensors": tensors_of(sd)}
+        save(sd, path)
     elif case == "nested":
         sd["encoder"] = {"w": Tensor(Storage(20, "F32", 3), [3])}
         sd["step"] = 7

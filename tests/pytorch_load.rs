@@ -218,6 +218,19 @@ fn verify_lists_every_problem_of_a_broken_file() {
 }
 
 #[test]
+fn a_parameter_with_attributes_loads_and_one_holding_a_tensor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, want) = fixture(dir.path(), "param_state", "p.bin");
+    let model = Loader::new().load(&bin).unwrap();
+    assert_eq!(model.get("p").unwrap().host_bytes().unwrap(), &want["p"][..]);
+    let (bin, _) = fixture(dir.path(), "param_state_tensor", "q.bin");
+    let e = Loader::new().load(&bin).unwrap_err().to_string();
+    assert!(e.contains("attributes hold a tensor"), "{e}");
+    let e = convert_pytorch(&bin, &dir.path().join("out"), None, u64::MAX).unwrap_err();
+    assert!(e.to_string().contains("attributes hold a tensor"), "{e}");
+}
+
+#[test]
 fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
     let p = pair("loadable");
     let dir = p.bin.parent().unwrap().join("d");

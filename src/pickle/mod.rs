@@ -316,25 +316,58 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
-/// Appends the bytes of contiguous tensor `p` of `file` to `out` (`copy_file_range`
-/// where the kernel offers it, read and write otherwise); the bytes copied.
-fn copy_range(file: &File, path: &Path, p: &Planned, out: &mut File, output: &Path) -> Result<u64> {
-    let mut src = file;
-    src.seek(SeekFrom::Start(p.at))
-        .map_err(|e| Error::io(path, "seek", e))?;
-    let n = std::io::copy(&mut src.take(p.layout.span), out)
-        .map_err(|e| Error::io(output, "copy a tensor's bytes into", e))?;
-    if n != p.layout.span {
-        return Err(Error::tensor_err(
-            path,
-            &p.name,
-            format!(
-                "the file ends {} bytes into the tensor (truncated since it was opened?)",
-                n
-            ),
-        ));
+/// Bytes of the buffer that copies a tensor whose bytes lie at another offset within
+/// a page than their place in the output.
+const COPY_CHUNK: usize = 8 << 20;
+
+/// Appends the bytes of contiguous tensor `p` of `file` to `out`, whose length is
+/// `out_at`; the bytes copied. Where source and destination lie at the same offset
+/// within a 4 KiB page the kernel copies file to file (`copy_file_range`, where it
+/// offers it); otherwise, where that would write each page in two halves, through
+/// `chunk` (read, then write; faster there on the 2-core VM, see BENCHMARKS.md).
+fn copy_range(
+    file: &File,
+    path: &Path,
+    p: &Planned,
+    (out, out_at, output): (&mut File, u64, &Path),
+    chunk: &mut Vec<u8>,
+) -> Result<u64> {
+    let span = p.layout.span;
+    let werr = |e| Error::io(output, "write", e);
+    if p.at % 4096 == out_at % 4096 {
+        let mut src = file;
+        src.seek(SeekFrom::Start(p.at))
+            .map_err(|e| Error::io(path, "seek", e))?;
+        let n = std::io::copy(&mut src.take(span), out).map_err(werr)?;
+        return if n == span {
+            Ok(n)
+        } else {
+            Err(truncated(path, p, n))
+        };
     }
-    Ok(n)
+    chunk.resize(COPY_CHUNK, 0);
+    let mut done = 0u64;
+    while done < span {
+        let k = usize::try_from(span - done).map_or(COPY_CHUNK, |k| k.min(COPY_CHUNK));
+        let piece = chunk.get_mut(..k).ok_or_else(|| truncated(path, p, done))?;
+        file.read_exact_at(piece, p.at + done)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => truncated(path, p, done),
+                _ => Error::io(path, "read", e),
+            })?;
+        out.write_all(piece).map_err(werr)?;
+        done += k as u64;
+    }
+    Ok(done)
+}
+
+/// The error of a file that ends `n` bytes into tensor `p`.
+fn truncated(path: &Path, p: &Planned, n: u64) -> Error {
+    Error::tensor_err(
+        path,
+        &p.name,
+        format!("the file ends {n} bytes into the tensor (truncated since it was opened?)"),
+    )
 }
 
 /// An open input file and its path.
@@ -353,16 +386,17 @@ fn write_file(
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let werr = |e| Error::io(&output, "write", e);
     w.write_all(&head).map_err(werr)?;
-    let mut buf = Vec::new();
+    let (mut buf, mut chunk) = (Vec::new(), Vec::new());
     let mut bytes = 0u64;
     for p in planned {
         let (file, path) = inputs
             .get(p.src)
             .ok_or_else(|| Error::InvalidArgument("input file index".into()))?;
         if p.layout.contiguous && p.out_dtype == p.t.dtype {
-            // A plain byte range: copied file to file by the kernel where it can.
+            // A plain byte range: straight from file to file.
             w.flush().map_err(werr)?;
-            bytes += copy_range(file, path, p, w.get_mut(), &output)?;
+            let at = head.len() as u64 + bytes;
+            bytes += copy_range(file, path, p, (w.get_mut(), at, &output), &mut chunk)?;
             continue;
         }
         let data = tensor_bytes(file, path, p, &mut buf)?;
@@ -488,4 +522,67 @@ pub fn convert_pytorch(
         bytes,
         skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::unpickle::{StorageRef, TensorRef};
+
+    fn planned(at: u64, span: u64) -> Planned {
+        let t = TensorRef {
+            storage: StorageRef {
+                dtype: Some(Dtype::U8),
+                key: "0".into(),
+                numel: span,
+            },
+            dtype: Dtype::U8,
+            offset: 0,
+            size: vec![span],
+            stride: vec![1],
+        };
+        Planned {
+            src: 0,
+            name: "w".into(),
+            t,
+            layout: tensors::Layout {
+                elem: 1,
+                numel: span,
+                first: 0,
+                span,
+                contiguous: true,
+            },
+            at,
+            out_dtype: Dtype::U8,
+            out_len: span,
+        }
+    }
+
+    #[test]
+    fn both_copy_paths_copy_the_bytes_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in");
+        let data: Vec<u8> = (0..(3 * COPY_CHUNK as u32 + 7000))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let file = File::open(&src).unwrap();
+        let span = 2 * COPY_CHUNK as u64 + 5000;
+        // Aligned as the output (file to file), then not (through the buffer).
+        for (at, out_at) in [(4096 + 100, 100), (4096 + 100, 8)] {
+            let out_path = dir.path().join("out");
+            let mut out = File::create(&out_path).unwrap();
+            out.write_all(&vec![1u8; out_at as usize]).unwrap();
+            let p = planned(at, span);
+            let mut chunk = Vec::new();
+            let n = copy_range(&file, &src, &p, (&mut out, out_at, &out_path), &mut chunk);
+            assert_eq!(n.unwrap(), span);
+            let got = std::fs::read(&out_path).unwrap();
+            let want = &data[at as usize..(at + span) as usize];
+            assert!(got[out_at as usize..] == *want, "at {at}, out_at {out_at}");
+            let past = planned(data.len() as u64 - 10, 100);
+            let e = copy_range(&file, &src, &past, (&mut out, out_at, &out_path), &mut chunk);
+            assert!(e.unwrap_err().to_string().contains("truncated"));
+        }
+    }
 }
