@@ -222,7 +222,10 @@ fn a_parameter_with_attributes_loads_and_one_holding_a_tensor_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, want) = fixture(dir.path(), "param_state", "p.bin");
     let model = Loader::new().load(&bin).unwrap();
-    assert_eq!(model.get("p").unwrap().host_bytes().unwrap(), &want["p"][..]);
+    assert_eq!(
+        model.get("p").unwrap().host_bytes().unwrap(),
+        &want["p"][..]
+    );
     let (bin, _) = fixture(dir.path(), "param_state_tensor", "q.bin");
     let e = Loader::new().load(&bin).unwrap_err().to_string();
     assert!(e.contains("attributes hold a tensor"), "{e}");

@@ -316,49 +316,22 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
-/// Bytes of the buffer that copies a tensor whose bytes lie at another offset within
-/// a page than their place in the output.
-const COPY_CHUNK: usize = 8 << 20;
-
-/// Appends the bytes of contiguous tensor `p` of `file` to `out`, whose length is
-/// `out_at`; the bytes copied. Where source and destination lie at the same offset
-/// within a 4 KiB page the kernel copies file to file (`copy_file_range`, where it
-/// offers it); otherwise, where that would write each page in two halves, through
-/// `chunk` (read, then write; faster there on the 2-core VM, see BENCHMARKS.md).
-fn copy_range(
-    file: &File,
-    path: &Path,
-    p: &Planned,
-    (out, out_at, output): (&mut File, u64, &Path),
-    chunk: &mut Vec<u8>,
-) -> Result<u64> {
+/// Appends the bytes of contiguous tensor `p` of `file` to `out`: copied file to file
+/// by the kernel (`copy_file_range`, where it offers it; read and write otherwise).
+/// Returns the bytes copied. (Through a buffer of our own, read then write, it
+/// measured slower on the 2-core VM, even where source and destination lie at
+/// different offsets within a page: see BENCHMARKS.md.)
+fn copy_range(file: &File, path: &Path, p: &Planned, out: &mut File, output: &Path) -> Result<u64> {
     let span = p.layout.span;
-    let werr = |e| Error::io(output, "write", e);
-    if p.at % 4096 == out_at % 4096 {
-        let mut src = file;
-        src.seek(SeekFrom::Start(p.at))
-            .map_err(|e| Error::io(path, "seek", e))?;
-        let n = std::io::copy(&mut src.take(span), out).map_err(werr)?;
-        return if n == span {
-            Ok(n)
-        } else {
-            Err(truncated(path, p, n))
-        };
+    let mut src = file;
+    src.seek(SeekFrom::Start(p.at))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let n = std::io::copy(&mut src.take(span), out).map_err(|e| Error::io(output, "write", e))?;
+    if n == span {
+        Ok(n)
+    } else {
+        Err(truncated(path, p, n))
     }
-    chunk.resize(COPY_CHUNK, 0);
-    let mut done = 0u64;
-    while done < span {
-        let k = usize::try_from(span - done).map_or(COPY_CHUNK, |k| k.min(COPY_CHUNK));
-        let piece = chunk.get_mut(..k).ok_or_else(|| truncated(path, p, done))?;
-        file.read_exact_at(piece, p.at + done)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => truncated(path, p, done),
-                _ => Error::io(path, "read", e),
-            })?;
-        out.write_all(piece).map_err(werr)?;
-        done += k as u64;
-    }
-    Ok(done)
 }
 
 /// The error of a file that ends `n` bytes into tensor `p`.
@@ -386,7 +359,7 @@ fn write_file(
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let werr = |e| Error::io(&output, "write", e);
     w.write_all(&head).map_err(werr)?;
-    let (mut buf, mut chunk) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     let mut bytes = 0u64;
     for p in planned {
         let (file, path) = inputs
@@ -395,8 +368,7 @@ fn write_file(
         if p.layout.contiguous && p.out_dtype == p.t.dtype {
             // A plain byte range: straight from file to file.
             w.flush().map_err(werr)?;
-            let at = head.len() as u64 + bytes;
-            bytes += copy_range(file, path, p, (w.get_mut(), at, &output), &mut chunk)?;
+            bytes += copy_range(file, path, p, w.get_mut(), &output)?;
             continue;
         }
         let data = tensor_bytes(file, path, p, &mut buf)?;
@@ -559,29 +531,27 @@ mod tests {
     }
 
     #[test]
-    fn both_copy_paths_copy_the_bytes_and_a_short_file_is_an_error() {
+    fn copy_range_copies_the_bytes_and_a_short_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("in");
-        let data: Vec<u8> = (0..(3 * COPY_CHUNK as u32 + 7000))
+        let data: Vec<u8> = (0..(3u32 << 20) + 7000)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         std::fs::write(&src, &data).unwrap();
         let file = File::open(&src).unwrap();
-        let span = 2 * COPY_CHUNK as u64 + 5000;
-        // Aligned as the output (file to file), then not (through the buffer).
+        let span = (2 << 20) + 5000;
+        // At the same offset within a page as the output, then not.
         for (at, out_at) in [(4096 + 100, 100), (4096 + 100, 8)] {
             let out_path = dir.path().join("out");
             let mut out = File::create(&out_path).unwrap();
-            out.write_all(&vec![1u8; out_at as usize]).unwrap();
-            let p = planned(at, span);
-            let mut chunk = Vec::new();
-            let n = copy_range(&file, &src, &p, (&mut out, out_at, &out_path), &mut chunk);
+            out.write_all(&vec![1u8; out_at]).unwrap();
+            let n = copy_range(&file, &src, &planned(at, span), &mut out, &out_path);
             assert_eq!(n.unwrap(), span);
             let got = std::fs::read(&out_path).unwrap();
             let want = &data[at as usize..(at + span) as usize];
-            assert!(got[out_at as usize..] == *want, "at {at}, out_at {out_at}");
+            assert!(got[out_at..] == *want, "at {at}, out_at {out_at}");
             let past = planned(data.len() as u64 - 10, 100);
-            let e = copy_range(&file, &src, &past, (&mut out, out_at, &out_path), &mut chunk);
+            let e = copy_range(&file, &src, &past, &mut out, &out_path);
             assert!(e.unwrap_err().to_string().contains("truncated"));
         }
     }
