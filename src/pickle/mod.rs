@@ -23,6 +23,11 @@
 //! - a sharded set (`pytorch_model.bin.index.json`) names each shard as a plain file
 //!   beside the index, and each shard holds exactly the tensors the index assigns
 //!   it; the output is split by size as transformers splits it (see [`shard`]).
+//!
+//! `load`, `inspect` and `verify` read a checkpoint in place, by the same rules (see
+//! [`open`]): each tensor is a byte range of its stored entry, handed to the pipeline
+//! as a [`Header`](crate::Header) with absolute offsets. A strided view is refused by
+//! name (`convert` writes it contiguous); tensors sharing bytes each read their own.
 
 mod open;
 mod shard;
