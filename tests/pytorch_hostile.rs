@@ -104,7 +104,10 @@ fn malformed_pickles_are_errors_never_panics() {
             "memo read before it is written",
             b"\x80\x02}h\x05.".to_vec(),
         ),
-        ("more memo entries than the limit", many_memo_entries((1 << 20) + 1)),
+        (
+            "more memo entries than the limit",
+            many_memo_entries((1 << 20) + 1),
+        ),
         ("100,000 nested marks", deep_marks),
         (
             "a string declaring 4 GiB",

@@ -311,3 +311,81 @@ fn cuda_digests_of_a_bin_equal_the_cpu_digests_of_its_conversion() {
         assert!(r.get("htod_pinned") > 0, "{extra:?}");
     }
 }
+
+/// The library's CUDA loads of a `.bin` with tied and overlapping tensors: into the
+/// load's own device memory (one allocation per file, or per tensor) and into memory
+/// the caller allocated, each tensor its own region; every tensor's bytes, copied
+/// back, are the file's. Without a GPU it runs itself again under the fake driver.
+#[cfg(feature = "cuda")]
+#[test]
+fn library_cuda_loads_of_tied_weights_give_each_tensor_its_bytes() {
+    use cudarc::driver::result;
+    use tensorstream::{Device, DeviceRegion};
+    const NAME: &str = "library_cuda_loads_of_tied_weights_give_each_tensor_its_bytes";
+    if !fake_cuda::active() && tensorstream::internals::Context::new(0).is_err() {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report = dir.path().join("report.txt");
+        let (ok, text) = fake_cuda::run(
+            fake_cuda::command(std::env::current_exe().unwrap(), &report)
+                .env("FAKE_CUDA_DELAY_US", "50")
+                .args(["--exact", NAME, "--nocapture"]),
+        );
+        assert!(ok && text.contains("1 passed"), "under the fake driver:\n{text}");
+        fake_cuda::Report::read(&report).assert_clean(NAME);
+        return;
+    }
+    let p = pair("loadable");
+    let ckpt = Checkpoint::open(&p.bin).unwrap();
+    for per_tensor in [false, true] {
+        let m = Loader::new()
+            .device(Device::Cuda(0))
+            .per_tensor_allocations(per_tensor)
+            .load_checkpoint(&ckpt)
+            .unwrap();
+        for (name, bytes) in &p.want {
+            let got = m.get(name).unwrap().to_host().unwrap();
+            assert!(got == *bytes, "per tensor {per_tensor}: {name}");
+        }
+    }
+    // The caller's memory: one allocation, each tensor 256-byte aligned in it.
+    let mut at = BTreeMap::new();
+    let mut len = 0usize;
+    for (name, bytes) in &p.want {
+        at.insert(name.clone(), len);
+        len = (len + bytes.len() + 64).next_multiple_of(256);
+    }
+    let dev = result::device::get(0).unwrap();
+    // SAFETY: a device handle from cuDeviceGet; released below.
+    let ctx = unsafe { result::primary_ctx::retain(dev) }.unwrap();
+    // SAFETY: a retained context.
+    unsafe { result::ctx::set_current(ctx) }.unwrap();
+    // SAFETY: the context is current; len > 0.
+    let ptr = unsafe { result::malloc_sync(len) }.unwrap();
+    let loader = Loader::new().device(Device::Cuda(0));
+    // SAFETY: every region lies in the live allocation, no two overlap, and nothing
+    // else uses it during the load.
+    let m = unsafe {
+        loader.load_into_device(&ckpt, |t| {
+            Some(DeviceRegion {
+                ptr: ptr + at[t.name] as u64,
+                len: t.len,
+                dtype: t.dtype,
+            })
+        })
+    }
+    .unwrap();
+    for (name, bytes) in &p.want {
+        assert!(m.get(name).unwrap().to_host().unwrap() == *bytes, "{name}");
+    }
+    drop(m);
+    let mut all = vec![0u8; len];
+    // SAFETY: ptr holds len bytes; the copy is synchronous.
+    unsafe { result::memcpy_dtoh_sync(&mut all, ptr) }.unwrap();
+    for (name, bytes) in &p.want {
+        assert!(all[at[name]..at[name] + bytes.len()] == bytes[..], "{name}");
+    }
+    // SAFETY: allocated above, freed once; the load is over.
+    unsafe { result::free_sync(ptr) }.unwrap();
+    // SAFETY: retained above.
+    unsafe { result::primary_ctx::release(dev) }.unwrap();
+}
