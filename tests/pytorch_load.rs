@@ -330,7 +330,10 @@ fn library_cuda_loads_of_tied_weights_give_each_tensor_its_bytes() {
                 .env("FAKE_CUDA_DELAY_US", "50")
                 .args(["--exact", NAME, "--nocapture"]),
         );
-        assert!(ok && text.contains("1 passed"), "under the fake driver:\n{text}");
+        assert!(
+            ok && text.contains("1 passed"),
+            "under the fake driver:\n{text}"
+        );
         fake_cuda::Report::read(&report).assert_clean(NAME);
         return;
     }
