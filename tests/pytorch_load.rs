@@ -96,6 +96,24 @@ fn library_load_gives_each_tensor_its_bytes_as_recorded_and_as_converted() {
 }
 
 #[test]
+fn a_zip64_archive_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, want) = fixture(dir.path(), "loadable_zip64", "z.bin");
+    assert!(std::fs::read(&bin)
+        .unwrap()
+        .windows(4)
+        .any(|w| w == b"PK\x06\x06"));
+    let model = Loader::new().load(&bin).unwrap();
+    assert_eq!(model.len(), want.len());
+    for (name, bytes) in &want {
+        assert!(
+            model.get(name).unwrap().host_bytes().unwrap() == &bytes[..],
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn cli_digests_equal_the_converted_safetensors_for_every_option() {
     let p = pair("loadable_sharded");
     let (bin, st) = (p.bin.to_str().unwrap(), p.st.to_str().unwrap());
