@@ -264,6 +264,13 @@ fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(v["shards"][0]["format"], "pytorch");
     assert_eq!(v["tensor_count"], p.want.len());
+    // Two checkpoint files, neither pytorch_model.bin, and no index: not guessed.
+    let two = p.bin.parent().unwrap().join("two");
+    std::fs::create_dir(&two).unwrap();
+    std::fs::copy(&p.bin, two.join("a.pt")).unwrap();
+    std::fs::copy(&p.bin, two.join("b.pth")).unwrap();
+    let e = Loader::new().load(&two).unwrap_err().to_string();
+    assert!(e.contains("2 checkpoint files") && e.contains("name the one"), "{e}");
     // Safetensors beside it win: the .bin is not read.
     let first = std::fs::read_dir(&p.st)
         .unwrap()

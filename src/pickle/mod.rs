@@ -94,7 +94,7 @@ fn resolve(input: &Path) -> Result<PathBuf> {
         )),
         n => Err(Error::checkpoint(
             input,
-            format!("{n} checkpoint files in this directory; name the one to convert"),
+            format!("{n} checkpoint files in this directory; name the one to read"),
         )),
     }
 }
