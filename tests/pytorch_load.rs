@@ -270,7 +270,10 @@ fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
     std::fs::copy(&p.bin, two.join("a.pt")).unwrap();
     std::fs::copy(&p.bin, two.join("b.pth")).unwrap();
     let e = Loader::new().load(&two).unwrap_err().to_string();
-    assert!(e.contains("2 checkpoint files") && e.contains("name the one"), "{e}");
+    assert!(
+        e.contains("2 checkpoint files") && e.contains("name the one"),
+        "{e}"
+    );
     // Safetensors beside it win: the .bin is not read.
     let first = std::fs::read_dir(&p.st)
         .unwrap()
