@@ -2,7 +2,8 @@
 //! hardware allows, and safely.
 //!
 //! Open a [`Checkpoint`] (a file, a directory of shards or an index; every header
-//! validated strictly), choose what to load with a [`Loader`], and get a [`Model`]
+//! validated strictly; a PyTorch zip checkpoint is read too, without executing it),
+//! choose what to load with a [`Loader`], and get a [`Model`]
 //! of [`Tensor`]s, or fill memory of your own with [`Loader::load_into_host`] (and, with
 //! the `cuda` feature, `Loader::load_into_device`). Every load runs one pipeline:
 //! the selected tensors are planned into large aligned reads, an I/O engine

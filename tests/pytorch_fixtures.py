@@ -37,7 +37,8 @@ def _fake(module, name):
     return f
 
 
-for _n in ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter"):
+for _n in ("_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+           "_rebuild_parameter_with_state"):
     setattr(utils, _n, _fake("torch._utils", _n))
 
 # safetensors dtype -> (storage class, element bytes, torch dtype name)
@@ -87,19 +88,22 @@ class Storage:
 
 
 class Tensor:
-    def __init__(self, storage, size, stride=None, offset=0, param=False):
+    def __init__(self, storage, size, stride=None, offset=0, param=False, state=None):
         if stride is None:
             stride, acc = [], 1
             for d in reversed(size):
                 stride.insert(0, acc)
                 acc *= d
         self.storage, self.size, self.stride = storage, tuple(size), tuple(stride)
-        self.offset, self.param = offset, param
+        self.offset, self.param, self.state = offset, param, state
 
     def __reduce_ex__(self, proto):
         if self.param:
             inner = Tensor(self.storage, self.size, self.stride, self.offset)
-            return (utils._rebuild_parameter, (inner, True, collections.OrderedDict()))
+            hooks = collections.OrderedDict()
+            if self.state is not None:
+                return (utils._rebuild_parameter_with_state, (inner, True, hooks, self.state))
+            return (utils._rebuild_parameter, (inner, True, hooks))
         hooks = collections.OrderedDict()
         args = (self.storage, self.offset, self.size, self.stride, False, hooks)
         if self.storage.untyped:
@@ -230,7 +234,7 @@ def main():
     expected = {"tensors": tensors_of(sd)}
     if case == "basic":
         save(sd, path)
-    elif case in ("loadable", "loadable_sharded", "loadable_nested"):
+    elif case in ("loadable", "loadable_sharded", "loadable_nested", "loadable_zip64"):
         # Every tensor one byte range of its storage (no strided view): what `load`
         # reads straight from the file. Tied weights, offsets and overlaps kept.
         narrow = sd.pop("narrow")
@@ -240,12 +244,23 @@ def main():
         sd["rows_overlap"] = Tensor(narrow.storage, [3, 3], offset=8)  # shares 3 elements
         sd["big"] = Tensor(Storage(50, "BF16", 4 * 70008), [4, 70008])
         expected = {"tensors": tensors_of(sd)}
-        if case == "loadable":
+        if case == "loadable_zip64":
+            zipfile.ZIP64_LIMIT = 0  # every size and offset through the Zip64 fields
+        if case in ("loadable", "loadable_zip64"):
             save(sd, path)
         elif case == "loadable_nested":
             save({"epoch": 3, "model": sd, "optimizer": {"lr": 0.1}}, path)
         else:
             save_sharded(sd, path, case)
+    elif case in ("param_state", "param_state_tensor"):
+        # A parameter with Python attributes, as torch.save writes one.
+        st = Storage(60, "F32", 4)
+        state = {"tag": "x", "n": 3}
+        if case == "param_state_tensor":
+            state["extra"] = Tensor(Storage(61, "F32", 2), [2])
+        sd = collections.OrderedDict(p=Tensor(st, [4], param=True, state=state))
+        expected = {"tensors": tensors_of(sd)}
+        save(sd, path)
     elif case == "nested":
         sd["encoder"] = {"w": Tensor(Storage(20, "F32", 3), [3])}
         sd["step"] = 7
@@ -283,6 +298,12 @@ def main():
         save(sd, path, byteorder="big")
     elif case in ("sharded", "shard_escape", "shard_missing", "shard_twice"):
         save_sharded(sd, path, case)
+    elif case == "raw":
+        # The pickle in the file named by the third argument, alone in a zip.
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", open(sys.argv[3], "rb").read())
+            z.writestr("archive/version", "3\n")
+        expected = {"tensors": {}}
     elif case == "legacy":
         open(path, "wb").write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
     else:

@@ -96,6 +96,24 @@ fn library_load_gives_each_tensor_its_bytes_as_recorded_and_as_converted() {
 }
 
 #[test]
+fn a_zip64_archive_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, want) = fixture(dir.path(), "loadable_zip64", "z.bin");
+    assert!(std::fs::read(&bin)
+        .unwrap()
+        .windows(4)
+        .any(|w| w == b"PK\x06\x06"));
+    let model = Loader::new().load(&bin).unwrap();
+    assert_eq!(model.len(), want.len());
+    for (name, bytes) in &want {
+        assert!(
+            model.get(name).unwrap().host_bytes().unwrap() == &bytes[..],
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn cli_digests_equal_the_converted_safetensors_for_every_option() {
     let p = pair("loadable_sharded");
     let (bin, st) = (p.bin.to_str().unwrap(), p.st.to_str().unwrap());
@@ -218,6 +236,22 @@ fn verify_lists_every_problem_of_a_broken_file() {
 }
 
 #[test]
+fn a_parameter_with_attributes_loads_and_one_holding_a_tensor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, want) = fixture(dir.path(), "param_state", "p.bin");
+    let model = Loader::new().load(&bin).unwrap();
+    assert_eq!(
+        model.get("p").unwrap().host_bytes().unwrap(),
+        &want["p"][..]
+    );
+    let (bin, _) = fixture(dir.path(), "param_state_tensor", "q.bin");
+    let e = Loader::new().load(&bin).unwrap_err().to_string();
+    assert!(e.contains("attributes hold a tensor"), "{e}");
+    let e = convert_pytorch(&bin, &dir.path().join("out"), None, u64::MAX).unwrap_err();
+    assert!(e.to_string().contains("attributes hold a tensor"), "{e}");
+}
+
+#[test]
 fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
     let p = pair("loadable");
     let dir = p.bin.parent().unwrap().join("d");
@@ -230,6 +264,16 @@ fn a_directory_holding_a_bin_loads_and_one_with_safetensors_prefers_them() {
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(v["shards"][0]["format"], "pytorch");
     assert_eq!(v["tensor_count"], p.want.len());
+    // Two checkpoint files, neither pytorch_model.bin, and no index: not guessed.
+    let two = p.bin.parent().unwrap().join("two");
+    std::fs::create_dir(&two).unwrap();
+    std::fs::copy(&p.bin, two.join("a.pt")).unwrap();
+    std::fs::copy(&p.bin, two.join("b.pth")).unwrap();
+    let e = Loader::new().load(&two).unwrap_err().to_string();
+    assert!(
+        e.contains("2 checkpoint files") && e.contains("name the one"),
+        "{e}"
+    );
     // Safetensors beside it win: the .bin is not read.
     let first = std::fs::read_dir(&p.st)
         .unwrap()
@@ -294,4 +338,85 @@ fn cuda_digests_of_a_bin_equal_the_cpu_digests_of_its_conversion() {
         r.assert_clean(&format!("{extra:?}"));
         assert!(r.get("htod_pinned") > 0, "{extra:?}");
     }
+}
+
+/// The library's CUDA loads of a `.bin` with tied and overlapping tensors: into the
+/// load's own device memory (one allocation per file, or per tensor) and into memory
+/// the caller allocated, each tensor its own region; every tensor's bytes, copied
+/// back, are the file's. Without a GPU it runs itself again under the fake driver.
+#[cfg(feature = "cuda")]
+#[test]
+fn library_cuda_loads_of_tied_weights_give_each_tensor_its_bytes() {
+    use cudarc::driver::result;
+    use tensorstream::{Device, DeviceRegion};
+    const NAME: &str = "library_cuda_loads_of_tied_weights_give_each_tensor_its_bytes";
+    if !fake_cuda::active() && tensorstream::internals::Context::new(0).is_err() {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let report = dir.path().join("report.txt");
+        let (ok, text) = fake_cuda::run(
+            fake_cuda::command(std::env::current_exe().unwrap(), &report)
+                .env("FAKE_CUDA_DELAY_US", "50")
+                .args(["--exact", NAME, "--nocapture"]),
+        );
+        assert!(
+            ok && text.contains("1 passed"),
+            "under the fake driver:\n{text}"
+        );
+        fake_cuda::Report::read(&report).assert_clean(NAME);
+        return;
+    }
+    let p = pair("loadable");
+    let ckpt = Checkpoint::open(&p.bin).unwrap();
+    for per_tensor in [false, true] {
+        let m = Loader::new()
+            .device(Device::Cuda(0))
+            .per_tensor_allocations(per_tensor)
+            .load_checkpoint(&ckpt)
+            .unwrap();
+        for (name, bytes) in &p.want {
+            let got = m.get(name).unwrap().to_host().unwrap();
+            assert!(got == *bytes, "per tensor {per_tensor}: {name}");
+        }
+    }
+    // The caller's memory: one allocation, each tensor 256-byte aligned in it.
+    let mut at = BTreeMap::new();
+    let mut len = 0usize;
+    for (name, bytes) in &p.want {
+        at.insert(name.clone(), len);
+        len = (len + bytes.len() + 64).next_multiple_of(256);
+    }
+    let dev = result::device::get(0).unwrap();
+    // SAFETY: a device handle from cuDeviceGet; released below.
+    let ctx = unsafe { result::primary_ctx::retain(dev) }.unwrap();
+    // SAFETY: a retained context.
+    unsafe { result::ctx::set_current(ctx) }.unwrap();
+    // SAFETY: the context is current; len > 0.
+    let ptr = unsafe { result::malloc_sync(len) }.unwrap();
+    let loader = Loader::new().device(Device::Cuda(0));
+    // SAFETY: every region lies in the live allocation, no two overlap, and nothing
+    // else uses it during the load.
+    let m = unsafe {
+        loader.load_into_device(&ckpt, |t| {
+            Some(DeviceRegion {
+                ptr: ptr + at[t.name] as u64,
+                len: t.len,
+                dtype: t.dtype,
+            })
+        })
+    }
+    .unwrap();
+    for (name, bytes) in &p.want {
+        assert!(m.get(name).unwrap().to_host().unwrap() == *bytes, "{name}");
+    }
+    drop(m);
+    let mut all = vec![0u8; len];
+    // SAFETY: ptr holds len bytes; the copy is synchronous.
+    unsafe { result::memcpy_dtoh_sync(&mut all, ptr) }.unwrap();
+    for (name, bytes) in &p.want {
+        assert!(all[at[name]..at[name] + bytes.len()] == bytes[..], "{name}");
+    }
+    // SAFETY: allocated above, freed once; the load is over.
+    unsafe { result::free_sync(ptr) }.unwrap();
+    // SAFETY: retained above.
+    unsafe { result::primary_ctx::release(dev) }.unwrap();
 }

@@ -209,3 +209,34 @@ fn verify_names_what_is_not_a_tensor() {
         }
     }
 }
+
+#[test]
+fn load_options_give_a_torch_file_the_digests_of_its_conversion() {
+    for (path, want, _) in fixtures() {
+        if want.values().any(|w| !w.contiguous) {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        convert_pytorch(&path, dir.path(), None, u64::MAX).unwrap();
+        let converted = dir.path().join("model.safetensors");
+        for extra in [
+            &["--dtype", "F32"][..],
+            &["--dtype", "BF16", "--io", "direct"],
+            &["--dtype", "F16", "--io", "mmap", "--chunk-size", "4K"],
+        ] {
+            let digests = |p: &Path| {
+                let o = Command::new(env!("CARGO_BIN_EXE_tensorstream"))
+                    .args(["load", "--digest"])
+                    .arg(p)
+                    .args(extra)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                String::from_utf8(o.stdout).unwrap()
+            };
+            let a = digests(&path);
+            assert_eq!(a.lines().count(), want.len());
+            assert_eq!(a, digests(&converted), "{} {extra:?}", path.display());
+        }
+    }
+}

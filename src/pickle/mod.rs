@@ -23,6 +23,11 @@
 //! - a sharded set (`pytorch_model.bin.index.json`) names each shard as a plain file
 //!   beside the index, and each shard holds exactly the tensors the index assigns
 //!   it; the output is split by size as transformers splits it (see [`shard`]).
+//!
+//! `load`, `inspect` and `verify` read a checkpoint in place, by the same rules (see
+//! [`open`]): each tensor is a byte range of its stored entry, handed to the pipeline
+//! as a [`Header`](crate::Header) with absolute offsets. A strided view is refused by
+//! name (`convert` writes it contiguous); tensors sharing bytes each read their own.
 
 mod open;
 mod shard;
@@ -89,7 +94,7 @@ fn resolve(input: &Path) -> Result<PathBuf> {
         )),
         n => Err(Error::checkpoint(
             input,
-            format!("{n} checkpoint files in this directory; name the one to convert"),
+            format!("{n} checkpoint files in this directory; name the one to read"),
         )),
     }
 }
@@ -316,25 +321,31 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
-/// Appends the bytes of contiguous tensor `p` of `file` to `out` (`copy_file_range`
-/// where the kernel offers it, read and write otherwise); the bytes copied.
+/// Appends the bytes of contiguous tensor `p` of `file` to `out`: copied file to file
+/// by the kernel (`copy_file_range`, where it offers it; read and write otherwise).
+/// Returns the bytes copied. (Through a buffer of our own, read then write, it
+/// measured slower on the 2-core VM, even where source and destination lie at
+/// different offsets within a page: see BENCHMARKS.md.)
 fn copy_range(file: &File, path: &Path, p: &Planned, out: &mut File, output: &Path) -> Result<u64> {
+    let span = p.layout.span;
     let mut src = file;
     src.seek(SeekFrom::Start(p.at))
         .map_err(|e| Error::io(path, "seek", e))?;
-    let n = std::io::copy(&mut src.take(p.layout.span), out)
-        .map_err(|e| Error::io(output, "copy a tensor's bytes into", e))?;
-    if n != p.layout.span {
-        return Err(Error::tensor_err(
-            path,
-            &p.name,
-            format!(
-                "the file ends {} bytes into the tensor (truncated since it was opened?)",
-                n
-            ),
-        ));
+    let n = std::io::copy(&mut src.take(span), out).map_err(|e| Error::io(output, "write", e))?;
+    if n == span {
+        Ok(n)
+    } else {
+        Err(truncated(path, p, n))
     }
-    Ok(n)
+}
+
+/// The error of a file that ends `n` bytes into tensor `p`.
+fn truncated(path: &Path, p: &Planned, n: u64) -> Error {
+    Error::tensor_err(
+        path,
+        &p.name,
+        format!("the file ends {n} bytes into the tensor (truncated since it was opened?)"),
+    )
 }
 
 /// An open input file and its path.
@@ -360,7 +371,7 @@ fn write_file(
             .get(p.src)
             .ok_or_else(|| Error::InvalidArgument("input file index".into()))?;
         if p.layout.contiguous && p.out_dtype == p.t.dtype {
-            // A plain byte range: copied file to file by the kernel where it can.
+            // A plain byte range: straight from file to file.
             w.flush().map_err(werr)?;
             bytes += copy_range(file, path, p, w.get_mut(), &output)?;
             continue;
@@ -488,4 +499,65 @@ pub fn convert_pytorch(
         bytes,
         skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::unpickle::{StorageRef, TensorRef};
+
+    fn planned(at: u64, span: u64) -> Planned {
+        let t = TensorRef {
+            storage: StorageRef {
+                dtype: Some(Dtype::U8),
+                key: "0".into(),
+                numel: span,
+            },
+            dtype: Dtype::U8,
+            offset: 0,
+            size: vec![span],
+            stride: vec![1],
+        };
+        Planned {
+            src: 0,
+            name: "w".into(),
+            t,
+            layout: tensors::Layout {
+                elem: 1,
+                numel: span,
+                first: 0,
+                span,
+                contiguous: true,
+            },
+            at,
+            out_dtype: Dtype::U8,
+            out_len: span,
+        }
+    }
+
+    #[test]
+    fn copy_range_copies_the_bytes_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in");
+        let data: Vec<u8> = (0..(3u32 << 20) + 7000)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let file = File::open(&src).unwrap();
+        let span = (2 << 20) + 5000;
+        // At the same offset within a page as the output, then not.
+        for (at, out_at) in [(4096 + 100, 100), (4096 + 100, 8)] {
+            let out_path = dir.path().join("out");
+            let mut out = File::create(&out_path).unwrap();
+            out.write_all(&vec![1u8; out_at]).unwrap();
+            let n = copy_range(&file, &src, &planned(at, span), &mut out, &out_path);
+            assert_eq!(n.unwrap(), span);
+            let got = std::fs::read(&out_path).unwrap();
+            let want = &data[at as usize..(at + span) as usize];
+            assert!(got[out_at..] == *want, "at {at}, out_at {out_at}");
+            let past = planned(data.len() as u64 - 10, 100);
+            let e = copy_range(&file, &src, &past, &mut out, &out_path);
+            assert!(e.unwrap_err().to_string().contains("truncated"));
+        }
+    }
 }

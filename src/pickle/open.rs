@@ -175,6 +175,10 @@ pub fn is_pytorch(path: &Path) -> bool {
     if n.ends_with(".bin.index.json") {
         return true;
     }
+    // Only a regular file is opened: a FIFO would wait for a writer.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut magic = [0u8; 4];
     let read = File::open(path).and_then(|f| {
         use std::os::unix::fs::FileExt;
