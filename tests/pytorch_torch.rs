@@ -222,7 +222,7 @@ fn load_options_give_a_torch_file_the_digests_of_its_conversion() {
         for extra in [
             &["--dtype", "F32"][..],
             &["--dtype", "BF16", "--io", "direct"],
-            &["--dtype", "F16", "--io", "mmap", "--chunk-size", "4K"],
+            &["--dtype", "F16", "--io", "buffered", "--chunk-size", "4K"],
         ] {
             let digests = |p: &Path| {
                 let o = Command::new(env!("CARGO_BIN_EXE_tensorstream"))
