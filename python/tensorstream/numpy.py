@@ -2,6 +2,8 @@
 ``iter_tensors``. Arrays are allocated by NumPy in their final dtype and shape and
 filled in place; BF16 and the FP8 types need ``ml_dtypes``."""
 
+import mmap
+
 import numpy as np
 
 from . import _common, _native
@@ -25,9 +27,10 @@ try:
 except ImportError:
     pass
 
-#: Arrays of at least this many bytes start on a 4 KiB boundary, so that O_DIRECT
-#: reads land in them in place.
-_ALIGN_FROM = 1 << 20
+#: Arrays of at least this many bytes get memory mapped for them alone: it starts on a
+#: page (O_DIRECT reads land in it in place), may use huge pages, and goes back to the
+#: system when the last array using it is freed (the C heap would keep it).
+_MAP_FROM = 1 << 20
 
 
 def numpy_dtype(path, name, dtype):
@@ -40,12 +43,13 @@ def numpy_dtype(path, name, dtype):
 
 
 def empty_bytes(nbytes):
-    """A writable uint8 array of ``nbytes``, 4 KiB-aligned when large."""
-    if nbytes < _ALIGN_FROM:
+    """A writable uint8 array of ``nbytes``: mapped memory of its own when large."""
+    if nbytes < _MAP_FROM:
         return np.empty(nbytes, np.uint8)
-    raw = np.empty(nbytes + 4096, np.uint8)
-    off = (-raw.__array_interface__["data"][0]) % 4096
-    return raw[off:off + nbytes]
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(m, np.uint8)
 
 
 def _load_specs(ckpt, specs, opts, io=None, progress=None):

@@ -7,6 +7,7 @@ tensors are ready on every stream."""
 import torch
 
 from . import _common, _native
+from . import numpy as _np
 from ._native import SafetensorError
 
 _NAMES = {
@@ -48,11 +49,7 @@ def _bytes_of(t):
 
 def _empty_bytes(nbytes, device):
     if device.type == "cpu":
-        if nbytes < 1 << 20:
-            return torch.empty(nbytes, dtype=torch.uint8)
-        raw = torch.empty(nbytes + 4096, dtype=torch.uint8)
-        off = (-raw.data_ptr()) % 4096
-        return raw[off:off + nbytes]
+        return torch.from_numpy(_np.empty_bytes(nbytes))
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
