@@ -28,8 +28,9 @@ except ImportError:
     pass
 
 #: Arrays of at least this many bytes get memory mapped for them alone: it starts on a
-#: page (O_DIRECT reads land in it in place), may use huge pages, and goes back to the
-#: system when the last array using it is freed (the C heap would keep it).
+#: page (O_DIRECT reads land in it in place) and goes back to the system when the last
+#: array using it is freed (the C heap would keep it). No huge pages: on the VMs
+#: measured they made first touches several times slower (BENCHMARKS.md).
 _MAP_FROM = 1 << 20
 
 
@@ -47,8 +48,6 @@ def empty_bytes(nbytes):
     if nbytes < _MAP_FROM:
         return np.empty(nbytes, np.uint8)
     m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(m, np.uint8)
 
 
