@@ -175,122 +175,128 @@ impl Options {
     }
 }
 
-/// What a load with these options lands: `(name, dtype in the file, dtype loaded,
-/// shape, bytes)` per tensor, shard by shard in offset order. Raises the errors the
-/// load would (a glob matching nothing, a slice a tensor cannot satisfy).
-#[pyfunction]
-#[pyo3(signature = (ckpt, *, dtype=None, only=vec![], rows=vec![], cols=vec![]))]
-#[allow(clippy::type_complexity)]
-fn plan(
-    ckpt: &Checkpoint,
-    dtype: Option<&str>,
-    only: Vec<String>,
-    rows: Vec<String>,
-    cols: Vec<String>,
-) -> PyResult<Vec<(String, String, String, Vec<u64>, u64)>> {
-    let o = Options::parse(dtype, only, rows, cols, None)?;
-    let opts = PlanOptions {
-        only: o.only,
-        dtype: o.dtype,
-        slices: o.slices,
-        ..PlanOptions::default()
-    };
-    let names: Vec<&str> = ckpt.inner.tensors().map(|t| t.info.name.as_str()).collect();
-    for (glob, what) in opts.only.iter().map(|g| (g, "only")).chain(
-        opts.slices
-            .iter()
-            .map(|r| (&r.pattern, if r.dim == 0 { "rows" } else { "cols" })),
-    ) {
-        if !names
-            .iter()
-            .any(|n| tensorstream::plan::glob_match(glob, n))
-        {
-            return Err(bad_arg(format!(
-                "no tensor of {} matches '{glob}' ({what})",
-                ckpt.inner.path.display()
-            )));
+/// A planned tensor as Python sees it: (name, dtype in the file, dtype loaded, shape,
+/// bytes).
+type Spec = (String, String, String, Vec<u64>, u64);
+
+/// The options of a load, parsed once, and the loader that runs them: its clones share
+/// the pinned staging a CUDA load keeps, so the batches of one `iter_tensors` pin it
+/// once.
+#[pyclass(frozen, module = "tensorstream._native", name = "Loader")]
+struct PyLoader {
+    opts: Options,
+    loader: Loader,
+}
+
+#[pymethods]
+impl PyLoader {
+    /// `dtype`: "F32", "F16" or "BF16"; `only`: globs; `rows`/`cols`: `GLOB=START:END`
+    /// or `GLOB=RANK/WORLD`; `io`: the backend's name; `device`: a CUDA ordinal for
+    /// `load_device`.
+    #[new]
+    #[pyo3(signature = (*, dtype=None, only=vec![], rows=vec![], cols=vec![], io=None, device=None))]
+    fn new(
+        dtype: Option<&str>,
+        only: Vec<String>,
+        rows: Vec<String>,
+        cols: Vec<String>,
+        io: Option<&str>,
+        device: Option<usize>,
+    ) -> PyResult<Self> {
+        let opts = Options::parse(dtype, only, rows, cols, io)?;
+        let mut loader = opts.loader();
+        if let Some(n) = device {
+            loader = loader.device(tensorstream::Device::Cuda(n));
         }
+        Ok(PyLoader { opts, loader })
     }
-    let p = tensorstream::plan::plan(&ckpt.inner, &opts).map_err(to_py)?;
-    Ok(p.files
-        .iter()
-        .flat_map(|f| &f.tensors)
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.src_dtype.to_string(),
-                t.dtype.to_string(),
-                t.shape.clone(),
-                t.len,
-            )
-        })
-        .collect())
-}
 
-/// Fills host memory the caller allocated: `regions` is a list of `(name, array,
-/// dtype)` where `array` is a writable, C-contiguous one-dimensional `uint8` NumPy
-/// array of exactly the tensor's bytes in `dtype`. Returns the load's figures.
-#[pyfunction]
-#[pyo3(signature = (ckpt, regions, *, dtype=None, only=vec![], rows=vec![], cols=vec![], io=None, progress=None))]
-#[allow(clippy::too_many_arguments)]
-fn load_host(
-    py: Python<'_>,
-    ckpt: &Checkpoint,
-    regions: Vec<(String, Bound<'_, PyAny>, String)>,
-    dtype: Option<&str>,
-    only: Vec<String>,
-    rows: Vec<String>,
-    cols: Vec<String>,
-    io: Option<&str>,
-    progress: Option<Bound<'_, PyAny>>,
-) -> PyResult<Py<PyDict>> {
-    let loader = Options::parse(dtype, only, rows, cols, io)?.loader();
-    let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
-    let mut chosen = regions::host_regions(&objs, |i| {
-        let (name, _, dt) = regions.get(i)?;
-        Some((name.clone(), dt.clone()))
-    })?;
-    let ckpt = &ckpt.inner;
-    let stats = run::run(py, loader, progress.as_ref(), move |l| {
-        l.load_into_host(ckpt, |t| chosen.remove(t.name))
-    })?;
-    drop(objs);
-    stats_dict(py, &stats)
-}
+    /// What a load with these options lands, per tensor, shard by shard in offset
+    /// order. Raises the errors the load would (a glob matching nothing, a slice a
+    /// tensor cannot satisfy).
+    fn plan(&self, ckpt: &Checkpoint) -> PyResult<Vec<Spec>> {
+        let opts = PlanOptions {
+            only: self.opts.only.clone(),
+            dtype: self.opts.dtype,
+            slices: self.opts.slices.clone(),
+            ..PlanOptions::default()
+        };
+        let names: Vec<&str> = ckpt.inner.tensors().map(|t| t.info.name.as_str()).collect();
+        let globs = opts.only.iter().map(|g| (g, "only")).chain(
+            opts.slices
+                .iter()
+                .map(|r| (&r.pattern, if r.dim == 0 { "rows" } else { "cols" })),
+        );
+        for (glob, what) in globs {
+            if !names
+                .iter()
+                .any(|n| tensorstream::plan::glob_match(glob, n))
+            {
+                return Err(bad_arg(format!(
+                    "no tensor of {} matches '{glob}' ({what})",
+                    ckpt.inner.path.display()
+                )));
+            }
+        }
+        let p = tensorstream::plan::plan(&ckpt.inner, &opts).map_err(to_py)?;
+        Ok(p.files
+            .iter()
+            .flat_map(|f| &f.tensors)
+            .map(|t| {
+                let (src, dtype) = (t.src_dtype.to_string(), t.dtype.to_string());
+                (t.name.clone(), src, dtype, t.shape.clone(), t.len)
+            })
+            .collect())
+    }
 
-/// Fills device memory the caller allocated (PyTorch CUDA tensors): `regions` is a
-/// list of `(name, tensor, dtype)` where `tensor` is a contiguous `uint8` CUDA tensor
-/// of exactly the tensor's bytes in `dtype`, on device `device`.
-#[cfg(feature = "cuda")]
-#[pyfunction]
-#[pyo3(signature = (ckpt, regions, device, *, dtype=None, only=vec![], rows=vec![], cols=vec![], io=None, progress=None))]
-#[allow(clippy::too_many_arguments)]
-fn load_device(
-    py: Python<'_>,
-    ckpt: &Checkpoint,
-    regions: Vec<(String, Bound<'_, PyAny>, String)>,
-    device: usize,
-    dtype: Option<&str>,
-    only: Vec<String>,
-    rows: Vec<String>,
-    cols: Vec<String>,
-    io: Option<&str>,
-    progress: Option<Bound<'_, PyAny>>,
-) -> PyResult<Py<PyDict>> {
-    let loader = Options::parse(dtype, only, rows, cols, io)?
-        .loader()
-        .device(tensorstream::Device::Cuda(device));
-    let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
-    let chosen = regions::device_regions(&objs, |i| {
-        let (name, _, dt) = regions.get(i)?;
-        Some((name.clone(), dt.clone()))
-    })?;
-    let ckpt = &ckpt.inner;
-    let stats = run::run(py, loader, progress.as_ref(), move |l| {
-        regions::load_device(l, ckpt, chosen)
-    })?;
-    drop(objs);
-    stats_dict(py, &stats)
+    /// Fills host memory the caller allocated: `regions` is a list of `(name, array,
+    /// dtype)` where `array` is a writable, C-contiguous one-dimensional `uint8` NumPy
+    /// array of exactly the tensor's bytes in `dtype`. Returns the load's figures.
+    #[pyo3(signature = (ckpt, regions, progress=None))]
+    fn load_host(
+        &self,
+        py: Python<'_>,
+        ckpt: &Checkpoint,
+        regions: Vec<(String, Bound<'_, PyAny>, String)>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyDict>> {
+        let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
+        let mut chosen = regions::host_regions(&objs, |i| {
+            let (name, _, dt) = regions.get(i)?;
+            Some((name.clone(), dt.clone()))
+        })?;
+        let ckpt = &ckpt.inner;
+        let stats = run::run(py, self.loader.clone(), progress.as_ref(), move |l| {
+            l.load_into_host(ckpt, |t| chosen.remove(t.name))
+        })?;
+        drop(objs);
+        stats_dict(py, &stats)
+    }
+
+    /// Fills device memory the caller allocated (PyTorch CUDA tensors): `regions` is a
+    /// list of `(name, tensor, dtype)` where `tensor` is a contiguous `uint8` CUDA
+    /// tensor of exactly the tensor's bytes in `dtype`, on the loader's device.
+    #[cfg(feature = "cuda")]
+    #[pyo3(signature = (ckpt, regions, progress=None))]
+    fn load_device(
+        &self,
+        py: Python<'_>,
+        ckpt: &Checkpoint,
+        regions: Vec<(String, Bound<'_, PyAny>, String)>,
+        progress: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyDict>> {
+        let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
+        let chosen = regions::device_regions(&objs, |i| {
+            let (name, _, dt) = regions.get(i)?;
+            Some((name.clone(), dt.clone()))
+        })?;
+        let ckpt = &ckpt.inner;
+        let stats = run::run(py, self.loader.clone(), progress.as_ref(), move |l| {
+            regions::load_device(l, ckpt, chosen)
+        })?;
+        drop(objs);
+        stats_dict(py, &stats)
+    }
 }
 
 /// Whether this build loads into CUDA memory.
@@ -317,10 +323,7 @@ fn stats_dict(py: Python<'_>, s: &LoadStats) -> PyResult<Py<PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SafetensorError", m.py().get_type::<SafetensorError>())?;
     m.add_class::<Checkpoint>()?;
-    m.add_function(wrap_pyfunction!(plan, m)?)?;
-    m.add_function(wrap_pyfunction!(load_host, m)?)?;
-    #[cfg(feature = "cuda")]
-    m.add_function(wrap_pyfunction!(load_device, m)?)?;
+    m.add_class::<PyLoader>()?;
     m.add_function(wrap_pyfunction!(has_cuda, m)?)?;
     Ok(())
 }

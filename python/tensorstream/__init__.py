@@ -20,9 +20,10 @@ from ._safe_open import safe_open
 def iter_tensors(path, device="cpu", *, framework="pt", dtype=None, only=None, rows=None,
                  cols=None, io=None, batch_bytes=None):
     """Yields ``(name, tensor)`` for the tensors of ``path`` in file order, loading the
-    next batch (``batch_bytes``, by default 64 MiB) while one is being yielded: the
-    first tensor arrives before the last bytes are read, and the loader holds at most
-    about two batches. ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
+    next batch (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
+    one is being yielded: the first tensor arrives before the last bytes are read, and
+    the loader holds at most about two batches (on CUDA, in device memory; the host
+    holds only the staging). ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
     (NumPy arrays). Other options as ``tensorstream.torch.load_file``."""
     if framework in ("np", "numpy"):
         from . import numpy as front

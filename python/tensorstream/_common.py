@@ -19,16 +19,21 @@ _FLOAT_NAMES = {
 
 def dtype_name(dtype):
     """The format's name ("F32", "F16", "BF16") of a conversion target given as a
-    string, a NumPy dtype or a PyTorch dtype; None stays None."""
+    string, a NumPy dtype or type, or a PyTorch dtype; None stays None."""
     if dtype is None:
         return None
-    text = str(dtype).lower().rsplit(".", 1)[-1].strip("<>'\" ")
-    if text.startswith("dtype("):
-        text = text[6:].rstrip(")").strip("'\"")
-    if hasattr(dtype, "name") and isinstance(dtype.name, str):
-        text = dtype.name.lower()
-    if text in _FLOAT_NAMES:
-        return _FLOAT_NAMES[text]
+    if isinstance(dtype, str):
+        text = dtype
+    elif type(dtype).__module__.startswith("torch"):
+        text = str(dtype).rsplit(".", 1)[-1]
+    else:
+        import numpy as np
+        try:
+            text = np.dtype(dtype).name
+        except TypeError:
+            text = str(dtype)
+    if text.lower() in _FLOAT_NAMES:
+        return _FLOAT_NAMES[text.lower()]
     raise SafetensorError(f"dtype {dtype!r}: tensors convert only to float32, float16 or bfloat16")
 
 
@@ -66,10 +71,10 @@ def slice_rules(rules):
     return [str(r) for r in rules]
 
 
-def options(dtype=None, only=None, rows=None, cols=None):
-    """The keyword options of a native plan or load."""
-    return {"dtype": dtype_name(dtype), "only": globs(only), "rows": slice_rules(rows),
-            "cols": slice_rules(cols)}
+def loader(dtype=None, only=None, rows=None, cols=None, io=None, device=None):
+    """A native loader with these options; ``device``: the CUDA ordinal, or None."""
+    return _native.Loader(dtype=dtype_name(dtype), only=globs(only), rows=slice_rules(rows),
+                          cols=slice_rules(cols), io=io, device=device)
 
 
 def lacking(path, name, dtype, framework, hint=""):
@@ -157,7 +162,7 @@ def batches(specs, limit):
 def iterate(load_batch, specs, batch_bytes):
     """Yields ``(name, tensor)`` in file order: ``load_batch(specs)`` loads one batch
     (a list of (name, tensor)) while the one before is being yielded."""
-    groups = list(batches(specs, batch_bytes or BATCH_BYTES))
+    groups = list(batches(specs, batch_bytes))
     if not groups:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="tensorstream-iter") as pool:

@@ -3,7 +3,7 @@ get_slice), over a file, a directory of shards or an index. The headers are read
 once; each ``get_tensor`` loads one tensor, and ``get_slice(name)[a:b, c:d]`` reads
 only the rows (or the columns) asked for."""
 
-from . import _common, _native
+from . import _common
 from ._native import SafetensorError
 
 _GLOB = set("*?[")
@@ -17,12 +17,15 @@ class safe_open:
     def __init__(self, filename, framework, device="cpu"):
         if framework in ("pt", "torch"):
             from . import torch as front
-            self._load = lambda specs, opts: front._load_specs(self._ckpt, specs, opts, device)
+            dev = front.device_of(device)
+            self._loader = lambda **kw: front._loader(dev, **kw)
+            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld, dev)
         elif framework in ("np", "numpy"):
             from . import numpy as front
             if str(device) != "cpu":
                 raise SafetensorError(f"NumPy arrays live on the cpu, not {device}")
-            self._load = lambda specs, opts: front._load_specs(self._ckpt, specs, opts)
+            self._loader = _common.loader
+            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld)
         else:
             raise SafetensorError(f"framework {framework!r}: use 'pt' or 'np'")
         self._framework = "pt" if framework in ("pt", "torch") else "np"
@@ -52,13 +55,11 @@ class safe_open:
             raise SafetensorError(f"File does not contain tensor {name}")
 
     def _get(self, name, rows=None, cols=None):
-        opts = _common.options(only=[name])
-        if rows is not None:
-            opts["rows"] = [f"{name}={rows[0]}:{rows[1]}"]
-        if cols is not None:
-            opts["cols"] = [f"{name}={cols[0]}:{cols[1]}"]
-        specs = [s for s in _native.plan(self._ckpt, **opts) if s[0] == name]
-        return self._load(specs, opts)[0][1]
+        ld = self._loader(only=[name],
+                          rows=None if rows is None else [f"{name}={rows[0]}:{rows[1]}"],
+                          cols=None if cols is None else [f"{name}={cols[0]}:{cols[1]}"])
+        specs = [s for s in ld.plan(self._ckpt) if s[0] == name]
+        return self._load(specs, ld)[0][1]
 
     def get_tensor(self, name):
         """The whole tensor ``name``."""

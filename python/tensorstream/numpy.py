@@ -6,7 +6,7 @@ import mmap
 
 import numpy as np
 
-from . import _common, _native
+from . import _common
 
 _TYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
@@ -51,8 +51,9 @@ def empty_bytes(nbytes):
     return np.frombuffer(m, np.uint8)
 
 
-def _load_specs(ckpt, specs, opts, io=None, progress=None):
-    """Allocates and fills the arrays of the planned ``specs``: a list of (name, array)."""
+def _load_specs(ckpt, specs, loader, progress=None):
+    """Allocates and fills the arrays of the planned ``specs`` with ``loader``: a list
+    of (name, array)."""
     out, regions = [], []
     for name, _file_dtype, dtype, shape, nbytes in specs:
         t = numpy_dtype(ckpt.path, name, dtype)
@@ -60,7 +61,7 @@ def _load_specs(ckpt, specs, opts, io=None, progress=None):
         regions.append((name, buf, dtype))
         out.append((name, buf.view(t).reshape(shape)))
     if regions:
-        _native.load_host(ckpt, regions, io=io, progress=progress, **opts)
+        loader.load_host(ckpt, regions, progress)
     return out
 
 
@@ -75,10 +76,10 @@ def load_file(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
     glob to slice). ``io``: the I/O backend (auto, direct, buffered, pread, mmap).
     ``progress``: True for a bar, or a callable(done, total)."""
     ckpt = _common.native_checkpoint(filename)
-    opts = _common.options(dtype, only, rows, cols)
-    specs = _native.plan(ckpt, **opts)
+    loader = _common.loader(dtype, only, rows, cols, io)
+    specs = loader.plan(ckpt)
     with _common.Progress(progress) as cb:
-        return dict(_load_specs(ckpt, specs, opts, io, cb))
+        return dict(_load_specs(ckpt, specs, loader, cb))
 
 
 def iter_tensors(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
@@ -86,6 +87,7 @@ def iter_tensors(filename, *, dtype=None, only=None, rows=None, cols=None, io=No
     """Yields ``(name, array)`` in file order, a batch loaded while the one before is
     yielded (see ``tensorstream.iter_tensors``)."""
     ckpt = _common.native_checkpoint(filename)
-    opts = _common.options(dtype, only, rows, cols)
-    specs = _native.plan(ckpt, **opts)
-    return _common.iterate(lambda b: _load_specs(ckpt, b, opts, io), specs, batch_bytes)
+    loader = _common.loader(dtype, only, rows, cols, io)
+    specs = loader.plan(ckpt)
+    return _common.iterate(lambda b: _load_specs(ckpt, b, loader), specs,
+                           batch_bytes or _common.BATCH_BYTES)

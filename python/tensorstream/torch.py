@@ -19,6 +19,9 @@ _NAMES = {
     "F8_E8M0": "float8_e8m0fnu",
 }
 _TYPES = {k: getattr(torch, v) for k, v in _NAMES.items() if hasattr(torch, v)}
+#: Bytes per batch of ``iter_tensors`` on CUDA, where a batch is device memory and the
+#: host holds only the staging.
+_CUDA_BATCH_BYTES = 256 << 20
 _FORMAT = {v: k for k, v in _TYPES.items()}
 
 
@@ -53,31 +56,36 @@ def _empty_bytes(nbytes, device):
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
-def _fill(ckpt, regions, device, opts, io=None, progress=None):
+def _loader(device, dtype=None, only=None, rows=None, cols=None, io=None):
+    """A native loader for ``device`` (a torch.device)."""
+    if device.type == "cuda" and not _native.has_cuda():
+        raise RuntimeError("this build of tensorstream has no CUDA support: reinstall it "
+                           "with the cuda feature (see the README)")
+    return _common.loader(dtype, only, rows, cols, io,
+                          device.index if device.type == "cuda" else None)
+
+
+def _fill(ckpt, regions, device, loader, progress=None):
     """Loads ``regions`` ((name, uint8 tensor, format dtype), all on ``device``)."""
     if not regions:
         return
     if device.type == "cpu":
-        host = [(n, b.numpy(), d) for n, b, d in regions]
-        _native.load_host(ckpt, host, io=io, progress=progress, **opts)
+        loader.load_host(ckpt, [(n, b.numpy(), d) for n, b, d in regions], progress)
         return
-    if not _native.has_cuda():
-        raise RuntimeError("this build of tensorstream has no CUDA support: reinstall it "
-                           "with the cuda feature (see the README)")
     with torch.cuda.device(device):
-        _native.load_device(ckpt, regions, device.index, io=io, progress=progress, **opts)
+        loader.load_device(ckpt, regions, progress)
 
 
-def _load_specs(ckpt, specs, opts, device="cpu", io=None, progress=None):
-    """Allocates and fills the tensors of the planned ``specs``: a list of (name, tensor)."""
-    device = device_of(device)
+def _load_specs(ckpt, specs, loader, device, progress=None):
+    """Allocates on ``device`` and fills with ``loader`` the tensors of the planned
+    ``specs``: a list of (name, tensor)."""
     out, regions = [], []
     for name, _file_dtype, dtype, shape, nbytes in specs:
         t = torch_dtype(ckpt.path, name, dtype)
         buf = _empty_bytes(nbytes, device)
         regions.append((name, buf, dtype))
         out.append((name, buf.view(t).reshape(shape)))
-    _fill(ckpt, regions, device, opts, io, progress)
+    _fill(ckpt, regions, device, loader, progress)
     return out
 
 
@@ -89,11 +97,12 @@ def load_file(filename, device="cpu", *, dtype=None, only=None, rows=None, cols=
     ``dtype``: convert floating tensors to torch.float32, float16 or bfloat16 (on
     CUDA, on the GPU). ``only``, ``rows``, ``cols``, ``io``, ``progress``: as
     ``tensorstream.numpy.load_file``."""
+    device = device_of(device)
     ckpt = _common.native_checkpoint(filename)
-    opts = _common.options(dtype, only, rows, cols)
-    specs = _native.plan(ckpt, **opts)
+    loader = _loader(device, dtype, only, rows, cols, io)
+    specs = loader.plan(ckpt)
     with _common.Progress(progress) as cb:
-        return dict(_load_specs(ckpt, specs, opts, device, io, cb))
+        return dict(_load_specs(ckpt, specs, loader, device, cb))
 
 
 def iter_tensors(filename, device="cpu", *, dtype=None, only=None, rows=None, cols=None,
@@ -102,10 +111,11 @@ def iter_tensors(filename, device="cpu", *, dtype=None, only=None, rows=None, co
     yielded (see ``tensorstream.iter_tensors``)."""
     device = device_of(device)
     ckpt = _common.native_checkpoint(filename)
-    opts = _common.options(dtype, only, rows, cols)
-    specs = _native.plan(ckpt, **opts)
-    return _common.iterate(lambda b: _load_specs(ckpt, b, opts, device, io), specs,
-                           batch_bytes)
+    loader = _loader(device, dtype, only, rows, cols, io)
+    specs = loader.plan(ckpt)
+    if batch_bytes is None:
+        batch_bytes = _common.BATCH_BYTES if device.type == "cpu" else _CUDA_BATCH_BYTES
+    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, device), specs, batch_bytes)
 
 
 def _incompatible(missing, unexpected):
@@ -129,8 +139,7 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
     else:
         targets = dict(module)
     ckpt = _common.native_checkpoint(filename)
-    opts = _common.options(None, only, rows, cols)
-    specs = {s[0]: s for s in _native.plan(ckpt, **opts)}
+    specs = {s[0]: s for s in _common.loader(None, only, rows, cols, io).plan(ckpt)}
     missing = [k for k in targets if k not in specs]
     unexpected = [k for k in specs if k not in targets]
     if strict and (missing or unexpected):
@@ -156,7 +165,8 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
         by_device.setdefault(t.device, []).append((name, _bytes_of(t), fmt))
     with _common.Progress(progress) as cb:
         for device, regions in by_device.items():
-            _fill(ckpt, regions, device_of(device), opts, io, cb)
+            device = device_of(device)
+            _fill(ckpt, regions, device, _loader(device, None, only, rows, cols, io), cb)
     with torch.no_grad():
         for t, tmp in after:
             t.copy_(tmp)
