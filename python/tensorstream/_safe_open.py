@@ -31,6 +31,8 @@ class safe_open:
         self._framework = "pt" if framework in ("pt", "torch") else "np"
         self._ckpt = _common.native_checkpoint(filename)
         self._info = {name: (dtype, shape) for name, dtype, shape in self._ckpt.tensors()}
+        # One loader for every get_tensor: on CUDA it pins its staging once.
+        self._whole = None
 
     def __enter__(self):
         return self
@@ -55,6 +57,12 @@ class safe_open:
             raise SafetensorError(f"File does not contain tensor {name}")
 
     def _get(self, name, rows=None, cols=None):
+        if rows is None and cols is None:
+            if self._whole is None:
+                ld = self._loader()
+                self._whole = (ld, {s[0]: s for s in ld.plan(self._ckpt)})
+            ld, specs = self._whole
+            return self._load([specs[name]], ld)[0][1]
         ld = self._loader(only=[name],
                           rows=None if rows is None else [f"{name}={rows[0]}:{rows[1]}"],
                           cols=None if cols is None else [f"{name}={cols[0]}:{cols[1]}"])

@@ -145,12 +145,16 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
     if strict and (missing or unexpected):
         raise RuntimeError(f"Error(s) in loading state_dict from {filename}: missing keys "
                            f"{missing}, unexpected keys {unexpected}")
-    by_device, after = {}, []
+    by_device, after, seen = {}, [], set()
     for name, target in targets.items():
         spec = specs.get(name)
         if spec is None:
             continue
         t = target.detach()
+        place = (t.device, t.data_ptr(), t.nbytes)
+        if t.nbytes and place in seen:
+            continue  # a tied parameter: its memory is filled under its first name
+        seen.add(place)
         if list(t.shape) != list(spec[3]):
             raise SafetensorError(f"{filename}: tensor '{name}': shape {list(spec[3])} in the "
                                   f"file, {list(t.shape)} in the module")

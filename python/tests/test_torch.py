@@ -205,3 +205,16 @@ def test_kernel_launched_at_once_sees_the_bytes(tmp_path):
     for k, v in sums.items():
         want = (src[k].to(torch.float16).float() * 2).sum(dim=1)
         assert torch.equal(v.cpu(), want)
+
+
+def test_load_into_tied_weights(tmp_path):
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    w = torch.randn(10, 4)
+    path = str(tmp_path / "tied.safetensors")
+    save_file({"emb.weight": w, "head.weight": w.clone()}, path)
+    tst.load_into(model, path)
+    same(model["head"].weight, w)
+    assert model["head"].weight.data_ptr() == model["emb"].weight.data_ptr()
