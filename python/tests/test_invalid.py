@@ -76,3 +76,28 @@ def test_length_prefix_only(tmp_path):
     path = tmp_path / "p.safetensors"
     path.write_bytes(struct.pack("<Q", 2) + b"{}")
     assert tsn.load_file(str(path)) == {}
+
+
+def test_directory_without_safetensors(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing to load")
+    with pytest.raises(tensorstream.SafetensorError, match=str(tmp_path)):
+        tsn.load_file(str(tmp_path))
+
+
+def test_index_escaping_its_directory(tmp_path):
+    inner = tmp_path / "ckpt"
+    inner.mkdir()
+    write_raw(tmp_path / "outside.safetensors", {"x": ("U8", (2,), b"\x05\x06")})
+    index = inner / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
+    with pytest.raises(tensorstream.SafetensorError):
+        tsn.load_file(str(index))
+
+
+def test_zip_file_is_named_as_such(tmp_path):
+    import zipfile
+    path = tmp_path / "pytorch_model.safetensors"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(tensorstream.SafetensorError, match="pytorch_model"):
+        tsn.load_file(str(path))
