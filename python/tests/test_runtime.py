@@ -3,6 +3,7 @@ cancels a load cleanly."""
 
 import _thread
 import gc
+import os
 import threading
 import time
 
@@ -70,6 +71,7 @@ def test_keyboard_interrupt_cancels_the_load(big_file):
     tsn.load_file(big_file)
     gc.collect()
     base = rss()
+    threads = len(os.listdir("/proc/self/task"))
     seen = []
 
     def interrupt(done, total):
@@ -78,10 +80,17 @@ def test_keyboard_interrupt_cancels_the_load(big_file):
             _thread.interrupt_main()
 
     start = time.perf_counter()
+    tsn.load_file(big_file, dtype="f16", io="pread")
+    full = time.perf_counter() - start
+    start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         tsn.load_file(big_file, dtype="f16", io="pread", progress=interrupt)
-    # The interrupt came at the first progress report, well before the end.
+    # The interrupt came at the first progress report, well before the end, and the
+    # load stopped there instead of running to its end.
     assert seen[0] < BIG
+    assert time.perf_counter() - start < full / 2, (time.perf_counter() - start, full)
+    # Every thread of the load has ended.
+    assert len(os.listdir("/proc/self/task")) == threads
     del seen
     gc.collect()
     assert rss() - base < 32 << 20
@@ -90,7 +99,6 @@ def test_keyboard_interrupt_cancels_the_load(big_file):
     got = tsn.load_file(big_file)
     for name in ref:
         assert got[name].tobytes() == ref[name].tobytes()
-    assert time.perf_counter() - start > 0
 
 
 def test_keyboard_interrupt_from_a_signal(big_file):
