@@ -3,9 +3,10 @@
 //!
 //! # Who allocates
 //!
-//! The Python layer allocates every destination with the framework's own allocator
-//! (`numpy.empty`, `torch.empty(device=...)`) in the tensor's final dtype and shape,
-//! and this module fills it through [`tensorstream::Loader::load_into_host`] or, on
+//! The Python layer allocates every destination in the tensor's final dtype and shape
+//! as an array or tensor of the framework's own (host memory: NumPy arrays, each large
+//! one over an anonymous map of its own, which PyTorch CPU tensors share; CUDA:
+//! `torch.empty(device=...)`, PyTorch's caching allocator), and this module fills it through [`tensorstream::Loader::load_into_host`] or, on
 //! CUDA, `Loader::load_into_device`. Exporting the library's own buffers through
 //! DLPack instead (the `dlpark` crate) was weighed and not chosen: both are zero-copy,
 //! but DLPack hands the framework foreign memory with a foreign deleter, which keeps
