@@ -160,3 +160,21 @@ def test_threads_load_at_once(big_file):
     for k in range(4):
         name = f"layer.{k}.weight"
         assert np.array_equal(results[k][name], ref[name])
+
+
+def test_iterate_loads_at_most_one_batch_ahead():
+    from tensorstream import _common
+    calls = []
+
+    def load(batch):
+        calls.append([s[0] for s in batch])
+        return [(s[0], s) for s in batch]
+
+    specs = [(f"t{i}", "U8", "U8", [10], 10) for i in range(9)] + [("big", "U8", "U8", [50], 50)]
+    seen = []
+    for k, (name, _) in enumerate(_common.iterate(load, specs, 20)):
+        seen.append(name)
+        # While tensor k is yielded, its batch and at most the next one were asked for.
+        assert len(calls) <= k // 2 + 2
+    assert seen == [s[0] for s in specs]
+    assert calls == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6", "t7"], ["t8"], ["big"]]
