@@ -17,6 +17,9 @@
 #   kernels/convert.ptx   the committed PTX, for gpu/kernels.py
 #   wheels/               bench/wheels/*.whl, the peers for compare.py
 #                         (fetch them first with bench/gpu/download-wheels.sh)
+#   wheels-tensorstream/  the Python package as an abi3 wheel built with the same
+#                         features (pip wheel ./python), and pytest's wheels, for
+#                         gpu-check.sh's pytest step and compare.py
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
 # then prints the `carry` list and the commands to run there.
 #
@@ -103,6 +106,21 @@ while IFS=$'\t' read -r name exe; do
     strip_copy "$exe" "$BUNDLE/tests/$name"
     echo "  test binary $name  <- $exe"
 done <"$LOGDIR/tests.tsv"
+
+echo "== python wheel: pip wheel ./python ${FEATURES[*]:-}"
+mkdir -p "$BUNDLE/wheels-tensorstream"
+PEP517_FEATURES=""
+[ "${#FEATURES[@]}" -gt 0 ] && PEP517_FEATURES="--features cuda"
+if ! MATURIN_PEP517_ARGS="$PEP517_FEATURES" python3 -m pip wheel -q --no-deps -w "$BUNDLE/wheels-tensorstream" ./python >"$LOGDIR/wheel.txt" 2>&1; then
+    tail -30 "$LOGDIR/wheel.txt"
+    echo "gpu-bundle.sh: building the Python wheel FAILED (log $LOGDIR/wheel.txt)"
+    exit 1
+fi
+# pytest for the GPU machine's pytest step (pure-Python wheels; it may lack pytest).
+python3 -m pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+    -d "$BUNDLE/wheels-tensorstream" pytest >"$LOGDIR/pytest-wheels.txt" 2>&1 \
+    || echo "  could not download pytest's wheels: the GPU machine's own pytest will be used, if any"
+ls "$BUNDLE/wheels-tensorstream" | sed 's/^/  /'
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
 cp scripts/gpu-session.sh "$BUNDLE/gpu-session.sh"

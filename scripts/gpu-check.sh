@@ -16,6 +16,10 @@
 #      byte-identical, and match references from Python safetensors + torch;
 #   4. conversion kernels (gpu/kernels.py) on device-resident data against a D2D
 #      copy: the >= 0.70 goal (~5-20 s);
+#   4b. the Python package (wheels-tensorstream/, installed with --no-index into a
+#      scratch directory): pytest on python/tests with torch, on cuda:0 where
+#      there is one (every dtype and conversion against the CPU path, load_into,
+#      memory back to its baseline, a kernel launched at once on the result);
 #   5. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
 #      the limits measured in the same run (pinned H2D and D2D with PyTorch,
 #      raw O_DIRECT read rate) and conversion in real loads (--skip-timing: not run);
@@ -259,6 +263,23 @@ if [ "$HAVE_GPU" = 1 ]; then K_CUDA=yes; else K_CUDA=no; fi
 KT=$(min 60 "$(max 20 $(( $(left) - RES_END )))")
 run_step $((KT + 10)) "$PY" "$GPU_PY/gpucheck.py" kernels --out "$WORK/kernels.json" --cuda "$K_CUDA" --timeout "$KT"
 
+hr "python package: pytest python/tests (torch, cuda:0 where there is one)"
+PY_RC=0
+PY_TESTS=$B/../python/tests
+if ! ls "$B"/wheels-tensorstream/tensorstream-*.whl >/dev/null 2>&1; then
+    echo "  no tensorstream wheel in the bundle (scripts/gpu-bundle.sh builds it): skipped"
+elif [ ! -d "$PY_TESTS" ]; then
+    echo "  no python/tests beside the bundle (carry the checkout with it): skipped"
+else
+    PYT=$WORK/pyts
+    run_step 60 "$PY" -m pip install -q --no-deps --no-index --target "$PYT" "$B"/wheels-tensorstream/*.whl
+    PT=$(min 150 "$(max 45 $(( $(left) - RES_END - 60 )))")
+    (cd "$PY_TESTS" && PYTHONPATH="$PYT" run_step "$PT" "$PY" -m pytest -q -rs -p no:cacheprovider .) >"$WORK/pytest.txt" 2>&1
+    PY_RC=$?
+    tail -40 "$WORK/pytest.txt" | sed 's/^/  /'
+    echo "  (pytest exit $PY_RC)"
+fi
+
 hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion in real loads"
 # The one step the budget squeezes: what the others left, less the summary's share.
 TL=$(( $(left) - RES_END ))
@@ -277,6 +298,7 @@ run_step 60 "$PY" "$GPU_PY/gpucheck.py" summary --env "$WORK/env.json" --tests "
     --diff "$WORK/diff.json" --kernels "$WORK/kernels.json" --timing "$WORK/timing.json" --smi "$SMI" --out "$OUT/gpu-check.json"
 RC=$?
 [ "$DIFF_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
+[ "$PY_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
 if [ "$KEEP" = 0 ]; then rm -rf "$SCRATCH/synth" "$FIX"; fi
 rm -rf "$WORK"
 echo

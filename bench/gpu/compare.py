@@ -30,10 +30,15 @@ What it does:
     remaining runs are expected to take (from their own measured wall times)
     kept aside, so a short budget gives the key loaders all their runs and the
     others what is left; any load that would not fit is skipped and logged;
- 5. checks each loader's result: SHA-256 of a sample of tensors copied back
-    (largest, smallest, first/last by name, first of each shard, two more)
-    against the references; tensorstream's own output is checked with a full
-    `--digest` run of each of its configurations (untimed);
+ 5. checks each loader's result: every tensor of every timed run of every
+    in-process loader (tensorstream-py and the peers) by a fingerprint computed
+    where it landed, after the clock stops (byte count and two wrapping int64
+    sums of its 32-bit words, one position-weighted), against fingerprints of
+    the files' bytes computed the same way on the same device once; and SHA-256
+    of a sample of tensors copied back (largest, smallest, first/last by name,
+    first of each shard, two more) against the references; the CLI's output
+    (ts-default, ts-best) is checked with a full `--digest` run of each of its
+    configurations (untimed);
  6. writes one JSON line per load to OUT/gpu-results.jsonl
     {loader, temperature, run, gbps, seconds, bytes, peak_rss_bytes, device, ...}
     (plus lines with kind "limit", "verify", "skip"), a log OUT/compare.log and
@@ -47,7 +52,9 @@ Python loaders do before their clock starts); the whole is `seconds_with_init`,
 to torch.cuda.synchronize() after the last tensor, with torch imported and the
 CUDA context created before the clock starts (`init_s` is reported apart).
 
-Loaders: ts-default (tensorstream load --device cuda:0), ts-best (with
+Loaders: tensorstream-py (the Python package, in process like the peers:
+tensorstream.torch.load_file(index or file, device="cuda:0"); its wheel from
+--ts-wheels), ts-default (tensorstream load --device cuda:0), ts-best (with
 --ts-best-cold / --ts-best-warm arguments), instanttensor (default: direct I/O),
 instanttensor-buffered (BackendPolicy.BUFFERED, its advice for repeated loads),
 fastsafetensors (nogds=True), fastsafetensors-gds (nogds=False; the copier that
@@ -82,6 +89,7 @@ sys.path.insert(0, HERE)
 import tsbench as tb  # noqa: E402
 
 PEER_PACKAGES = {  # loader -> (wheel project name, import name)
+    "tensorstream-py": ("tensorstream", "tensorstream"),
     "instanttensor": ("instanttensor", "instanttensor"),
     "instanttensor-buffered": ("instanttensor", "instanttensor"),
     "fastsafetensors": ("fastsafetensors", "fastsafetensors"),
@@ -89,10 +97,10 @@ PEER_PACKAGES = {  # loader -> (wheel project name, import name)
     "safetensors": ("safetensors", "safetensors"),
     "runai": ("runai_model_streamer", "runai_model_streamer"),
 }
-ALL_LOADERS = ["ts-default", "ts-best", "instanttensor", "instanttensor-buffered", "fastsafetensors",
+ALL_LOADERS = ["tensorstream-py", "ts-default", "ts-best", "instanttensor", "instanttensor-buffered", "fastsafetensors",
                "fastsafetensors-gds", "safetensors", "runai"]
-KEY_LOADERS = ["ts-default", "instanttensor-buffered", "instanttensor", "safetensors"]
-CPU_CAPABLE = {"safetensors", "runai", "fastsafetensors", "stdlib"}  # loaders that can target the CPU (dry run)
+KEY_LOADERS = ["tensorstream-py", "ts-default", "instanttensor-buffered", "instanttensor", "safetensors"]
+CPU_CAPABLE = {"tensorstream-py", "safetensors", "runai", "fastsafetensors", "stdlib"}  # loaders that can target the CPU (dry run)
 
 
 # ---------------------------------------------------------------------------
@@ -106,7 +114,18 @@ def child_load(loader, files, device, info):
 
     dev = torch.device(device)
     out = {}
-    if loader == "safetensors":
+    if loader == "tensorstream-py":
+        import tensorstream
+        import tensorstream.torch as tst
+
+        info["version"] = tensorstream.__version__
+        info["module"] = os.path.dirname(tensorstream.__file__)
+        index = os.path.join(os.path.dirname(files[0]), "model.safetensors.index.json")
+        path = index if len(files) > 1 and os.path.exists(index) else None
+        info["path"] = path or "per file"
+        for f in [path] if path else files:
+            out.update(tst.load_file(f, device=dev))
+    elif loader == "safetensors":
         import safetensors
         from safetensors.torch import load_file
 
@@ -178,6 +197,48 @@ def pkg_version(name):
         return None
 
 
+FP_CHUNK = 1 << 26  # 32-bit words per step of a fingerprint: bounds its temporaries
+
+
+def fingerprint(t):
+    """"bytes:sum:weighted" of a tensor's bytes, computed where it lies: the wrapping
+    int64 sum of its little-endian 32-bit words (the last zero-padded), and the same
+    with word i weighted by i % 65521 + 1. Integer sums wrap the same whatever the
+    order, so the CPU and the GPU agree; a wrong, missing or moved byte changes them."""
+    import torch
+
+    b = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    n = b.numel()
+    if n % 4 or b.storage_offset() % 4:
+        b = torch.cat([b, b.new_zeros((-n) % 4)])
+    w = b.view(torch.int32)
+    s1 = torch.zeros((), dtype=torch.int64, device=b.device)
+    s2 = torch.zeros((), dtype=torch.int64, device=b.device)
+    for i in range(0, w.numel(), FP_CHUNK):
+        x = w[i:i + FP_CHUNK].to(torch.int64)
+        s1 += x.sum()
+        idx = torch.arange(i, i + x.numel(), dtype=torch.int64, device=b.device)
+        s2 += (x * (idx % 65521 + 1)).sum()
+    return "%d:%d:%d" % (n, s1.item(), s2.item())
+
+
+def child_fingerprints(files, device):
+    """The reference fingerprints: every tensor's bytes read from the files with
+    plain reads, moved to `device`, fingerprinted there."""
+    import torch
+
+    out = {}
+    for f in files:
+        start, ts, _ = tb.parse_header(f)
+        with open(f, "rb") as fh:
+            for name, e in ts.items():
+                fh.seek(start + e["begin"])
+                raw = bytearray(fh.read(e["end"] - e["begin"]))
+                t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+                out[name] = fingerprint(t.to(device))
+    return {"ok": True, "fingerprints": out}
+
+
 def child_stdlib(files, samples):
     """The dry-run loader: reads every tensor into host memory with pread."""
     t = time.perf_counter()
@@ -201,6 +262,8 @@ def child_main(a):
     samples = [s for s in (a.sample or "").split(",") if s]
     if a.child == "stdlib":
         return child_stdlib(files, samples)
+    if a.child == "fingerprints":
+        return child_fingerprints(files, a.device)
     res = {"ok": False}
     t0 = time.perf_counter()
     import torch
@@ -237,6 +300,7 @@ def child_main(a):
         c = x.detach().contiguous().reshape(-1).view(torch.uint8).cpu()
         sh[n] = hashlib.sha256(ctypes.string_at(c.data_ptr(), c.numel())).hexdigest() if c.numel() else hashlib.sha256(b"").hexdigest()
     res["samples"] = sh
+    res["fingerprints"] = {n: fingerprint(x) for n, x in tensors.items()}
     close = info.pop("_close", None)
     if close:
         for o in close:
@@ -319,9 +383,14 @@ def install_peers(a, log):
     status = {}
     if not os.path.isdir(a.wheels):
         log("  no wheel folder %s: only the peers already installed here can run" % a.wheels)
-        return status
-    wheels = sorted(f for f in os.listdir(a.wheels) if f.endswith(".whl"))
+    wheels = sorted(f for f in os.listdir(a.wheels) if f.endswith(".whl")) if os.path.isdir(a.wheels) else []
     log("  wheels in %s: %s" % (a.wheels, ", ".join(wheels) or "none"))
+    where = {w: os.path.join(a.wheels, w) for w in wheels}
+    if os.path.isdir(a.ts_wheels):  # the package under test, built by gpu-bundle.sh
+        for w in sorted(f for f in os.listdir(a.ts_wheels) if f.startswith("tensorstream-") and f.endswith(".whl")):
+            wheels.append(w)
+            where[w] = os.path.join(a.ts_wheels, w)
+    log("  tensorstream wheel: %s" % (", ".join(w for w in wheels if w.startswith("tensorstream-")) or "none in %s" % a.ts_wheels))
     os.makedirs(a.site, exist_ok=True)
     cross = sys.version_info[:2] != (3, 12)
     base = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
@@ -336,7 +405,7 @@ def install_peers(a, log):
         if not w:
             status[proj] = {"installed": False, "reason": "no wheel for %s in %s" % (proj, a.wheels)}
             continue
-        r = tb.run_child(base + [os.path.join(a.wheels, w)], 180)
+        r = tb.run_child(base + [where[w]], 180)
         ok = r["rc"] == 0
         status[proj] = {"installed": ok, "wheel": w, "reason": None if ok else tb.tail(r["stderr"] or r["stdout"], 400)}
         log("  install %-22s %s" % (w, "ok" if ok else "FAILED: " + status[proj]["reason"]))
@@ -347,7 +416,7 @@ def install_peers(a, log):
     for proj, st in status.items():
         if not st.get("installed"):
             continue
-        with zipfile.ZipFile(os.path.join(a.wheels, st["wheel"])) as z:
+        with zipfile.ZipFile(where[st["wheel"]]) as z:
             meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
             for line in z.read(meta).decode("utf-8", "replace").splitlines():
                 if line.startswith("Requires-Dist:") and "extra ==" not in line and "Windows" not in line:
@@ -362,7 +431,7 @@ def install_peers(a, log):
             log("  dependency %-14s MISSING and no wheel for it: loaders needing it may fail to import" % dep)
             status["dep:" + dep] = {"installed": False, "reason": "missing, no wheel"}
             continue
-        r = tb.run_child(base + [os.path.join(a.wheels, w)], 120)
+        r = tb.run_child(base + [where[w]], 120)
         status["dep:" + dep] = {"installed": r["rc"] == 0, "wheel": w}
         log("  dependency %-14s installed from %s: %s" % (dep, w, "ok" if r["rc"] == 0 else tb.tail(r["stderr"], 300)))
     return status
@@ -458,19 +527,26 @@ def run_one(a, loader, temp, path, files, samples, device, env):
         rec.update({"ok": True, "seconds": j["seconds"], "bytes": j["bytes"], "gbps": j["bytes"] / j["seconds"] / 1e9 if j["seconds"] else None,
                     "init_s": j.get("init_s"), "import_s": j.get("import_s"), "tensors": j.get("tensors"),
                     "vmhwm_bytes": j.get("vmhwm_bytes"), "gpu_peak_bytes": j.get("gpu_peak_bytes"),
-                    "info": j.get("info"), "samples": j.get("samples"), "on_device": j.get("on_device")})
+                    "info": j.get("info"), "samples": j.get("samples"), "on_device": j.get("on_device"),
+                    "fingerprints": j.get("fingerprints")})
     else:
         err = j.get("error") or ("rc=%s%s: %s" % (r["rc"], " (timed out)" if r["timed_out"] else "", tb.tail(r["stderr"] or r["stdout"], 500)))
         rec.update({"ok": False, "error": err, "traceback": j.get("traceback")})
     return rec
 
 
-def verify_samples(rec, ref, samples):
+def verify_samples(rec, ref, samples, ref_fp=None):
+    """The sample's SHA-256 and, with `ref_fp`, every tensor's fingerprint."""
     got = rec.pop("samples", None) or {}
     missing = [n for n in samples if n not in got]
     bad = [n for n in samples if n in got and got[n] != ref[n]]
+    fps = rec.pop("fingerprints", None) or {}
+    if ref_fp is not None:
+        missing += sorted(n for n in ref_fp if n not in fps and n not in samples)
+        bad += sorted(n for n in ref_fp if n in fps and fps[n] != ref_fp[n] and n not in bad)
     rec["verified"] = not missing and not bad
-    rec["verify"] = {"checked": len(got), "mismatched": bad, "missing": missing}
+    rec["verify"] = {"checked": len(got), "fingerprinted": len(fps) if ref_fp is not None else 0,
+                     "mismatched": bad[:10], "mismatch_count": len(bad), "missing": missing[:10]}
 
 
 def verify_ts(a, loader, temp, scope, path, device, ref, env, log):
@@ -631,6 +707,12 @@ def parent_main(a):
     tensor_bytes = sum(e["end"] - e["start"] for e in table.values())
     log("  references: %d tensors, %.2f GB hashed in %.1f s; sample of %d: %s" % (
         len(ref), tensor_bytes / 1e9, time.time() - t, len(samples), ", ".join(samples)))
+    t = time.time()
+    r = tb.run_child([sys.executable, os.path.abspath(__file__), "--child", "fingerprints", "--device", device, "--files"] + files,
+                     max(60, min(300, left() - 120)), env=env)
+    ref_fp = (tb.last_json(r["stdout"], "RESULT") or {}).get("fingerprints")
+    log("  fingerprints of every tensor on %s: %s" % (device, ("%d in %.1f s" % (len(ref_fp), time.time() - t)) if ref_fp
+                                                    else "FAILED (%s): in-process loads checked by the sample only" % tb.tail(r["stderr"], 300)))
     # -- limits ------------------------------------------------------------------------------
     log("== limits")
     limits = {}
@@ -777,7 +859,7 @@ def parent_main(a):
                     rec["verified"] = False
                     rec["verify"] = "bytes %s != %d" % (rec.get("bytes"), tensor_bytes)
             elif rec.get("ok"):
-                verify_samples(rec, ref, samples)
+                verify_samples(rec, ref, samples, ref_fp if loader != "stdlib" else None)
                 if rec.get("bytes") != tensor_bytes:
                     rec["verified"] = False
                     rec["verify"]["bytes"] = rec.get("bytes")
@@ -824,6 +906,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=bin_, help="tensorstream binary (default: %(default)s)")
     ap.add_argument("--wheels", default=wheels, help="folder of peer wheels (default: %(default)s)")
+    ap.add_argument("--ts-wheels", default=os.path.join(os.path.dirname(wheels), "wheels-tensorstream"),
+                    help="folder of the tensorstream wheel for tensorstream-py (default: %(default)s)")
     ap.add_argument("--site", default=None, help="where to install the wheels (default: a temp folder)")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(HERE, "..", "out"), help="results folder (default: $OUT)")
     ap.add_argument("--dir", default=os.environ.get("TS_SCRATCH"), help="scratch folder on a real disk (default: chosen)")
@@ -854,6 +938,7 @@ def main(argv=None):
         return child_entry(a)
     a.bin = os.path.abspath(a.bin)
     a.wheels = os.path.abspath(a.wheels)
+    a.ts_wheels = os.path.abspath(a.ts_wheels)
     if a.site is None:
         a.site = os.path.join(os.environ.get("TMPDIR", "/tmp"), "ts-peers-py%d%d" % sys.version_info[:2])
     return parent_main(a)

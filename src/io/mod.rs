@@ -177,8 +177,9 @@ pub(crate) struct Buf {
     pub len: usize,
     /// Index of the buffer registered with io_uring, when it is one.
     pub fixed: Option<u16>,
-    /// Memory never written before (a fresh destination rather than a reused slot):
-    /// engines that copy may populate its pages in one call before reading into it.
+    /// Memory that may never have been written (a fresh destination or the caller's
+    /// memory, rather than a reused slot): engines that copy may populate its pages in
+    /// one call before reading into it.
     pub fresh: bool,
 }
 

@@ -497,11 +497,14 @@ impl Sink for CallerSink<'_> {
     fn buffer(&mut self, file: usize, op: &ReadOp) -> Result<Option<Buf>> {
         if let Target::Raw { .. } = op.target {
             if let Some(ptr) = self.in_place(file, op) {
+                // The caller's memory is often a framework's new allocation, not yet
+                // faulted in: populating it per read on the reader threads is faster
+                // (pages already present cost a page-table walk). BENCHMARKS.md.
                 return Ok(Some(Buf {
                     ptr,
                     len: to_usize(op.len)?,
                     fixed: None,
-                    fresh: false,
+                    fresh: true,
                 }));
             }
         }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# CI: the Python package: its crate's fmt and clippy, a wheel built by pip from the
+# checkout, and its tests (pytest, CPU; PyTorch tests skip where torch is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "--- cargo fmt / clippy (python/)"
+cargo fmt --manifest-path python/Cargo.toml --check
+cargo clippy --manifest-path python/Cargo.toml --all-targets -- -D warnings
+cargo clippy --manifest-path python/Cargo.toml --all-targets --features cuda -- -D warnings
+
+echo "--- venv, pip install ./python"
+venv=target/python-ci
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q numpy ml_dtypes safetensors pytest
+"$venv/bin/python" -m pip install -q --force-reinstall --no-deps ./python
+
+echo "--- pytest python/tests"
+(cd python/tests && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider .)

@@ -1,0 +1,42 @@
+"""tensorstream: loads safetensors checkpoints into NumPy arrays and PyTorch tensors as
+fast as the hardware allows, with strict validation.
+
+- ``tensorstream.numpy.load_file(path)`` and ``tensorstream.torch.load_file(path,
+  device="cpu")``: drop-in for ``safetensors.numpy.load_file`` and
+  ``safetensors.torch.load_file``, for a file, a directory of shards or an index;
+- ``tensorstream.safe_open(path, framework="pt")``: drop-in for ``safetensors.safe_open``;
+- ``tensorstream.iter_tensors(path)``: ``(name, tensor)`` pairs as they land, in file
+  order, with bounded host memory;
+- ``tensorstream.torch.load_into(module, path)``: fills existing parameters in place.
+
+Loads release the GIL; Ctrl-C cancels them. An invalid file raises
+``SafetensorError`` (a ``ValueError``), an I/O failure ``OSError``.
+"""
+
+from ._native import SafetensorError
+from ._safe_open import safe_open
+
+
+def iter_tensors(path, device="cpu", *, framework="pt", dtype=None, only=None, rows=None,
+                 cols=None, io=None, batch_bytes=None):
+    """Yields ``(name, tensor)`` for the tensors of ``path`` in file order, loading the
+    next batch (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
+    one is being yielded: the first tensor arrives before the last bytes are read, and
+    the loader holds at most about two batches (on CUDA, in device memory; the host
+    holds only the staging). ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
+    (NumPy arrays). Other options as ``tensorstream.torch.load_file``."""
+    if framework in ("np", "numpy"):
+        from . import numpy as front
+        if str(device) != "cpu":
+            raise SafetensorError(f"NumPy arrays live on the cpu, not {device}")
+        return front.iter_tensors(path, dtype=dtype, only=only, rows=rows, cols=cols, io=io,
+                                  batch_bytes=batch_bytes)
+    if framework in ("pt", "torch"):
+        from . import torch as front
+        return front.iter_tensors(path, device, dtype=dtype, only=only, rows=rows, cols=cols,
+                                  io=io, batch_bytes=batch_bytes)
+    raise SafetensorError(f"framework {framework!r}: use 'pt' or 'np'")
+
+
+__all__ = ["SafetensorError", "safe_open", "iter_tensors"]
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""``safe_open``: drop-in for ``safetensors.safe_open`` (keys, metadata, get_tensor,
+get_slice), over a file, a directory of shards or an index. The headers are read
+once; each ``get_tensor`` loads one tensor, and ``get_slice(name)[a:b, c:d]`` reads
+only the rows (or the columns) asked for."""
+
+from . import _common
+from ._native import SafetensorError
+
+_GLOB = set("*?[")
+
+
+class safe_open:
+    """``with safe_open(path, framework="pt", device="cpu") as f:`` then
+    ``f.keys()``, ``f.metadata()``, ``f.get_tensor(name)``, ``f.get_slice(name)``.
+    ``framework``: "pt" (PyTorch) or "np" (NumPy)."""
+
+    def __init__(self, filename, framework, device="cpu"):
+        if framework in ("pt", "torch"):
+            from . import torch as front
+            dev = front.device_of(device)
+            self._loader = lambda **kw: front._loader(dev, **kw)
+            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld, dev)
+        elif framework in ("np", "numpy"):
+            from . import numpy as front
+            if str(device) != "cpu":
+                raise SafetensorError(f"NumPy arrays live on the cpu, not {device}")
+            self._loader = _common.loader
+            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld)
+        else:
+            raise SafetensorError(f"framework {framework!r}: use 'pt' or 'np'")
+        self._framework = "pt" if framework in ("pt", "torch") else "np"
+        self._ckpt = _common.native_checkpoint(filename)
+        self._info = {name: (dtype, shape) for name, dtype, shape in self._ckpt.tensors()}
+        # One loader for every get_tensor: on CUDA it pins its staging once.
+        self._whole = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def keys(self):
+        """The tensor names, sorted."""
+        return sorted(self._info)
+
+    def offset_keys(self):
+        """The tensor names in file order."""
+        return [name for name, _, _ in self._ckpt.tensors()]
+
+    def metadata(self):
+        """The ``__metadata__`` dict (of every shard, merged), or None."""
+        return self._ckpt.metadata()
+
+    def _spec(self, name):
+        if name not in self._info:
+            raise SafetensorError(f"File does not contain tensor {name}")
+
+    def _get(self, name, rows=None, cols=None):
+        if rows is None and cols is None:
+            if self._whole is None:
+                ld = self._loader()
+                self._whole = (ld, {s[0]: s for s in ld.plan(self._ckpt)})
+            ld, specs = self._whole
+            return self._load([specs[name]], ld)[0][1]
+        ld = self._loader(only=[name],
+                          rows=None if rows is None else [f"{name}={rows[0]}:{rows[1]}"],
+                          cols=None if cols is None else [f"{name}={cols[0]}:{cols[1]}"])
+        specs = [s for s in ld.plan(self._ckpt) if s[0] == name]
+        return self._load(specs, ld)[0][1]
+
+    def get_tensor(self, name):
+        """The whole tensor ``name``."""
+        self._spec(name)
+        return self._get(name)
+
+    def get_slice(self, name):
+        """A lazy slice of ``name``: ``get_shape()``, ``get_dtype()``, and indexing."""
+        self._spec(name)
+        return _Slice(self, name)
+
+
+class _Slice:
+    def __init__(self, owner, name):
+        self._owner = owner
+        self._name = name
+        self._dtype, self._shape = owner._info[name]
+
+    def get_shape(self):
+        return list(self._shape)
+
+    def get_dtype(self):
+        return self._dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rest = list(key)
+        rows = cols = None
+        shape = self._shape
+        plain = not (_GLOB & set(self._name)) and self._dtype not in ("F4", "F6_E2M3", "F6_E3M2")
+        if plain and len(rest) >= 1 and isinstance(rest[0], slice) and len(shape) >= 1:
+            a, b, step = rest[0].indices(shape[0])
+            if step == 1 and a < b and (a, b) != (0, shape[0]):
+                rows, rest[0] = (a, b), slice(None)
+        if plain and rows is None and len(rest) >= 2 and isinstance(rest[1], slice) \
+                and isinstance(rest[0], slice) and len(shape) >= 2:
+            a, b, step = rest[1].indices(shape[1])
+            if step == 1 and a < b and (a, b) != (0, shape[1]):
+                cols, rest[1] = (a, b), slice(None)
+        t = self._owner._get(self._name, rows, cols)
+        if all(isinstance(k, slice) and k == slice(None) for k in rest):
+            return t
+        t = t[tuple(rest)]
+        if self._owner._framework == "pt":
+            return t.contiguous()
+        import numpy as np
+        return np.ascontiguousarray(t)
