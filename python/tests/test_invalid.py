@@ -94,10 +94,17 @@ def test_index_escaping_its_directory(tmp_path):
         tsn.load_file(str(index))
 
 
-def test_zip_file_is_named_as_such(tmp_path):
+def test_pickle_that_would_run_code_is_refused_naming_the_global(tmp_path):
+    # A PyTorch zip checkpoint is read by its contents, whatever its name; a pickle
+    # calling os.system is refused, and nothing runs.
     import zipfile
     path = tmp_path / "pytorch_model.safetensors"
+    marker = tmp_path / "ran"
+    payload = f"touch {marker}".encode()
+    pkl = (b"\x80\x02cposix\nsystem\nq\x00X" + len(payload).to_bytes(4, "little")
+           + payload + b"q\x01\x85q\x02Rq\x03.")
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(tensorstream.SafetensorError, match="pytorch_model"):
+        z.writestr("archive/data.pkl", pkl)
+    with pytest.raises(tensorstream.SafetensorError, match="posix.system"):
         tsn.load_file(str(path))
+    assert not marker.exists()
