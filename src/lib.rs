@@ -49,6 +49,8 @@
     )
 )]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 mod error;
 mod format;
 mod io;
