@@ -211,7 +211,7 @@ fn load_checkpoint(
     let tensors = match device {
         Device::Cpu => load_cpu(&loader, ckpt, wanted)?,
         #[cfg(tensorstream_candle_cuda)]
-        Device::Cuda(dev) => crate::sink::cuda::candle::load(&loader, ckpt, dev, wanted)?,
+        Device::Cuda(dev) => cuda::load(&loader, ckpt, dev, wanted)?,
         #[cfg(not(tensorstream_candle_cuda))]
         Device::Cuda(_) => {
             return Err(Error::Unsupported(
@@ -451,6 +451,180 @@ fn widen_u16(v: &mut [u32]) {
     }
 }
 
+/// U16 values, as the pairs of little-endian bytes of U8 tensor `pairs`, widened to
+/// a U32 tensor of `shape` by candle's own ops (on the tensor's device).
+#[cfg_attr(not(tensorstream_candle_cuda), allow(dead_code))]
+fn widen_u16_pairs(pairs: &Tensor, shape: &[usize]) -> candle_core::Result<Tensor> {
+    let pairs = pairs.reshape(((), 2))?.to_dtype(DType::U32)?;
+    let low = pairs.narrow(1, 0, 1)?;
+    let high = (pairs.narrow(1, 1, 1)? * 256.0)?;
+    (high + low)?.reshape(shape)
+}
+
+/// The CUDA path: candle's `CudaDevice` allocates, the loader fills.
+#[cfg(tensorstream_candle_cuda)]
+mod cuda {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice};
+    use candle_core::{CudaDevice, DType, DeviceLocation, Storage, Tensor};
+    use cudarc::driver::{CudaSlice, DevicePtrMut};
+
+    use super::{widen_u16_pairs, Wanted};
+    use crate::checkpoint::Checkpoint;
+    use crate::dtype::Dtype;
+    use crate::error::{quoted, Error, Result};
+    use crate::load::{Device, Loader};
+    use crate::sink::cuda::DeviceRegion;
+
+    /// The tensors `wanted` of `ckpt`, each read by `loader` into memory that `dev`
+    /// allocated on its stream, then wrapped as candle's storage.
+    pub(super) fn load(
+        loader: &Loader,
+        ckpt: &Checkpoint,
+        dev: &CudaDevice,
+        wanted: Vec<Wanted>,
+    ) -> Result<HashMap<String, (Tensor, PathBuf)>> {
+        let DeviceLocation::Cuda { gpu_id } = candle_core::backend::BackendDevice::location(dev)
+        else {
+            return Err(Error::InvalidArgument("internal: not a CUDA device".into()));
+        };
+        let loader = loader.clone().device(Device::Cuda(gpu_id));
+        let stream = dev.cuda_stream();
+        let mut slots = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let slot = Slot::alloc(dev, &w)?;
+            slots.push((w, slot));
+        }
+        if !slots.is_empty() {
+            let mut regions: HashMap<String, DeviceRegion> = HashMap::with_capacity(slots.len());
+            for (w, slot) in &mut slots {
+                let ptr = slot.ptr(&stream);
+                regions.insert(
+                    w.name.clone(),
+                    DeviceRegion {
+                        ptr,
+                        len: w.len,
+                        dtype: w.dtype,
+                    },
+                );
+            }
+            // SAFETY: each region is a fresh allocation of `dev` (its zeroing queued on
+            // candle's stream in the device's primary context, which the load waits for),
+            // of exactly the tensor's length in its dtype; the allocations live in
+            // `slots` until this call returns, and nothing else holds them: no host
+            // access, no other work, until they are wrapped as tensors below.
+            unsafe { loader.load_into_device(ckpt, |spec| regions.remove(spec.name)) }?;
+        }
+        slots
+            .into_iter()
+            .map(|(w, slot)| {
+                let storage = Storage::Cuda(CudaStorage {
+                    slice: slot.0,
+                    device: dev.clone(),
+                });
+                let candle_err = |e: candle_core::Error| {
+                    Error::Cuda(format!(
+                        "{}: tensor {}: {e}",
+                        w.file.display(),
+                        quoted(&w.name)
+                    ))
+                };
+                let tensor = if w.dtype == Dtype::U16 {
+                    let pairs = Tensor::from_storage(
+                        storage,
+                        w.len,
+                        candle_core::op::BackpropOp::none(),
+                        false,
+                    );
+                    widen_u16_pairs(&pairs, &w.shape).map_err(candle_err)?
+                } else {
+                    Tensor::from_storage(
+                        storage,
+                        w.shape.clone(),
+                        candle_core::op::BackpropOp::none(),
+                        false,
+                    )
+                };
+                Ok((w.name, (tensor, w.file)))
+            })
+            .collect()
+    }
+
+    /// One tensor's device memory, of candle's type for it.
+    struct Slot(CudaStorageSlice);
+
+    impl Slot {
+        /// Zeroed memory of `dev` for tensor `w` (U16 as its bytes, widened once loaded).
+        fn alloc(dev: &CudaDevice, w: &Wanted) -> Result<Slot> {
+            let err = |e: candle_core::Error| {
+                Error::Cuda(format!(
+                    "{}: tensor {}: allocating {} bytes: {e}",
+                    w.file.display(),
+                    quoted(&w.name),
+                    w.len
+                ))
+            };
+            let n = |size: usize| w.len / size;
+            Ok(Slot(match w.candle {
+                DType::U32 if w.dtype == Dtype::U16 => {
+                    CudaStorageSlice::U8(dev.alloc_zeros(w.len).map_err(err)?)
+                }
+                DType::U8 => CudaStorageSlice::U8(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::U32 => CudaStorageSlice::U32(dev.alloc_zeros(n(4)).map_err(err)?),
+                DType::I16 => CudaStorageSlice::I16(dev.alloc_zeros(n(2)).map_err(err)?),
+                DType::I32 => CudaStorageSlice::I32(dev.alloc_zeros(n(4)).map_err(err)?),
+                DType::I64 => CudaStorageSlice::I64(dev.alloc_zeros(n(8)).map_err(err)?),
+                DType::BF16 => CudaStorageSlice::BF16(dev.alloc_zeros(n(2)).map_err(err)?),
+                DType::F16 => CudaStorageSlice::F16(dev.alloc_zeros(n(2)).map_err(err)?),
+                DType::F32 => CudaStorageSlice::F32(dev.alloc_zeros(n(4)).map_err(err)?),
+                DType::F64 => CudaStorageSlice::F64(dev.alloc_zeros(n(8)).map_err(err)?),
+                DType::F8E4M3 => CudaStorageSlice::F8E4M3(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::F6E2M3 => CudaStorageSlice::F6E2M3(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::F6E3M2 => CudaStorageSlice::F6E3M2(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::F4 => CudaStorageSlice::F4(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::F8E8M0 => CudaStorageSlice::F8E8M0(dev.alloc_zeros(n(1)).map_err(err)?),
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "{}: tensor {}: no candle CUDA buffer for {other:?}",
+                        w.file.display(),
+                        quoted(&w.name)
+                    )))
+                }
+            }))
+        }
+
+        /// The device address of the memory (its write recorded on `stream`, which the
+        /// load's wait for the context covers).
+        fn ptr(&mut self, stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> u64 {
+            fn of<T>(
+                s: &mut CudaSlice<T>,
+                stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+            ) -> u64 {
+                let (ptr, _record) = s.device_ptr_mut(stream);
+                ptr
+            }
+            match &mut self.0 {
+                CudaStorageSlice::U8(s)
+                | CudaStorageSlice::F6E2M3(s)
+                | CudaStorageSlice::F6E3M2(s)
+                | CudaStorageSlice::F4(s)
+                | CudaStorageSlice::F8E8M0(s) => of(s, stream),
+                CudaStorageSlice::U32(s) => of(s, stream),
+                CudaStorageSlice::I16(s) => of(s, stream),
+                CudaStorageSlice::I32(s) => of(s, stream),
+                CudaStorageSlice::I64(s) => of(s, stream),
+                CudaStorageSlice::BF16(s) => of(s, stream),
+                CudaStorageSlice::F16(s) => of(s, stream),
+                CudaStorageSlice::F32(s) => of(s, stream),
+                CudaStorageSlice::F64(s) => of(s, stream),
+                CudaStorageSlice::F8E4M3(s) => of(s, stream),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +640,18 @@ mod tests {
         widen_u16(&mut v);
         let want: Vec<u32> = values.iter().map(|&x| u32::from(x)).collect();
         assert_eq!(v, want);
+    }
+
+    #[test]
+    fn u16_pairs_widen_with_candle_ops() {
+        let values: Vec<u16> = (0..600u32).map(|i| (i * 40503 % 65536) as u16).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let pairs = Tensor::new(bytes.as_slice(), &Device::Cpu).unwrap();
+        let wide = widen_u16_pairs(&pairs, &[20, 30]).unwrap();
+        assert_eq!(wide.dims(), [20, 30]);
+        let got = wide.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let want: Vec<u32> = values.iter().map(|&x| u32::from(x)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

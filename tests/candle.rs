@@ -463,3 +463,138 @@ fn bad_input_is_an_error_naming_the_file() {
     let missing = tensorstream::candle::load(dir.path().join("nope"), &Device::Cpu, None);
     assert!(missing.is_err());
 }
+
+#[allow(dead_code)]
+#[path = "../examples/candle_bert.rs"]
+mod bert;
+
+/// all-MiniLM-L6-v2, fetched by scripts/fetch-minilm.sh (CI runs it first).
+fn minilm() -> Option<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minilm");
+    if dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else if std::env::var_os("CI").is_some() {
+        panic!("{} is absent: CI runs .ci/candle.sh first", dir.display())
+    } else {
+        eprintln!(
+            "skipping: {} is absent (run scripts/fetch-minilm.sh)",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn bert_weights_and_embedding_equal_candles_own_loading() {
+    let Some(dir) = minilm() else { return };
+    let weights = dir.join("model.safetensors");
+    let ours = tensorstream::candle::load(&weights, &Device::Cpu, None).unwrap();
+    let theirs = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    assert_eq!(ours.len(), 105 - 1, "every tensor of the checkpoint");
+    assert_same(&ours, &theirs);
+
+    let e = bert::embeddings(&dir, &Device::Cpu, bert::SENTENCE).unwrap();
+    assert_eq!(e.ours.len(), 384);
+    assert!(e.tokens > 5, "{} tokens", e.tokens);
+    assert!(bert::same_bits(&e.ours, &e.theirs), "embeddings differ");
+    let norm: f32 = e.ours.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    assert!(e.ours.iter().all(|x| x.is_finite()) && e.ours.iter().any(|&x| x != 0.0));
+}
+
+/// On a GPU (a build with TENSORSTREAM_CANDLE_CUDA=1): the same tensors as candle's
+/// own loading onto the device, conversions, and a candle op queued at once.
+#[cfg(tensorstream_candle_cuda)]
+mod cuda {
+    use super::*;
+
+    fn gpu() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipping: no CUDA device for candle: {e}");
+                None
+            }
+        }
+    }
+
+    fn on_cpu(ts: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+        ts.iter()
+            .map(|(n, t)| {
+                assert!(t.device().is_cuda(), "{n} is not on the GPU");
+                (n.clone(), t.to_device(&Device::Cpu).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_candle_dtype_on_cuda_equals_candle_load() {
+        let Some(gpu) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        // Raw F4/F6/F8_E8M0 tensors do not copy back to the host in candle: left out.
+        let specs: Vec<Spec> = candle_fixture(21)
+            .into_iter()
+            .filter(|s| {
+                !matches!(
+                    s.dtype,
+                    Dtype::F4 | Dtype::F6_E2M3 | Dtype::F6_E3M2 | Dtype::F8_E8M0
+                )
+            })
+            .collect();
+        write_file(&path, &specs, 0);
+        let theirs = candle_core::safetensors::load(&path, &gpu).unwrap();
+        let ours = tensorstream::candle::load(&path, &gpu, None).unwrap();
+        assert_same(&on_cpu(&ours), &on_cpu(&theirs));
+    }
+
+    #[test]
+    fn conversions_on_cuda_equal_the_cpu_path() {
+        let Some(gpu) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut r = rng(22);
+        let specs: Vec<Spec> = [
+            Dtype::F32,
+            Dtype::F16,
+            Dtype::BF16,
+            Dtype::F8_E4M3,
+            Dtype::F8_E5M2,
+            Dtype::F8_E8M0,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| Spec::random(format!("w{i}"), d, &[129, 65], &mut r))
+        .collect();
+        write_file(&path, &specs, 0);
+        for target in [DType::F32, DType::F16, DType::BF16] {
+            let cpu = tensorstream::candle::load(&path, &Device::Cpu, Some(target)).unwrap();
+            let ours = tensorstream::candle::load(&path, &gpu, Some(target)).unwrap();
+            assert_same(&on_cpu(&ours), &cpu);
+        }
+    }
+
+    #[test]
+    fn a_candle_op_queued_at_once_sees_the_loaded_values() {
+        let Some(gpu) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let a: Vec<f32> = (0..4096 * 256)
+            .map(|i| ((i * 37 % 101) as f32) - 50.0)
+            .collect();
+        let spec = Spec {
+            name: "a".into(),
+            dtype: Dtype::F32,
+            shape: vec![4096, 256],
+            data: bytemuck::cast_slice(&a).to_vec(),
+        };
+        write_file(&path, &[spec], 0);
+        let want = Tensor::from_vec(a, (4096, 256), &Device::Cpu).unwrap();
+        let want = want.sum_keepdim(1).unwrap().to_vec2::<f32>().unwrap();
+        for _ in 0..5 {
+            let ours = tensorstream::candle::load(&path, &gpu, None).unwrap();
+            let got = ours["a"].sum_keepdim(1).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(got, want);
+        }
+    }
+}
