@@ -196,6 +196,8 @@ pub(crate) struct Wanted {
     pub(crate) shape: Vec<usize>,
     /// Bytes once loaded as `dtype`.
     pub(crate) len: usize,
+    /// Its place in the order the load reads the tensors.
+    pub(crate) order: usize,
 }
 
 /// The tensors of `ckpt` that `loader` selects, loaded on `device` with floating ones
@@ -277,7 +279,8 @@ fn selected(loader: &Loader, ckpt: &Checkpoint) -> Result<Vec<Wanted>> {
     }
     specs
         .into_iter()
-        .map(|(name, file, file_dtype, dtype, shape, len)| {
+        .enumerate()
+        .map(|(order, (name, file, file_dtype, dtype, shape, len))| {
             let candle = candle_dtype(dtype).ok_or_else(|| {
                 let hint = if file_dtype.is_convertible_float() {
                     " (load it with dtype F32, F16 or BF16 to convert it)"
@@ -302,6 +305,7 @@ fn selected(loader: &Loader, ckpt: &Checkpoint) -> Result<Vec<Wanted>> {
                 candle,
                 shape,
                 len,
+                order,
             })
         })
         .collect()
@@ -349,15 +353,38 @@ fn load_cpu(
     }
     if !buffers.is_empty() {
         let mut free: HashMap<&str, (Dtype, &mut [u8])> = HashMap::with_capacity(buffers.len());
+        let mut ranges = Vec::with_capacity(buffers.len());
         for (name, (w, storage)) in buffers.iter_mut() {
             let bytes = bytes_mut(storage)
                 .get_mut(..w.len)
                 .ok_or_else(|| Error::InvalidArgument("internal: candle buffer".into()))?;
+            ranges.push((w.order, bytes.as_ptr() as usize, bytes.len()));
             free.insert(name.as_str(), (w.dtype, bytes));
         }
-        loader.load_into_host(ckpt, |spec| {
-            let (dtype, bytes) = free.remove(spec.name)?;
-            Some(HostRegion { bytes, dtype })
+        ranges.sort_unstable();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = &stop;
+        std::thread::scope(|s| {
+            // Fresh buffers are backed ahead of the reads, in the order they are read, on
+            // a second thread: faulting their pages in one by one inside the reads costs
+            // more (BENCHMARKS.md, "candle").
+            s.spawn(move || {
+                const STEP: usize = 4 << 20;
+                for (_, addr, len) in ranges {
+                    for off in (0..len).step_by(STEP) {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let _ = crate::io::populate_range(addr + off, STEP.min(len - off));
+                    }
+                }
+            });
+            let loaded = loader.load_into_host(ckpt, |spec| {
+                let (dtype, bytes) = free.remove(spec.name)?;
+                Some(HostRegion { bytes, dtype })
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            loaded
         })?;
     }
     Ok(buffers
