@@ -10,12 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PINS=("nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85")
+# nvcc's own dependencies pinned too: a newer NVVM emits PTX its ptxas refuses.
+PINS=("nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88"
+      "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85")
 VENV=target/candle-cuda-venv
 if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -m pip show --quiet nvidia-cuda-nvcc >/dev/null 2>&1; then
+installed() { # "yes" when the venv holds exactly the pinned versions
+    "$VENV/bin/python" - "${PINS[@]}" <<'PY' 2>/dev/null || true
+import importlib.metadata as m, sys
+ok = all(m.version(p.split("==")[0]) == p.split("==")[1] for p in sys.argv[1:])
+print("yes" if ok else "no")
+PY
+}
+if [[ "$(installed)" != "yes" ]]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
 fi
 CU="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"

@@ -18,11 +18,14 @@
 //! ```
 //!
 //! On the CPU each tensor is read (through [`Loader::load_into_host`]) into the buffer
-//! that candle's tensor then owns: no second copy. On CUDA (a build with the `cuda`
-//! feature and candle's CUDA backend; see the crate's README) each tensor lands in memory
-//! allocated by candle's `CudaDevice`, through `Loader::load_into_device`, which
-//! returns once the copies are complete: work that candle queues afterwards sees the
-//! loaded bytes.
+//! that candle's tensor then owns: no second copy. On CUDA each tensor lands in memory
+//! allocated by candle's `CudaDevice` on its stream, through `Loader::load_into_device`,
+//! which first waits for the work queued in the device's primary context (candle's
+//! too) and returns once its copies are complete: work that candle queues afterwards
+//! sees the loaded bytes. The CUDA path needs the `candle` and `cuda` features, candle's
+//! own `cuda` feature, and `TENSORSTREAM_CANDLE_CUDA=1` at build time (not a feature,
+//! so that `--all-features` builds without the CUDA toolkit candle's kernels need);
+//! without it a CUDA device is an error saying so.
 //!
 //! The dtypes are candle's: U8, U32, I16, I32, I64, BF16, F16, F32, F64, F8_E4M3 and the
 //! raw F6_E2M3, F6_E3M2, F4 and F8_E8M0; U16 widens to U32 as in
