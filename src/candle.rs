@@ -189,18 +189,18 @@ impl SimpleBackend for Backend {
 }
 
 /// One tensor the load selected: what [`TensorSpec`] says of it, owned.
-pub(crate) struct Wanted {
-    pub(crate) name: String,
-    pub(crate) file: PathBuf,
+struct Wanted {
+    name: String,
+    file: PathBuf,
     /// Its dtype once loaded (after conversion), in the file's terms.
-    pub(crate) dtype: Dtype,
+    dtype: Dtype,
     /// The same as candle's: U16 widened to U32.
-    pub(crate) candle: DType,
-    pub(crate) shape: Vec<usize>,
+    candle: DType,
+    shape: Vec<usize>,
     /// Bytes once loaded as `dtype`.
-    pub(crate) len: usize,
+    len: usize,
     /// Its place in the order the load reads the tensors.
-    pub(crate) order: usize,
+    order: usize,
 }
 
 /// The tensors of `ckpt` that `loader` selects, loaded on `device` with floating ones
@@ -316,7 +316,7 @@ fn selected(loader: &Loader, ckpt: &Checkpoint) -> Result<Vec<Wanted>> {
 
 /// candle's dtype for a tensor loaded as `dtype`, as `candle_core::safetensors` maps
 /// it (U16 widened to U32); `None` where candle has none.
-pub(crate) fn candle_dtype(dtype: Dtype) -> Option<DType> {
+fn candle_dtype(dtype: Dtype) -> Option<DType> {
     Some(match dtype {
         Dtype::U8 => DType::U8,
         Dtype::U16 | Dtype::U32 => DType::U32,
