@@ -17,12 +17,28 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-changed={PTX}");
+    candle_cuda();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
     if let Err(e) = check() {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// `tensorstream::candle` on candle's CUDA device: needs candle's `cuda` feature, which
+/// `--all-features` must not turn on (it links the CUDA libraries and needs nvcc), so it
+/// is asked for by TENSORSTREAM_CANDLE_CUDA=1 with the `candle` and `cuda` features.
+fn candle_cuda() {
+    println!("cargo:rustc-check-cfg=cfg(tensorstream_candle_cuda)");
+    println!("cargo:rerun-if-env-changed=TENSORSTREAM_CANDLE_CUDA");
+    let on = |v: &str| std::env::var_os(v).is_some();
+    if on("CARGO_FEATURE_CANDLE")
+        && on("CARGO_FEATURE_CUDA")
+        && std::env::var("TENSORSTREAM_CANDLE_CUDA").is_ok_and(|v| v == "1")
+    {
+        println!("cargo:rustc-cfg=tensorstream_candle_cuda");
     }
 }
 

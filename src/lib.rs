@@ -50,6 +50,8 @@
     )
 )]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 mod error;
 mod format;
 mod io;
