@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{pytorch_fixture, unhex};
 use tensorstream::internals::convert_pytorch;
 use tensorstream::{Dtype, ErrorKind, Loader};
 
@@ -15,27 +17,10 @@ struct Expected {
     bytes: Vec<u8>,
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// Writes the fixture `case` into `dir` and returns its path and expected tensors.
 fn fixture(dir: &Path, case: &str) -> (PathBuf, BTreeMap<String, Expected>) {
     let path = dir.join(format!("{case}.bin"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pytorch_fixtures.py");
-    let st = Command::new("python3")
-        .arg(&script)
-        .arg(case)
-        .arg(&path)
-        .status()
-        .expect("python3 is needed for these tests");
-    assert!(st.success(), "pytorch_fixtures.py {case} failed");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{case}.bin.json"))).unwrap())
-            .unwrap();
+    let json = pytorch_fixture(case, &path);
     let mut want = BTreeMap::new();
     for (name, t) in json["tensors"].as_object().unwrap() {
         let shape = t["shape"].as_array().unwrap();

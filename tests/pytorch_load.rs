@@ -6,29 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{pytorch_fixture, unhex};
 use tensorstream::internals::convert_pytorch;
 use tensorstream::{Checkpoint, Dtype, HostRegion, IoBackend, Loader, TensorSpec};
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// Writes fixture `case` to `dir/NAME` and returns its path and each tensor's bytes.
 fn fixture(dir: &Path, case: &str, name: &str) -> (PathBuf, BTreeMap<String, Vec<u8>>) {
     let path = dir.join(name);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pytorch_fixtures.py");
-    let st = Command::new("python3")
-        .arg(&script)
-        .arg(case)
-        .arg(&path)
-        .status()
-        .expect("python3 is needed for these tests");
-    assert!(st.success(), "pytorch_fixtures.py {case} failed");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let json = pytorch_fixture(case, &path);
     let want = json["tensors"]
         .as_object()
         .unwrap()

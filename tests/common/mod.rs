@@ -262,3 +262,28 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Bytes of a hex string (the fixture writers' JSON).
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Writes PyTorch fixture `case` to `path` with tests/pytorch_fixtures.py (laid out as
+/// `torch.save` lays it out, no PyTorch needed) and returns the JSON it writes beside
+/// it (`PATH.json`: every tensor's dtype, shape and bytes, and the skipped entries).
+pub fn pytorch_fixture(case: &str, path: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pytorch_fixtures.py");
+    let st = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(case)
+        .arg(path)
+        .status()
+        .expect("python3 is needed for these tests");
+    assert!(st.success(), "pytorch_fixtures.py {case} failed");
+    let mut json = path.as_os_str().to_owned();
+    json.push(".json");
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
