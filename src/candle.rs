@@ -199,8 +199,6 @@ struct Wanted {
     shape: Vec<usize>,
     /// Bytes once loaded as `dtype`.
     len: usize,
-    /// Its place in the order the load reads the tensors.
-    order: usize,
 }
 
 /// The tensors of `ckpt` that `loader` selects, loaded on `device` with floating ones
@@ -282,8 +280,7 @@ fn selected(loader: &Loader, ckpt: &Checkpoint) -> Result<Vec<Wanted>> {
     }
     specs
         .into_iter()
-        .enumerate()
-        .map(|(order, (name, file, file_dtype, dtype, shape, len))| {
+        .map(|(name, file, file_dtype, dtype, shape, len)| {
             let candle = candle_dtype(dtype).ok_or_else(|| {
                 let hint = if file_dtype.is_convertible_float() {
                     " (load it with dtype F32, F16 or BF16 to convert it)"
@@ -308,7 +305,6 @@ fn selected(loader: &Loader, ckpt: &Checkpoint) -> Result<Vec<Wanted>> {
                 candle,
                 shape,
                 len,
-                order,
             })
         })
         .collect()
@@ -356,38 +352,18 @@ fn load_cpu(
     }
     if !buffers.is_empty() {
         let mut free: HashMap<&str, (Dtype, &mut [u8])> = HashMap::with_capacity(buffers.len());
-        let mut ranges = Vec::with_capacity(buffers.len());
         for (name, (w, storage)) in buffers.iter_mut() {
             let bytes = bytes_mut(storage)
                 .get_mut(..w.len)
                 .ok_or_else(|| Error::InvalidArgument("internal: candle buffer".into()))?;
-            ranges.push((w.order, bytes.as_ptr() as usize, bytes.len()));
             free.insert(name.as_str(), (w.dtype, bytes));
         }
-        ranges.sort_unstable();
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let stop = &stop;
-        std::thread::scope(|s| {
-            // Fresh buffers are backed ahead of the reads, in the order they are read, on
-            // a second thread: faulting their pages in one by one inside the reads costs
-            // more (BENCHMARKS.md, "candle").
-            s.spawn(move || {
-                const STEP: usize = 4 << 20;
-                for (_, addr, len) in ranges {
-                    for off in (0..len).step_by(STEP) {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
-                        }
-                        let _ = crate::io::populate_range(addr + off, STEP.min(len - off));
-                    }
-                }
-            });
-            let loaded = loader.load_into_host(ckpt, |spec| {
-                let (dtype, bytes) = free.remove(spec.name)?;
-                Some(HostRegion { bytes, dtype })
-            });
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            loaded
+        // The reader threads back each read's part of these fresh buffers just before
+        // filling it (`load_into_host` treats the caller's memory as fresh); a thread
+        // of our own backing them ahead measured slower (BENCHMARKS.md, "candle").
+        loader.load_into_host(ckpt, |spec| {
+            let (dtype, bytes) = free.remove(spec.name)?;
+            Some(HostRegion { bytes, dtype })
         })?;
     }
     Ok(buffers
