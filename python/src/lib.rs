@@ -258,19 +258,15 @@ impl PyLoader {
         &self,
         py: Python<'_>,
         ckpt: &Checkpoint,
-        regions: Vec<(String, Bound<'_, PyAny>, String)>,
+        regions: Vec<regions::Dest<'_>>,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyDict>> {
-        let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
-        let mut chosen = regions::host_regions(&objs, |i| {
-            let (name, _, dt) = regions.get(i)?;
-            Some((name.clone(), dt.clone()))
-        })?;
+        // The regions borrow `regions`, which holds the arrays until this returns.
+        let mut chosen = regions::host_regions(&regions)?;
         let ckpt = &ckpt.inner;
         let stats = run::run(py, self.loader.clone(), progress.as_ref(), move |l| {
             l.load_into_host(ckpt, |t| chosen.remove(t.name))
         })?;
-        drop(objs);
         stats_dict(py, &stats)
     }
 
@@ -283,19 +279,15 @@ impl PyLoader {
         &self,
         py: Python<'_>,
         ckpt: &Checkpoint,
-        regions: Vec<(String, Bound<'_, PyAny>, String)>,
+        regions: Vec<regions::Dest<'_>>,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyDict>> {
-        let objs: Vec<Bound<'_, PyAny>> = regions.iter().map(|r| r.1.clone()).collect();
-        let chosen = regions::device_regions(&objs, |i| {
-            let (name, _, dt) = regions.get(i)?;
-            Some((name.clone(), dt.clone()))
-        })?;
+        // `regions` holds the tensors, and so their memory, until this returns.
+        let chosen = regions::device_regions(&regions)?;
         let ckpt = &ckpt.inner;
         let stats = run::run(py, self.loader.clone(), progress.as_ref(), move |l| {
             regions::load_device(l, ckpt, chosen)
         })?;
-        drop(objs);
         stats_dict(py, &stats)
     }
 }

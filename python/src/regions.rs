@@ -14,6 +14,10 @@ use tensorstream::{Dtype, HostRegion};
 
 use crate::bad_arg;
 
+/// One destination as the Python layer hands it over: tensor name, a `uint8` view of
+/// the memory, and the dtype to load the tensor as.
+pub(crate) type Dest<'py> = (String, Bound<'py, PyAny>, String);
+
 /// Address and length of a writable, contiguous, one-dimensional `uint8` array, read
 /// from its array interface `attr`.
 fn interface(obj: &Bound<'_, PyAny>, attr: &str) -> PyResult<(usize, usize)> {
@@ -42,11 +46,12 @@ fn interface(obj: &Bound<'_, PyAny>, attr: &str) -> PyResult<(usize, usize)> {
     Ok((ptr, len))
 }
 
-/// The address ranges of `objs` read through `attr`, refused when two overlap.
-fn ranges(objs: &[Bound<'_, PyAny>], attr: &str) -> PyResult<Vec<(usize, usize)>> {
-    let ranges = objs
+/// The address ranges of the destinations read through `attr`, refused when two
+/// overlap.
+fn ranges(dests: &[Dest<'_>], attr: &str) -> PyResult<Vec<(usize, usize)>> {
+    let ranges = dests
         .iter()
-        .map(|o| interface(o, attr))
+        .map(|(_, o, _)| interface(o, attr))
         .collect::<PyResult<Vec<_>>>()?;
     let mut sorted: Vec<(usize, usize)> = ranges.iter().copied().filter(|r| r.1 > 0).collect();
     sorted.sort_unstable();
@@ -59,31 +64,27 @@ fn ranges(objs: &[Bound<'_, PyAny>], attr: &str) -> PyResult<Vec<(usize, usize)>
     Ok(ranges)
 }
 
-/// The name and dtype of destination `i`, parsed.
-fn named(meta: &impl Fn(usize) -> Option<(String, String)>, i: usize) -> PyResult<(String, Dtype)> {
-    let (name, dtype) = meta(i).ok_or_else(|| bad_arg("a destination without a name"))?;
-    let dtype = dtype.parse::<Dtype>().map_err(bad_arg)?;
-    Ok((name, dtype))
+/// The dtype destination `d` asks for, parsed.
+fn dtype_of(d: &Dest<'_>) -> PyResult<Dtype> {
+    d.2.parse::<Dtype>().map_err(bad_arg)
 }
 
-/// Host regions, by tensor name, over the memory of `objs` (writable, contiguous
-/// one-dimensional `uint8` NumPy arrays, none overlapping another); `meta(i)` is the
-/// tensor name and dtype of `objs[i]`. The regions borrow `objs`, whose references
-/// keep the arrays, and so their memory, alive.
+/// Host regions, by tensor name, over the memory of `dests` (writable, contiguous
+/// one-dimensional `uint8` NumPy arrays, none overlapping another). The regions
+/// borrow `dests`, whose references keep the arrays, and so their memory, alive.
 pub(crate) fn host_regions<'a>(
-    objs: &'a [Bound<'_, PyAny>],
-    meta: impl Fn(usize) -> Option<(String, String)>,
+    dests: &'a [Dest<'_>],
 ) -> PyResult<BTreeMap<String, HostRegion<'a>>> {
     let mut out = BTreeMap::new();
-    for (i, (ptr, len)) in ranges(objs, "__array_interface__")?.into_iter().enumerate() {
-        let (name, dtype) = named(&meta, i)?;
+    for (d, (ptr, len)) in dests.iter().zip(ranges(dests, "__array_interface__")?) {
+        let (name, dtype) = (d.0.clone(), dtype_of(d)?);
         let bytes: &'a mut [u8] = if len == 0 {
             &mut []
         } else {
-            // SAFETY: `ptr..ptr + len` is the memory of the NumPy array `objs[i]`, as
+            // SAFETY: `ptr..ptr + len` is the memory of the NumPy array `d.1`, as
             // its array interface says: writable, contiguous bytes (checked above),
             // non-null and within `isize::MAX`. The array lives at least as long as
-            // `objs` holds its reference, which outlives `'a`; an array that others
+            // `dests` holds its reference, which outlives `'a`; an array that others
             // reference cannot be resized, so its memory stays put. No two ranges
             // overlap (checked above), so the slices never alias one another; while
             // the load runs the calling Python thread is blocked in it, and the arrays
@@ -101,20 +102,15 @@ pub(crate) fn host_regions<'a>(
     Ok(out)
 }
 
-/// Device regions, by tensor name, over the memory of `objs` (contiguous
-/// one-dimensional `uint8` PyTorch CUDA tensors, none overlapping another); `meta(i)`
-/// is the tensor name and dtype of `objs[i]`.
+/// Device regions, by tensor name, over the memory of `dests` (contiguous
+/// one-dimensional `uint8` PyTorch CUDA tensors, none overlapping another).
 #[cfg(feature = "cuda")]
 pub(crate) fn device_regions(
-    objs: &[Bound<'_, PyAny>],
-    meta: impl Fn(usize) -> Option<(String, String)>,
+    dests: &[Dest<'_>],
 ) -> PyResult<BTreeMap<String, tensorstream::DeviceRegion>> {
     let mut out = BTreeMap::new();
-    for (i, (ptr, len)) in ranges(objs, "__cuda_array_interface__")?
-        .into_iter()
-        .enumerate()
-    {
-        let (name, dtype) = named(&meta, i)?;
+    for (d, (ptr, len)) in dests.iter().zip(ranges(dests, "__cuda_array_interface__")?) {
+        let (name, dtype) = (d.0.clone(), dtype_of(d)?);
         let region = tensorstream::DeviceRegion {
             ptr: ptr as u64,
             len,
