@@ -3,7 +3,7 @@
 //! (or an exception from the progress callback) cancels the load, waits for the
 //! worker, and is raised.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,13 +47,18 @@ pub(crate) fn run<T: Send>(
         }
         .and_then(|()| py.check_signals())
     };
+    // Set by the worker before it wakes this thread: `is_finished` may still be false
+    // just after the wake-up, and waiting out another POLL for it cost up to 50 ms a load.
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let waiting = std::thread::current();
         let loader = &loader;
+        let done = &done;
         let worker = std::thread::Builder::new()
             .name("tensorstream-py".into())
             .spawn_scoped(s, move || {
                 let r = job(loader);
+                done.store(true, Ordering::Release);
                 waiting.unpark();
                 r
             })
@@ -61,7 +66,7 @@ pub(crate) fn run<T: Send>(
         let mut raised = None;
         loop {
             py.allow_threads(|| std::thread::park_timeout(POLL));
-            if worker.is_finished() {
+            if done.load(Ordering::Acquire) || worker.is_finished() {
                 break;
             }
             if let Err(e) = report(py) {
