@@ -13,7 +13,8 @@
 #   gpu-session.sh        scripts/gpu-session.sh    (check + sweep + compare in one call)
 #   fixtures.py           scripts/fixtures.py
 #   gpu/                  bench/gpu/* (compare.py, sweep.py, kernels.py and helpers),
-#                         and bench/cpu/tp_compare.py (a rank's shard against get_slice)
+#                         and bench/cpu/tp_compare.py (a rank's shard against get_slice),
+#                         bench/cpu/bin_write.py and tests/pytorch_fixtures.py (a .bin)
 #   kernels/convert.ptx   the committed PTX, for gpu/kernels.py
 #   wheels/               bench/wheels/*.whl, the peers for compare.py
 #                         (fetch them first with bench/gpu/download-wheels.sh)
@@ -129,6 +130,8 @@ cp kernels/convert.ptx "$BUNDLE/kernels/convert.ptx"   # for gpu/kernels.py (the
 cp scripts/fixtures.py "$BUNDLE/fixtures.py"
 mkdir -p "$BUNDLE/gpu"
 cp bench/cpu/tp_compare.py "$BUNDLE/gpu/tp_compare.py"
+# gpucheck.py's .bin series writes its checkpoint with these.
+cp bench/cpu/bin_write.py tests/pytorch_fixtures.py "$BUNDLE/gpu/"
 for f in bench/gpu/*; do
     case "$f" in *__pycache__*) continue ;; esac
     [ -f "$f" ] && cp "$f" "$BUNDLE/gpu/"

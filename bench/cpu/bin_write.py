@@ -14,6 +14,8 @@ import struct
 import sys
 import zipfile
 
+# tests/ in a checkout; beside this script in the GPU bundle.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests"))
 import pytorch_fixtures as fx  # noqa: E402  (installs the fake torch module)
 

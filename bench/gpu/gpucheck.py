@@ -440,10 +440,10 @@ def cmd_diff(a):
     if cuda_state == "yes":
         base = [p for p in paths if p.endswith("dtypes.safetensors")] or paths[:1]
         ref = run_load(bin_, base[0], "cpu", timeout=a.timeout)
-        # The file is cached now (the CPU load read it): the mmap variants copy from
-        # the page cache.
-        variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "pread-direct", "mmap")] + [
-            ("mmap q1", "mmap", ["--queue-depth", "1"]),
+        # The file is cached now (the CPU load read it): auto copies from the page cache.
+        variants = [(io, io, []) for io in ("auto", "direct", "buffered", "pread", "pread-direct")] + [
+            ("pread q1", "pread", ["--queue-depth", "1"]),
+            ("pread-direct q1", "pread-direct", ["--queue-depth", "1"]),
             ("auto huge", "auto", ["--staging-huge"]),
             ("auto plain", "auto", ["--no-staging-huge"]),
         ]
@@ -457,11 +457,10 @@ def cmd_diff(a):
         for rule in ("dtypes.f16.odd=250:750", "dtypes.i16.odd=1/3", "dtypes.f32.odd=1/5",
                      "dtypes.f8_e5m2.odd=3:30"):
             cols += ["--cols", rule]
-        # Columns are gathered by 2-D copies on every path (mmap, write-combined
-        # staging too).
-        variants += [("auto rows", "auto", rows), ("mmap rows", "mmap", rows),
+        # Columns are gathered by 2-D copies on every path (write-combined staging too).
+        variants += [("auto rows", "auto", rows), ("pread-direct rows", "pread-direct", rows),
                      ("auto cols", "auto", cols), ("pread cols", "pread", cols + ["--dtype", "BF16"]),
-                     ("mmap cols", "mmap", cols + ["--dtype", "F32"]),
+                     ("direct cols", "direct", cols + ["--dtype", "F32"]),
                      ("wc cols", "auto", cols + ["--staging-wc", "--dtype", "F16"])]
         refs_by_extra = {}
         for label, io, extra in variants:
@@ -633,6 +632,45 @@ def timed_series(name, a, files, path, device, temp, io=None, runs=3, budget=Non
     return rec
 
 
+def bin_series(a, st, budget):
+    """`load` of a PyTorch zip checkpoint (the tensors of `st`, written as torch.save
+    lays them out by bin_write.py) against `load` of `st`, to the GPU, cold then warm,
+    the two alternating run by run: the same plan and I/O, plus reading the pickle."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    pt = os.path.join(os.path.dirname(st), "pytorch_model.bin")
+    t = time.time()
+    r = tb.run_child([sys.executable, os.path.join(here, "bin_write.py"), st, pt], 300)
+    if r["rc"] != 0:
+        log("  .bin: writing it failed: %s" % tb.tail(r["stderr"] or r["stdout"], 300))
+        return {"error": "bin_write failed"}
+    log("  .bin: %s written from %s in %.1f s" % (pt, os.path.basename(st), time.time() - t))
+    rec = {"safetensors": st, "bin": pt, "runs": []}
+    for temp in ("cold", "warm"):
+        for i in range(max(2, a.runs)):
+            for kind, path in (("safetensors", st), ("bin", pt))[:: 1 if i % 2 == 0 else -1]:
+                if not budget.ok(40):
+                    rec["note"] = "budget spent"
+                    break
+                if temp == "cold":
+                    tb.drop_cache([path])
+                else:
+                    tb.warm([path])
+                x = ts_load_json(a.bin, path, a.device, timeout=max(10, min(a.load_timeout, budget.left() - 10)))
+                x.update({"kind": kind, "temperature": temp})
+                rec["runs"].append(x)
+                log("    .bin check %-11s %s run %d: %s" % (kind, temp, i, ("%.2f GB/s, %.3f s" % (x["gbps"], x["seconds"]))
+                                                              if x.get("gbps") else "FAILED: %s" % x.get("error")))
+    for temp in ("cold", "warm"):
+        m = {k: median([x.get("seconds") for x in rec["runs"] if x["kind"] == k and x["temperature"] == temp])
+             for k in ("safetensors", "bin")}
+        rec[temp] = m
+        if m["safetensors"] and m["bin"]:
+            log("  .bin / safetensors load time to %s, %s: %.2f (medians %.3f / %.3f s)" % (
+                a.device, temp, m["bin"] / m["safetensors"], m["bin"], m["safetensors"]))
+    os.remove(pt)
+    return rec
+
+
 def fmt_frac(x):
     return "unknown" if x is None else "%.1f%%" % (100 * x)
 
@@ -738,7 +776,7 @@ def cmd_timing(a):
         log("  CUDA loads: skipped (no GPU)")
     else:
         log("  cold loads (page cache dropped before each):")
-        for io, temp in ((None, "cold"), ("direct", "cold"), (None, "warm"), ("buffered", "warm"), ("mmap", "warm"), ("direct", "warm")):
+        for io, temp in ((None, "cold"), ("direct", "cold"), ("pread-direct", "cold"), (None, "warm"), ("buffered", "warm"), ("direct", "warm")):
             if io is None and temp == "warm":
                 log("  warm loads (files in the page cache):")
             series.append(timed_series(io or "auto", a, files, path, a.device, temp, io=io, runs=a.runs, budget=budget))
@@ -750,6 +788,10 @@ def cmd_timing(a):
                 break
     out["series"] = series
     dump(a.out, out)
+    # -- a PyTorch .bin checkpoint against the safetensors file it holds -------------------
+    if a.cuda != "no" and not hung and budget.ok(120):
+        out["bin"] = bin_series(a, files[0], budget)
+        dump(a.out, out)
     # -- the other path for cached files: register the page cache, copy from it --------
     if a.cuda != "no" and not hung and budget.ok(90):
         tb.warm(files)
@@ -962,6 +1004,14 @@ def cmd_summary(a):
     ratio_line("cold_vs_odirect", "cold (auto) / raw O_DIRECT read",
                cold_auto and cold_auto.get("median_gbps"), raw,
                "  [%s GB/s vs %s]" % (fmt(cold_auto and cold_auto.get("median_gbps")), fmt(raw)))
+    b = tim.get("bin") or {}
+    for temp in ("cold", "warm"):
+        m = b.get(temp) or {}
+        if m.get("bin") and m.get("safetensors"):
+            say("  %-44s %.2f  (goal <= 1.10)  %s" % ("load .bin / .safetensors time, %s" % temp, m["bin"] / m["safetensors"],
+                                                    "MET" if m["bin"] / m["safetensors"] <= 1.10 else "NOT MET"))
+        else:
+            say("  %-44s NOT MEASURED" % ("load .bin / .safetensors time, %s" % temp))
     ker = conv.get("ncu_kernels") or {}
     krows = [r for r in (kern.get("rows") or []) if r.get("source_mib", 0) >= 64 and r.get("ratio_to_copy")]
     kfailed = sorted({r["kernel"] for r in (kern.get("rows") or []) if r.get("error")})

@@ -59,11 +59,9 @@ CONFIGS = [
     ("auto --staging-wc", ["--staging-wc"]),
     ("auto 96M", ["--staging", "96M"]),
     ("pread q32 2M", ["--io", "pread", "--queue-depth", "32", "--chunk-size", "2M"]),
-    # Split loads (--registered-share) and the registered page cache were removed
-    # (runs E and F: 21-27 and 7-17 GB/s against auto's 36-38; BENCHMARKS.md). Since
-    # then `--io mmap` to CUDA copies the mapped file through the pinned slots.
-    ("mmap q1 64M", ["--io", "mmap", "--queue-depth", "1", "--staging", "64M"]),
-    ("mmap q8 256M", ["--io", "mmap", "--queue-depth", "8", "--staging", "256M"]),
+    # Split loads (--registered-share), the registered page cache and `--io mmap`
+    # were removed (runs E-G: each slower than auto; BENCHMARKS.md).
+    ("pread-direct 16M 256M", ["--io", "pread-direct", "--chunk-size", "16M", "--staging", "256M"]),
 ]
 # Rank 1 of 8 of a tensor-parallel layout: rows of the column-parallel weights, columns
 # of o_proj and down_proj, their selected columns gathered by 2-D copies. (Gathering
