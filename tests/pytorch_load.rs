@@ -76,6 +76,15 @@ fn library_load_gives_each_tensor_its_bytes_as_recorded_and_as_converted() {
         let ckpt = Checkpoint::open(&p.bin).unwrap();
         assert!(ckpt.shards.iter().all(|h| h.is_pytorch()));
         assert_eq!(ckpt.index.is_some(), case != "loadable");
+        // The index's metadata, as written, as a safetensors index's is.
+        let want_meta = ckpt.index.as_ref().map(|i| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(i).unwrap()).unwrap();
+            v["metadata"].clone()
+        });
+        assert_eq!(ckpt.index_metadata, want_meta, "{case}");
+        if case != "loadable" {
+            assert!(want_meta.is_some_and(|m| m["total_size"].is_u64()));
+        }
         let total: usize = p.want.values().map(Vec::len).sum();
         assert_eq!(ckpt.total_bytes(), total as u64);
     }

@@ -233,6 +233,15 @@ pub fn parse_index(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// Parses the bytes of an index file: its weight map and its `metadata` object.
+pub(crate) fn parse_index_with_metadata(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(BTreeMap<String, String>, Option<serde_json::Value>)> {
+    let idx = parse_index_inner(path, bytes)?;
+    Ok((idx.weight_map, idx.metadata))
+}
+
 fn parse_index_inner(path: &Path, bytes: &[u8]) -> Result<Index> {
     let raw: RawIndex = serde_json::from_slice(bytes).map_err(|e| {
         Error::checkpoint(

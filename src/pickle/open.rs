@@ -72,7 +72,7 @@ pub fn open_pytorch(path: &Path) -> PytorchCheckpoint {
         out.checkpoint = Some(Checkpoint {
             path: path.to_path_buf(),
             index,
-            index_metadata: None,
+            index_metadata: src.metadata.clone(),
             shards,
         });
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{quoted, Error, Result};
-use crate::format::checkpoint::parse_index;
+use crate::format::checkpoint::parse_index_with_metadata;
 
 /// Largest input index read, in bytes.
 const MAX_INDEX: u64 = 64 << 20;
@@ -18,6 +18,8 @@ pub(super) struct Source {
     pub files: Vec<(PathBuf, Option<Vec<String>>)>,
     /// The index's map from tensor name to shard file name (empty without one).
     pub map: BTreeMap<String, String>,
+    /// The index's `metadata` object, as written (`None` without an index or one).
+    pub metadata: Option<serde_json::Value>,
 }
 
 fn is_index(p: &Path) -> bool {
@@ -41,6 +43,7 @@ pub(super) fn source(input: &Path, single: impl Fn(&Path) -> Result<PathBuf>) ->
             path: path.clone(),
             files: vec![(path, None)],
             map: BTreeMap::new(),
+            metadata: None,
         });
     };
     let len = std::fs::metadata(&index)
@@ -53,7 +56,7 @@ pub(super) fn source(input: &Path, single: impl Fn(&Path) -> Result<PathBuf>) ->
         ));
     }
     let bytes = std::fs::read(&index).map_err(|e| Error::io(&index, "read", e))?;
-    let map: BTreeMap<String, String> = parse_index(&index, &bytes)?.into_iter().collect();
+    let (map, metadata) = parse_index_with_metadata(&index, &bytes)?;
     if map.is_empty() {
         return Err(Error::checkpoint(&index, "the weight_map is empty"));
     }
@@ -70,6 +73,7 @@ pub(super) fn source(input: &Path, single: impl Fn(&Path) -> Result<PathBuf>) ->
         path: index.clone(),
         files,
         map,
+        metadata,
     })
 }
 
