@@ -7,7 +7,7 @@
 //! of [`Tensor`]s, or fill memory of your own with [`Loader::load_into_host`] (and, with
 //! the `cuda` feature, `Loader::load_into_device`). Every load runs one pipeline:
 //! the selected tensors are planned into large aligned reads, an I/O engine
-//! ([`IoBackend`]: io_uring with O_DIRECT or buffered, a pread pool, or mmap) moves
+//! ([`IoBackend`]: io_uring with O_DIRECT or buffered, or a pread pool) moves
 //! the bytes with a bounded number in flight, and a sink puts them in host memory or
 //! streams them through pinned staging to a GPU, converting dtypes on the way.
 //! Errors are one [`Error`] whose message names the file, the tensor and the rule
