@@ -24,7 +24,7 @@
 // byte values in shared memory (1 KiB per block, then a block barrier) and look
 // every element up.
 // A launch of 256 threads per block and ceil(n / (8 * 256)) blocks, capped at
-// 65535, covers a tensor (src/device/cuda.rs).
+// 65535, covers a tensor (src/sink/cuda/driver.rs).
 //
 // Conversion rules (the same as src/convert.rs): widening is exact; narrowing
 // rounds to nearest, ties to even; overflow gives +-inf; subnormals are kept; a
