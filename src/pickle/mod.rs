@@ -297,8 +297,8 @@ fn header(planned: &[Planned]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Reads one tensor's bytes, contiguous and in its output dtype.
-fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
+/// Reads one strided tensor's bytes, gathered contiguous and in its output dtype.
+fn strided_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
     let bad = |r: &str| Error::tensor_err(path, &p.name, r);
     let span = usize::try_from(p.layout.span).map_err(|_| bad("too large for memory"))?;
     buf.clear();
@@ -306,12 +306,8 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     file.read_exact_at(buf, p.at)
         .map_err(|e| Error::io(path, "read", e))?;
     let mut bytes = Vec::new();
-    if p.layout.contiguous {
-        std::mem::swap(&mut bytes, buf);
-    } else {
-        tensors::gather(&p.t, &p.layout, buf, &mut bytes)
-            .ok_or_else(|| bad("strides disagree with the storage"))?;
-    }
+    tensors::gather(&p.t, &p.layout, buf, &mut bytes)
+        .ok_or_else(|| bad("strides disagree with the storage"))?;
     if p.out_dtype == p.t.dtype {
         return Ok(bytes);
     }
@@ -321,41 +317,66 @@ fn tensor_bytes(file: &File, path: &Path, p: &Planned, buf: &mut Vec<u8>) -> Res
     Ok(out)
 }
 
-/// The piece a contiguous tensor is copied in: read into this much memory, then
-/// written. Small enough to stay in a core's L2 cache between the read and the
-/// write, large enough that the calls cost nothing.
+/// The piece a contiguous tensor is copied in: read into this much memory (whole
+/// elements), converted where asked, then written. Small enough to stay in a core's
+/// L2 cache between the read and the write, large enough that the calls cost nothing.
 const COPY_CHUNK: usize = 1 << 20;
 
-/// Appends the bytes of contiguous tensor `p` of `file` to `out`, read into `chunk`
-/// (reused) a piece at a time and written. Returns the bytes copied. On the 2-core
-/// VM this ran at 0.9x `cp` where `copy_file_range` per tensor ran at 0.6x: a
-/// tensor's bytes lie at another offset within a page in the output than in the zip,
-/// which the kernel's file-to-file copy handles badly, and a larger buffer falls out
-/// of the cache (BENCHMARKS.md has the figures).
+/// The reused memory of [`copy_range`].
+#[derive(Default)]
+struct Pieces {
+    read: Vec<u8>,
+    converted: Vec<u8>,
+}
+
+/// Appends the bytes of contiguous tensor `p` of `file` to `out`, in its output
+/// dtype, a piece at a time; returns the bytes written. Memory stays at two pieces
+/// whatever the tensor's size. On the 2-core VM this ran at 0.96x `cp` where
+/// `copy_file_range` per tensor ran at 0.61x: a tensor's bytes lie at another offset
+/// within a page in the output than in the zip, which the kernel's file-to-file copy
+/// handles badly, and a larger buffer falls out of the cache (BENCHMARKS.md).
 fn copy_range(
     file: &File,
     path: &Path,
     p: &Planned,
-    chunk: &mut Vec<u8>,
+    pieces: &mut Pieces,
     out: &mut File,
     output: &Path,
 ) -> Result<u64> {
-    chunk.resize(COPY_CHUNK, 0);
-    let mut done = 0u64;
+    let (src, dst) = (p.t.dtype, p.out_dtype);
+    let elem = usize::try_from(p.layout.elem).unwrap_or(1).max(1);
+    let step = (COPY_CHUNK / elem).max(1) * elem;
+    pieces.read.resize(step, 0);
+    let (mut done, mut written) = (0u64, 0u64);
     while done < p.layout.span {
-        let want = usize::try_from(p.layout.span - done).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
-        let piece = chunk
+        let want = usize::try_from(p.layout.span - done).map_or(step, |n| n.min(step));
+        let piece = pieces
+            .read
             .get_mut(..want)
-            .ok_or_else(|| Error::InvalidArgument("copy chunk".into()))?;
+            .ok_or_else(|| Error::InvalidArgument("copy piece".into()))?;
         let n = read_full_at(file, piece, p.at + done).map_err(|e| Error::io(path, "read", e))?;
         if n < want {
             return Err(truncated(path, p, done + n as u64));
         }
-        out.write_all(piece)
+        let bytes: &[u8] = if src == dst {
+            piece
+        } else {
+            let len = usize::try_from(converted_len(src, dst, want as u64))
+                .map_err(|_| Error::InvalidArgument("converted piece".into()))?;
+            pieces.converted.resize(len, 0);
+            let conv = pieces
+                .converted
+                .get_mut(..len)
+                .ok_or_else(|| Error::InvalidArgument("converted piece".into()))?;
+            convert_into(src, dst, piece, conv)?;
+            conv
+        };
+        out.write_all(bytes)
             .map_err(|e| Error::io(output, "write", e))?;
         done += want as u64;
+        written += bytes.len() as u64;
     }
-    Ok(done)
+    Ok(written)
 }
 
 /// Reads into `buf` at `at` until it is full or the file ends; the bytes read.
@@ -399,19 +420,19 @@ fn write_file(
     let werr = |e| Error::io(&output, "write", e);
     w.write_all(&head).map_err(werr)?;
     let mut buf = Vec::new();
-    let mut chunk = Vec::new();
+    let mut pieces = Pieces::default();
     let mut bytes = 0u64;
     for p in planned {
         let (file, path) = inputs
             .get(p.src)
             .ok_or_else(|| Error::InvalidArgument("input file index".into()))?;
-        if p.layout.contiguous && p.out_dtype == p.t.dtype {
-            // A plain byte range: straight from file to file.
+        if p.layout.contiguous {
+            // A plain byte range: read, converted where asked, and written in pieces.
             w.flush().map_err(werr)?;
-            bytes += copy_range(file, path, p, &mut chunk, w.get_mut(), &output)?;
+            bytes += copy_range(file, path, p, &mut pieces, w.get_mut(), &output)?;
             continue;
         }
-        let data = tensor_bytes(file, path, p, &mut buf)?;
+        let data = strided_bytes(file, path, p, &mut buf)?;
         w.write_all(&data).map_err(werr)?;
         bytes += data.len() as u64;
     }
@@ -542,15 +563,22 @@ mod tests {
     use crate::pickle::unpickle::{StorageRef, TensorRef};
 
     fn planned(at: u64, span: u64) -> Planned {
+        converted(at, span, Dtype::U8, Dtype::U8)
+    }
+
+    /// Contiguous tensor of `span` bytes of `dtype` at `at`, to be written as `out`.
+    fn converted(at: u64, span: u64, dtype: Dtype, out: Dtype) -> Planned {
+        let elem = dtype.bits() / 8;
+        let numel = span / elem;
         let t = TensorRef {
             storage: StorageRef {
-                dtype: Some(Dtype::U8),
+                dtype: Some(dtype),
                 key: "0".into(),
-                numel: span,
+                numel,
             },
-            dtype: Dtype::U8,
+            dtype,
             offset: 0,
-            size: vec![span],
+            size: vec![numel],
             stride: vec![1],
         };
         Planned {
@@ -558,15 +586,41 @@ mod tests {
             name: "w".into(),
             t,
             layout: tensors::Layout {
-                elem: 1,
-                numel: span,
+                elem,
+                numel,
                 first: 0,
                 span,
                 contiguous: true,
             },
             at,
-            out_dtype: Dtype::U8,
-            out_len: span,
+            out_dtype: out,
+            out_len: converted_len(dtype, out, span),
+        }
+    }
+
+    #[test]
+    fn copy_range_converts_a_tensor_larger_than_a_piece_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in");
+        // F32 values of every kind (random bits: NaNs, infinities, subnormals too).
+        let data: Vec<u8> = (0..(5u32 << 20) + 4 * 1001)
+            .map(|i| (i.wrapping_mul(2_654_435_761).rotate_left(i % 29) >> 7) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let file = File::open(&src).unwrap();
+        let (at, span) = (4 * 17 + 1, (3 << 20) + 4 * 999);
+        let input = &data[at..at + span];
+        for out_dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
+            let p = converted(at as u64, span as u64, Dtype::F32, out_dtype);
+            let mut want = vec![0u8; p.out_len as usize];
+            convert_into(Dtype::F32, out_dtype, input, &mut want).unwrap();
+            let out_path = dir.path().join("out");
+            let mut out = File::create(&out_path).unwrap();
+            let mut pieces = Pieces::default();
+            let n = copy_range(&file, &src, &p, &mut pieces, &mut out, &out_path).unwrap();
+            assert_eq!(n, p.out_len);
+            assert!(std::fs::read(&out_path).unwrap() == want, "{out_dtype}");
+            assert!(pieces.read.len() <= COPY_CHUNK && pieces.converted.len() <= COPY_CHUNK);
         }
     }
 
@@ -580,7 +634,7 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
         let file = File::open(&src).unwrap();
         let span = (2 << 20) + 5000;
-        let mut chunk = Vec::new();
+        let mut pieces = Pieces::default();
         // At the same offset within a page as the output, then not.
         for (at, out_at) in [(4096 + 100, 100), (4096 + 100, 8)] {
             let out_path = dir.path().join("out");
@@ -590,7 +644,7 @@ mod tests {
                 &file,
                 &src,
                 &planned(at, span),
-                &mut chunk,
+                &mut pieces,
                 &mut out,
                 &out_path,
             );
@@ -599,7 +653,7 @@ mod tests {
             let want = &data[at as usize..(at + span) as usize];
             assert!(got[out_at..] == *want, "at {at}, out_at {out_at}");
             let past = planned(data.len() as u64 - 10, 100);
-            let e = copy_range(&file, &src, &past, &mut chunk, &mut out, &out_path);
+            let e = copy_range(&file, &src, &past, &mut pieces, &mut out, &out_path);
             assert!(e.unwrap_err().to_string().contains("truncated"));
         }
     }
