@@ -19,7 +19,8 @@
 #   4b. the Python package (wheels-tensorstream/, installed with --no-index into a
 #      scratch directory): pytest on python/tests with torch, on cuda:0 where
 #      there is one (every dtype and conversion against the CPU path, load_into,
-#      memory back to its baseline, a kernel launched at once on the result);
+#      memory back to its baseline, a kernel launched at once on the result), and
+#      examples/python/serve_weights.py on cuda:0;
 #   5. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
 #      the limits measured in the same run (pinned H2D and D2D with PyTorch,
 #      raw O_DIRECT read rate) and conversion in real loads (--skip-timing: not run);
@@ -278,6 +279,14 @@ else
     PY_RC=$?
     tail -40 "$WORK/pytest.txt" | sed 's/^/  /'
     echo "  (pytest exit $PY_RC)"
+    SW=$B/../examples/python/serve_weights.py
+    if [ "$HAVE_GPU" = 1 ] && [ -f "$SW" ]; then
+        echo "  examples/python/serve_weights.py --device cuda:0 (each rank's shard, checked):"
+        PYTHONPATH="$PYT" run_step 90 "$PY" "$SW" --device cuda:0 >"$WORK/serve_weights.txt" 2>&1
+        SW_RC=$?
+        tail -6 "$WORK/serve_weights.txt" | sed 's/^/    /'
+        [ "$SW_RC" -ne 0 ] && PY_RC=1
+    fi
 fi
 
 hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion in real loads"
