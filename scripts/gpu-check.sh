@@ -67,7 +67,11 @@ exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 
-# Where things are: in a bundle (bin/, tests/, gpu/) or in a checkout (scripts/).
+# Where things are: in a bundle (bin/, tests/ packed as tests.tar.xz, gpu/) or in a
+# checkout (scripts/).
+if [ -f "$B/tests.tar.xz" ] && [ ! -d "$B/tests" ]; then
+    tar -C "$B" -xJf "$B/tests.tar.xz" || echo "  could not unpack $B/tests.tar.xz"
+fi
 if [ -x "$B/bin/tensorstream" ]; then TS=$B/bin/tensorstream; else TS=${TS_BIN:-$B/../target/release/tensorstream}; fi
 if [ -d "$B/gpu" ]; then GPU_PY=$B/gpu; else GPU_PY=$B/../bench/gpu; fi
 FIXTURES_PY=$B/fixtures.py
