@@ -2,7 +2,7 @@
 # Builds the bundle that a GPU session carries to the GPU machine (which has no
 # Rust and no network). Run HERE, from anywhere in the checkout:
 #
-#   scripts/gpu-bundle.sh [--no-wheels] [--allow-no-cuda]
+#   scripts/gpu-bundle.sh [--no-wheels] [--allow-no-cuda] [--candle]
 #
 # It builds `cargo build --release --features cuda` and the test binaries
 # (`cargo test --release --features cuda --no-run`), and copies into gpu-bundle/
@@ -21,6 +21,10 @@
 #   wheels-tensorstream/  the Python package as an abi3 wheel built with the same
 #                         features (pip wheel ./python), and pytest's wheels, for
 #                         gpu-check.sh's pytest step and compare.py
+#   candle/               with --candle only: test-candle (tests/candle.rs) and
+#                         candle_load (examples/candle_load.rs), linked with candle's
+#                         `cuda` feature by .ci/candle-cuda.sh --build (about 10 min
+#                         the first time), for gpu-check.sh's candle step
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
 # then prints the `carry` list and the commands to run there.
 #
@@ -31,11 +35,13 @@ set -euo pipefail
 
 WHEELS=1
 ALLOW_NO_CUDA=0
+CANDLE=0
 for a in "$@"; do
     case "$a" in
         --no-wheels) WHEELS=0 ;;
         --allow-no-cuda) ALLOW_NO_CUDA=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --candle) CANDLE=1 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "gpu-bundle.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -137,6 +143,33 @@ for f in bench/gpu/*; do
     [ -f "$f" ] && cp "$f" "$BUNDLE/gpu/"
 done
 chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE/gpu-session.sh"
+
+if [ "$CANDLE" = 1 ]; then
+    # The candle backend's CUDA path: its own build (candle's `cuda` feature links
+    # libcuda, cuBLAS, cuRAND and NVRTC; see .ci/candle-cuda.sh), its own target dir.
+    echo "== candle: .ci/candle-cuda.sh --build"
+    if ! bash .ci/candle-cuda.sh --build >"$LOGDIR/candle.txt" 2>&1; then
+        tail -40 "$LOGDIR/candle.txt"
+        echo "gpu-bundle.sh: building the candle CUDA binaries FAILED (log $LOGDIR/candle.txt)"
+        exit 1
+    fi
+    tail -4 "$LOGDIR/candle.txt"
+    mkdir -p "$BUNDLE/candle"
+    while IFS=$'\t' read -r kind exe; do
+        case "$kind" in
+            test) strip_copy "$exe" "$BUNDLE/candle/test-candle" ;;
+            example) strip_copy "$exe" "$BUNDLE/candle/candle_load" ;;
+            *) continue ;;
+        esac
+        echo "  candle $kind <- $exe"
+    done <target/candle-cuda/binaries.tsv
+    for f in test-candle candle_load; do
+        [ -x "$BUNDLE/candle/$f" ] || { echo "gpu-bundle.sh: no candle/$f after the candle build"; exit 1; }
+    done
+    # What they ask the dynamic loader for (the GPU machine must have each of these).
+    readelf -d "$BUNDLE/candle/test-candle" | grep -o 'NEEDED.*' | sed 's/^/  /'
+    du -b "$BUNDLE"/candle/* | awk '{ printf "  %s %.1f MiB\n", $2, $1/1048576 }'
+fi
 
 NWHEELS=0
 if [ "$WHEELS" = 1 ] && ls bench/wheels/*.whl >/dev/null 2>&1; then
