@@ -67,7 +67,7 @@ FEATURES="candle,cuda,candle-core/cuda,candle-nn/cuda"
 # The link directory: symlinks to the wheels' libraries, and the libcuda stub.
 LINK="$ROOT/target/candle-cuda-link"
 mkdir -p "$LINK"
-for lib in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+for lib in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
     [[ -f "$CU/lib/$lib" ]] || { echo "candle-cuda.sh: $CU/lib/$lib missing (wheel layout changed?)" >&2; exit 1; }
     ln -sfn "$CU/lib/$lib" "$LINK/${lib%.so.*}.so"
 done

@@ -21,10 +21,12 @@
 #   wheels-tensorstream/  the Python package as an abi3 wheel built with the same
 #                         features (pip wheel ./python), and pytest's wheels, for
 #                         gpu-check.sh's pytest step and compare.py
-#   candle/               with --candle only: test-candle (tests/candle.rs) and
-#                         candle_load (examples/candle_load.rs), linked with candle's
-#                         `cuda` feature by .ci/candle-cuda.sh --build (about 10 min
-#                         the first time), for gpu-check.sh's candle step
+#   candle/               with --candle only: test-candle.xz (tests/candle.rs) and
+#                         candle_load.xz (examples/candle_load.rs), linked with candle's
+#                         `cuda` feature by .ci/candle-cuda.sh --build (about 16 min
+#                         the first time), for gpu-check.sh's candle step. xz: each
+#                         holds 32 MB of candle's MoE kernels (~45 MB stripped, ~6.5 MB
+#                         compressed); gpu/candle_check.py unpacks them there
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
 # then prints the `carry` list and the commands to run there.
 #
@@ -155,20 +157,26 @@ if [ "$CANDLE" = 1 ]; then
     fi
     tail -4 "$LOGDIR/candle.txt"
     mkdir -p "$BUNDLE/candle"
+    CTMP=$LOGDIR/candle
+    mkdir -p "$CTMP"
     while IFS=$'\t' read -r kind exe; do
         case "$kind" in
-            test) strip_copy "$exe" "$BUNDLE/candle/test-candle" ;;
-            example) strip_copy "$exe" "$BUNDLE/candle/candle_load" ;;
+            test) name=test-candle ;;
+            example) name=candle_load ;;
             *) continue ;;
         esac
+        strip_copy "$exe" "$CTMP/$name"
+        python3 -c 'import lzma, shutil, sys
+with open(sys.argv[1], "rb") as i, lzma.open(sys.argv[2], "wb", preset=6) as o:
+    shutil.copyfileobj(i, o, 1 << 20)' "$CTMP/$name" "$BUNDLE/candle/$name.xz"
         echo "  candle $kind <- $exe"
     done <target/candle-cuda/binaries.tsv
     for f in test-candle candle_load; do
-        [ -x "$BUNDLE/candle/$f" ] || { echo "gpu-bundle.sh: no candle/$f after the candle build"; exit 1; }
+        [ -s "$BUNDLE/candle/$f.xz" ] || { echo "gpu-bundle.sh: no candle/$f after the candle build"; exit 1; }
     done
     # What they ask the dynamic loader for (the GPU machine must have each of these).
-    readelf -d "$BUNDLE/candle/test-candle" | grep -o 'NEEDED.*' | sed 's/^/  /'
-    du -b "$BUNDLE"/candle/* | awk '{ printf "  %s %.1f MiB\n", $2, $1/1048576 }'
+    echo "  they need: $(readelf -d "$CTMP/test-candle" "$CTMP/candle_load" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | sort -u | tr '\n' ' ')"
+    du -b "$CTMP"/* "$BUNDLE"/candle/* | awk '{ printf "  %s %.1f MiB\n", $2, $1/1048576 }'
 fi
 
 NWHEELS=0

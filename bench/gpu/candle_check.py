@@ -2,12 +2,13 @@
 """The candle backend on CUDA, on the GPU machine: its CUDA tests and a timing.
 
 Runs from the bundle that `scripts/gpu-bundle.sh --candle` builds, whose candle/
-folder holds two binaries linked with candle's `cuda` feature (.ci/candle-cuda.sh):
-`test-candle` (tests/candle.rs) and `candle_load` (examples/candle_load.rs). They
-link libcuda.so.1 (the driver) and libnvrtc.so.13, libcublas.so.13, libcublasLt.so.13
-and libcurand.so.10, which this script finds in the nvidia-* wheels of the Python
-environment (PyTorch's cu130 wheels install them) or in torch/lib, and puts on
-LD_LIBRARY_PATH for the binaries only.
+folder holds two binaries linked with candle's `cuda` feature (.ci/candle-cuda.sh),
+xz-compressed: `test-candle` (tests/candle.rs) and `candle_load`
+(examples/candle_load.rs); they are unpacked into the scratch folder. They need
+libcuda.so.1 (the driver) and libcudart.so.13, libcublas.so.13 and libcurand.so.10,
+which this script finds in the nvidia-* wheels of the Python environment (PyTorch's
+cu130 wheels install them) or in torch/lib, and puts on LD_LIBRARY_PATH for the
+binaries only.
 
   python3 candle_check.py --candle-dir gpu-bundle/candle --dir SCRATCH --out candle.json
       [--cuda yes|no] [--size-mb 2048] [--runs 3] [--budget-s 120]
@@ -28,6 +29,7 @@ Exit: 0 no failure (skips included), 1 a failure.
 import argparse
 import importlib.util
 import json
+import lzma
 import os
 import re
 import shutil
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import time
 
-NEEDED = ["libcuda.so.1", "libnvrtc.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"]
+NEEDED = ["libcuda.so.1", "libcudart.so.13", "libcublas.so.13", "libcurand.so.10"]
 GOAL = 5.0
 
 
@@ -81,6 +83,27 @@ def run(cmd, env, timeout):
         return 124, out, err, time.time() - t0
 
 
+def binaries(candle_dir, scratch):
+    """Paths of test-candle and candle_load, unpacked from their .xz when needed; None
+    when the bundle has neither form."""
+    out = []
+    for name in ("test-candle", "candle_load"):
+        plain = os.path.join(candle_dir, name)
+        packed = plain + ".xz"
+        if os.access(plain, os.X_OK):
+            out.append(plain)
+        elif os.path.isfile(packed):
+            dest = os.path.join(scratch, "candle-bin", name)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with lzma.open(packed, "rb") as i, open(dest, "wb") as o:
+                shutil.copyfileobj(i, o, 1 << 20)
+            os.chmod(dest, 0o755)
+            out.append(dest)
+        else:
+            return None
+    return out
+
+
 def tests(test_bin, env, cuda, timeout):
     rc, out, err, secs = run([test_bin, "cuda::", "--test-threads=1", "--nocapture"], env, timeout)
     text = out + err
@@ -113,7 +136,8 @@ def load_once(load_bin, env, path, with_, digest, timeout):
     rc, out, err, _ = run(cmd, env, timeout)
     line = out.strip().splitlines()[-1] if out.strip() else ""
     if rc != 0 or not line.startswith("{"):
-        raise RuntimeError("candle_load --with %s: exit %d: %s" % (with_, rc, (err or out).strip()[-500:]))
+        said = [l for l in (err + out).splitlines() if l.startswith("candle_load:")] or (err + out).strip().splitlines()[-5:]
+        raise RuntimeError("candle_load --with %s: exit %d: %s" % (with_, rc, " | ".join(said)[:600]))
     return json.loads(line)
 
 
@@ -175,8 +199,6 @@ def main():
     start = time.time()
     deadline = start + a.budget_s
     cuda = a.cuda == "yes"
-    test_bin = os.path.join(a.candle_dir, "test-candle")
-    load_bin = os.path.join(a.candle_dir, "candle_load")
     out = {"cuda": cuda}
 
     def finish(rc):
@@ -185,15 +207,22 @@ def main():
             json.dump(out, f, indent=1)
         return rc
 
-    if not (os.access(test_bin, os.X_OK) and os.access(load_bin, os.X_OK)):
-        out["result"] = "skipped (no candle binaries in %s: build the bundle with scripts/gpu-bundle.sh --candle)" % a.candle_dir
+    try:
+        bins = binaries(a.candle_dir, a.dir)
+    except (OSError, EOFError, lzma.LZMAError) as e:  # a damaged bundle or a full disk
+        bins, out["result"] = None, "failed (unpacking the candle binaries: %s)" % e
+    if bins is None:
+        out.setdefault("result", "skipped (no candle binaries in %s: build the bundle with scripts/gpu-bundle.sh --candle)" % a.candle_dir)
         log(out["result"])
-        return finish(0)
+        return finish(1 if out["result"].startswith("failed") else 0)
+    test_bin, load_bin = bins
 
     dirs = lib_dirs()
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = ":".join(dirs + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p])
+    # Backtraces for panics, not for every candle error (a skip would print one).
     env.setdefault("RUST_BACKTRACE", "1")
+    env["RUST_LIB_BACKTRACE"] = "0"
     out["lib_dirs"] = dirs
     log("library folders from the nvidia-* wheels and torch: %s" % (" ".join(dirs) or "none"))
     missing = sorted(set(sum((missing_libs(b, env) or [] for b in (test_bin, load_bin)), [])))
@@ -220,7 +249,7 @@ def main():
             out["timing"] = {"result": "failed (%s)" % e}
         log("timing: %s" % out["timing"]["result"])
         failed = failed or out["timing"]["result"].startswith("failed")
-    out["result"] = "failed" if failed else "passed"
+    out["result"] = "failed" if failed else ("passed" if cuda else "skipped (no GPU)")
     return finish(1 if failed else 0)
 
 
