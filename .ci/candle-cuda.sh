@@ -3,7 +3,7 @@
 # feature, on a machine with no GPU and no CUDA toolkit; with --build, links its test
 # binary and the candle_load example (release) for the GPU machine.
 #
-#   .ci/candle-cuda.sh           # cargo check (lib, tests, examples)
+#   .ci/candle-cuda.sh           # cargo clippy -D warnings (lib, tests, examples)
 #   .ci/candle-cuda.sh --build   # cargo build --release --test candle --example candle_load
 #
 # nvcc and the CUDA headers come from PyPI (the CUDA 13 wheels: PyPI's CUDA 12 nvcc
@@ -88,7 +88,8 @@ if [[ ! -f "$LINK/libcuda.so" || "$SYS" -nt "$LINK/libcuda.so" || "$0" -nt "$LIN
     cc -shared -fPIC -O0 -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/libcuda-stub.c"
     echo "libcuda stub: $(grep -c '^int ' "$LINK/libcuda-stub.c") entry points -> $LINK/libcuda.so"
 fi
-# Always set (check too), so that check and build share their compiled dependencies.
+# Set in both modes: RUSTFLAGS is part of every crate's fingerprint, and a change
+# would recompile everything in target/candle-cuda.
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$LINK"
 
 if [[ "${1:-}" == "--build" ]]; then
@@ -110,6 +111,8 @@ for line in sys.stdin:
     sed 's/^/  /' target/candle-cuda/binaries.tsv
     echo "candle-cuda.sh: cargo build --release --features $FEATURES (test candle, example candle_load) with TENSORSTREAM_CANDLE_CUDA=1: ok"
 else
-    cargo check --features "$FEATURES" --lib --tests --examples --target-dir target/candle-cuda
-    echo "candle-cuda.sh: cargo check --features $FEATURES with TENSORSTREAM_CANDLE_CUDA=1: ok"
+    # clippy: cargo check and the lints, on code that no other build compiles.
+    cargo clippy --features "$FEATURES" --lib --tests --examples --target-dir target/candle-cuda \
+        -- -D warnings
+    echo "candle-cuda.sh: cargo clippy --features $FEATURES with TENSORSTREAM_CANDLE_CUDA=1: ok"
 fi

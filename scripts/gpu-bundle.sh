@@ -244,3 +244,6 @@ Run on the GPU machine (device tool 'run'), the whole session in one call
    Each also runs alone: bash gpu-bundle/gpu-check.sh [--budget-s N];
    python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT")
 EOF
+if [ "$CANDLE" = 1 ]; then
+    echo "  With --candle, gpu-check.sh's candle step also writes \$OUT/candle-check.json (tests, GB/s against candle's own loading)."
+fi
