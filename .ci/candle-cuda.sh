@@ -33,8 +33,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 # nvcc's own dependencies pinned too: a newer NVVM emits PTX its ptxas refuses. The
-# libraries are those of the same CUDA 13.0 update (SONAMEs libnvrtc.so.13,
-# libcublas.so.13, libcublasLt.so.13, libcurand.so.10, as PyTorch's cu130 wheels ship).
+# libraries are those of the same CUDA 13.0 update, the very versions PyTorch 2.11
+# requires (through cuda-toolkit==13.0.2), so the SONAMEs the binaries ask for
+# (libcudart.so.13, libcublas.so.13, libcurand.so.10) are those on the GPU machine.
 PINS=("nvidia-cuda-nvcc==13.0.88" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88"
       "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85"
       "nvidia-cuda-nvrtc==13.0.88" "nvidia-cublas==13.1.0.3" "nvidia-curand==10.4.0.35")
