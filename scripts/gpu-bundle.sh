@@ -21,12 +21,14 @@
 #   wheels-tensorstream/  the Python package as an abi3 wheel built with the same
 #                         features (pip wheel ./python), and pytest's wheels, for
 #                         gpu-check.sh's pytest step and compare.py
-#   candle/               with --candle only: test-candle.xz (tests/candle.rs) and
-#                         candle_load.xz (examples/candle_load.rs), linked with candle's
-#                         `cuda` feature by .ci/candle-cuda.sh --build (about 16 min
-#                         the first time), for gpu-check.sh's candle step. xz: each
-#                         holds 32 MB of candle's MoE kernels (~45 MB stripped, ~6.5 MB
-#                         compressed); gpu/candle_check.py unpacks them there
+#   candle/               with --candle only: candle-cuda.tar.xz, holding test-candle
+#                         (tests/candle.rs) and candle_load (examples/candle_load.rs),
+#                         linked with candle's `cuda` feature by .ci/candle-cuda.sh
+#                         --build (about 16 min the first time), for gpu-check.sh's
+#                         candle step (gpu/candle_check.py unpacks them there). Each
+#                         holds the same 32 MB of candle's MoE kernels: 46 and 40 MiB
+#                         stripped, 6.3 MiB together in one xz stream with a 64 MiB
+#                         window (preset 9), which finds the second copy
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
 # then prints the `carry` list and the commands to run there.
 #
@@ -166,14 +168,17 @@ if [ "$CANDLE" = 1 ]; then
             *) continue ;;
         esac
         strip_copy "$exe" "$CTMP/$name"
-        python3 -c 'import lzma, shutil, sys
-with open(sys.argv[1], "rb") as i, lzma.open(sys.argv[2], "wb", preset=6) as o:
-    shutil.copyfileobj(i, o, 1 << 20)' "$CTMP/$name" "$BUNDLE/candle/$name.xz"
         echo "  candle $kind <- $exe"
     done <target/candle-cuda/binaries.tsv
     for f in test-candle candle_load; do
-        [ -s "$BUNDLE/candle/$f.xz" ] || { echo "gpu-bundle.sh: no candle/$f after the candle build"; exit 1; }
+        [ -x "$CTMP/$f" ] || { echo "gpu-bundle.sh: no $f after the candle build"; exit 1; }
     done
+    python3 - "$CTMP" "$BUNDLE/candle/candle-cuda.tar.xz" <<'EOF'
+import os, sys, tarfile
+with tarfile.open(sys.argv[2], "w:xz", preset=9) as tf:
+    for name in ("test-candle", "candle_load"):
+        tf.add(os.path.join(sys.argv[1], name), arcname=name)
+EOF
     # What they ask the dynamic loader for (the GPU machine must have each of these).
     echo "  they need: $(readelf -d "$CTMP/test-candle" "$CTMP/candle_load" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | sort -u | tr '\n' ' ')"
     du -b "$CTMP"/* "$BUNDLE"/candle/* | awk '{ printf "  %s %.1f MiB\n", $2, $1/1048576 }'

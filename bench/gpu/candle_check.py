@@ -2,8 +2,8 @@
 """The candle backend on CUDA, on the GPU machine: its CUDA tests and a timing.
 
 Runs from the bundle that `scripts/gpu-bundle.sh --candle` builds, whose candle/
-folder holds two binaries linked with candle's `cuda` feature (.ci/candle-cuda.sh),
-xz-compressed: `test-candle` (tests/candle.rs) and `candle_load`
+folder holds two binaries linked with candle's `cuda` feature (.ci/candle-cuda.sh)
+in candle-cuda.tar.xz: `test-candle` (tests/candle.rs) and `candle_load`
 (examples/candle_load.rs); they are unpacked into the scratch folder. They need
 libcuda.so.1 (the driver) and libcudart.so.13, libcublas.so.13 and libcurand.so.10,
 which this script finds in the nvidia-* wheels of the Python environment (PyTorch's
@@ -33,6 +33,7 @@ import lzma
 import os
 import re
 import shutil
+import tarfile
 import statistics
 import subprocess
 import sys
@@ -84,23 +85,27 @@ def run(cmd, env, timeout):
 
 
 def binaries(candle_dir, scratch):
-    """Paths of test-candle and candle_load, unpacked from their .xz when needed; None
-    when the bundle has neither form."""
+    """Paths of test-candle and candle_load: in `candle_dir`, or unpacked from its
+    candle-cuda.tar.xz into `scratch`; None when the bundle has neither."""
+    names = ("test-candle", "candle_load")
+    if all(os.access(os.path.join(candle_dir, n), os.X_OK) for n in names):
+        return [os.path.join(candle_dir, n) for n in names]
+    packed = os.path.join(candle_dir, "candle-cuda.tar.xz")
+    if not os.path.isfile(packed):
+        return None
+    dest = os.path.join(scratch, "candle-bin")
+    os.makedirs(dest, exist_ok=True)
     out = []
-    for name in ("test-candle", "candle_load"):
-        plain = os.path.join(candle_dir, name)
-        packed = plain + ".xz"
-        if os.access(plain, os.X_OK):
-            out.append(plain)
-        elif os.path.isfile(packed):
-            dest = os.path.join(scratch, "candle-bin", name)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with lzma.open(packed, "rb") as i, open(dest, "wb") as o:
-                shutil.copyfileobj(i, o, 1 << 20)
-            os.chmod(dest, 0o755)
-            out.append(dest)
-        else:
-            return None
+    with tarfile.open(packed, "r:xz") as tf:
+        for n in names:
+            src = tf.extractfile(n)  # KeyError when missing
+            if src is None:
+                raise OSError("%s: %s is not a file" % (packed, n))
+            path = os.path.join(dest, n)
+            with open(path, "wb") as o:
+                shutil.copyfileobj(src, o, 1 << 20)
+            os.chmod(path, 0o755)
+            out.append(path)
     return out
 
 
@@ -202,6 +207,7 @@ def main():
     out = {"cuda": cuda}
 
     def finish(rc):
+        shutil.rmtree(os.path.join(a.dir, "candle-bin"), ignore_errors=True)  # what binaries() unpacked
         out["seconds"] = round(time.time() - start, 1)
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
@@ -209,7 +215,7 @@ def main():
 
     try:
         bins = binaries(a.candle_dir, a.dir)
-    except (OSError, EOFError, lzma.LZMAError) as e:  # a damaged bundle or a full disk
+    except (OSError, EOFError, KeyError, lzma.LZMAError, tarfile.TarError) as e:  # a damaged bundle, a full disk
         bins, out["result"] = None, "failed (unpacking the candle binaries: %s)" % e
     if bins is None:
         out.setdefault("result", "skipped (no candle binaries in %s: build the bundle with scripts/gpu-bundle.sh --candle)" % a.candle_dir)
