@@ -291,6 +291,7 @@ fi
 hr "candle backend on CUDA: tests, and candle_load against candle's own loading"
 RES_END=$((RES_END - RES_CAN))
 CAN_RC=0
+rm -f "$OUT/candle-check.json"  # none from an earlier run in the summary
 if [ ! -d "$B/candle" ]; then
     echo "  no candle/ in the bundle (scripts/gpu-bundle.sh --candle builds it): skipped"
 else
