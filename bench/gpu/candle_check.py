@@ -33,10 +33,10 @@ import lzma
 import os
 import re
 import shutil
-import tarfile
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 
 NEEDED = ["libcuda.so.1", "libcudart.so.13", "libcublas.so.13", "libcurand.so.10"]
