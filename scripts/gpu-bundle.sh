@@ -2,7 +2,7 @@
 # Builds the bundle that a GPU session carries to the GPU machine (which has no
 # Rust and no network). Run HERE, from anywhere in the checkout:
 #
-#   scripts/gpu-bundle.sh [--no-wheels] [--allow-no-cuda]
+#   scripts/gpu-bundle.sh [--no-wheels] [--allow-no-cuda] [--candle]
 #
 # It builds `cargo build --release --features cuda` and the test binaries
 # (`cargo test --release --features cuda --no-run`), and copies into gpu-bundle/
@@ -22,6 +22,14 @@
 #   wheels-tensorstream/  the Python package as an abi3 wheel built with the same
 #                         features (pip wheel ./python), and pytest's wheels, for
 #                         gpu-check.sh's pytest step and compare.py
+#   candle/               with --candle only: candle-cuda.tar.xz, holding test-candle
+#                         (tests/candle.rs) and candle_load (examples/candle_load.rs),
+#                         linked with candle's `cuda` feature by .ci/candle-cuda.sh
+#                         --build (about 16 min the first time), for gpu-check.sh's
+#                         candle step (gpu/candle_check.py unpacks them there). Each
+#                         holds the same 32 MB of candle's MoE kernels: 46 and 40 MiB
+#                         stripped, 6.3 MiB together in one xz stream with a 64 MiB
+#                         window (preset 9), which finds the second copy
 #   MANIFEST.json         commit, toolchain, features, build paths, sizes
 # then prints the `carry` list and the commands to run there.
 #
@@ -32,11 +40,13 @@ set -euo pipefail
 
 WHEELS=1
 ALLOW_NO_CUDA=0
+CANDLE=0
 for a in "$@"; do
     case "$a" in
         --no-wheels) WHEELS=0 ;;
         --allow-no-cuda) ALLOW_NO_CUDA=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --candle) CANDLE=1 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "gpu-bundle.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -139,6 +149,42 @@ for f in bench/gpu/*; do
 done
 chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE/gpu-session.sh"
 
+if [ "$CANDLE" = 1 ]; then
+    # The candle backend's CUDA path: its own build (candle's `cuda` feature links
+    # libcuda, cuBLAS, cuRAND and NVRTC; see .ci/candle-cuda.sh), its own target dir.
+    echo "== candle: .ci/candle-cuda.sh --build"
+    if ! bash .ci/candle-cuda.sh --build >"$LOGDIR/candle.txt" 2>&1; then
+        tail -40 "$LOGDIR/candle.txt"
+        echo "gpu-bundle.sh: building the candle CUDA binaries FAILED (log $LOGDIR/candle.txt)"
+        exit 1
+    fi
+    tail -4 "$LOGDIR/candle.txt"
+    mkdir -p "$BUNDLE/candle"
+    CTMP=$LOGDIR/candle
+    mkdir -p "$CTMP"
+    while IFS=$'\t' read -r kind exe; do
+        case "$kind" in
+            test) name=test-candle ;;
+            example) name=candle_load ;;
+            *) continue ;;
+        esac
+        strip_copy "$exe" "$CTMP/$name"
+        echo "  candle $kind <- $exe"
+    done <target/candle-cuda/binaries.tsv
+    for f in test-candle candle_load; do
+        [ -x "$CTMP/$f" ] || { echo "gpu-bundle.sh: no $f after the candle build"; exit 1; }
+    done
+    python3 - "$CTMP" "$BUNDLE/candle/candle-cuda.tar.xz" <<'EOF'
+import os, sys, tarfile
+with tarfile.open(sys.argv[2], "w:xz", preset=9) as tf:
+    for name in ("test-candle", "candle_load"):
+        tf.add(os.path.join(sys.argv[1], name), arcname=name)
+EOF
+    # What they ask the dynamic loader for (the GPU machine must have each of these).
+    echo "  they need: $(readelf -d "$CTMP/test-candle" "$CTMP/candle_load" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | sort -u | tr '\n' ' ')"
+    du -b "$CTMP"/* "$BUNDLE"/candle/* | awk '{ printf "  %s %.1f MiB\n", $2, $1/1048576 }'
+fi
+
 NWHEELS=0
 if [ "$WHEELS" = 1 ] && ls bench/wheels/*.whl >/dev/null 2>&1; then
     mkdir -p "$BUNDLE/wheels"
@@ -212,3 +258,6 @@ Run on the GPU machine (device tool 'run'), the whole session in one call
    Each also runs alone: bash gpu-bundle/gpu-check.sh [--budget-s N];
    python3 gpu-bundle/gpu/compare.py --bin gpu-bundle/bin/tensorstream --wheels gpu-bundle/wheels --out "\$OUT")
 EOF
+if [ "$CANDLE" = 1 ]; then
+    echo "  With --candle, gpu-check.sh's candle step also writes \$OUT/candle-check.json (tests, GB/s against candle's own loading)."
+fi

@@ -21,6 +21,9 @@
 #      there is one (every dtype and conversion against the CPU path, load_into,
 #      memory back to its baseline, a kernel launched at once on the result), and
 #      examples/python/serve_weights.py on cuda:0;
+#   4c. the candle backend on CUDA (bundles built with --candle; gpu/candle_check.py):
+#      tests/candle.rs's CUDA tests, then candle_load on cuda:0 against candle's own
+#      loading of a 2 GiB synthetic checkpoint, warm, alternating (goal >= 5x);
 #   5. timing of a synthetic >= 8 GB checkpoint to cuda, cold and warm, with
 #      the limits measured in the same run (pinned H2D and D2D with PyTorch,
 #      raw O_DIRECT read rate) and conversion in real loads (--skip-timing: not run);
@@ -50,7 +53,7 @@ while [ $# -gt 0 ]; do
         --skip-tests) SKIP_TESTS=1; shift ;;
         --skip-timing) SKIP_TIMING=1; shift ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "gpu-check.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -178,6 +181,11 @@ echo "  scratch: $SCRATCH ($(stat -f -c %T "$SCRATCH"), $(df -Ph "$SCRATCH" | aw
 run_step 90 "$PY" "$GPU_PY/gpucheck.py" env --out "$WORK/env.json" --probe-dir "$SCRATCH" || true
 CUDA_TORCH=$("$PY" -c 'import json,sys; print(1 if json.load(open(sys.argv[1])).get("cuda_available") else 0)' "$WORK/env.json" 2>/dev/null || echo 0)
 [ "$HAVE_GPU" = 1 ] && [ "$CUDA_TORCH" != 1 ] && echo "  WARNING: nvidia-smi sees a GPU but torch does not"
+# The candle step (4c) keeps its share while the steps before it run, when it has
+# binaries and a GPU: its tests took ~30 s and the timing ~60 s (estimates until measured).
+RES_CAN=0
+if [ -d "$B/candle" ] && [ "$HAVE_GPU" = 1 ]; then RES_CAN=100; fi
+RES_END=$((RES_END + RES_CAN))
 
 # Test binaries carry absolute paths from the build machine (CARGO_TARGET_TMPDIR,
 # CARGO_BIN_EXE_tensorstream): recreate them here when they are missing.
@@ -293,6 +301,22 @@ else
     fi
 fi
 
+hr "candle backend on CUDA: tests, and candle_load against candle's own loading"
+RES_END=$((RES_END - RES_CAN))
+CAN_RC=0
+rm -f "$OUT/candle-check.json"  # none from an earlier run in the summary
+if [ ! -d "$B/candle" ]; then
+    echo "  no candle/ in the bundle (scripts/gpu-bundle.sh --candle builds it): skipped"
+else
+    if [ "$HAVE_GPU" = 1 ]; then C_CUDA=yes; else C_CUDA=no; fi
+    # At most 150 s; the timing step after it keeps 120 s unless skipped.
+    if [ "$SKIP_TIMING" = 1 ]; then C_KEEP=0; else C_KEEP=120; fi
+    CB=$(min 150 "$(max 40 $(( $(left) - RES_END - C_KEEP )))")
+    run_step $((CB + 20)) "$PY" "$GPU_PY/candle_check.py" --candle-dir "$B/candle" --dir "$SCRATCH" \
+        --out "$OUT/candle-check.json" --cuda "$C_CUDA" --budget-s "$CB"
+    CAN_RC=$?
+fi
+
 hr "timing: synthetic checkpoint to cuda, cold and warm; limits; conversion in real loads"
 # The one step the budget squeezes: what the others left, less the summary's share.
 TL=$(( $(left) - RES_END ))
@@ -312,6 +336,21 @@ run_step 60 "$PY" "$GPU_PY/gpucheck.py" summary --env "$WORK/env.json" --tests "
 RC=$?
 [ "$DIFF_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
 [ "$PY_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
+[ "$CAN_RC" -ne 0 ] && [ "$RC" -eq 0 ] && RC=1
+if [ -f "$OUT/candle-check.json" ]; then
+    "$PY" - "$OUT/candle-check.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+t = c.get("timing", {})
+line = "candle on CUDA: %s; tests %s" % (c.get("result", "?"), c.get("tests", {}).get("result", "not run"))
+if "ratio" in t:
+    line += "; warm load %.2f GB/s against candle's %.2f GB/s: %.2fx (goal >= 5x)" % (
+        t["median_gbps"]["tensorstream"], t["median_gbps"]["candle"], t["ratio"])
+else:
+    line += "; timing %s" % t.get("result", "not run")
+print(line)
+EOF
+fi
 if [ "$KEEP" = 0 ]; then rm -rf "$SCRATCH/synth" "$FIX"; fi
 rm -rf "$WORK"
 echo

@@ -597,4 +597,86 @@ mod cuda {
             assert_eq!(got, want);
         }
     }
+
+    #[test]
+    fn shards_slices_and_the_var_builder_on_cuda_equal_the_cpu_path() {
+        let Some(gpu) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rng(23);
+        let a: Vec<Spec> = (0..4)
+            .map(|i| {
+                Spec::random(
+                    format!("l.{i}.q.weight"),
+                    Dtype::BF16,
+                    &[64, 24 + i],
+                    &mut r,
+                )
+            })
+            .collect();
+        let b: Vec<Spec> = (0..3)
+            .map(|i| Spec::random(format!("l.{i}.o.weight"), Dtype::F16, &[40, 64], &mut r))
+            .collect();
+        let (fa, fb) = ("m-00001.safetensors", "m-00002.safetensors");
+        write_file(&dir.path().join(fa), &a, 0);
+        write_file(&dir.path().join(fb), &b, 33);
+        let map: Vec<(&str, &str)> = a
+            .iter()
+            .map(|s| (s.name.as_str(), fa))
+            .chain(b.iter().map(|s| (s.name.as_str(), fb)))
+            .collect();
+        let index = write_index(dir.path(), map);
+        for rank in 0..2 {
+            let part = Slice::Part { rank, world: 2 };
+            let loader = Loader::new()
+                .rows("*.q.weight", part)
+                .columns("*.o.weight", part);
+            let cpu = tensorstream::candle::load_with(&loader, &index, &Device::Cpu, None).unwrap();
+            let ours = tensorstream::candle::load_with(&loader, &index, &gpu, None).unwrap();
+            assert_eq!(ours["l.0.q.weight"].dims(), [32, 24]);
+            assert_same(&on_cpu(&ours), &cpu);
+        }
+        let cpu_vb =
+            tensorstream::candle::var_builder(&[dir.path()], DType::F32, &Device::Cpu).unwrap();
+        let vb = tensorstream::candle::var_builder(&[dir.path()], DType::F32, &gpu).unwrap();
+        for (name, shape) in [("l.2.q.weight", (64, 26)), ("l.1.o.weight", (40, 64))] {
+            let got = vb.get(shape, name).unwrap();
+            assert!(got.device().is_cuda(), "{name}");
+            let want = cpu_vb.get(shape, name).unwrap();
+            assert!(
+                same_floats(&got.to_device(&Device::Cpu).unwrap(), &want),
+                "{name}"
+            );
+        }
+        let e = vb.get((26, 64), "l.2.q.weight").unwrap_err().to_string();
+        assert!(e.contains("[64, 26]") && e.contains("[26, 64]"), "{e}");
+    }
+
+    /// Many more chunks than staging slots: each slot is refilled while candle's
+    /// stream may still be copying out of it.
+    #[test]
+    fn a_small_staging_ring_on_cuda_equals_candle_load() {
+        let Some(gpu) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut r = rng(24);
+        let specs = vec![
+            Spec::random("big.f32", Dtype::F32, &[1024, 3001], &mut r),
+            Spec::random("big.bf16", Dtype::BF16, &[2048, 1537], &mut r),
+            Spec::random("small.i64", Dtype::I64, &[17, 3], &mut r),
+        ];
+        write_file(&path, &specs, 4091);
+        let theirs = candle_core::safetensors::load(&path, &gpu).unwrap();
+        let loader = Loader::new().chunk_size(1 << 16).staging_bytes(1 << 18);
+        for dtype in [None, Some(DType::F16)] {
+            let ours = tensorstream::candle::load_with(&loader, &path, &gpu, dtype).unwrap();
+            match dtype {
+                None => assert_same(&on_cpu(&ours), &on_cpu(&theirs)),
+                Some(d) => {
+                    let cpu = tensorstream::candle::load(&path, &Device::Cpu, Some(d)).unwrap();
+                    assert_eq!(ours["big.f32"].dtype(), DType::F16);
+                    assert_same(&on_cpu(&ours), &cpu);
+                }
+            }
+        }
+    }
 }
