@@ -137,20 +137,31 @@ fn shards_directory_and_index_equal_candle_per_file() {
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
     );
-    write_file(&dir.path().join(fa), &a, 0);
-    write_file(&dir.path().join(fb), &b, 17);
+    let index = write_two_shards(dir.path(), (fa, &a), (fb, &b), 17);
     let mut theirs = candle_core::safetensors::load(dir.path().join(fa), &Device::Cpu).unwrap();
     theirs.extend(candle_core::safetensors::load(dir.path().join(fb), &Device::Cpu).unwrap());
+    for path in [dir.path(), index.as_path()] {
+        let ours = tensorstream::candle::load(path, &Device::Cpu, None).unwrap();
+        assert_same(&ours, &theirs);
+    }
+}
+
+/// Writes shards `fa` (tensors `a`) and `fb` (tensors `b`, its header padded by
+/// `pad` bytes) into `dir`, and an index naming them; returns the index's path.
+fn write_two_shards(
+    dir: &Path,
+    (fa, a): (&str, &[Spec]),
+    (fb, b): (&str, &[Spec]),
+    pad: usize,
+) -> std::path::PathBuf {
+    write_file(&dir.join(fa), a, 0);
+    write_file(&dir.join(fb), b, pad);
     let map: Vec<(&str, &str)> = a
         .iter()
         .map(|s| (s.name.as_str(), fa))
         .chain(b.iter().map(|s| (s.name.as_str(), fb)))
         .collect();
-    let index = write_index(dir.path(), map);
-    for path in [dir.path(), index.as_path()] {
-        let ours = tensorstream::candle::load(path, &Device::Cpu, None).unwrap();
-        assert_same(&ours, &theirs);
-    }
+    write_index(dir, map)
 }
 
 /// Whether two tensors of one floating dtype hold the same values bit for bit, any
@@ -617,14 +628,7 @@ mod cuda {
             .map(|i| Spec::random(format!("l.{i}.o.weight"), Dtype::F16, &[40, 64], &mut r))
             .collect();
         let (fa, fb) = ("m-00001.safetensors", "m-00002.safetensors");
-        write_file(&dir.path().join(fa), &a, 0);
-        write_file(&dir.path().join(fb), &b, 33);
-        let map: Vec<(&str, &str)> = a
-            .iter()
-            .map(|s| (s.name.as_str(), fa))
-            .chain(b.iter().map(|s| (s.name.as_str(), fb)))
-            .collect();
-        let index = write_index(dir.path(), map);
+        let index = write_two_shards(dir.path(), (fa, &a), (fb, &b), 33);
         for rank in 0..2 {
             let part = Slice::Part { rank, world: 2 };
             let loader = Loader::new()
