@@ -73,7 +73,7 @@ def load_file(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
     ``dtype``: convert floating tensors to float32, float16 or bfloat16. ``only``:
     whole-name globs of the tensors to load. ``rows``/``cols``: tensor-parallel
     slices, ``"GLOB=START:END"`` or ``"GLOB=RANK/WORLD"`` (one, a list, or a dict from
-    glob to slice). ``io``: the I/O backend (auto, direct, buffered, pread, mmap).
+    glob to slice). ``io``: the I/O backend (auto, direct, buffered, pread, pread-direct).
     ``progress``: True for a bar, or a callable(done, total)."""
     ckpt = _common.native_checkpoint(filename)
     loader = _common.loader(dtype, only, rows, cols, io)

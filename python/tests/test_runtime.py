@@ -67,7 +67,18 @@ def test_memory_of_one_tensor_is_freed_with_it(big_file):
     assert keep.sum() != 0
 
 
-def test_keyboard_interrupt_cancels_the_load(big_file):
+@pytest.fixture
+def sigint():
+    """Python's own SIGINT handler for the test: a process started in the background
+    by a shell inherits SIGINT ignored, and Python then keeps it ignored, so that
+    neither a signal nor `_thread.interrupt_main` would reach the load."""
+    import signal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_keyboard_interrupt_cancels_the_load(big_file, sigint):
     tsn.load_file(big_file)
     gc.collect()
     base = rss()
@@ -101,7 +112,7 @@ def test_keyboard_interrupt_cancels_the_load(big_file):
         assert got[name].tobytes() == ref[name].tobytes()
 
 
-def test_keyboard_interrupt_from_a_signal(big_file):
+def test_keyboard_interrupt_from_a_signal(big_file, sigint):
     import signal
     main = threading.get_ident()
     timer = threading.Timer(0.03, lambda: signal.pthread_kill(main, signal.SIGINT))
