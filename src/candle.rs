@@ -388,8 +388,9 @@ fn load_cpu(
 /// A zeroed host buffer of candle's type for tensor `w` (fresh pages from the
 /// allocator: no byte is touched until the load writes it).
 fn host_storage(w: &Wanted) -> Result<CpuStorage> {
-    fn zeroed<T: bytemuck::Zeroable>(w: &Wanted, size: usize) -> Result<Vec<T>> {
-        bytemuck::allocation::try_zeroed_vec(w.len / size).map_err(|()| {
+    /// A zeroed buffer of `bytes` bytes, in elements of `T`.
+    fn zeroed<T: bytemuck::Zeroable>(w: &Wanted, bytes: usize) -> Result<Vec<T>> {
+        bytemuck::allocation::try_zeroed_vec(bytes / std::mem::size_of::<T>()).map_err(|()| {
             Error::io(
                 &w.file,
                 "allocate host memory for a candle tensor",
@@ -397,23 +398,24 @@ fn host_storage(w: &Wanted) -> Result<CpuStorage> {
             )
         })
     }
+    let n = w.len;
     Ok(match w.candle {
-        DType::U8 => CpuStorage::U8(zeroed(w, 1)?),
+        DType::U8 => CpuStorage::U8(zeroed(w, n)?),
         // U16 lands in the first half and is widened in place.
-        DType::U32 if w.dtype == Dtype::U16 => CpuStorage::U32(zeroed(w, 2)?),
-        DType::U32 => CpuStorage::U32(zeroed(w, 4)?),
-        DType::I16 => CpuStorage::I16(zeroed(w, 2)?),
-        DType::I32 => CpuStorage::I32(zeroed(w, 4)?),
-        DType::I64 => CpuStorage::I64(zeroed(w, 8)?),
-        DType::BF16 => CpuStorage::BF16(zeroed(w, 2)?),
-        DType::F16 => CpuStorage::F16(zeroed(w, 2)?),
-        DType::F32 => CpuStorage::F32(zeroed(w, 4)?),
-        DType::F64 => CpuStorage::F64(zeroed(w, 8)?),
-        DType::F8E4M3 => CpuStorage::F8E4M3(zeroed(w, 1)?),
-        DType::F6E2M3 => CpuStorage::F6E2M3(zeroed(w, 1)?),
-        DType::F6E3M2 => CpuStorage::F6E3M2(zeroed(w, 1)?),
-        DType::F4 => CpuStorage::F4(zeroed(w, 1)?),
-        DType::F8E8M0 => CpuStorage::F8E8M0(zeroed(w, 1)?),
+        DType::U32 if w.dtype == Dtype::U16 => CpuStorage::U32(zeroed(w, n.saturating_mul(2))?),
+        DType::U32 => CpuStorage::U32(zeroed(w, n)?),
+        DType::I16 => CpuStorage::I16(zeroed(w, n)?),
+        DType::I32 => CpuStorage::I32(zeroed(w, n)?),
+        DType::I64 => CpuStorage::I64(zeroed(w, n)?),
+        DType::BF16 => CpuStorage::BF16(zeroed(w, n)?),
+        DType::F16 => CpuStorage::F16(zeroed(w, n)?),
+        DType::F32 => CpuStorage::F32(zeroed(w, n)?),
+        DType::F64 => CpuStorage::F64(zeroed(w, n)?),
+        DType::F8E4M3 => CpuStorage::F8E4M3(zeroed(w, n)?),
+        DType::F6E2M3 => CpuStorage::F6E2M3(zeroed(w, n)?),
+        DType::F6E3M2 => CpuStorage::F6E3M2(zeroed(w, n)?),
+        DType::F4 => CpuStorage::F4(zeroed(w, n)?),
+        DType::F8E8M0 => CpuStorage::F8E8M0(zeroed(w, n)?),
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: tensor {}: no candle host buffer for {other:?}",
@@ -475,7 +477,7 @@ mod cuda {
 
     use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice};
     use candle_core::{CudaDevice, DType, DeviceLocation, Storage, Tensor};
-    use cudarc::driver::{CudaSlice, DevicePtrMut};
+    use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 
     use super::{widen_u16_pairs, Wanted};
     use crate::checkpoint::Checkpoint;
@@ -564,33 +566,39 @@ mod cuda {
     impl Slot {
         /// Zeroed memory of `dev` for tensor `w` (U16 as its bytes, widened once loaded).
         fn alloc(dev: &CudaDevice, w: &Wanted) -> Result<Slot> {
-            let err = |e: candle_core::Error| {
-                Error::Cuda(format!(
-                    "{}: tensor {}: allocating {} bytes: {e}",
-                    w.file.display(),
-                    quoted(&w.name),
-                    w.len
-                ))
-            };
-            let n = |size: usize| w.len / size;
+            /// `bytes` bytes of zeroed device memory, in elements of `T`.
+            fn zeroed<T: DeviceRepr + ValidAsZeroBits>(
+                dev: &CudaDevice,
+                w: &Wanted,
+                bytes: usize,
+            ) -> Result<CudaSlice<T>> {
+                dev.alloc_zeros(bytes / std::mem::size_of::<T>())
+                    .map_err(|e| {
+                        Error::Cuda(format!(
+                            "{}: tensor {}: allocating {} bytes: {e}",
+                            w.file.display(),
+                            quoted(&w.name),
+                            w.len
+                        ))
+                    })
+            }
+            let n = w.len;
             Ok(Slot(match w.candle {
-                DType::U32 if w.dtype == Dtype::U16 => {
-                    CudaStorageSlice::U8(dev.alloc_zeros(w.len).map_err(err)?)
-                }
-                DType::U8 => CudaStorageSlice::U8(dev.alloc_zeros(n(1)).map_err(err)?),
-                DType::U32 => CudaStorageSlice::U32(dev.alloc_zeros(n(4)).map_err(err)?),
-                DType::I16 => CudaStorageSlice::I16(dev.alloc_zeros(n(2)).map_err(err)?),
-                DType::I32 => CudaStorageSlice::I32(dev.alloc_zeros(n(4)).map_err(err)?),
-                DType::I64 => CudaStorageSlice::I64(dev.alloc_zeros(n(8)).map_err(err)?),
-                DType::BF16 => CudaStorageSlice::BF16(dev.alloc_zeros(n(2)).map_err(err)?),
-                DType::F16 => CudaStorageSlice::F16(dev.alloc_zeros(n(2)).map_err(err)?),
-                DType::F32 => CudaStorageSlice::F32(dev.alloc_zeros(n(4)).map_err(err)?),
-                DType::F64 => CudaStorageSlice::F64(dev.alloc_zeros(n(8)).map_err(err)?),
-                DType::F8E4M3 => CudaStorageSlice::F8E4M3(dev.alloc_zeros(n(1)).map_err(err)?),
-                DType::F6E2M3 => CudaStorageSlice::F6E2M3(dev.alloc_zeros(n(1)).map_err(err)?),
-                DType::F6E3M2 => CudaStorageSlice::F6E3M2(dev.alloc_zeros(n(1)).map_err(err)?),
-                DType::F4 => CudaStorageSlice::F4(dev.alloc_zeros(n(1)).map_err(err)?),
-                DType::F8E8M0 => CudaStorageSlice::F8E8M0(dev.alloc_zeros(n(1)).map_err(err)?),
+                DType::U32 if w.dtype == Dtype::U16 => CudaStorageSlice::U8(zeroed(dev, w, n)?),
+                DType::U8 => CudaStorageSlice::U8(zeroed(dev, w, n)?),
+                DType::U32 => CudaStorageSlice::U32(zeroed(dev, w, n)?),
+                DType::I16 => CudaStorageSlice::I16(zeroed(dev, w, n)?),
+                DType::I32 => CudaStorageSlice::I32(zeroed(dev, w, n)?),
+                DType::I64 => CudaStorageSlice::I64(zeroed(dev, w, n)?),
+                DType::BF16 => CudaStorageSlice::BF16(zeroed(dev, w, n)?),
+                DType::F16 => CudaStorageSlice::F16(zeroed(dev, w, n)?),
+                DType::F32 => CudaStorageSlice::F32(zeroed(dev, w, n)?),
+                DType::F64 => CudaStorageSlice::F64(zeroed(dev, w, n)?),
+                DType::F8E4M3 => CudaStorageSlice::F8E4M3(zeroed(dev, w, n)?),
+                DType::F6E2M3 => CudaStorageSlice::F6E2M3(zeroed(dev, w, n)?),
+                DType::F6E3M2 => CudaStorageSlice::F6E3M2(zeroed(dev, w, n)?),
+                DType::F4 => CudaStorageSlice::F4(zeroed(dev, w, n)?),
+                DType::F8E8M0 => CudaStorageSlice::F8E8M0(zeroed(dev, w, n)?),
                 other => {
                     return Err(Error::Unsupported(format!(
                         "{}: tensor {}: no candle CUDA buffer for {other:?}",
