@@ -653,7 +653,7 @@ def bin_series(a, st, budget):
                     break
                 if temp == "cold":
                     tb.drop_cache([path])
-                else:
+                elif (tb.residency([path])["fraction"] or 0.0) < 0.99:
                     tb.warm([path])
                 x = ts_load_json(a.bin, path, a.device, timeout=max(10, min(a.load_timeout, budget.left() - 10)))
                 x.update({"kind": kind, "temperature": temp})
