@@ -3,13 +3,17 @@
 # session has 15 minutes of device time, the start included). Runs ON the GPU machine,
 # from the bundle that scripts/gpu-bundle.sh builds:
 #
-#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s 120] [--reg-s 0] [--sweep-s 100]
+#   bash gpu-bundle/gpu-session.sh [--budget-s 540] [--check-s N] [--reg-s 0] [--sweep-s 100]
 #                                  [--tp-s 0]
 #
 # then, in order, each under its share of the budget:
 #   1. gpu-check.sh --skip-timing (CUDA tests, CPU-vs-CUDA digests of every fixture,
-#      conversion kernels against a D2D copy): $OUT/gpu-check.log, .json; correctness
-#      first, ~90 s on an H200 (the cold/warm figures come from 2 and 3);
+#      conversion kernels against a D2D copy, the Python package's pytest and
+#      serve_weights on cuda:0, the candle step): $OUT/gpu-check.log, .json; correctness
+#      first. --check-s defaults to 120 s (~90 s on an H200 without the last two),
+#      plus 90 s when the bundle has the Python wheel and 100 s when it has candle/
+#      (the share gpu-check.sh keeps for that step); the cold/warm figures come from
+#      2 and 3;
 #   1b. with --reg-s N (off by default): gpu/regbench.py (what registering the page cache
 #      costs the driver, by 1 to 16 threads, and copies from it against pinned memory;
 #      ~15 s; into run.log);
@@ -30,7 +34,7 @@
 # --tp-s: the device tool brings back at most eight). Give the call a timeout_s of budget + 60.
 set -u
 BUDGET=540
-CHECK=120
+CHECK=
 # regbench.py is off by default since run E measured it (bench/results/h200-2026-11-26/
 # e-run.log); --reg-s 40 runs it again.
 REG=0
@@ -43,11 +47,16 @@ while [ $# -gt 0 ]; do
         --reg-s) REG=$2; shift 2 ;;
         --sweep-s) SWEEP=$2; shift 2 ;;
         --tp-s) TP=$2; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "gpu-session.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 B=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ -z "$CHECK" ]; then
+    CHECK=120
+    ls "$B"/wheels-tensorstream/tensorstream-*.whl >/dev/null 2>&1 && CHECK=$((CHECK + 90))
+    [ -d "$B/candle" ] && CHECK=$((CHECK + 100))
+fi
 OUT=${OUT:-$PWD/gpu-session-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
