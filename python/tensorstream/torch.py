@@ -51,7 +51,9 @@ def _bytes_of(t):
 
 
 def _empty_bytes(nbytes, device):
-    if device.type == "cpu":
+    # An empty NumPy array becomes a tensor of stride 0, which cannot be viewed as
+    # another dtype: empty tensors come from PyTorch.
+    if device.type == "cpu" and nbytes:
         return torch.from_numpy(_np.empty_bytes(nbytes))
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 

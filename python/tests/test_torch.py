@@ -52,7 +52,8 @@ def same(a, b):
 def every_dtype(tmp_path_factory):
     gen = torch.Generator().manual_seed(11)
     tensors = {f"{str(dt)[6:]}.{i}": random_tensor(gen, dt, shape)
-               for dt in DTYPES for i, shape in enumerate([(), (7,), (3, 5), (2, 3, 64)])}
+               for dt in DTYPES
+               for i, shape in enumerate([(), (7,), (3, 5), (2, 3, 64), (0,), (4, 0)])}
     path = str(tmp_path_factory.mktemp("pt") / "all.safetensors")
     save_file(tensors, path, metadata={"framework": "pt"})
     return path, tensors
