@@ -108,10 +108,14 @@ class _Slice:
             if step == 1 and a < b and (a, b) != (0, shape[1]):
                 cols, rest[1] = (a, b), slice(None)
         t = self._owner._get(self._name, rows, cols)
-        if all(isinstance(k, slice) and k == slice(None) for k in rest):
+        if len(rest) <= len(shape) and all(isinstance(k, slice) and k == slice(None)
+                                           for k in rest):
             return t
         t = t[tuple(rest)]
         if self._owner._framework == "pt":
             return t.contiguous()
         import numpy as np
-        return np.ascontiguousarray(t)
+        # An array, never a NumPy scalar; np.ascontiguousarray would make a 0-d
+        # result (an int on every dimension) one-dimensional.
+        t = np.asarray(t)
+        return t if t.flags.c_contiguous else t.copy(order="C")
