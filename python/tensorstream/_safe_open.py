@@ -113,9 +113,19 @@ class _Slice:
             return t
         t = t[tuple(rest)]
         if self._owner._framework == "pt":
-            return t.contiguous()
+            return _packed(t)
         import numpy as np
         # An array, never a NumPy scalar; np.ascontiguousarray would make a 0-d
         # result (an int on every dimension) one-dimensional.
         t = np.asarray(t)
         return t if t.flags.c_contiguous else t.copy(order="C")
+
+
+def _packed(t):
+    """Tensor ``t`` with the strides of a fresh one: ``contiguous()`` keeps a view whose
+    dimensions of size 1 have other strides (``x[::2]`` of two rows), and such a tensor
+    cannot be viewed as a dtype of another size."""
+    import torch
+    if t.stride() == torch.empty(t.shape, dtype=t.dtype, device="meta").stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
