@@ -126,6 +126,8 @@ def _packed(t):
     dimensions of size 1 have other strides (``x[::2]`` of two rows), and such a tensor
     cannot be viewed as a dtype of another size."""
     import torch
-    if t.stride() == torch.empty(t.shape, dtype=t.dtype, device="meta").stride():
+
+    from .torch import fresh_strides
+    if t.stride() == fresh_strides(t.shape):
         return t
     return t.clone(memory_format=torch.contiguous_format)

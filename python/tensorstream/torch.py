@@ -45,9 +45,21 @@ def device_of(device):
     return d
 
 
+def fresh_strides(shape):
+    """The strides of a new tensor of ``shape``."""
+    return torch.empty(shape, device="meta").stride()
+
+
 def _bytes_of(t):
-    """A uint8 view of contiguous tensor ``t``'s memory."""
-    return t.detach().reshape(-1).view(torch.uint8)
+    """A uint8 view of contiguous tensor ``t``'s memory. PyTorch calls a tensor
+    contiguous whatever the strides of its dimensions of size 1 (``x[::2]`` of two
+    rows), and such a tensor cannot be viewed as bytes: it is given fresh strides,
+    which address the same memory."""
+    t = t.detach()
+    strides = fresh_strides(t.shape)
+    if t.stride() != strides:
+        t = t.as_strided(t.shape, strides, t.storage_offset())
+    return t.reshape(-1).view(torch.uint8)
 
 
 def _empty_bytes(nbytes, device):

@@ -602,3 +602,163 @@ def test_iter_tensors_torch(tmp_path):
             full = case.tensor(name)
             exp = _expected_slice(full, *want[name]) if name in want else full
             same(t, exp.contiguous(), f"{name} rows/cols {want.get(name)}")
+
+
+def _random_target(rng, fmt, shape):
+    """A tensor of ``fmt`` and ``shape`` full of random bytes: contiguous, or (for
+    two dimensions and more, or by a step) a non-contiguous view."""
+    count = int(np.prod(shape, dtype=np.int64))
+    pick = rng.random()
+    if len(shape) >= 2 and pick < 0.3:
+        flipped = shape[:-2] + (shape[-1], shape[-2])
+        raw = random_bytes(rng, fmt, count)
+        base = torch.from_numpy(np.frombuffer(raw, np.uint8).copy())
+        return _view(base, fmt, flipped).transpose(-1, -2)
+    if len(shape) >= 1 and pick < 0.5:
+        doubled = (shape[0] * 2,) + shape[1:]
+        raw = random_bytes(rng, fmt, 2 * count)
+        return _view(torch.from_numpy(np.frombuffer(raw, np.uint8).copy()), fmt, doubled)[::2]
+    raw = random_bytes(rng, fmt, count)
+    return _view(torch.from_numpy(np.frombuffer(raw, np.uint8).copy()), fmt, shape)
+
+
+def _view(u8, fmt, shape):
+    if u8.numel() == 0:
+        return torch.empty(shape, dtype=TORCH[fmt])
+    return u8.view(TORCH[fmt]).reshape(shape)
+
+
+def _snapshot(targets):
+    return {n: raw_of(t) for n, t in targets.items()}
+
+
+def _load_into_case(rng, root):
+    """Random targets and a file for them: {name: tensor}, the file's tensors
+    {name: (fmt, shape, bytes)}, and the expected missing and unexpected keys."""
+    floats = [f for f in ("F32", "F16", "BF16") if f in TORCH]
+    sources = [f for f in CONVERTIBLE if f in TORCH]
+    taken, targets, file = set(), {}, {}
+    for _ in range(int(rng.integers(1, 8))):
+        name = random_name(rng, taken)
+        fmt = str(rng.choice(sorted(TORCH)))
+        shape = random_shape(rng)
+        targets[name] = _random_target(rng, fmt, shape)
+        stored = fmt
+        if fmt in floats and rng.random() < 0.5:
+            stored = str(rng.choice(sorted(sources)))
+        if rng.random() < 0.85:
+            count = int(np.prod(shape, dtype=np.int64))
+            file[name] = (stored, shape, random_bytes(rng, stored, count))
+    present = [n for n in targets if n in file]
+    if present and rng.random() < 0.4:
+        first = str(rng.choice(present))
+        alias = random_name(rng, taken)
+        targets[alias] = targets[first]  # tied: one tensor under two names
+        file[alias] = file[first]
+    for _ in range(int(rng.integers(0, 3))):
+        fmt = str(rng.choice(sorted(TORCH)))
+        shape = random_shape(rng)
+        file[random_name(rng, taken)] = (fmt, shape, random_bytes(rng, fmt, int(np.prod(
+            shape, dtype=np.int64))))
+    names = list(file)
+    order = [names[i] for i in rng.permutation(len(names))]
+    root.mkdir(parents=True, exist_ok=True)
+    path = write_raw(root / "model.safetensors", {n: file[n] for n in order})
+    missing = [n for n in targets if n not in file]
+    unexpected = [n for n in order if n not in targets]
+    return targets, path, file, missing, unexpected
+
+
+def _expected_fill(fmt, shape, raw, dtype):
+    """What a parameter of torch ``dtype`` holds after loading a tensor stored as
+    ``fmt``: the bytes, or their conversion (``.to()`` off NaNs, the project's NaN)."""
+    src = np.frombuffer(raw, NP[fmt]).reshape(shape)
+    target = {v: k for k, v in TORCH.items()}[dtype]
+    if target == fmt:
+        return raw
+    return raw_of(expected_conversion(src, fmt, target))
+
+
+@needs_torch
+def test_load_into(tmp_path):
+    import tensorstream.torch as tst
+    rng = np.random.default_rng([SEED, 16])
+    for k in range(CASES):
+        targets, path, file, missing, unexpected = _load_into_case(rng, tmp_path / f"c{k}")
+        before = _snapshot(targets)
+        if missing or unexpected:
+            with pytest.raises(RuntimeError, match="missing keys"):
+                tst.load_into(targets, path)
+            assert _snapshot(targets) == before, "strict load_into wrote before raising"
+        got = tst.load_into(targets, path, strict=False)
+        assert list(got.missing_keys) == missing
+        assert list(got.unexpected_keys) == unexpected
+        for name, t in targets.items():
+            if name in missing:
+                assert raw_of(t) == before[name], f"{name}: missing, yet written"
+                continue
+            fmt, shape, raw = file[name]
+            assert raw_of(t) == _expected_fill(fmt, shape, raw, t.dtype), \
+                f"{name}: {fmt} {shape} into {t.dtype} {tuple(t.shape)} {t.stride()}"
+            if fmt != {v: k for k, v in TORCH.items()}[t.dtype]:
+                src = torch.from_numpy(np.frombuffer(raw, np.uint8).copy()) if raw else \
+                    torch.empty(0, dtype=torch.uint8)
+                src = _view(src, fmt, shape)
+                ok = ~torch.isnan(src.float())
+                same(t[ok], src.to(t.dtype)[ok], f"{name} against .to()")
+
+
+@needs_torch
+def test_load_into_refusals(tmp_path):
+    """A shape that differs, or a dtype the file's tensor cannot be loaded as (only
+    floating tensors convert), raises SafetensorError naming the tensor."""
+    import tensorstream.torch as tst
+    rng = np.random.default_rng([SEED, 17])
+    path = write_raw(tmp_path / "a.safetensors", {
+        "a.w": ("F32", (2, 3), random_bytes(rng, "F32", 6)),
+        "b.w": ("I32", (4,), random_bytes(rng, "I32", 4)),
+        "c.w": ("F64", (2,), random_bytes(rng, "F64", 2))})
+    good = {"a.w": torch.empty(2, 3), "b.w": torch.empty(4, dtype=torch.int32),
+            "c.w": torch.empty(2, dtype=torch.float64)}
+    for name, bad in [("a.w", torch.empty(3, 2)), ("b.w", torch.empty(4)),
+                      ("a.w", torch.empty(2, 3, dtype=torch.int32)),
+                      ("c.w", torch.empty(2)), ("a.w", torch.empty(2, 3, dtype=torch.float64))]:
+        targets = {n: _random_target(rng, {v: k for k, v in TORCH.items()}[t.dtype],
+                                     tuple(t.shape)) for n, t in good.items()}
+        targets[name] = bad.fill_(7)
+        before = _snapshot(targets)
+        with pytest.raises(tensorstream.SafetensorError, match=re.escape(name)):
+            tst.load_into(targets, path)
+        assert _snapshot(targets) == before, f"{name}: written before the error"
+
+
+@needs_torch
+def test_load_into_module(tmp_path):
+    """A module with a tied weight, a buffer and a non-contiguous parameter."""
+    import safetensors.torch as stt
+    import tensorstream.torch as tst
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(11, 6)
+            self.head = torch.nn.Linear(6, 11, bias=False)
+            self.head.weight = self.emb.weight
+            self.norm = torch.nn.LayerNorm(6).to(torch.bfloat16)
+            self.register_buffer("steps", torch.zeros(3, dtype=torch.int64))
+            self.wt = torch.nn.Parameter(torch.empty(5, 4).t())
+
+    torch.manual_seed(SEED % 2**31)
+    src, dst = Net(), Net()
+    with torch.no_grad():
+        for p in list(src.parameters()) + list(src.buffers()):
+            p.copy_(torch.randn(p.shape).to(p.dtype) * 5 if p.is_floating_point()
+                    else torch.randint(-9, 9, p.shape))
+    state = {k: v.detach().clone().contiguous() for k, v in src.state_dict().items()}
+    path = str(tmp_path / "net.safetensors")
+    stt.save_file(state, path)
+    got = tst.load_into(dst, path)
+    assert list(got.missing_keys) == [] and list(got.unexpected_keys) == []
+    for k, v in dst.state_dict().items():
+        same(v, state[k], k)
+    assert dst.head.weight is dst.emb.weight and not dst.wt.is_contiguous()
