@@ -80,6 +80,11 @@ class safe_open:
         return _Slice(self, name)
 
 
+class SliceError(SafetensorError, IndexError):
+    """An index ``get_slice`` cannot take: a ``SafetensorError`` (a ``ValueError``), as
+    safetensors raises for NumPy, and an ``IndexError``, as NumPy and PyTorch raise."""
+
+
 class _Slice:
     def __init__(self, owner, name):
         self._owner = owner
@@ -93,6 +98,33 @@ class _Slice:
         return self._dtype
 
     def __getitem__(self, key):
+        try:
+            rows, cols, rest = self._narrow(key)
+        except (IndexError, TypeError, ValueError) as e:
+            raise self._refused(key, e) from e
+        t = self._owner._get(self._name, rows, cols)
+        if len(rest) <= len(self._shape) and all(isinstance(k, slice) and k == slice(None)
+                                                 for k in rest):
+            return t
+        try:
+            t = t[tuple(rest)]
+        except (IndexError, TypeError, ValueError) as e:
+            raise self._refused(key, e) from e
+        if self._owner._framework == "pt":
+            return _packed(t)
+        import numpy as np
+        # An array, never a NumPy scalar; np.ascontiguousarray would make a 0-d
+        # result (an int on every dimension) one-dimensional.
+        t = np.asarray(t)
+        return t if t.flags.c_contiguous else t.copy(order="C")
+
+    def _refused(self, key, e):
+        return SliceError(f"tensor '{self._name}' of shape {list(self._shape)}: "
+                          f"index {key!r}: {e}")
+
+    def _narrow(self, key):
+        """The rows or columns to read of the tensor for ``key`` (None: all), and the
+        index that takes the rest from what is read."""
         key = key if isinstance(key, tuple) else (key,)
         rest = list(key)
         rows = cols = None
@@ -107,18 +139,7 @@ class _Slice:
             a, b, step = rest[1].indices(shape[1])
             if step == 1 and a < b and (a, b) != (0, shape[1]):
                 cols, rest[1] = (a, b), slice(None)
-        t = self._owner._get(self._name, rows, cols)
-        if len(rest) <= len(shape) and all(isinstance(k, slice) and k == slice(None)
-                                           for k in rest):
-            return t
-        t = t[tuple(rest)]
-        if self._owner._framework == "pt":
-            return _packed(t)
-        import numpy as np
-        # An array, never a NumPy scalar; np.ascontiguousarray would make a 0-d
-        # result (an int on every dimension) one-dimensional.
-        t = np.asarray(t)
-        return t if t.flags.c_contiguous else t.copy(order="C")
+        return rows, cols, rest
 
 
 def _packed(t):

@@ -226,8 +226,9 @@ def expected_conversion(src, fmt, target):
     to the target's quiet NaN with the source's sign bit (F8_E8M0 has none)."""
     if fmt == target:
         return src
-    want = src.astype(np.float32).astype(TARGETS[target])
-    nan = np.isnan(src.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = src.astype(np.float32).astype(TARGETS[target])
+        nan = np.isnan(src.astype(np.float32))
     if nan.any():
         width = src.dtype.itemsize * 8
         neg = (src.view(UINT[src.dtype.itemsize]) >> (width - 1)).astype(bool)
@@ -355,6 +356,9 @@ def check_slices(rng, case, f, framework, ref=None):
                     continue
             if isinstance(plain, Exception):
                 assert kind == "raised", f"{where}: indexing raises {plain!r}, tensorstream not"
+                # As safetensors (SafetensorError) and as the framework (its type).
+                assert isinstance(got, tensorstream.SafetensorError), f"{where}: {got!r}"
+                assert isinstance(got, type(plain)), f"{where}: {got!r}, not {plain!r}"
             else:
                 assert kind == "ok", f"{where}: indexing answers, tensorstream raised {got!r}"
                 same(got, plain, where)
@@ -419,7 +423,7 @@ def test_slice_keys_found_wrong(tmp_path):
             same(got, ref.get_slice(name)[key], f"{name}[{key!r}]")
             assert got.tobytes() == want.tobytes()
         for key in [slice(None), (slice(None),), (slice(None),) * 3]:
-            with pytest.raises(IndexError):
+            with pytest.raises(tensorstream.SafetensorError):
                 f.get_slice("s" if key != (slice(None),) * 3 else "m")[key]
 
 
@@ -430,6 +434,14 @@ def test_iter_tensors_numpy(tmp_path):
         assert [n for n, _ in got] == case.order
         for name, a in got:
             same(a, case.array(name), name)
+        # With options: the same as load_file with them.
+        kw = {"dtype": rng.choice([None, "bf16", "f16", "f32"]),
+              "only": random_globs(rng, case.order) if rng.random() < 0.5 else None}
+        whole = tsn.load_file(case.path, **kw)
+        got = list(tensorstream.iter_tensors(case.path, framework="np", batch_bytes=batch, **kw))
+        assert [n for n, _ in got] == list(whole)
+        for name, a in got:
+            same(a, whole[name], f"{name} {kw}")
 
 
 def random_rules(rng, case):
@@ -594,6 +606,14 @@ def test_iter_tensors_torch(tmp_path):
         rows, cols, want = random_rules(rng, case)
         kw = {"rows": rows or None, "cols": cols or None}
         whole = tst.load_file(case.path, **kw)
+        if want and rng.random() < 0.5:
+            # Only the tensors sliced, converted: the same as load_file with them.
+            opts = dict(kw, only=sorted(want), dtype=torch.bfloat16)
+            conv = tst.load_file(case.path, **opts)
+            it = list(tensorstream.iter_tensors(case.path, batch_bytes=64, **opts))
+            assert [n for n, _ in it] == list(conv)
+            for name, t in it:
+                same(t, conv[name], f"{name} {opts}")
         got = list(tensorstream.iter_tensors(case.path, batch_bytes=int(rng.integers(1, 512)),
                                              **kw))
         assert [n for n, _ in got] == case.order
