@@ -98,6 +98,9 @@ class _Slice:
         return self._dtype
 
     def __getitem__(self, key):
+        if self._dtype == "F4" and self._owner._framework == "pt":
+            raise SliceError(f"tensor '{self._name}': F4 loads packed in pairs "
+                             "(torch.float4_e2m1fn_x2): use get_tensor")
         try:
             rows, cols, rest = self._narrow(key)
         except (IndexError, TypeError, ValueError) as e:

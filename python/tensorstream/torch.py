@@ -16,7 +16,7 @@ _NAMES = {
     "F32": "float32", "U64": "uint64", "I64": "int64", "F64": "float64",
     "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
     "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F8_E8M0": "float8_e8m0fnu",
+    "F8_E8M0": "float8_e8m0fnu", "F4": "float4_e2m1fn_x2",
 }
 _TYPES = {k: getattr(torch, v) for k, v in _NAMES.items() if hasattr(torch, v)}
 #: Bytes per batch of ``iter_tensors`` on CUDA, where a batch is device memory and the
@@ -31,6 +31,21 @@ def torch_dtype(path, name, dtype):
     if t is None:
         raise _common.lacking(path, name, dtype, f"PyTorch {torch.__version__}")
     return t
+
+
+def torch_shape(path, name, dtype, shape):
+    """The shape of the torch tensor holding a tensor of the format's ``dtype`` and
+    ``shape``: as it is, or, for F4 (``torch.float4_e2m1fn_x2``, two values a byte, as
+    safetensors loads it), its last dimension halved."""
+    shape = list(shape)
+    if dtype != "F4":
+        return shape
+    if not shape or shape[-1] % 2:
+        raise SafetensorError(
+            f"{path}: tensor '{name}': F4 of shape {shape} loads as "
+            "torch.float4_e2m1fn_x2 (pairs along the last dimension), which needs an even "
+            "last dimension")
+    return shape[:-1] + [shape[-1] // 2]
 
 
 def device_of(device):
@@ -96,6 +111,7 @@ def _load_specs(ckpt, specs, loader, device, progress=None):
     out, regions = [], []
     for name, _file_dtype, dtype, shape, nbytes in specs:
         t = torch_dtype(ckpt.path, name, dtype)
+        shape = torch_shape(ckpt.path, name, dtype, shape)
         buf = _empty_bytes(nbytes, device)
         regions.append((name, buf, dtype))
         out.append((name, buf.view(t).reshape(shape)))
@@ -169,13 +185,13 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
         if t.nbytes and place in seen:
             continue  # a tied parameter: its memory is filled under its first name
         seen.add(place)
-        if list(t.shape) != list(spec[3]):
-            raise SafetensorError(f"{filename}: tensor '{name}': shape {list(spec[3])} in the "
-                                  f"file, {list(t.shape)} in the module")
         fmt = _FORMAT.get(t.dtype)
         if fmt is None:
             raise SafetensorError(f"{filename}: tensor '{name}': parameter dtype {t.dtype} "
                                   "has no safetensors equivalent")
+        if list(t.shape) != torch_shape(filename, name, fmt, spec[3]):
+            raise SafetensorError(f"{filename}: tensor '{name}': shape {list(spec[3])} in the "
+                                  f"file, {list(t.shape)} in the module")
         if not t.is_contiguous():
             tmp = torch.empty(t.shape, dtype=t.dtype, device=t.device)
             after.append((t, tmp))

@@ -158,8 +158,7 @@ class Case:
         return len(self.files) == 1
 
     def array(self, name):
-        fmt, shape, raw = self.tensors[name]
-        return np.frombuffer(raw, NP[fmt]).reshape(shape)
+        return as_array(*self.tensors[name])
 
     def tensor(self, name):
         fmt, shape, raw = self.tensors[name]
@@ -167,6 +166,10 @@ class Case:
         if raw:
             u.copy_(torch.from_numpy(np.frombuffer(raw, np.uint8).copy()))
         return u.view(TORCH[fmt]).reshape(shape)
+
+
+def as_array(fmt, shape, raw):
+    return np.frombuffer(raw, NP[fmt]).reshape(shape)
 
 
 def cases(tmp_path, salt, count=CASES, dtypes=None):
@@ -350,7 +353,8 @@ def check_slices(rng, case, f, framework, ref=None):
             if ref is not None:
                 rkind, rval = outcome(lambda: ref.get_slice(name)[key], reference=True)
                 if rkind == "ok":
-                    assert kind == "ok", f"{where}: safetensors answers, tensorstream raised {got!r}"
+                    assert kind == "ok", \
+                        f"{where}: safetensors answers, tensorstream raised {got!r}"
                     same(got, rval, where)
                     assert type(got) is type(rval), where
                     continue
@@ -504,6 +508,26 @@ def test_rows_cols_numpy(tmp_path):
                                    batch_bytes=64))
         for name in case.order:
             same(it[name], got[name], f"{name} iter_tensors rows/cols")
+
+
+def test_large_tensors_numpy(tmp_path):
+    """Tensors of a MiB and more land in memory mapped for them alone: the same
+    bytes, conversions and slices as small ones."""
+    rng = np.random.default_rng([SEED, 18])
+    t = {"big.f16": ("F16", (300, 1800), random_bytes(rng, "F16", 540_000)),
+         "big.bf16": ("BF16", (1 << 19,), random_bytes(rng, "BF16", 1 << 19)),
+         "big.i8": ("I8", (2, 1 << 20), random_bytes(rng, "I8", 2 << 20))}
+    path = write_raw(tmp_path / "big.safetensors", t)
+    for target in [None, "F32", "BF16"]:
+        got = tsn.load_file(path, dtype=target)
+        for name, (fmt, _, _) in t.items():
+            src = as_array(*t[name])
+            want = expected_conversion(src, fmt, target) \
+                if target and fmt in CONVERTIBLE else src
+            same(got[name], want, f"{name} -> {target}")
+    got = tsn.load_file(path, rows={"big.f16": "1/3"}, cols={"big.i8": (1000, 1 << 20)})
+    same(got["big.f16"], np.array(as_array(*t["big.f16"])[100:200]), "rows")
+    same(got["big.i8"], np.array(as_array(*t["big.i8"])[:, 1000:]), "cols")
 
 
 def test_slice_rule_refusals(tmp_path):
@@ -692,7 +716,7 @@ def _load_into_case(rng, root):
 def _expected_fill(fmt, shape, raw, dtype):
     """What a parameter of torch ``dtype`` holds after loading a tensor stored as
     ``fmt``: the bytes, or their conversion (``.to()`` off NaNs, the project's NaN)."""
-    src = np.frombuffer(raw, NP[fmt]).reshape(shape)
+    src = as_array(fmt, shape, raw)
     target = {v: k for k, v in TORCH.items()}[dtype]
     if target == fmt:
         return raw
@@ -782,3 +806,65 @@ def test_load_into_module(tmp_path):
     for k, v in dst.state_dict().items():
         same(v, state[k], k)
     assert dst.head.weight is dst.emb.weight and not dst.wt.is_contiguous()
+
+
+@needs_torch
+def test_load_into_rows_cols(tmp_path):
+    """Targets shaped as a tensor-parallel rank's slices are filled with them."""
+    import tensorstream.torch as tst
+    for rng, case in torch_cases(tmp_path, 19, count=CASES // 2):
+        rows, cols, want = random_rules(rng, case)
+        if not want:
+            continue
+        targets = {}
+        for name in case.order:
+            full = case.tensor(name)
+            exp = _expected_slice(full, *want[name]) if name in want else full
+            targets[name] = torch.empty_like(exp, memory_format=torch.contiguous_format)
+        got = tst.load_into(targets, case.path, rows=rows or None, cols=cols or None)
+        assert list(got.missing_keys) == [] and list(got.unexpected_keys) == []
+        for name, t in targets.items():
+            full = case.tensor(name)
+            exp = _expected_slice(full, *want[name]) if name in want else full
+            same(t, exp, f"{name} rows/cols {want.get(name)}")
+
+
+@needs_torch
+@pytest.mark.skipif(torch is not None and not hasattr(torch, "float4_e2m1fn_x2"),
+                    reason="this PyTorch has no float4_e2m1fn_x2")
+def test_f4_torch(tmp_path):
+    """F4 loads as safetensors.torch loads it: torch.float4_e2m1fn_x2, two values a
+    byte, the last dimension halved; an odd last dimension is refused."""
+    import safetensors.torch as stt
+    import tensorstream.torch as tst
+    rng = np.random.default_rng([SEED, 20])
+    for k in range(CASES // 2):
+        shape = random_shape(rng)
+        if not shape or rng.random() < 0.8:
+            shape = shape[:-1] + (2 * int(rng.integers(0, 4)),) if shape else (2,)
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = rng.integers(0, 256, (count + 1) // 2, np.uint8).tobytes()
+        other = random_bytes(rng, "F16", 3)
+        path = write_raw(tmp_path / f"f4-{k}.safetensors",
+                         {"w.f4": ("F4", shape, raw), "b": ("F16", (3,), other)})
+        if count % 2 or shape[-1] % 2:
+            with pytest.raises(tensorstream.SafetensorError, match="w.f4"):
+                tst.load_file(path)
+            continue
+        ref = stt.load_file(path)
+        got = tst.load_file(path)
+        for name in ref:
+            same(got[name], ref[name], f"{name} {shape}")
+        with tensorstream.safe_open(path, "pt") as f:
+            same(f.get_tensor("w.f4"), ref["w.f4"], "get_tensor")
+            assert f.get_slice("w.f4").get_shape() == list(shape)
+            assert f.get_slice("w.f4").get_dtype() == "F4"
+            with pytest.raises(tensorstream.SafetensorError, match="get_tensor"):
+                f.get_slice("w.f4")[:1]
+        it = dict(tensorstream.iter_tensors(path, batch_bytes=1))
+        same(it["w.f4"], ref["w.f4"], "iter_tensors")
+        targets = {n: torch.empty_like(t) for n, t in ref.items()}
+        tst.load_into(targets, path)
+        same(targets["w.f4"], ref["w.f4"], "load_into")
+        with pytest.raises(tensorstream.SafetensorError, match="w.f4"):
+            tst.load_into({"w.f4": torch.empty(shape), "b": torch.empty(3)}, path)

@@ -123,8 +123,9 @@ def test_rows_cols_and_iter_tensors(tmp_path, device):
 
 
 def test_missing_dtype_names_the_tensor(tmp_path):
-    path = write_raw(tmp_path / "f4.safetensors", {"w4": ("F4", (8,), b"\x12\x34\x56\x78")})
-    with pytest.raises(tensorstream.SafetensorError, match="w4"):
+    path = write_raw(tmp_path / "f6.safetensors",
+                     {"w6": ("F6_E2M3", (8,), b"\x12\x34\x56\x78\x9a\xbc")})
+    with pytest.raises(tensorstream.SafetensorError, match="w6"):
         tst.load_file(path)
 
 
