@@ -89,5 +89,7 @@ def iter_tensors(filename, *, dtype=None, only=None, rows=None, cols=None, io=No
     ckpt = _common.native_checkpoint(filename)
     loader = _common.loader(dtype, only, rows, cols, io)
     specs = loader.plan(ckpt)
+    for name, _file_dtype, dtype, _shape, _nbytes in specs:
+        numpy_dtype(ckpt.path, name, dtype)  # a dtype NumPy lacks raises before any load
     return _common.iterate(lambda b: _load_specs(ckpt, b, loader), specs,
                            batch_bytes or _common.BATCH_BYTES)

@@ -143,6 +143,10 @@ def iter_tensors(filename, device="cpu", *, dtype=None, only=None, rows=None, co
     ckpt = _common.native_checkpoint(filename)
     loader = _loader(device, dtype, only, rows, cols, io)
     specs = loader.plan(ckpt)
+    for name, _file_dtype, dtype, shape, _nbytes in specs:
+        # A tensor PyTorch cannot hold raises before any load.
+        torch_dtype(ckpt.path, name, dtype)
+        torch_shape(ckpt.path, name, dtype, shape)
     if batch_bytes is None:
         batch_bytes = _common.BATCH_BYTES if device.type == "cpu" else _CUDA_BATCH_BYTES
     return _common.iterate(lambda b: _load_specs(ckpt, b, loader, device), specs, batch_bytes)

@@ -550,6 +550,15 @@ def test_dtype_numpy_lacks(tmp_path):
     with pytest.raises(tensorstream.SafetensorError, match="tiny.w"):
         tsn.load_file(path)
     assert list(tsn.load_file(path, only="ok")) == ["ok"]
+    # iter_tensors refuses before yielding anything, not after the tensors before.
+    with pytest.raises(tensorstream.SafetensorError, match="tiny.w"):
+        tensorstream.iter_tensors(path, framework="np", batch_bytes=1)
+    if torch is not None:
+        six = write_raw(tmp_path / "b.safetensors", {
+            "ok": ("F32", (2,), random_bytes(rng, "F32", 2)),
+            "six.w": ("F6_E3M2", (4,), rng.integers(0, 256, 3, np.uint8).tobytes())})
+        with pytest.raises(tensorstream.SafetensorError, match="six.w"):
+            tensorstream.iter_tensors(six, batch_bytes=1)
     with tensorstream.safe_open(path, "np") as f:
         assert f.get_slice("tiny.w").get_dtype() == "F4"
         with pytest.raises(tensorstream.SafetensorError, match="tiny.w"):
@@ -842,6 +851,8 @@ def test_f4_torch(tmp_path):
         shape = random_shape(rng)
         if not shape or rng.random() < 0.8:
             shape = shape[:-1] + (2 * int(rng.integers(0, 4)),) if shape else (2,)
+        if k < 2:
+            shape = [(2, 3), (3,)][k]  # odd last dimensions, whole bytes or not
         count = int(np.prod(shape, dtype=np.int64))
         raw = rng.integers(0, 256, (count + 1) // 2, np.uint8).tobytes()
         other = random_bytes(rng, "F16", 3)
