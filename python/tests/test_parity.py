@@ -498,14 +498,19 @@ def test_rows_cols_numpy(tmp_path):
         rows, cols, want = random_rules(rng, case)
         if not want:
             continue
-        got = tsn.load_file(case.path, rows=rows or None, cols=cols or None)
+        target = rng.choice([None, "F32", "F16", "BF16"])
+        got = tsn.load_file(case.path, rows=rows or None, cols=cols or None, dtype=target)
         assert list(got) == case.order
         for name in case.order:
             full = case.array(name)
-            exp = _expected_slice(full, *want[name]) if name in want else full
-            same(got[name], np.array(exp, order="C"), f"{name} rows/cols {want.get(name)}")
+            exp = np.array(_expected_slice(full, *want[name]) if name in want else full,
+                           order="C")
+            fmt = case.tensors[name][0]
+            if target is not None and fmt in CONVERTIBLE:
+                exp = expected_conversion(exp, fmt, target)
+            same(got[name], exp, f"{name} rows/cols {want.get(name)} as {target}")
         it = dict(tsn.iter_tensors(case.path, rows=rows or None, cols=cols or None,
-                                   batch_bytes=64))
+                                   dtype=target, batch_bytes=64))
         for name in case.order:
             same(it[name], got[name], f"{name} iter_tensors rows/cols")
 
@@ -575,8 +580,8 @@ def torch_cases(tmp_path, salt, count=CASES):
 def test_load_file_torch(tmp_path):
     import safetensors.torch as stt
     import tensorstream.torch as tst
-    for _, case in torch_cases(tmp_path, 11):
-        got = tst.load_file(case.path)
+    for rng, case in torch_cases(tmp_path, 11):
+        got = tst.load_file(case.path, ["cpu", "cpu:0", torch.device("cpu")][rng.integers(0, 3)])
         assert list(got) == case.order
         for name in case.order:
             same(got[name], case.tensor(name), name)
