@@ -132,7 +132,10 @@ class _Slice:
         rest = list(key)
         rows = cols = None
         shape = self._shape
-        plain = not (_GLOB & set(self._name)) and self._dtype not in ("F4", "F6_E2M3", "F6_E3M2")
+        # Rows or columns are read through a rule on the name: not for a name a rule
+        # cannot spell (empty, or a glob matching others) nor for sub-byte dtypes.
+        plain = bool(self._name) and not (_GLOB & set(self._name)) \
+            and self._dtype not in ("F4", "F6_E2M3", "F6_E3M2")
         if plain and len(rest) >= 1 and isinstance(rest[0], slice) and len(shape) >= 1:
             a, b, step = rest[0].indices(shape[0])
             if step == 1 and a < b and (a, b) != (0, shape[0]):

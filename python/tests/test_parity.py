@@ -98,6 +98,9 @@ def random_shape(rng):
 
 
 def random_name(rng, taken):
+    if "" not in taken and rng.random() < 0.03:
+        taken.add("")  # a legal name, which no glob rule can spell
+        return ""
     while True:
         parts = rng.choice(NAME_PARTS, int(rng.integers(1, 5)))
         name = ".".join(str(p) for p in parts)
@@ -455,7 +458,7 @@ def random_rules(rng, case):
     rows, cols, want = {}, {}, {}
     for name in case.order:
         shape = case.tensors[name][1]
-        if "*" in name or "?" in name or rng.random() < 0.4:
+        if not name or "*" in name or "?" in name or rng.random() < 0.4:
             continue
         r = c = None
         if len(shape) >= 1 and rng.random() < 0.7:
