@@ -1,7 +1,9 @@
 """``safe_open``: drop-in for ``safetensors.safe_open`` (keys, metadata, get_tensor,
 get_slice), over a file, a directory of shards or an index. The headers are read
-once; each ``get_tensor`` loads one tensor, and ``get_slice(name)[a:b, c:d]`` reads
-only the rows (or the columns) asked for."""
+once; each ``get_tensor`` loads one tensor, and ``get_slice(name)[i]`` or
+``[a:b, c:d]`` reads only the rows (or the columns) asked for."""
+
+import numbers
 
 from . import _common
 from ._native import SafetensorError
@@ -105,21 +107,30 @@ class _Slice:
             rows, cols, rest = self._narrow(key)
         except (IndexError, TypeError, ValueError) as e:
             raise self._refused(key, e) from e
-        t = self._owner._get(self._name, rows, cols)
+        read = self._owner._get(self._name, rows, cols)
         if len(rest) <= len(self._shape) and all(isinstance(k, slice) and k == slice(None)
                                                  for k in rest):
-            return t
+            return read
         try:
-            t = t[tuple(rest)]
+            t = read[tuple(rest)]
         except (IndexError, TypeError, ValueError) as e:
             raise self._refused(key, e) from e
+        # A copy unless the result is all that was read: a view would keep the rest
+        # alive. PyTorch's contiguous() would keep a view whose dimensions of size 1
+        # have other strides (x[::2] of two rows), which cannot be viewed as a dtype
+        # of another size: the strides must be a fresh tensor's.
         if self._owner._framework == "pt":
-            return _packed(t)
+            import torch
+
+            from .torch import fresh_strides
+            if t.nbytes == read.nbytes and t.stride() == fresh_strides(t.shape):
+                return t
+            return t.clone(memory_format=torch.contiguous_format)
         import numpy as np
         # An array, never a NumPy scalar; np.ascontiguousarray would make a 0-d
         # result (an int on every dimension) one-dimensional.
         t = np.asarray(t)
-        return t if t.flags.c_contiguous else t.copy(order="C")
+        return t if t.nbytes == read.nbytes and t.flags.c_contiguous else t.copy(order="C")
 
     def _refused(self, key, e):
         return SliceError(f"tensor '{self._name}' of shape {list(self._shape)}: "
@@ -140,6 +151,10 @@ class _Slice:
             a, b, step = rest[0].indices(shape[0])
             if step == 1 and a < b and (a, b) != (0, shape[0]):
                 rows, rest[0] = (a, b), slice(None)
+        elif plain and len(rest) >= 1 and _is_int(rest[0]) and len(shape) >= 1 \
+                and -shape[0] <= rest[0] < shape[0] and shape[0] > 1:
+            i = int(rest[0]) % shape[0]
+            rows, rest[0] = (i, i + 1), 0  # one row read, not the whole tensor
         if plain and rows is None and len(rest) >= 2 and isinstance(rest[1], slice) \
                 and isinstance(rest[0], slice) and len(shape) >= 2:
             a, b, step = rest[1].indices(shape[1])
@@ -148,13 +163,6 @@ class _Slice:
         return rows, cols, rest
 
 
-def _packed(t):
-    """Tensor ``t`` with the strides of a fresh one: ``contiguous()`` keeps a view whose
-    dimensions of size 1 have other strides (``x[::2]`` of two rows), and such a tensor
-    cannot be viewed as a dtype of another size."""
-    import torch
-
-    from .torch import fresh_strides
-    if t.stride() == fresh_strides(t.shape):
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
+def _is_int(k):
+    """An integer index (not a bool, which NumPy takes as a mask)."""
+    return isinstance(k, numbers.Integral) and not isinstance(k, bool)

@@ -198,6 +198,16 @@ def same(got, want, where):
     assert raw_of(got) == raw_of(want), f"{where}: bytes differ"
 
 
+def held(x):
+    """Bytes of the memory under array or tensor ``x``: more than its own when it is
+    a view of a larger one."""
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.untyped_storage().nbytes()
+    while isinstance(x.base, np.ndarray):
+        x = x.base
+    return x.nbytes
+
+
 def glob_re(pattern):
     """The library's whole-name globs: ``*`` any run, ``?`` one character."""
     body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
@@ -374,6 +384,7 @@ def check_slices(rng, case, f, framework, ref=None):
                     assert got.flags["C_CONTIGUOUS"], where
                 else:
                     assert got.stride() == torch.empty(got.shape).stride(), where
+                assert held(got) == got.nbytes, f"{where}: holds {held(got)} bytes"
 
 
 def check_safe_open(rng, case, framework):
@@ -536,6 +547,13 @@ def test_large_tensors_numpy(tmp_path):
     got = tsn.load_file(path, rows={"big.f16": "1/3"}, cols={"big.i8": (1000, 1 << 20)})
     same(got["big.f16"], np.array(as_array(*t["big.f16"])[100:200]), "rows")
     same(got["big.i8"], np.array(as_array(*t["big.i8"])[:, 1000:]), "cols")
+    # get_slice reads what it is asked for: the memory under the result is its size.
+    with tensorstream.safe_open(path, "np") as f:
+        for name, key in [("big.i8", -1), ("big.i8", (slice(1, 2), slice(5, 9))),
+                          ("big.f16", slice(7, 9)), ("big.f16", np.int64(3))]:
+            got = f.get_slice(name)[key]
+            same(got, np.array(as_array(*t[name])[key], order="C"), f"{name}[{key!r}]")
+            assert held(got) == got.nbytes, f"{name}[{key!r}]: holds {held(got)} bytes"
 
 
 def test_slice_rule_refusals(tmp_path):
