@@ -66,7 +66,8 @@ if torch is not None:
             TORCH[_fmt] = getattr(torch, _name)
 
 NAME_PARTS = ["model", "layers", "0", "17", "weight", "bias", "emb-ed", "é", "日本語", "ß",
-              "𝔘", "a=b", "x y", "q?k", "w*", "[0]", "norm", "ñ.ñ"]
+              "𝔘", "a=b", "x y", "q?k", "w*", "[0]", "norm", "ñ.ñ", "n\nl", 'q"', "b\\s",
+              "\x00"]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -145,13 +146,21 @@ class Case:
             self.files.append(self.path)
             self.order = names
             return
-        weight_map, self.order = {}, []
+        weight_map, self.order, merged = {}, [], None
         for k, group in enumerate(groups):
             file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
             part = {n: self.tensors[n] for n in group}
-            self.files.append(write_raw(root / file, part, self.metadata))
+            # Shards' metadata: the same, some more or none; metadata() merges them.
+            meta = self.metadata
+            if rng.random() < 0.3:
+                meta = None if rng.random() < 0.5 else \
+                    dict(meta or {}, **{f"shard.{k}": str(rng.choice(NAME_PARTS))})
+            if meta is not None:
+                merged = dict(merged or {}, **meta)
+            self.files.append(write_raw(root / file, part, meta))
             weight_map.update({n: file for n in group})
             self.order += group
+        self.metadata = merged
         index = root / "model.safetensors.index.json"
         index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
         self.path = str(index) if rng.random() < 0.5 else str(root)
