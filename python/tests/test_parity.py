@@ -26,7 +26,7 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 SEED = int(os.environ.get("TENSORSTREAM_PARITY_SEED", "20261207"))
-CASES = int(os.environ.get("TENSORSTREAM_PARITY_CASES", "30"))
+CASES = int(os.environ.get("TENSORSTREAM_PARITY_CASES", "50"))
 
 #: Format dtype -> NumPy dtype (BF16 and FP8 through ml_dtypes).
 NP = {
