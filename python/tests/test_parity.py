@@ -850,6 +850,17 @@ def test_load_into_module(tmp_path):
     for k, v in dst.state_dict().items():
         same(v, state[k], k)
     assert dst.head.weight is dst.emb.weight and not dst.wt.is_contiguous()
+    # A file with one name of the tied pair (as safetensors.torch.save_model writes):
+    # the other is missing, as load_state_dict reports it, yet its memory is filled.
+    del state["head.weight"]
+    stt.save_file(state, path)
+    dst = Net()
+    with pytest.raises(RuntimeError, match="head.weight"):
+        tst.load_into(dst, path)
+    got = tst.load_into(dst, path, strict=False)
+    assert list(got.missing_keys) == ["head.weight"] and list(got.unexpected_keys) == []
+    assert list(dst.load_state_dict(state, strict=False).missing_keys) == ["head.weight"]
+    same(dst.head.weight, state["emb.weight"], "tied")
 
 
 @needs_torch
