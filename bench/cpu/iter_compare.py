@@ -2,13 +2,14 @@
 exist (allocated and touched, as a model's constructor leaves them) and each loader
 fills them from a safetensors file.
 
-    python bench/cpu/iter_compare.py PATH [--rounds 5] [--cold]     # needs torch
+    python bench/cpu/iter_compare.py PATH [--rounds 5] [--cold] [--device cuda:0]   # needs torch
 
 Loaders, each in a fresh Python process (torch and the model made before the clock):
 - safetensors-iter: the loop of vLLM's safetensors weights iterator, `safe_open(PATH,
   "pt")` then `get_tensor(name)` for each key, each copied into its parameter with
-  `param.copy_(tensor)`;
-- ts-iter: the same loop over `tensorstream.iter_tensors(PATH)`;
+  `param.copy_(tensor)` (with `--device cuda:N` the parameters are on that GPU and
+  `safe_open` reads on the CPU, as vLLM's loop does);
+- ts-iter: the same loop over `tensorstream.iter_tensors(PATH, device)`;
 - ts-load_into: `tensorstream.torch.load_into(params, PATH)`, which reads into the
   parameters themselves.
 After the clock, every parameter's bytes are hashed in the child and the parent
@@ -33,7 +34,7 @@ from py_compare import drop_caches, file_digests
 LOADERS = ["safetensors-iter", "ts-iter", "ts-load_into"]
 
 
-def child(loader, path):
+def child(loader, path, device):
     import torch
     import tensorstream
     import tensorstream.torch as tst
@@ -45,34 +46,39 @@ def child(loader, path):
             s = f.get_slice(name)
             dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
                             .get(s.get_dtype(), "uint8"))
-            params[name] = torch.zeros(s.get_shape(), dtype=dtype)
+            params[name] = torch.zeros(s.get_shape(), dtype=dtype, device=device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     if loader == "safetensors-iter":
         with safe_open(path, "pt") as f:
             for name in f.keys():
                 params[name].copy_(f.get_tensor(name))
     elif loader == "ts-iter":
-        for name, t in tensorstream.iter_tensors(path):
+        for name, t in tensorstream.iter_tensors(path, device):
             params[name].copy_(t)
     else:
         tst.load_into(params, path)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    digests = {k: hashlib.sha256(v.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    digests = {k: hashlib.sha256(v.reshape(-1).view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
                for k, v in params.items()}
     nbytes = sum(v.nbytes for v in params.values())
     print(json.dumps({"loader": loader, "seconds": seconds, "bytes": nbytes,
                       "peak_rss": peak, "digests": digests}))
 
 
-def run(loader, path, cold):
+def run(loader, path, cold, device):
     if cold:
         drop_caches()
     else:
         with open(path, "rb") as f:
             while f.read(64 << 20):
                 pass
-    out = subprocess.run([sys.executable, __file__, "--child", loader, path],
+    out = subprocess.run([sys.executable, __file__, "--child", loader, path, "--device", device],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -82,20 +88,21 @@ def main():
     ap.add_argument("path")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where the parameters live: cpu or cuda:N")
     ap.add_argument("--child", choices=LOADERS)
     a = ap.parse_args()
     if a.child:
-        return child(a.child, a.path)
+        return child(a.child, a.path, a.device)
     want = file_digests(a.path)
     print(f"{a.path}: {len(want)} tensors, {os.path.getsize(a.path) / 2**30:.2f} GiB, "
-          f"{'cold' if a.cold else 'warm'}, {a.rounds} rounds after a warm-up")
+          f"{'cold' if a.cold else 'warm'}, to {a.device}, {a.rounds} rounds after a warm-up")
     for loader in LOADERS:
-        run(loader, a.path, a.cold)
+        run(loader, a.path, a.cold, a.device)
     results = {k: [] for k in LOADERS}
     for r in range(a.rounds):
         order = LOADERS[r % len(LOADERS):] + LOADERS[:r % len(LOADERS)]
         for loader in order:
-            res = run(loader, a.path, a.cold)
+            res = run(loader, a.path, a.cold, a.device)
             if res["digests"] != want:
                 bad = [k for k in want if res["digests"].get(k) != want[k]]
                 sys.exit(f"{loader}: round {r}: wrong bytes in {len(bad)} tensors, e.g. {bad[:3]}")
@@ -107,6 +114,7 @@ def main():
     nbytes = results[LOADERS[0]][0]["bytes"]
     print("SUMMARY " + json.dumps({
         "mode": "cold" if a.cold else "warm",
+        "device": a.device,
         "tensor_bytes": nbytes,
         "median_s": med,
         "gbps": {k: nbytes / s / 1e9 for k, s in med.items()},
