@@ -25,11 +25,9 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
-from py_compare import drop_caches, file_digests
+from py_compare import file_digests, run_child, timed_rounds
 
 LOADERS = ["safetensors-iter", "ts-iter", "ts-load_into"]
 
@@ -71,18 +69,6 @@ def child(loader, path, device):
                       "peak_rss": peak, "digests": digests}))
 
 
-def run(loader, path, cold, device):
-    if cold:
-        drop_caches()
-    else:
-        with open(path, "rb") as f:
-            while f.read(64 << 20):
-                pass
-    out = subprocess.run([sys.executable, __file__, "--child", loader, path, "--device", device],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("path")
@@ -96,20 +82,9 @@ def main():
     want = file_digests(a.path)
     print(f"{a.path}: {len(want)} tensors, {os.path.getsize(a.path) / 2**30:.2f} GiB, "
           f"{'cold' if a.cold else 'warm'}, to {a.device}, {a.rounds} rounds after a warm-up")
-    for loader in LOADERS:
-        run(loader, a.path, a.cold, a.device)
-    results = {k: [] for k in LOADERS}
-    for r in range(a.rounds):
-        order = LOADERS[r % len(LOADERS):] + LOADERS[:r % len(LOADERS)]
-        for loader in order:
-            res = run(loader, a.path, a.cold, a.device)
-            if res["digests"] != want:
-                bad = [k for k in want if res["digests"].get(k) != want[k]]
-                sys.exit(f"{loader}: round {r}: wrong bytes in {len(bad)} tensors, e.g. {bad[:3]}")
-            results[loader].append(res)
-            print(f"round {r} {loader:16s} {res['seconds']:.3f} s "
-                  f"{res['bytes'] / res['seconds'] / 1e9:6.2f} GB/s "
-                  f"peak RSS {res['peak_rss'] / res['bytes']:.3f}x tensor bytes (verified)")
+    results = timed_rounds(
+        LOADERS, lambda k: run_child(__file__, [k, a.path, "--device", a.device], a.path, a.cold),
+        want, a.rounds)
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
     nbytes = results[LOADERS[0]][0]["bytes"]
     print("SUMMARY " + json.dumps({

@@ -396,28 +396,14 @@ mod tests {
     fn populating_makes_fresh_pages_present_and_leaves_written_ones_as_they_are() {
         let page = 4096usize;
         let len = 64 * page;
-        // SAFETY: a fresh private anonymous mapping of `len` bytes, unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED);
-        let addr = map as usize;
+        let mut map = memmap2::MmapMut::map_anon(len).unwrap();
+        let addr = map.as_ptr() as usize;
         assert!(!present(addr) && !present(addr + 30 * page));
         // The first and last pages written (with random bytes), the middle not: the
         // range counts as written before and is left as it is.
         let (a, b) = (rand::random::<u8>() | 1, rand::random::<u8>() | 1);
-        // SAFETY: both bytes are inside the mapping.
-        unsafe {
-            *(map as *mut u8) = a;
-            *((addr + len - 1) as *mut u8) = b;
-        }
+        map[0] = a;
+        map[len - 1] = b;
         populate_range(addr, len).unwrap();
         assert!(present(addr) && present(addr + len - page));
         assert!(
@@ -427,12 +413,6 @@ mod tests {
         // A fresh range is populated, and no byte changes.
         populate_range(addr + page, 40 * page).unwrap();
         assert!((1..41).all(|i| present(addr + i * page)));
-        // SAFETY: inside the mapping, which is still mapped.
-        unsafe {
-            assert_eq!(*(map as *const u8), a);
-            assert_eq!(*((addr + len - 1) as *const u8), b);
-            assert_eq!(*((addr + 20 * page) as *const u8), 0);
-            libc::munmap(map, len);
-        }
+        assert_eq!((map[0], map[len - 1], map[20 * page]), (a, b, 0));
     }
 }
