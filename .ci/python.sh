@@ -16,5 +16,16 @@ venv=target/python-ci
 "$venv/bin/python" -m pip install -q numpy ml_dtypes safetensors pytest
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps ./python
 
+echo "--- one abi3 wheel for CPython 3.9 and newer: its tag, and sources that 3.9 can run"
+grep -qx 'Tag: cp39-abi3-linux_x86_64' "$venv"/lib/python3*/site-packages/tensorstream-*.dist-info/WHEEL \
+    || { echo "the wheel is not tagged cp39-abi3:"; cat "$venv"/lib/python3*/site-packages/tensorstream-*.dist-info/WHEEL; exit 1; }
+"$venv/bin/python" -m pip install -q vermin
+"$venv/bin/vermin" -q --no-tips --violations -t=3.9- python/tensorstream examples/python
+
+echo "--- the native module's type stubs against the module (mypy stubtest)"
+"$venv/bin/python" -m pip install -q mypy
+"$venv/bin/python" -m mypy.stubtest --ignore-disjoint-bases \
+    --allowlist python/stubtest-allowlist.txt tensorstream._native
+
 echo "--- pytest python/tests"
 (cd python/tests && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider .)

@@ -19,8 +19,9 @@
 #   4b. the Python package (wheels-tensorstream/, installed with --no-index into a
 #      scratch directory): pytest on python/tests with torch, on cuda:0 where
 #      there is one (every dtype and conversion against the CPU path, load_into,
-#      memory back to its baseline, a kernel launched at once on the result), and
-#      examples/python/serve_weights.py on cuda:0;
+#      memory back to its baseline, a kernel launched at once on the result),
+#      examples/python/serve_weights.py on cuda:0, and bench/cpu/iter_compare.py on
+#      cuda:0 (a server's weight loop, 1 GB, 2 rounds) when 2 minutes are to spare;
 #   4c. the candle backend on CUDA (bundles built with --candle; gpu/candle_check.py):
 #      tests/candle.rs's CUDA tests, then candle_load on cuda:0 against candle's own
 #      loading of a 2 GiB synthetic checkpoint, warm, alternating (goal >= 5x);
@@ -298,6 +299,15 @@ else
         SW_RC=$?
         tail -6 "$WORK/serve_weights.txt" | sed 's/^/    /'
         [ "$SW_RC" -ne 0 ] && PY_RC=1
+    fi
+    IC=$B/../bench/cpu/iter_compare.py
+    if [ "$HAVE_GPU" = 1 ] && [ -f "$IC" ] && [ "$(left)" -gt $((RES_END + 120)) ]; then
+        echo "  bench/cpu/iter_compare.py --device cuda:0 (a server's weight loop: safetensors' iterator, iter_tensors, load_into; 1 GB BF16, warm, 2 rounds, every run's bytes checked):"
+        "$TS" synth "$WORK/iter" --size 1G >/dev/null 2>&1
+        PYTHONPATH="$PYT" run_step 60 "$PY" "$IC" "$WORK/iter/model.safetensors" --device cuda:0 --rounds 2 >"$WORK/iter.txt" 2>&1
+        echo "    (exit $?)"
+        tail -8 "$WORK/iter.txt" | sed 's/^/    /'
+        rm -rf "$WORK/iter"
     fi
 fi
 

@@ -62,16 +62,40 @@ def drop_caches():
         f.write("3\n")
 
 
-def run(loader, path, cold):
+def run_child(script, args, path, cold):
+    """One run of ``script`` in a fresh process (``--child`` and ``args``) after the
+    page cache was dropped (``cold``, root) or filled with ``path``: its last line, as
+    JSON."""
     if cold:
         drop_caches()
     else:
         with open(path, "rb") as f:
             while f.read(64 << 20):
                 pass
-    out = subprocess.run([sys.executable, __file__, "--child", loader, path],
+    out = subprocess.run([sys.executable, script, "--child", *args],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def timed_rounds(loaders, run, want, rounds):
+    """A warm-up run of each loader, then ``rounds`` rounds with the order rotated
+    each round; every run's digests must equal ``want``. Prints one line per run and
+    returns {loader: [results]}."""
+    for loader in loaders:
+        run(loader)
+    results = {k: [] for k in loaders}
+    width = max(len(k) for k in loaders) + 2
+    for r in range(rounds):
+        for loader in loaders[r % len(loaders):] + loaders[:r % len(loaders)]:
+            res = run(loader)
+            if res["digests"] != want:
+                bad = [k for k in want if res["digests"].get(k) != want[k]]
+                sys.exit(f"{loader}: round {r}: wrong bytes in {len(bad)} tensors, e.g. {bad[:3]}")
+            results[loader].append(res)
+            print(f"round {r} {loader:{width}s} {res['seconds']:.3f} s "
+                  f"{res['bytes'] / res['seconds'] / 1e9:6.2f} GB/s "
+                  f"peak RSS {res['peak_rss'] / res['bytes']:.3f}x tensor bytes (verified)")
+    return results
 
 
 def main():
@@ -87,20 +111,8 @@ def main():
     size = os.path.getsize(a.path)
     print(f"{a.path}: {len(want)} tensors, {size / 2**30:.2f} GiB, "
           f"{'cold' if a.cold else 'warm'}, {a.rounds} rounds after a warm-up")
-    for loader in LOADERS:
-        run(loader, a.path, a.cold)
-    results = {k: [] for k in LOADERS}
-    for r in range(a.rounds):
-        order = LOADERS if r % 2 == 0 else LOADERS[::-1]
-        for loader in order:
-            res = run(loader, a.path, a.cold)
-            if res["digests"] != want:
-                bad = [k for k in want if res["digests"].get(k) != want[k]]
-                sys.exit(f"{loader}: round {r}: wrong bytes in {len(bad)} tensors, e.g. {bad[:3]}")
-            results[loader].append(res)
-            print(f"round {r} {loader:12s} {res['seconds']:.3f} s "
-                  f"{res['bytes'] / res['seconds'] / 1e9:6.2f} GB/s "
-                  f"peak RSS {res['peak_rss'] / res['bytes']:.3f}x tensor bytes (verified)")
+    results = timed_rounds(LOADERS, lambda k: run_child(__file__, [k, a.path], a.path, a.cold),
+                           want, a.rounds)
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
     nbytes = results["tensorstream"][0]["bytes"]
     summary = {

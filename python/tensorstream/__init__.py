@@ -23,7 +23,8 @@ def iter_tensors(path, device="cpu", *, framework="pt", dtype=None, only=None, r
     next batch (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
     one is being yielded: the first tensor arrives before the last bytes are read, and
     the loader holds at most about two batches (on CUDA, in device memory; the host
-    holds only the staging). ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
+    holds only the staging). On the CPU, the memory of tensors the caller has dropped
+    is reused for later ones of the same size (up to two batches of it is kept). ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
     (NumPy arrays). Other options as ``tensorstream.torch.load_file``."""
     if framework in ("np", "numpy"):
         from . import numpy as front

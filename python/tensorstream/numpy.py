@@ -3,6 +3,8 @@
 filled in place; BF16 and the FP8 types need ``ml_dtypes``."""
 
 import mmap
+import sys
+import threading
 
 import numpy as np
 
@@ -43,21 +45,75 @@ def numpy_dtype(path, name, dtype):
     return t
 
 
-def empty_bytes(nbytes):
-    """A writable uint8 array of ``nbytes``: mapped memory of its own when large."""
+def empty_bytes(nbytes, recycler=None):
+    """A writable uint8 array of ``nbytes``: mapped memory of its own when large (from
+    ``recycler`` when given)."""
     if nbytes < _MAP_FROM:
         return np.empty(nbytes, np.uint8)
+    if recycler is not None:
+        return recycler.take(nbytes)
     m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return np.frombuffer(m, np.uint8)
 
 
-def _load_specs(ckpt, specs, loader, progress=None):
+class Recycler:
+    """The large host buffers of one ``iter_tensors``, each used again once nothing
+    outside refers to it any more. A server's loop copies each tensor into its
+    parameter and drops it, so later batches land in memory already faulted in
+    instead of new pages the kernel must fault and zero (on the 2-core VM that was
+    most of the loop's time: BENCHMARKS.md). A buffer is reused only for a tensor of
+    the same size, rounded to pages (a model's layers repeat their sizes); a tensor the
+    caller keeps, or any view of it, keeps its buffer out of reuse. The most recently
+    freed buffers, at most ``keep_bytes`` of them, are kept; older ones go back to
+    the system."""
+
+    # References to a handed-out map that is free again, seen from `_reclaim`: the list
+    # `_out`, the loop variable and `sys.getrefcount`'s argument.
+    _UNUSED_REFS = 3
+
+    def __init__(self, keep_bytes):
+        self._lock = threading.Lock()
+        self._out = []
+        self._free = []
+        self._free_bytes = 0
+        self._keep = keep_bytes
+
+    def take(self, nbytes):
+        """A writable uint8 array of ``nbytes`` over a reused or new anonymous map."""
+        size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        with self._lock:
+            self._reclaim()
+            m = None
+            for i in range(len(self._free) - 1, -1, -1):
+                if len(self._free[i]) == size:
+                    m = self._free.pop(i)
+                    self._free_bytes -= size
+                    break
+            if m is None:
+                m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self._out.append(m)
+        return np.frombuffer(m, np.uint8, count=nbytes)
+
+    def _reclaim(self):
+        still = []
+        for m in self._out:
+            if sys.getrefcount(m) > self._UNUSED_REFS:
+                still.append(m)
+            else:
+                self._free.append(m)
+                self._free_bytes += len(m)
+        self._out = still
+        while self._free_bytes > self._keep:
+            self._free_bytes -= len(self._free.pop(0))
+
+
+def _load_specs(ckpt, specs, loader, progress=None, recycler=None):
     """Allocates and fills the arrays of the planned ``specs`` with ``loader``: a list
     of (name, array)."""
     out, regions = [], []
     for name, _file_dtype, dtype, shape, nbytes in specs:
         t = numpy_dtype(ckpt.path, name, dtype)
-        buf = empty_bytes(nbytes)
+        buf = empty_bytes(nbytes, recycler)
         regions.append((name, buf, dtype))
         out.append((name, buf.view(t).reshape(shape)))
     if regions:
@@ -91,5 +147,7 @@ def iter_tensors(filename, *, dtype=None, only=None, rows=None, cols=None, io=No
     specs = loader.plan(ckpt)
     for name, _file_dtype, dtype, _shape, _nbytes in specs:
         numpy_dtype(ckpt.path, name, dtype)  # a dtype NumPy lacks raises before any load
-    return _common.iterate(lambda b: _load_specs(ckpt, b, loader), specs,
-                           batch_bytes or _common.BATCH_BYTES)
+    batch_bytes = batch_bytes or _common.BATCH_BYTES
+    recycler = Recycler(2 * batch_bytes)
+    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, recycler=recycler), specs,
+                           batch_bytes)

@@ -77,11 +77,11 @@ def _bytes_of(t):
     return t.reshape(-1).view(torch.uint8)
 
 
-def _empty_bytes(nbytes, device):
+def _empty_bytes(nbytes, device, recycler=None):
     # An empty NumPy array becomes a tensor of stride 0, which cannot be viewed as
     # another dtype: empty tensors come from PyTorch.
     if device.type == "cpu" and nbytes:
-        return torch.from_numpy(_np.empty_bytes(nbytes))
+        return torch.from_numpy(_np.empty_bytes(nbytes, recycler))
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
@@ -105,14 +105,14 @@ def _fill(ckpt, regions, device, loader, progress=None):
         loader.load_device(ckpt, regions, progress)
 
 
-def _load_specs(ckpt, specs, loader, device, progress=None):
+def _load_specs(ckpt, specs, loader, device, progress=None, recycler=None):
     """Allocates on ``device`` and fills with ``loader`` the tensors of the planned
     ``specs``: a list of (name, tensor)."""
     out, regions = [], []
     for name, _file_dtype, dtype, shape, nbytes in specs:
         t = torch_dtype(ckpt.path, name, dtype)
         shape = torch_shape(ckpt.path, name, dtype, shape)
-        buf = _empty_bytes(nbytes, device)
+        buf = _empty_bytes(nbytes, device, recycler)
         regions.append((name, buf, dtype))
         out.append((name, buf.view(t).reshape(shape)))
     _fill(ckpt, regions, device, loader, progress)
@@ -149,7 +149,10 @@ def iter_tensors(filename, device="cpu", *, dtype=None, only=None, rows=None, co
         torch_shape(ckpt.path, name, dtype, shape)
     if batch_bytes is None:
         batch_bytes = _common.BATCH_BYTES if device.type == "cpu" else _CUDA_BATCH_BYTES
-    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, device), specs, batch_bytes)
+    # On CUDA, PyTorch's caching allocator reuses freed memory already.
+    recycler = _np.Recycler(2 * batch_bytes) if device.type == "cpu" else None
+    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, device, recycler=recycler),
+                           specs, batch_bytes)
 
 
 def _incompatible(missing, unexpected):

@@ -150,12 +150,22 @@ def test_a_broken_pytorch_file_raises_with_the_library_message(tmp_path, case, w
         assert w in str(e.value), (w, str(e.value))
 
 
-def test_torch_load_file_and_load_into_give_what_torch_load_reads():
+def _devices():
+    try:
+        import torch
+    except ImportError:
+        return ["cpu"]
+    cuda = torch.cuda.is_available() and tensorstream._native.has_cuda()
+    return ["cpu"] + (["cuda:0"] if cuda else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_torch_load_file_and_load_into_give_what_torch_load_reads(device):
     torch = pytest.importorskip("torch")
     import tensorstream.torch as tst
     for path in WHOLE:
         full = os.path.join(DATA, path)
-        got = tst.load_file(full)
+        got = {k: v.cpu() for k, v in tst.load_file(full, device=device).items()}
         if path.endswith(".json"):
             ref = {}
             for f in sorted(set(json.load(open(full))["weight_map"].values())):
@@ -174,10 +184,12 @@ def test_torch_load_file_and_load_into_give_what_torch_load_reads():
     m = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 6),
                             torch.nn.LayerNorm(6), torch.nn.Linear(6, 10, bias=False))
     m.register_buffer("steps", torch.zeros(3, dtype=torch.int64))
-    m = m.to(torch.bfloat16)
+    m = m.to(torch.bfloat16).to(device)
     missing, unexpected = tst.load_into(m, os.path.join(DATA, "module.bin"))
     assert missing == [] and unexpected == []
     ref = torch.load(os.path.join(DATA, "module.bin"), weights_only=True)
     for name, t in m.state_dict().items():
+        assert t.device == torch.device(device), name
+        t = t.cpu()
         assert torch.equal(t.view(torch.uint8) if t.dtype == torch.bfloat16 else t,
                            ref[name].view(torch.uint8) if t.dtype == torch.bfloat16 else ref[name]), name

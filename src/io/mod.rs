@@ -243,11 +243,20 @@ pub(crate) fn populate(req: &Req) {
 /// See [`populate`]: `len` bytes at `addr`, which must be memory the caller may write.
 /// The kernel's error where it refused: `EINVAL` before Linux 5.14 (the pages are then
 /// faulted in as they are first touched), `ENOMEM` when memory ran out.
+///
+/// A range whose first and last pages are already present is left alone: memory the
+/// caller has written before (a model's parameters, a reused buffer) gains nothing,
+/// and populating it again walks every page. Measured on the development VM, a
+/// `MADV_POPULATE_WRITE` before each 1 MiB pread into 0.98 GB of such memory made
+/// the copy 20–30 ms (25–35%) slower (BENCHMARKS.md).
 pub(crate) fn populate_range(addr: usize, len: usize) -> io::Result<()> {
     const MADV_POPULATE_WRITE: libc::c_int = 23;
     let page = 4096usize;
     let start = addr & !(page - 1);
     let end = addr.saturating_add(len);
+    if len == 0 || (present(start) && present((end - 1) & !(page - 1))) {
+        return Ok(());
+    }
     // SAFETY: the range covers writable memory of the caller, rounded out to whole
     // pages that hold some of its bytes and so are mapped; populating changes no byte.
     let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) };
@@ -256,6 +265,16 @@ pub(crate) fn populate_range(addr: usize, len: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Whether the page at `page_addr` (page-aligned, inside memory of the caller) is
+/// present; false when the kernel cannot say.
+fn present(page_addr: usize) -> bool {
+    let mut v = 0u8;
+    // SAFETY: mincore only reads the page tables for one page of a mapping the caller
+    // holds and writes one byte into `v`; no memory of the range is touched.
+    let r = unsafe { libc::mincore(page_addr as *mut libc::c_void, 1, &mut v) };
+    r == 0 && v & 1 == 1
 }
 
 /// A finished read: bytes read (0 at end of file) or the OS error.
@@ -367,4 +386,33 @@ pub struct IoStats {
     /// the reads is what limits the load. (Slots all held by reads in flight count as
     /// waiting for reads.)
     pub waiting_for_buffers: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{populate_range, present};
+
+    #[test]
+    fn populating_makes_fresh_pages_present_and_leaves_written_ones_as_they_are() {
+        let page = 4096usize;
+        let len = 64 * page;
+        let mut map = memmap2::MmapMut::map_anon(len).unwrap();
+        let addr = map.as_ptr() as usize;
+        assert!(!present(addr) && !present(addr + 30 * page));
+        // The first and last pages written (with random bytes), the middle not: the
+        // range counts as written before and is left as it is.
+        let (a, b) = (rand::random::<u8>() | 1, rand::random::<u8>() | 1);
+        map[0] = a;
+        map[len - 1] = b;
+        populate_range(addr, len).unwrap();
+        assert!(present(addr) && present(addr + len - page));
+        assert!(
+            !present(addr + 30 * page),
+            "a written range was populated again"
+        );
+        // A fresh range is populated, and no byte changes.
+        populate_range(addr + page, 40 * page).unwrap();
+        assert!((1..41).all(|i| present(addr + i * page)));
+        assert_eq!((map[0], map[len - 1], map[20 * page]), (a, b, 0));
+    }
 }
