@@ -342,3 +342,33 @@ def test_f4_torch(tmp_path):
         same(targets["w.f4"], ref["w.f4"], "load_into")
         with pytest.raises(tensorstream.SafetensorError, match="w.f4"):
             tst.load_into({"w.f4": torch.empty(shape), "b": torch.empty(3)}, path)
+
+
+def test_iter_tensors_kept_while_buffers_are_reused(tmp_path):
+    """iter_tensors reuses the memory of tensors dropped (tensors of a MiB and more):
+    tensors kept, their views, their ``.numpy()`` arrays and dtype views keep theirs."""
+    rng = np.random.default_rng([SEED, 21])
+    t = {}
+    for i in range(10):
+        fmt = str(rng.choice(["F32", "BF16", "I8"]))
+        width = {"F32": 4, "BF16": 2, "I8": 1}[fmt]
+        rows = int(rng.choice([256, 512])) * 4 // width
+        t[f"l{i}.w"] = (fmt, (rows, 1024), random_bytes(rng, fmt, rows * 1024))
+    path = write_raw(tmp_path / "layers.safetensors", t)
+    kept = {}
+    for k, (name, x) in enumerate(tensorstream.iter_tensors(path, batch_bytes=3 << 20)):
+        how = k % 5
+        if how == 0:
+            kept[name] = (x, x)
+        elif how == 1:
+            kept[name] = (x[3:5].clone(), x[3:5])
+        elif how == 2:
+            kept[name] = (x.clone(), torch.from_numpy(x.view(torch.uint8).numpy()).view(x.dtype))
+        elif how == 3:
+            kept[name] = (x.clone(), x.view(torch.uint8).view(x.dtype))
+        del x  # how == 4: dropped, its memory free for the next tensors
+    for name, (want, got) in kept.items():
+        if got.data_ptr() == want.data_ptr():
+            want = torch.from_numpy(np.frombuffer(t[name][2], np.uint8).copy()) \
+                .view(got.dtype).reshape(got.shape)
+        same(got, want, name)
