@@ -8,7 +8,9 @@ import numbers
 from . import _common
 from ._native import SafetensorError
 
-_GLOB = set("*?[")
+#: The characters of a glob (the library's: `[` is literal): a name holding one cannot be a
+#: rule of its own.
+_GLOB = set("*?")
 
 
 class safe_open:
