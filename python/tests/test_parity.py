@@ -251,12 +251,13 @@ def expected_conversion(src, fmt, target):
     to the target's quiet NaN with the source's sign bit (F8_E8M0 has none)."""
     if fmt == target:
         return src
+    flat = np.ascontiguousarray(src).reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
-        want = src.astype(np.float32).astype(TARGETS[target])
-        nan = np.isnan(src.astype(np.float32))
+        want = flat.astype(np.float32).astype(TARGETS[target])
+        nan = np.isnan(flat.astype(np.float32))
     if nan.any():
-        width = src.dtype.itemsize * 8
-        neg = (src.view(UINT[src.dtype.itemsize]) >> (width - 1)).astype(bool)
+        width = flat.dtype.itemsize * 8
+        neg = (flat.view(UINT[flat.dtype.itemsize]) >> (width - 1)).astype(bool)
         if fmt == "F8_E8M0":
             neg[:] = False
         pos_bits, neg_bits = QNAN[target]
@@ -264,7 +265,7 @@ def expected_conversion(src, fmt, target):
         bits = want.view(u).copy()
         bits[nan] = np.where(neg[nan], neg_bits, pos_bits).astype(u)
         want = bits.view(TARGETS[target])
-    return want
+    return want.reshape(src.shape)
 
 
 def outcome(fn, reference=False):

@@ -413,7 +413,7 @@ def test_torch_save_checkpoints(tmp_path):
             # tensor as one byte range (`tensorstream convert` rewrites the file).
             with pytest.raises(tensorstream.SafetensorError, match="strided view") as e:
                 tst.load_file(path)
-            if all(n.isprintable() for n in strided):  # messages escape the others
+            if all(n.isprintable() and "\\" not in n for n in strided):  # others escaped
                 assert any(f"'{n}'" in str(e.value) for n in strided), str(e.value)
             continue
         got = tst.load_file(path)
