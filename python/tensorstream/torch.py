@@ -23,6 +23,9 @@ _TYPES = {k: getattr(torch, v) for k, v in _NAMES.items() if hasattr(torch, v)}
 #: host holds only the staging.
 _CUDA_BATCH_BYTES = 256 << 20
 _FORMAT = {v: k for k, v in _TYPES.items()}
+#: The dtypes the library converts from (src/convert.rs).
+_CONVERTIBLE = {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
+                "F8_E8M0"}
 
 
 def torch_dtype(path, name, dtype):
@@ -166,11 +169,14 @@ def _incompatible(missing, unexpected):
 def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None, io=None,
               progress=False):
     """Fills the parameters and buffers of ``module`` (a torch.nn.Module, or a dict of
-    tensors) in place from ``filename``, on their own devices, converting each tensor
-    to its parameter's dtype. Returns ``(missing_keys, unexpected_keys)`` as
-    ``load_state_dict`` does; with ``strict``, either raises before anything is read,
-    as does a shape that differs. Nothing is allocated on a device beyond the staging
-    (a non-contiguous CPU parameter goes through a temporary)."""
+    tensors) in place from ``filename``, on their own devices, converting each
+    floating tensor to its parameter's dtype when that is float32, float16 or
+    bfloat16 (other tensors load into parameters of their own dtype). Returns
+    ``(missing_keys, unexpected_keys)`` as ``load_state_dict`` does; with ``strict``,
+    either raises before anything is read, as does a shape that differs or a dtype a
+    tensor cannot be loaded as (SafetensorError, naming the tensor). Nothing is
+    allocated on a device beyond the staging (a non-contiguous CPU parameter goes
+    through a temporary)."""
     if isinstance(module, torch.nn.Module):
         targets = module.state_dict(keep_vars=True)
     else:
@@ -199,6 +205,11 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
         if list(t.shape) != torch_shape(filename, name, fmt, spec[3]):
             raise SafetensorError(f"{filename}: tensor '{name}': shape {list(spec[3])} in the "
                                   f"file, {list(t.shape)} in the module")
+        if fmt != spec[1] and not (spec[1] in _CONVERTIBLE and fmt in ("F32", "F16", "BF16")):
+            # Checked here, for every device, before any is filled.
+            raise SafetensorError(f"{filename}: tensor '{name}': {spec[1]} in the file cannot "
+                                  f"be loaded into a {t.dtype} parameter (floating tensors "
+                                  "convert to float32, float16 or bfloat16)")
         if not t.is_contiguous():
             tmp = torch.empty(t.shape, dtype=t.dtype, device=t.device)
             after.append((t, tmp))
