@@ -421,6 +421,10 @@ def test_torch_save_checkpoints(tmp_path):
         assert sorted(got) == sorted(want)
         for name, w in want.items():
             same(got[name], w, f"{path}: {name} {tuple(w.shape)} {w.stride()}")
+        it = list(tensorstream.iter_tensors(path, batch_bytes=int(rng.integers(1, 256))))
+        assert sorted(n for n, _ in it) == sorted(want)
+        for name, x in it:
+            same(x, want[name], f"{path}: {name} iter_tensors")
         with tensorstream.safe_open(path, "np") as f:
             for name, w in want.items():
                 if w.dtype != torch.bfloat16 and not str(w.dtype).startswith("torch.float8"):
