@@ -18,6 +18,8 @@ from test_parity import (  # noqa: E402
     CONVERTIBLE,
     cases,
     random_bytes,
+    random_key,
+    outcome,
     random_shape,
     random_name,
     same,
@@ -421,6 +423,15 @@ def test_torch_save_checkpoints(tmp_path):
         assert sorted(got) == sorted(want)
         for name, w in want.items():
             same(got[name], w, f"{path}: {name} {tuple(w.shape)} {w.stride()}")
+        with tensorstream.safe_open(path, "pt") as f:
+            for name, w in want.items():
+                for _ in range(4):
+                    key = random_key(rng, tuple(w.shape))
+                    kind, x = outcome(lambda: f.get_slice(name)[key])
+                    pkind, px = outcome(lambda: w[key])
+                    assert kind == pkind, f"{path}: {name}[{key!r}]: {x!r} / {px!r}"
+                    if kind == "ok":
+                        same(x, px, f"{path}: {name}[{key!r}]")
         it = list(tensorstream.iter_tensors(path, batch_bytes=int(rng.integers(1, 256))))
         assert sorted(n for n, _ in it) == sorted(want)
         for name, x in it:
