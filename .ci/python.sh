@@ -22,10 +22,11 @@ grep -qx 'Tag: cp39-abi3-linux_x86_64' "$venv"/lib/python3*/site-packages/tensor
 "$venv/bin/python" -m pip install -q vermin
 "$venv/bin/vermin" -q --no-tips --violations -t=3.9- python/tensorstream examples/python
 
-echo "--- the native module's type stubs against the module (mypy stubtest)"
+echo "--- types: the native module's stubs against the module (stubtest), the package (mypy)"
 "$venv/bin/python" -m pip install -q mypy
 "$venv/bin/python" -m mypy.stubtest --ignore-disjoint-bases \
     --allowlist python/stubtest-allowlist.txt tensorstream._native
+"$venv/bin/python" -m mypy --check-untyped-defs --ignore-missing-imports -p tensorstream
 
 echo "--- pytest python/tests"
 (cd python/tests && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider .)

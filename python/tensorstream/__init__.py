@@ -13,29 +13,35 @@ Loads release the GIL; Ctrl-C cancels them. An invalid file raises
 ``SafetensorError`` (a ``ValueError``), an I/O failure ``OSError``.
 """
 
+from typing import Any, Iterator, Optional, Tuple
+
+from ._common import DtypeArg, Globs, Path, Rules
 from ._native import SafetensorError
 from ._safe_open import safe_open
 
 
-def iter_tensors(path, device="cpu", *, framework="pt", dtype=None, only=None, rows=None,
-                 cols=None, io=None, batch_bytes=None):
+def iter_tensors(path: Path, device: Any = "cpu", *, framework: str = "pt",
+                 dtype: DtypeArg = None, only: Globs = None, rows: Rules = None,
+                 cols: Rules = None, io: Optional[str] = None,
+                 batch_bytes: Optional[int] = None) -> Iterator[Tuple[str, Any]]:
     """Yields ``(name, tensor)`` for the tensors of ``path`` in file order, loading the
     next batch (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
     one is being yielded: the first tensor arrives before the last bytes are read, and
     the loader holds at most about two batches (on CUDA, in device memory; the host
     holds only the staging). On the CPU, the memory of tensors the caller has dropped
-    is reused for later ones of the same size (up to two batches of it is kept). ``framework``: "pt" (PyTorch tensors on ``device``) or "np"
-    (NumPy arrays). Other options as ``tensorstream.torch.load_file``."""
+    is reused for later ones of the same size (up to two batches of it is kept).
+    ``framework``: "pt" (PyTorch tensors on ``device``) or "np" (NumPy arrays). Other
+    options as ``tensorstream.torch.load_file``."""
     if framework in ("np", "numpy"):
-        from . import numpy as front
+        from . import numpy as np_front
         if str(device) != "cpu":
             raise SafetensorError(f"NumPy arrays live on the cpu, not {device}")
-        return front.iter_tensors(path, dtype=dtype, only=only, rows=rows, cols=cols, io=io,
-                                  batch_bytes=batch_bytes)
+        return np_front.iter_tensors(path, dtype=dtype, only=only, rows=rows, cols=cols,
+                                     io=io, batch_bytes=batch_bytes)
     if framework in ("pt", "torch"):
-        from . import torch as front
-        return front.iter_tensors(path, device, dtype=dtype, only=only, rows=rows, cols=cols,
-                                  io=io, batch_bytes=batch_bytes)
+        from . import torch as pt_front
+        return pt_front.iter_tensors(path, device, dtype=dtype, only=only, rows=rows,
+                                     cols=cols, io=io, batch_bytes=batch_bytes)
     raise SafetensorError(f"framework {framework!r}: use 'pt' or 'np'")
 
 

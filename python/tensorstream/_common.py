@@ -1,14 +1,31 @@
 """What the NumPy and PyTorch front ends share: option parsing, progress bars,
 batching for ``iter_tensors``, and the errors for dtypes a framework lacks."""
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, List, Mapping, Tuple, Union
 
 from . import _native
 from ._native import SafetensorError
 
 #: Bytes of tensors per batch of ``iter_tensors``: it holds at most about two.
 BATCH_BYTES = 64 << 20
+
+# The types of the public functions' arguments.
+#: A checkpoint: a file, a directory of shards or an index.
+Path = Union[str, "os.PathLike[str]"]
+#: A conversion target: "float32", "f16", "bf16", a NumPy or PyTorch dtype; or None.
+DtypeArg = Any
+#: Whole-name globs of the tensors to load: one, several, or None for all.
+Globs = Union[None, str, Iterable[str]]
+#: One slice of a tensor-parallel rule: "START:END", "RANK/WORLD", (start, end), a slice.
+SliceSpec = Union[str, slice, Tuple[int, int]]
+#: Row or column rules: "GLOB=START:END" or "GLOB=RANK/WORLD", several, or a dict
+#: from glob to slice.
+Rules = Union[None, str, Iterable[str], Mapping[str, SliceSpec]]
+#: ``progress=``: False, True (a bar), or a callable taking (bytes done, bytes total).
+ProgressArg = Union[bool, Callable[[int, int], object]]
 
 _FLOAT_NAMES = {
     "f32": "F32", "float32": "F32", "float": "F32",
@@ -124,9 +141,9 @@ class Progress:
     """``progress=``: False (none), True (tqdm if installed, else a plain bar on
     stderr), or a callable taking (bytes done, bytes total)."""
 
-    def __init__(self, progress, desc="loading"):
-        self.bar = None
-        self.callback = None
+    def __init__(self, progress: ProgressArg, desc: str = "loading") -> None:
+        self.bar: Any = None
+        self.callback: Any = None
         if callable(progress):
             self.callback = progress
         elif progress:
@@ -148,7 +165,8 @@ class Progress:
 
 def batches(specs, limit):
     """``specs`` in order, in runs of at most ``limit`` bytes (a larger tensor alone)."""
-    run, size = [], 0
+    run: List[Any] = []
+    size = 0
     for s in specs:
         if run and size + s[4] > limit:
             yield run
@@ -169,7 +187,8 @@ def iterate(load_batch, specs, batch_bytes):
         pending = pool.submit(load_batch, groups[0])
         for k in range(len(groups)):
             loaded = pending.result()
-            pending = pool.submit(load_batch, groups[k + 1]) if k + 1 < len(groups) else None
+            if k + 1 < len(groups):
+                pending = pool.submit(load_batch, groups[k + 1])
             loaded.reverse()
             while loaded:
                 yield loaded.pop()

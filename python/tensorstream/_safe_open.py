@@ -4,6 +4,7 @@ once; each ``get_tensor`` loads one tensor, and ``get_slice(name)[i]`` or
 ``[a:b, c:d]`` reads only the rows (or the columns) asked for."""
 
 import numbers
+from typing import Any, Dict, List, Optional
 
 from . import _common
 from ._native import SafetensorError
@@ -18,41 +19,43 @@ class safe_open:
     ``f.keys()``, ``f.metadata()``, ``f.get_tensor(name)``, ``f.get_slice(name)``.
     ``framework``: "pt" (PyTorch) or "np" (NumPy)."""
 
-    def __init__(self, filename, framework, device="cpu"):
+    _ckpt: Any
+
+    def __init__(self, filename: _common.Path, framework: str, device: Any = "cpu") -> None:
         if framework in ("pt", "torch"):
-            from . import torch as front
-            dev = front.device_of(device)
-            self._loader = lambda **kw: front._loader(dev, **kw)
-            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld, dev)
+            from . import torch as pt
+            dev = pt.device_of(device)
+            self._loader: Any = lambda **kw: pt._loader(dev, **kw)
+            self._load: Any = lambda specs, ld: pt._load_specs(self._ckpt, specs, ld, dev)
         elif framework in ("np", "numpy"):
-            from . import numpy as front
+            from . import numpy as np_front
             if str(device) != "cpu":
                 raise SafetensorError(f"NumPy arrays live on the cpu, not {device}")
             self._loader = _common.loader
-            self._load = lambda specs, ld: front._load_specs(self._ckpt, specs, ld)
+            self._load = lambda specs, ld: np_front._load_specs(self._ckpt, specs, ld)
         else:
             raise SafetensorError(f"framework {framework!r}: use 'pt' or 'np'")
         self._framework = "pt" if framework in ("pt", "torch") else "np"
         self._ckpt = _common.native_checkpoint(filename)
         self._info = {name: (dtype, shape) for name, dtype, shape in self._ckpt.tensors()}
         # One loader for every get_tensor: on CUDA it pins its staging once.
-        self._whole = None
+        self._whole: Optional[Any] = None
 
-    def __enter__(self):
+    def __enter__(self) -> "safe_open":
         return self
 
-    def __exit__(self, *exc):
-        return False
+    def __exit__(self, *exc: object) -> None:
+        pass
 
-    def keys(self):
+    def keys(self) -> List[str]:
         """The tensor names, sorted."""
         return sorted(self._info)
 
-    def offset_keys(self):
+    def offset_keys(self) -> List[str]:
         """The tensor names in file order."""
         return [name for name, _, _ in self._ckpt.tensors()]
 
-    def metadata(self):
+    def metadata(self) -> Optional[Dict[str, str]]:
         """The ``__metadata__`` dict (of every shard, merged), or None."""
         return self._ckpt.metadata()
 
@@ -73,12 +76,12 @@ class safe_open:
         specs = [s for s in ld.plan(self._ckpt) if s[0] == name]
         return self._load(specs, ld)[0][1]
 
-    def get_tensor(self, name):
+    def get_tensor(self, name: str) -> Any:
         """The whole tensor ``name``."""
         self._spec(name)
         return self._get(name)
 
-    def get_slice(self, name):
+    def get_slice(self, name: str) -> "_Slice":
         """A lazy slice of ``name``: ``get_shape()``, ``get_dtype()``, and indexing."""
         self._spec(name)
         return _Slice(self, name)
@@ -95,13 +98,13 @@ class _Slice:
         self._name = name
         self._dtype, self._shape = owner._info[name]
 
-    def get_shape(self):
+    def get_shape(self) -> List[int]:
         return list(self._shape)
 
-    def get_dtype(self):
+    def get_dtype(self) -> str:
         return self._dtype
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         if self._dtype == "F4" and self._owner._framework == "pt":
             raise SliceError(f"tensor '{self._name}': F4 loads packed in pairs "
                              "(torch.float4_e2m1fn_x2): use get_tensor")

@@ -6,6 +6,8 @@ import mmap
 import sys
 import threading
 
+from typing import Dict, Iterator, Optional, Tuple
+
 import numpy as np
 
 from . import _common
@@ -121,8 +123,10 @@ def _load_specs(ckpt, specs, loader, progress=None, recycler=None):
     return out
 
 
-def load_file(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
-              progress=False):
+def load_file(filename: _common.Path, *, dtype: _common.DtypeArg = None,
+              only: _common.Globs = None, rows: _common.Rules = None,
+              cols: _common.Rules = None, io: Optional[str] = None,
+              progress: _common.ProgressArg = False) -> Dict[str, np.ndarray]:
     """Loads a safetensors file, a directory of shards or a
     ``model.safetensors.index.json`` into a dict of NumPy arrays.
 
@@ -138,15 +142,17 @@ def load_file(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
         return dict(_load_specs(ckpt, specs, loader, cb))
 
 
-def iter_tensors(filename, *, dtype=None, only=None, rows=None, cols=None, io=None,
-                 batch_bytes=None):
+def iter_tensors(filename: _common.Path, *, dtype: _common.DtypeArg = None,
+                 only: _common.Globs = None, rows: _common.Rules = None,
+                 cols: _common.Rules = None, io: Optional[str] = None,
+                 batch_bytes: Optional[int] = None) -> Iterator[Tuple[str, np.ndarray]]:
     """Yields ``(name, array)`` in file order, a batch loaded while the one before is
     yielded (see ``tensorstream.iter_tensors``)."""
     ckpt = _common.native_checkpoint(filename)
     loader = _common.loader(dtype, only, rows, cols, io)
     specs = loader.plan(ckpt)
-    for name, _file_dtype, dtype, _shape, _nbytes in specs:
-        numpy_dtype(ckpt.path, name, dtype)  # a dtype NumPy lacks raises before any load
+    for name, _file_dtype, as_dtype, _shape, _nbytes in specs:
+        numpy_dtype(ckpt.path, name, as_dtype)  # a dtype NumPy lacks raises before any load
     batch_bytes = batch_bytes or _common.BATCH_BYTES
     recycler = Recycler(2 * batch_bytes)
     return _common.iterate(lambda b: _load_specs(ckpt, b, loader, recycler=recycler), specs,

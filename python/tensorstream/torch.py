@@ -4,11 +4,16 @@ allocated by PyTorch (its caching allocator on CUDA) in their final dtype and sh
 and filled in place; a CUDA load returns once its copies are complete, so the
 tensors are ready on every stream."""
 
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
 import torch
 
 from . import _common, _native
 from . import numpy as _np
 from ._native import SafetensorError
+
+#: ``device=``: "cpu", "cuda", "cuda:N", an int (a CUDA ordinal) or a torch.device.
+Device = Union[str, int, torch.device]
 
 _NAMES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
@@ -122,39 +127,45 @@ def _load_specs(ckpt, specs, loader, device, progress=None, recycler=None):
     return out
 
 
-def load_file(filename, device="cpu", *, dtype=None, only=None, rows=None, cols=None,
-              io=None, progress=False):
+def load_file(filename: _common.Path, device: Device = "cpu", *,
+              dtype: _common.DtypeArg = None, only: _common.Globs = None,
+              rows: _common.Rules = None, cols: _common.Rules = None,
+              io: Optional[str] = None,
+              progress: _common.ProgressArg = False) -> Dict[str, torch.Tensor]:
     """Loads a safetensors file, a directory of shards or a
     ``model.safetensors.index.json`` into a dict of tensors on ``device``.
 
     ``dtype``: convert floating tensors to torch.float32, float16 or bfloat16 (on
     CUDA, on the GPU). ``only``, ``rows``, ``cols``, ``io``, ``progress``: as
     ``tensorstream.numpy.load_file``."""
-    device = device_of(device)
+    dev = device_of(device)
     ckpt = _common.native_checkpoint(filename)
-    loader = _loader(device, dtype, only, rows, cols, io)
+    loader = _loader(dev, dtype, only, rows, cols, io)
     specs = loader.plan(ckpt)
     with _common.Progress(progress) as cb:
-        return dict(_load_specs(ckpt, specs, loader, device, cb))
+        return dict(_load_specs(ckpt, specs, loader, dev, cb))
 
 
-def iter_tensors(filename, device="cpu", *, dtype=None, only=None, rows=None, cols=None,
-                 io=None, batch_bytes=None):
+def iter_tensors(filename: _common.Path, device: Device = "cpu", *,
+                 dtype: _common.DtypeArg = None, only: _common.Globs = None,
+                 rows: _common.Rules = None, cols: _common.Rules = None,
+                 io: Optional[str] = None,
+                 batch_bytes: Optional[int] = None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Yields ``(name, tensor)`` in file order, a batch loaded while the one before is
     yielded (see ``tensorstream.iter_tensors``)."""
-    device = device_of(device)
+    dev = device_of(device)
     ckpt = _common.native_checkpoint(filename)
-    loader = _loader(device, dtype, only, rows, cols, io)
+    loader = _loader(dev, dtype, only, rows, cols, io)
     specs = loader.plan(ckpt)
-    for name, _file_dtype, dtype, shape, _nbytes in specs:
+    for name, _file_dtype, as_dtype, shape, _nbytes in specs:
         # A tensor PyTorch cannot hold raises before any load.
-        torch_dtype(ckpt.path, name, dtype)
-        torch_shape(ckpt.path, name, dtype, shape)
+        torch_dtype(ckpt.path, name, as_dtype)
+        torch_shape(ckpt.path, name, as_dtype, shape)
     if batch_bytes is None:
-        batch_bytes = _common.BATCH_BYTES if device.type == "cpu" else _CUDA_BATCH_BYTES
+        batch_bytes = _common.BATCH_BYTES if dev.type == "cpu" else _CUDA_BATCH_BYTES
     # On CUDA, PyTorch's caching allocator reuses freed memory already.
-    recycler = _np.Recycler(2 * batch_bytes) if device.type == "cpu" else None
-    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, device, recycler=recycler),
+    recycler = _np.Recycler(2 * batch_bytes) if dev.type == "cpu" else None
+    return _common.iterate(lambda b: _load_specs(ckpt, b, loader, dev, recycler=recycler),
                            specs, batch_bytes)
 
 
@@ -166,8 +177,10 @@ def _incompatible(missing, unexpected):
         return missing, unexpected
 
 
-def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None, io=None,
-              progress=False):
+def load_into(module: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
+              filename: _common.Path, strict: bool = True, *, only: _common.Globs = None,
+              rows: _common.Rules = None, cols: _common.Rules = None,
+              io: Optional[str] = None, progress: _common.ProgressArg = False) -> Any:
     """Fills the parameters and buffers of ``module`` (a torch.nn.Module, or a dict of
     tensors) in place from ``filename``, on their own devices, converting each
     floating tensor to its parameter's dtype when that is float32, float16 or
@@ -188,7 +201,9 @@ def load_into(module, filename, strict=True, *, only=None, rows=None, cols=None,
     if strict and (missing or unexpected):
         raise RuntimeError(f"Error(s) in loading state_dict from {filename}: missing keys "
                            f"{missing}, unexpected keys {unexpected}")
-    by_device, after, seen = {}, [], set()
+    by_device: Dict[torch.device, List[Any]] = {}
+    after: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    seen = set()
     for name, target in targets.items():
         spec = specs.get(name)
         if spec is None:

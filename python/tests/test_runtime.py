@@ -50,10 +50,13 @@ def test_memory_is_freed_after_del(big_file):
     base = rss()
     tensors = tsn.load_file(big_file)
     loaded = rss()
-    assert loaded - base > 0.9 * BIG
     del tensors
     gc.collect()
-    assert rss() - base < 16 << 20
+    after = rss()
+    # What del gave back is the tensors (other memory of the process may have been
+    # given back while they loaded, so the growth itself is not compared).
+    assert loaded - after > 0.9 * BIG, (base, loaded, after)
+    assert after - base < 16 << 20, (base, loaded, after)
 
 
 def test_memory_of_one_tensor_is_freed_with_it(big_file):
