@@ -25,11 +25,12 @@ def iter_tensors(path: Path, device: Any = "cpu", *, framework: str = "pt",
                  cols: Rules = None, io: Optional[str] = None,
                  batch_bytes: Optional[int] = None) -> Iterator[Tuple[str, Any]]:
     """Yields ``(name, tensor)`` for the tensors of ``path`` in file order, loading the
-    next batch (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
-    one is being yielded: the first tensor arrives before the last bytes are read, and
-    the loader holds at most about two batches (on CUDA, in device memory; the host
-    holds only the staging). On the CPU, the memory of tensors the caller has dropped
-    is reused for later ones of the same size (up to two batches of it is kept).
+    next batches (``batch_bytes``: by default 64 MiB on the CPU, 256 MiB on CUDA) while
+    one is being yielded: the first tensor arrives before the last bytes are read.
+    On CUDA the loader holds at most two batches, in device memory (the host holds only
+    the staging). On the CPU it holds at most three (two load while one is yielded),
+    and reuses the memory of tensors the caller has dropped for later ones of the same
+    size (keeping up to two batches of it).
     ``framework``: "pt" (PyTorch tensors on ``device``) or "np" (NumPy arrays). Other
     options as ``tensorstream.torch.load_file``."""
     if framework in ("np", "numpy"):

@@ -1,6 +1,7 @@
 """What the NumPy and PyTorch front ends share: option parsing, progress bars,
 batching for ``iter_tensors``, and the errors for dtypes a framework lacks."""
 
+import collections
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -9,8 +10,13 @@ from typing import Any, Callable, Iterable, List, Mapping, Tuple, Union
 from . import _native
 from ._native import SafetensorError
 
-#: Bytes of tensors per batch of ``iter_tensors``: it holds at most about two.
+#: Bytes of tensors per batch of ``iter_tensors`` on the CPU.
 BATCH_BYTES = 64 << 20
+#: Batches of ``iter_tensors`` on the CPU that load while one is yielded. Two keep the
+#: disk busy across the end of one batch's reads and the start of the next: a cold
+#: 0.98 GB checkpoint in 64 MiB batches took 0.65-0.68 s against 0.95-1.09 s with one
+#: (2-core VM; warm loads took the same time either way; BENCHMARKS.md).
+HOST_AHEAD = 2
 
 # The types of the public functions' arguments.
 #: A checkpoint: a file, a directory of shards or an index.
@@ -177,18 +183,19 @@ def batches(specs, limit):
         yield run
 
 
-def iterate(load_batch, specs, batch_bytes):
+def iterate(load_batch, specs, batch_bytes, ahead=1):
     """Yields ``(name, tensor)`` in file order: ``load_batch(specs)`` loads one batch
-    (a list of (name, tensor)) while the one before is being yielded."""
+    (a list of (name, tensor)), and the next ``ahead`` batches load, at once, while one
+    is being yielded."""
     groups = list(batches(specs, batch_bytes))
     if not groups:
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="tensorstream-iter") as pool:
-        pending = pool.submit(load_batch, groups[0])
+    with ThreadPoolExecutor(ahead, thread_name_prefix="tensorstream-iter") as pool:
+        pending = collections.deque(pool.submit(load_batch, g) for g in groups[:ahead])
         for k in range(len(groups)):
-            loaded = pending.result()
-            if k + 1 < len(groups):
-                pending = pool.submit(load_batch, groups[k + 1])
+            loaded = pending.popleft().result()
+            if k + ahead < len(groups):
+                pending.append(pool.submit(load_batch, groups[k + ahead]))
             loaded.reverse()
             while loaded:
                 yield loaded.pop()

@@ -156,4 +156,4 @@ def iter_tensors(filename: _common.Path, *, dtype: _common.DtypeArg = None,
     batch_bytes = batch_bytes or _common.BATCH_BYTES
     recycler = Recycler(2 * batch_bytes)
     return _common.iterate(lambda b: _load_specs(ckpt, b, loader, recycler=recycler), specs,
-                           batch_bytes)
+                           batch_bytes, _common.HOST_AHEAD)

@@ -163,10 +163,12 @@ def iter_tensors(filename: _common.Path, device: Device = "cpu", *,
         torch_shape(ckpt.path, name, as_dtype, shape)
     if batch_bytes is None:
         batch_bytes = _common.BATCH_BYTES if dev.type == "cpu" else _CUDA_BATCH_BYTES
-    # On CUDA, PyTorch's caching allocator reuses freed memory already.
-    recycler = _np.Recycler(2 * batch_bytes) if dev.type == "cpu" else None
+    # On CUDA, PyTorch's caching allocator reuses freed memory already, and one batch
+    # loads at a time (the loads share the loader's pinned staging).
+    cpu = dev.type == "cpu"
+    recycler = _np.Recycler(2 * batch_bytes) if cpu else None
     return _common.iterate(lambda b: _load_specs(ckpt, b, loader, dev, recycler=recycler),
-                           specs, batch_bytes)
+                           specs, batch_bytes, _common.HOST_AHEAD if cpu else 1)
 
 
 def _incompatible(missing, unexpected):
