@@ -42,8 +42,7 @@ def child(loader, path, device):
         params = {}
         for name in f.keys():
             s = f.get_slice(name)
-            dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-                            .get(s.get_dtype(), "uint8"))
+            dtype = tst.torch_dtype(path, name, s.get_dtype())
             params[name] = torch.zeros(s.get_shape(), dtype=dtype, device=device)
     cuda = device.startswith("cuda")
     if cuda:

@@ -292,6 +292,14 @@ impl PyLoader {
     }
 }
 
+/// Whether a tensor stored as `file_dtype` can be loaded as `dtype` (the format's
+/// names, such as "F8_E4M3" and "BF16").
+#[pyfunction]
+fn loads_as(file_dtype: &str, dtype: &str) -> PyResult<bool> {
+    let parse = |d: &str| d.parse::<Dtype>().map_err(bad_arg);
+    Ok(parse(file_dtype)?.loads_as(parse(dtype)?))
+}
+
 /// Whether this build loads into CUDA memory.
 #[pyfunction]
 fn has_cuda() -> bool {
@@ -318,5 +326,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Checkpoint>()?;
     m.add_class::<PyLoader>()?;
     m.add_function(wrap_pyfunction!(has_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(loads_as, m)?)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, final
 
-__all__ = ["Checkpoint", "Loader", "SafetensorError", "has_cuda"]
+__all__ = ["Checkpoint", "Loader", "SafetensorError", "has_cuda", "loads_as"]
 
 #: (name, dtype in the file, dtype loaded, shape, bytes)
 _Spec = Tuple[str, str, str, List[int], int]
@@ -50,3 +50,4 @@ class Loader:
     ) -> Dict[str, Any]: ...
 
 def has_cuda() -> bool: ...
+def loads_as(file_dtype: str, dtype: str) -> bool: ...

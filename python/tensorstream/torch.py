@@ -28,9 +28,6 @@ _TYPES = {k: getattr(torch, v) for k, v in _NAMES.items() if hasattr(torch, v)}
 #: host holds only the staging.
 _CUDA_BATCH_BYTES = 256 << 20
 _FORMAT = {v: k for k, v in _TYPES.items()}
-#: The dtypes the library converts from (src/convert.rs).
-_CONVERTIBLE = {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
-                "F8_E8M0"}
 
 
 def torch_dtype(path, name, dtype):
@@ -222,7 +219,7 @@ def load_into(module: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
         if list(t.shape) != torch_shape(filename, name, fmt, spec[3]):
             raise SafetensorError(f"{filename}: tensor '{name}': shape {list(spec[3])} in the "
                                   f"file, {list(t.shape)} in the module")
-        if fmt != spec[1] and not (spec[1] in _CONVERTIBLE and fmt in ("F32", "F16", "BF16")):
+        if not _native.loads_as(spec[1], fmt):
             # Checked here, for every device, before any is filled.
             raise SafetensorError(f"{filename}: tensor '{name}': {spec[1]} in the file cannot "
                                   f"be loaded into a {t.dtype} parameter (floating tensors "

@@ -148,6 +148,12 @@ impl Dtype {
     pub const fn is_conversion_target(self) -> bool {
         matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
     }
+
+    /// Whether a tensor stored as this dtype can be loaded as `dtype`: as itself, or,
+    /// when it is a float [`crate::convert`] reads, converted to one it writes.
+    pub fn loads_as(self, dtype: Dtype) -> bool {
+        dtype == self || (self.is_convertible_float() && dtype.is_conversion_target())
+    }
 }
 
 impl fmt::Display for Dtype {

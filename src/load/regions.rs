@@ -61,9 +61,7 @@ impl<'a> TensorSpec<'a> {
     /// Bytes of the tensor loaded as `dtype`: its dtype in the file, or F32, F16 or
     /// BF16 for a floating one; `None` for a dtype it cannot be loaded as.
     pub fn len_as(&self, dtype: Dtype) -> Option<usize> {
-        if dtype != self.file_dtype
-            && !(self.file_dtype.is_convertible_float() && dtype.is_conversion_target())
-        {
+        if !self.file_dtype.loads_as(dtype) {
             return None;
         }
         usize::try_from(crate::convert::converted_len(
